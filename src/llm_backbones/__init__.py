@@ -1,0 +1,36 @@
+"""llm-backbones: the LLM-backbone layer of vision-language-action models.
+
+Nothing runs on import beyond declaring the registry.
+"""
+
+from llm_backbones.backbones import (
+    LLM_BACKBONES,
+    HFCausalLLMBackbone,
+    LLaMa2LLMBackbone,
+    LLMBackbone,
+    get_llm_backbone_and_tokenizer,
+)
+from llm_backbones.registry import (
+    LLAMA2_MODELS,
+    BackboneSpec,
+    get_spec,
+    prompt_builder_for,
+    register_backbone,
+    registered_ids,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LLMBackbone",
+    "HFCausalLLMBackbone",
+    "LLaMa2LLMBackbone",
+    "LLAMA2_MODELS",
+    "LLM_BACKBONES",
+    "BackboneSpec",
+    "get_llm_backbone_and_tokenizer",
+    "get_spec",
+    "prompt_builder_for",
+    "register_backbone",
+    "registered_ids",
+]

@@ -1,0 +1,71 @@
+"""Backbone classes, `LLM_BACKBONES` (derived from the registry) and the upstream entry point."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from llm_backbones.backbones.base import HFCausalLLMBackbone, LLMBackbone, select_attn_implementation
+from llm_backbones.backbones.llama2 import LLaMa2LLMBackbone
+from llm_backbones.registry import get_spec, registered_ids
+
+# A family gets its own class only where its code (or its constructor defaults) truly differ.
+FAMILY_BACKBONE_CLASSES: dict[str, type[HFCausalLLMBackbone]] = {"llama2": LLaMa2LLMBackbone}
+
+
+def backbone_class_for(llm_backbone_id: str) -> type[HFCausalLLMBackbone]:
+    return FAMILY_BACKBONE_CLASSES.get(get_spec(llm_backbone_id).family, HFCausalLLMBackbone)
+
+
+class _BackboneTable(Mapping[str, dict[str, Any]]):
+    """Live view of every registered id in the original's shape: `{id: {"cls": ..., "kwargs": {}}}`."""
+
+    def __getitem__(self, backbone_id: str) -> dict[str, Any]:
+        return {"cls": backbone_class_for(backbone_id), "kwargs": {}}
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(registered_ids())
+
+    def __len__(self) -> int:
+        return len(registered_ids())
+
+
+LLM_BACKBONES: Mapping[str, dict[str, Any]] = _BackboneTable()
+
+
+def get_llm_backbone_and_tokenizer(
+    llm_backbone_id: str,
+    llm_max_length: int = 2048,
+    hf_token: str | None = None,
+    inference_mode: bool = False,
+    **kwargs: Any,
+) -> tuple[LLMBackbone, PreTrainedTokenizerBase]:
+    """Build the backbone of a registered id; returns `(backbone, backbone.get_tokenizer())`.
+
+    `kwargs` go to the backbone constructor: `model_path=`, `attn_implementation=`, `dtype=`,
+    `use_flash_attention_2=`, `trust_remote_code=`.
+    """
+    entry = LLM_BACKBONES[llm_backbone_id]
+    backbone = entry["cls"](
+        llm_backbone_id,
+        llm_max_length=llm_max_length,
+        hf_token=hf_token,
+        inference_mode=inference_mode,
+        **entry["kwargs"],
+        **kwargs,
+    )
+    return backbone, backbone.get_tokenizer()
+
+
+__all__ = [
+    "LLMBackbone",
+    "HFCausalLLMBackbone",
+    "LLaMa2LLMBackbone",
+    "LLM_BACKBONES",
+    "FAMILY_BACKBONE_CLASSES",
+    "backbone_class_for",
+    "get_llm_backbone_and_tokenizer",
+    "select_attn_implementation",
+]

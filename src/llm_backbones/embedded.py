@@ -1,0 +1,63 @@
+"""The embedded default backbone: a tiny LLaMA-2 with the real LLaMA-2 tokenizer, no network needed.
+
+The package ships its config and tokenizer (`assets/<name>/`). Its weights are made once from a fixed
+seed and written, atomically, into a cache directory as an ordinary HF checkpoint, so the backbone then
+loads through the same `from_pretrained` path as any hub model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+logger = logging.getLogger(__name__)
+
+ASSETS_DIR = Path(__file__).parent / "assets"
+WEIGHTS_SEED = 0
+_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json")
+
+
+def cache_root() -> Path:
+    """`$LLM_BACKBONES_CACHE`, else `~/.cache/llm_backbones`."""
+    env = os.environ.get("LLM_BACKBONES_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "llm_backbones"
+
+
+def embedded_model_dir(name: str) -> Path:
+    """The local HF-format directory of embedded model `name`, creating its weights if needed."""
+    src = ASSETS_DIR / name
+    if not (src / "config.json").is_file():
+        known = sorted(p.name for p in ASSETS_DIR.iterdir() if (p / "config.json").is_file())
+        raise FileNotFoundError(f"No embedded model {name!r} in {ASSETS_DIR}; known: {known}.")
+    digest = hashlib.sha256()
+    for f in _FILES:
+        digest.update((src / f).read_bytes())
+    digest.update(f"seed={WEIGHTS_SEED};torch={torch.__version__.split('+')[0]}".encode())
+    target = cache_root() / f"{name}-{digest.hexdigest()[:12]}"
+    if (target / "model.safetensors").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        config = AutoConfig.from_pretrained(src)
+        torch.manual_seed(WEIGHTS_SEED)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.save_pretrained(tmp, safe_serialization=True)
+        for f in _FILES:
+            shutil.copy2(src / f, tmp / f)
+        try:
+            os.replace(tmp, target)  # atomic: readers see no half-written checkpoint
+        except OSError:
+            if not (target / "model.safetensors").is_file():  # lost a race only if the winner finished
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("Created the weights of embedded model %s in %s (seed %d)", name, target, WEIGHTS_SEED)
+    return target
