@@ -14,8 +14,12 @@ class LLMBackbonesError(Exception):
     """Base class of every error raised on purpose by llm-backbones."""
 
 
-class UnknownBackboneError(LLMBackbonesError, ValueError):
-    """A backbone id that is not in the registry."""
+class UnknownBackboneError(LLMBackbonesError, ValueError, KeyError):
+    """A backbone id that is not in the registry.
+
+    A ValueError (what the original's upstream raised) and a KeyError (what indexing its
+    `LLAMA2_MODELS` dict raised), so old `except` clauses and `id in LLAMA2_MODELS` keep working.
+    """
 
     def __init__(self, backbone_id: object, known: Iterable[str], *, scope: str = "registry") -> None:
         known = sorted(known)
@@ -28,6 +32,9 @@ class UnknownBackboneError(LLMBackbonesError, ValueError):
         )
         self.backbone_id = backbone_id
         self.closest = close
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
 
 
 class ConversationError(LLMBackbonesError, ValueError):

@@ -280,8 +280,13 @@ class HFCausalLLMBackbone(LLMBackbone):
         return partial(transformer_auto_wrap_policy, transformer_layer_cls={self.transformer_layer_cls})
 
     def enable_gradient_checkpointing(self) -> None:
-        # Non-reentrant checkpointing composes with FSDP and frozen parameters.
-        self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        """Recompute each decoder layer's activations in backward (non-reentrant: composes with FSDP and
+        frozen parameters). transformers renamed the switch to `activation_checkpointing_enable`."""
+        kwargs = {"use_reentrant": False}
+        if hasattr(self.llm, "activation_checkpointing_enable"):
+            self.llm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     def embed_input_ids(self, input_ids: torch.LongTensor) -> torch.Tensor:
         return self.llm.get_input_embeddings()(input_ids)

@@ -1,0 +1,62 @@
+"""The embedded LLaMA-2 tokenizer against llama.cpp's reference tokenizations of the real vocabulary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from llm_backbones.embedded import ASSETS_DIR
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _reference_vectors() -> list[tuple[str, list[int]]]:
+    # Format of llama.cpp's vocab tests: inputs separated by "\n__ggml_vocab_test__\n" (the file ends
+    # with one), one line of ids (no BOS) per input.
+    inputs = (FIXTURES / "ggml-vocab-llama-spm.gguf.inp").read_text(encoding="utf-8")
+    outputs = (FIXTURES / "ggml-vocab-llama-spm.gguf.out").read_text(encoding="utf-8")
+    texts = inputs.split("\n__ggml_vocab_test__\n")[:-1]
+    ids = [[int(t) for t in line.split()] for line in outputs.split("\n")[: len(texts)]]
+    return list(zip(texts, ids, strict=True))
+
+
+VECTORS = _reference_vectors()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(ASSETS_DIR / "llama2-tiny")
+
+
+def test_reference_file_has_46_vectors() -> None:
+    assert len(VECTORS) == 46
+
+
+@pytest.mark.parametrize(("text", "expected"), VECTORS, ids=[f"v{i:02d}" for i in range(len(VECTORS))])
+def test_reproduces_llama_cpp_reference(tokenizer, text: str, expected: list[int]) -> None:
+    assert tokenizer(text, add_special_tokens=False).input_ids == expected
+
+
+def test_bos_contract(tokenizer) -> None:
+    assert tokenizer("Test 123").input_ids == [1, 4321, 29871, 29896, 29906, 29941]
+    assert tokenizer("Test 123", add_special_tokens=False).input_ids == [4321, 29871, 29896, 29906, 29941]
+
+
+def test_special_tokens_and_size(tokenizer) -> None:
+    assert (tokenizer.bos_token, tokenizer.bos_token_id) == ("<s>", 1)
+    assert (tokenizer.eos_token, tokenizer.eos_token_id) == ("</s>", 2)
+    assert (tokenizer.unk_token, tokenizer.unk_token_id) == ("<unk>", 0)
+    assert tokenizer.pad_token is None
+    assert len(tokenizer) == 32000
+
+
+def test_leading_space_keeps_its_piece(tokenizer) -> None:
+    # The case gguf-derived tokenizers get wrong: " Hello" must start with the lone "▁" (29871).
+    assert tokenizer(" Hello world", add_special_tokens=False).input_ids == [29871, 15043, 3186]
+
+
+def test_decode_round_trip(tokenizer) -> None:
+    text = "In: What action should the robot take to pick up the cup?\nOut: "
+    assert tokenizer.decode(tokenizer(text).input_ids, skip_special_tokens=True) == text
