@@ -1,0 +1,71 @@
+"""The CLI through typer's runner and as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from llm_backbones.cli import app
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+
+
+def test_list_json_has_every_id_with_its_facts() -> None:
+    result = runner.invoke(app, ["list", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["id"]: row for row in json.loads(result.output)}
+    assert rows["llama2-7b-chat"] == {
+        "id": "llama2-7b-chat",
+        "family": "llama2",
+        "hf_hub_path": "meta-llama/Llama-2-7b-chat-hf",
+        "prompt_format": "llama2-chat",
+        "decoder_layer": "LlamaDecoderLayer",
+        "pad_policy": "+<PAD>, rows x64",
+        "adds_bos": "true",
+    }
+    assert rows["vicuna-v15-13b"]["prompt_format"] == "vicuna-v15"
+
+
+def test_list_table() -> None:
+    result = runner.invoke(app, ["list"])
+    assert result.exit_code == 0
+    assert "Registered LLM backbones" in result.output and "llama2-tiny-pure" in result.output
+
+
+def test_demo_writes_metrics(tmp_path) -> None:
+    out = tmp_path / "m.json"
+    result = runner.invoke(app, ["demo", "--metrics-json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "LLaMa2LLMBackbone" in result.output and "8,604,288 parameters" in result.output
+    metrics = json.loads(out.read_text())
+    assert metrics["prompt"] == "In: What action should the robot take to put the carrot in the pot?\nOut:"
+    assert metrics["input_ids"][:4] == [1, 512, 29901, 1724]  # <s> "▁In" ":" "▁What"
+    assert metrics["parameters"] == 8_604_288
+    assert 9.0 < metrics["loss"] < 12.0  # random init: near log(32064) = 10.38
+
+
+def test_unknown_id_is_one_clear_line_and_exit_1() -> None:
+    result = runner.invoke(app, ["demo", "--backbone", "llama2-7b-chatt"])
+    assert result.exit_code == 1
+    assert "error: Unknown LLM backbone id 'llama2-7b-chatt'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_missing_model_path(tmp_path) -> None:
+    result = runner.invoke(app, ["demo", "--model-path", str(tmp_path / "absent")])
+    assert result.exit_code == 1 and "is not a directory" in result.output
+
+
+def test_real_subprocess_entry_point() -> None:
+    env = dict(os.environ)
+    proc = subprocess.run(
+        [sys.executable, "-m", "llm_backbones.cli", "list", "--json"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "llama2-13b-pure" in {row["id"] for row in json.loads(proc.stdout)}
