@@ -55,3 +55,11 @@ class ModelPathError(LLMBackbonesError, FileNotFoundError):
 
 class ConfigMismatchError(LLMBackbonesError, ValueError):
     """A model config whose architecture is not the one the backbone id's family expects."""
+
+
+class TokenizationError(LLMBackbonesError, ValueError):
+    """A training example cannot be tokenized exactly (empty supervision, train/inference mismatch)."""
+
+
+class ActionError(LLMBackbonesError, ValueError):
+    """Actions or action token ids outside what the action tokenizer accepts."""

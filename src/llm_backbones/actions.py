@@ -1,0 +1,90 @@
+"""OpenVLA's action tokenizer: continuous actions <-> the least-used tokens at the end of the vocabulary.
+
+Each action dimension is clipped to `[min_action, max_action]` and discretized against `n_bins` uniform
+edges (`np.digitize` semantics, bin index 1..n_bins); bin `b` is the token id `vocab_size - b`, where
+`vocab_size` is the tokenizer's base vocabulary (PAD and other added tokens excluded). Decoding maps a
+token id back to the centre of its bin. Same ids as OpenVLA; on top of it, token ids are produced
+directly (`encode`), so no decode-then-retokenize round trip can change them, and bad input raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from llm_backbones.errors import ActionError
+
+
+class ActionTokenizer:
+    """Discretize actions into `n_bins` bins mapped to the last `n_bins` token ids of the base vocabulary.
+
+    Args:
+        tokenizer: the backbone's tokenizer (its `vocab_size` is the base vocabulary).
+        bins: number of bin edges (OpenVLA: 256).
+        min_action, max_action: the clipping range (OpenVLA: -1, 1; normalize actions to it first).
+    """
+
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, bins: int = 256, min_action: float = -1.0, max_action: float = 1.0
+    ) -> None:
+        if not isinstance(bins, int) or bins < 2:
+            raise ActionError(f"bins must be an integer >= 2, got {bins!r}. OpenVLA uses 256.")
+        if not min_action < max_action:
+            raise ActionError(
+                f"min_action={min_action} must be below max_action={max_action}; OpenVLA uses -1 and 1."
+            )
+        if bins + 1 > tokenizer.vocab_size:
+            raise ActionError(f"bins={bins} needs more tokens than the vocabulary has ({tokenizer.vocab_size}).")
+        self.tokenizer = tokenizer
+        self.n_bins, self.min_action, self.max_action = bins, float(min_action), float(max_action)
+        self.bins = torch.linspace(self.min_action, self.max_action, bins, dtype=torch.float64)
+        self.bin_centers = (self.bins[:-1] + self.bins[1:]) / 2.0
+        self.base_vocab_size = int(tokenizer.vocab_size)
+        # OpenVLA's attribute: the id just below the first action token.
+        self.action_token_begin_idx = self.base_vocab_size - (self.n_bins + 1)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.n_bins
+
+    @property
+    def token_id_range(self) -> tuple[int, int]:
+        """Smallest and largest action token id (inclusive)."""
+        return self.base_vocab_size - self.n_bins, self.base_vocab_size - 1
+
+    def encode(self, actions: torch.Tensor | Sequence[float] | Sequence[Sequence[float]]) -> torch.Tensor:
+        """Actions `[..., D]` -> token ids `[..., D]` (LongTensor)."""
+        actions = torch.as_tensor(actions, dtype=torch.float64)
+        if actions.dim() == 0:
+            raise ActionError("An action must have at least one dimension, got a scalar; pass [value].")
+        if not torch.isfinite(actions).all():
+            bad = actions[~torch.isfinite(actions)].flatten()[:3].tolist()
+            raise ActionError(
+                f"Actions must be finite, got {bad}. Replace NaN/inf before tokenizing (e.g. clamp or drop the step)."
+            )
+        clipped = actions.clamp(self.min_action, self.max_action)
+        # torch.bucketize(right=True) == np.digitize(right=False): b such that bins[b-1] <= x < bins[b]
+        discretized = torch.bucketize(clipped, self.bins, right=True)
+        return self.base_vocab_size - discretized
+
+    def __call__(self, actions: torch.Tensor | Sequence[float] | Sequence[Sequence[float]]) -> str | list[str]:
+        """OpenVLA's interface: the action tokens as text (one string per action vector)."""
+        ids = self.encode(actions)
+        if ids.dim() == 1:
+            return self.tokenizer.decode(ids.tolist())
+        return self.tokenizer.batch_decode(ids.reshape(-1, ids.shape[-1]).tolist())
+
+    def decode_token_ids_to_actions(self, action_token_ids: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """Token ids -> the centres of their bins (float64), as OpenVLA."""
+        ids = torch.as_tensor(action_token_ids, dtype=torch.long)
+        low, high = self.token_id_range
+        if ((ids < low) | (ids > high)).any():
+            bad = ids[(ids < low) | (ids > high)].flatten()[:3].tolist()
+            raise ActionError(
+                f"Token ids {bad} are not action tokens (accepted: {low}..{high}). Decode only the generated "
+                "action positions, or check that generation was constrained to action tokens."
+            )
+        discretized = (self.base_vocab_size - ids - 1).clamp(0, self.bin_centers.shape[0] - 1)
+        return self.bin_centers[discretized]
