@@ -3,12 +3,20 @@
 Nothing runs on import beyond declaring the registry.
 """
 
+from llm_backbones.actions import ActionTokenizer
 from llm_backbones.backbones import (
     LLM_BACKBONES,
     HFCausalLLMBackbone,
     LLaMa2LLMBackbone,
     LLMBackbone,
     get_llm_backbone_and_tokenizer,
+)
+from llm_backbones.data import (
+    IGNORE_INDEX,
+    PaddedCollator,
+    insert_patch_embeddings,
+    tokenize_conversation,
+    tokenize_prompt,
 )
 from llm_backbones.registry import (
     LLAMA2_MODELS,
@@ -33,4 +41,10 @@ __all__ = [
     "prompt_builder_for",
     "register_backbone",
     "registered_ids",
+    "ActionTokenizer",
+    "IGNORE_INDEX",
+    "PaddedCollator",
+    "insert_patch_embeddings",
+    "tokenize_conversation",
+    "tokenize_prompt",
 ]

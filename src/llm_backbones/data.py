@@ -71,9 +71,14 @@ def _seams(
     return texts, replies
 
 
-def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
-    # One batched call; add_special_tokens inserts BOS exactly where the tokenizer does at inference.
-    return tokenizer(texts, add_special_tokens=True).input_ids
+def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    """`tokenizer(text, add_special_tokens=True).input_ids` for each text (BOS exactly where the tokenizer
+    inserts it at inference). Calls the Rust tokenizer directly where there is one: for the few short
+    texts of one conversation that is about twice as fast as the Python wrapper or a batched call."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if tokenizer.is_fast else None
+    if backend is None:
+        return tokenizer(texts, add_special_tokens=True).input_ids
+    return [backend.encode(text, add_special_tokens=True).ids for text in texts]
 
 
 def tokenize_conversation(
@@ -100,10 +105,10 @@ def tokenize_conversation(
             "use tokenize_prompt()."
         )
     needed = sorted({k for k, _ in replies} | {k + 1 for k, _ in replies})
-    encoded = dict(zip(needed, _encode(tokenizer, [texts[k] for k in needed]), strict=True))
+    encoded = dict(zip(needed, encode_texts(tokenizer, [texts[k] for k in needed]), strict=True))
     input_ids = encoded[needed[-1]]
     if needed[-1] != len(texts) - 1:  # conversation ends with a human turn: keep it, unsupervised
-        input_ids = _encode(tokenizer, [texts[-1]])[0]
+        input_ids = encode_texts(tokenizer, [texts[-1]])[0]
     labels = [IGNORE_INDEX] * len(input_ids)
     for k, name in replies:
         start, end = len(encoded[k]), len(encoded[k + 1])
@@ -158,7 +163,7 @@ def tokenize_prompt(
             f"with {turns[-1][0]!r}. Drop the last reply (conversation[:-1])."
         )
     texts, _ = _seams(prompt_builder_fn, conversation, model_family, system_prompt)
-    return torch.tensor(_encode(tokenizer, [texts[-1]])[0], dtype=torch.long)
+    return torch.tensor(encode_texts(tokenizer, [texts[-1]])[0], dtype=torch.long)
 
 
 def insert_patch_embeddings(
