@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
@@ -39,7 +40,9 @@ class ActionTokenizer:
             raise ActionError(f"bins={bins} needs more tokens than the vocabulary has ({tokenizer.vocab_size}).")
         self.tokenizer = tokenizer
         self.n_bins, self.min_action, self.max_action = bins, float(min_action), float(max_action)
-        self.bins = torch.linspace(self.min_action, self.max_action, bins, dtype=torch.float64)
+        # numpy's linspace, not torch's: the two differ in the last bit at some edges, and OpenVLA's ids
+        # are defined by numpy's.
+        self.bins = torch.from_numpy(np.linspace(self.min_action, self.max_action, bins))
         self.bin_centers = (self.bins[:-1] + self.bins[1:]) / 2.0
         self.base_vocab_size = int(tokenizer.vocab_size)
         # OpenVLA's attribute: the id just below the first action token.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -28,12 +29,9 @@ def action_tokenizer(padded_tokenizer):
 
 
 def openvla_token_id(x: float, bins: int = 256, vocab_size: int = 32000) -> int:
-    """OpenVLA's formula, spelled out: clip to [-1, 1]; edges = linspace(-1, 1, bins);
-    b = np.digitize(x, edges) = number of edges <= x; token = vocab_size - b."""
-    x = min(max(x, -1.0), 1.0)
-    edges = [-1.0 + 2.0 * i / (bins - 1) for i in range(bins)]
-    b = sum(1 for e in edges if e <= x)
-    return vocab_size - b
+    """OpenVLA's formula, spelled out: clip to [-1, 1], digitize against np.linspace(-1, 1, bins) edges,
+    token = vocab_size - bin index."""
+    return vocab_size - int(np.digitize(np.clip(x, -1.0, 1.0), np.linspace(-1.0, 1.0, bins)))
 
 
 def test_ids_of_minus_one_zero_one(action_tokenizer) -> None:
@@ -49,7 +47,16 @@ def test_token_range_and_begin_idx(action_tokenizer) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.floats(min_value=-3, max_value=3, allow_nan=False), min_size=1, max_size=14))
+@given(
+    st.lists(
+        st.one_of(
+            st.floats(min_value=-3, max_value=3, allow_nan=False),
+            st.sampled_from(np.linspace(-1.0, 1.0, 256).tolist()),  # exactly on the edges
+        ),
+        min_size=1,
+        max_size=14,
+    )
+)
 def test_random_actions_match_openvla_formula(action_tokenizer, values) -> None:
     assert action_tokenizer.encode(values).tolist() == [openvla_token_id(v) for v in values]
 
