@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from llm_backbones.errors import LLMBackbonesError
+from llm_backbones.errors import ConversationError, LLMBackbonesError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
@@ -25,6 +25,11 @@ def _main(
 ) -> None:
     _state["debug"] = debug
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not debug:  # the CLI shows its own progress; transformers' bars and notices would interleave
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
 
 def _fail(exc: Exception) -> None:
@@ -75,26 +80,19 @@ def list_backbones(
 def demo(
     backbone: Annotated[str, typer.Option(help="Backbone id.")] = "llama2-tiny-pure",
     model_path: Annotated[Path | None, typer.Option(help="Local HF-format directory replacing the hub path.")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    steps: Annotated[int, typer.Option(min=1, help="Fine-tuning steps.")] = 60,
     metrics_json: Annotated[Path | None, typer.Option(help="Write the demo's numbers to this JSON file.")] = None,
 ) -> None:
-    """Build a backbone through the registry, show its summary, render an OpenVLA prompt, run a forward pass."""
+    """Teach a backbone OpenVLA-style 7-D actions for eight robot instructions, then predict them."""
     try:
-        _demo(backbone, model_path, metrics_json)
+        _demo(backbone, model_path, device, steps, metrics_json)
     except (LLMBackbonesError, OSError) as exc:
         _fail(exc)
 
 
-def _demo(backbone_id: str, model_path: Path | None, metrics_json: Path | None) -> None:
-    import torch
-
-    from llm_backbones import get_llm_backbone_and_tokenizer
-
-    start = time.perf_counter()
-    with console.status(f"Building {backbone_id} ..."):
-        backbone, tokenizer = get_llm_backbone_and_tokenizer(backbone_id, model_path=model_path)
-    build_s = time.perf_counter() - start
-
-    summary = Table(title=f"Backbone {backbone_id}", show_header=False)
+def _summary_table(backbone, tokenizer, build_s: float) -> Table:
+    table = Table(title=f"Backbone {backbone.identifier}", show_header=False)
     n_params = sum(p.numel() for p in backbone.parameters())
     facts = {
         "class": type(backbone).__name__,
@@ -110,35 +108,149 @@ def _demo(backbone_id: str, model_path: Path | None, metrics_json: Path | None) 
         "build time": f"{build_s:.2f} s",
     }
     for key, value in facts.items():
-        summary.add_row(key, value)
-    console.print(summary)
+        table.add_row(key, value)
+    return table
 
-    builder = backbone.prompt_builder_fn("openvla")
-    builder.add_turn("human", "What action should the robot take to put the carrot in the pot?")
-    prompt = builder.get_prompt()
-    ids = tokenizer(prompt, return_tensors="pt").input_ids
-    console.print("[bold]Generation prompt[/]:", repr(prompt), highlight=False)
-    console.print(f"[bold]Token ids[/]: {ids[0].tolist()}", highlight=False)
 
-    backbone.eval()
-    with torch.no_grad():
-        out = backbone(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids)
+def _demo(backbone_id: str, model_path: Path | None, device: str, steps: int, metrics_json: Path | None) -> None:
+    import torch
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from llm_backbones import get_llm_backbone_and_tokenizer
+    from llm_backbones.demo import run_vla_demo
+
+    if device not in ("cpu", "cuda"):
+        raise typer.BadParameter(f"--device must be cpu or cuda, got {device!r}.")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise typer.BadParameter("--device cuda was asked for, but CUDA is not available; use --device cpu.")
+    start = time.perf_counter()
+    with console.status(f"Building {backbone_id} ..."):
+        backbone, tokenizer = get_llm_backbone_and_tokenizer(backbone_id, model_path=model_path)
+    backbone.to(device)
+    console.print(_summary_table(backbone, tokenizer, time.perf_counter() - start))
+
+    columns = (TextColumn("fine-tuning"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
+               TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("train", total=steps, loss=float("nan"))
+        result = run_vla_demo(
+            backbone, tokenizer, steps=steps, on_step=lambda i, loss: progress.update(task, advance=1, loss=loss)
+        )
+
+    table = Table(title="Greedy action prediction (7-D, OpenVLA action tokens)")
+    for column in ("instruction", "true action", "predicted action", "max abs error"):
+        table.add_column(column, overflow="fold")
+    for text, truth, pred in zip(result.instructions, result.true_actions, result.predicted_actions, strict=True):
+        table.add_row(
+            text,
+            " ".join(f"{v:+.2f}" for v in truth.tolist()),
+            " ".join(f"{v:+.2f}" for v in pred.tolist()) if not pred.isnan().any() else "(not all action tokens)",
+            f"{(truth - pred).abs().max().item():.4f}" if not pred.isnan().any() else "-",
+        )
+    console.print(table)
+    total_s = time.perf_counter() - start
     console.print(
-        f"[bold]Forward pass[/]: logits {tuple(out.logits.shape)}, loss {out.loss.item():.4f} "
-        f"(uniform over {out.logits.shape[-1]} rows would be {torch.log(torch.tensor(out.logits.shape[-1])).item():.4f})",
+        f"loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}; action tokens right: "
+        f"{100 * result.action_token_accuracy:.1f}%; {result.trainable}; {total_s:.1f} s in all",
         highlight=False,
     )
     if metrics_json is not None:
         metrics = {
             "backbone": backbone_id,
-            "parameters": n_params,
-            "build_seconds": build_s,
-            "prompt": prompt,
-            "input_ids": ids[0].tolist(),
-            "loss": out.loss.item(),
-            "seconds": time.perf_counter() - start,
+            "initial_loss": result.losses[0],
+            "final_loss": result.losses[-1],
+            "action_token_accuracy": result.action_token_accuracy,
+            "seconds": total_s,
         }
         metrics_json.write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+@app.command()
+def prompt(
+    backbone: Annotated[str, typer.Argument(help="Backbone id.")],
+    conversation: Annotated[Path, typer.Option("--conversation", help="LLaVA/Prismatic conversation JSON file.")],
+    tokens: Annotated[bool, typer.Option("--tokens", help="Show token ids and pieces, supervised ones highlighted.")] = False,
+    model_path: Annotated[Path | None, typer.Option(help="Local HF-format directory for the tokenizer.")] = None,
+    model_family: Annotated[str, typer.Option(help="Selects the default system prompt.")] = "openvla",
+    prismatic_compat: Annotated[bool, typer.Option(help="Render the original Prismatic strings.")] = False,
+) -> None:
+    """Render the training prompt and the generation prompt of a conversation (and, with --tokens, its labels)."""
+    try:
+        _prompt(backbone, conversation, tokens, model_path, model_family, prismatic_compat)
+    except (LLMBackbonesError, OSError) as exc:
+        _fail(exc)
+
+
+def _load_conversation(path: Path) -> list:
+    if not path.is_file():
+        raise FileNotFoundError(f"Conversation file {str(path)!r} does not exist; pass a JSON list of turns.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConversationError(f"{str(path)!r} is not valid JSON ({exc}); expected a list of turns.") from None
+    if isinstance(data, dict) and "conversations" in data:  # one LLaVA record
+        data = data["conversations"]
+    return data
+
+
+def _prompt(backbone_id, path, tokens, model_path, model_family, prismatic_compat) -> None:
+    from rich.text import Text
+
+    from llm_backbones.data import IGNORE_INDEX, normalize_conversation, tokenize_conversation, tokenize_prompt
+    from llm_backbones.registry import prompt_builder_for
+
+    builder_cls = prompt_builder_for(backbone_id)
+
+    def builder_fn(family, system_prompt=None):
+        return builder_cls(family, system_prompt=system_prompt, prismatic_compat=prismatic_compat)
+
+    conversation = _load_conversation(path)
+    turns = normalize_conversation(conversation)
+    builder = builder_fn(model_family)
+    for role, message in turns:
+        builder.add_turn(role, message)
+    gen_turns = conversation if len(turns) % 2 == 1 else conversation[:-1]
+    gen_builder = builder_fn(model_family)
+    for role, message in normalize_conversation(gen_turns):
+        gen_builder.add_turn(role, message)
+    console.print(f"[bold]Builder[/]: {builder!r}", highlight=False)
+    console.print("[bold]Training prompt[/]:", repr(builder.get_prompt()), highlight=False, soft_wrap=True)
+    console.print("[bold]Generation prompt[/]:", repr(gen_builder.get_prompt()), highlight=False, soft_wrap=True)
+    if not tokens:
+        return
+    tokenizer = _tokenizer_for(backbone_id, model_path)
+    if len(turns) % 2 == 0:
+        example = tokenize_conversation(tokenizer, builder_fn, conversation, model_family=model_family)
+        ids, labels = example["input_ids"].tolist(), example["labels"].tolist()
+    else:
+        ids = tokenize_prompt(tokenizer, builder_fn, conversation, model_family=model_family).tolist()
+        labels = [IGNORE_INDEX] * len(ids)
+    text = Text()
+    for token_id, label, piece in zip(ids, labels, tokenizer.convert_ids_to_tokens(ids), strict=True):
+        style = "bold black on green" if label != IGNORE_INDEX else "dim"
+        text.append(f"{piece}", style=style)
+        text.append(f"({token_id}) ")
+    console.print(text, soft_wrap=True)
+    console.print(f"{len(ids)} tokens, {sum(label != IGNORE_INDEX for label in labels)} supervised (highlighted)")
+
+
+def _tokenizer_for(backbone_id: str, model_path: Path | None):
+    from transformers import AutoTokenizer
+
+    from llm_backbones.embedded import embedded_model_dir
+    from llm_backbones.registry import get_spec
+
+    spec = get_spec(backbone_id)
+    if model_path is not None:
+        source = str(model_path)
+    elif spec.embedded is not None:
+        source = str(embedded_model_dir(spec.embedded))
+    else:
+        source = spec.hf_hub_path
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": spec.pad_token})
+    return tokenizer
 
 
 if __name__ == "__main__":

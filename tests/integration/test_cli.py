@@ -38,16 +38,60 @@ def test_list_table() -> None:
     assert "Registered LLM backbones" in result.output and "llama2-tiny-pure" in result.output
 
 
-def test_demo_writes_metrics(tmp_path) -> None:
+def test_demo_learns_actions_and_writes_metrics(tmp_path) -> None:
     out = tmp_path / "m.json"
     result = runner.invoke(app, ["demo", "--metrics-json", str(out)])
     assert result.exit_code == 0, result.output
     assert "LLaMa2LLMBackbone" in result.output and "8,604,288 parameters" in result.output
+    assert "Greedy action prediction" in result.output and "carrot" in result.output
     metrics = json.loads(out.read_text())
-    assert metrics["prompt"] == "In: What action should the robot take to put the carrot in the pot?\nOut:"
-    assert metrics["input_ids"][:4] == [1, 512, 29901, 1724]  # <s> "▁In" ":" "▁What"
-    assert metrics["parameters"] == 8_604_288
-    assert 9.0 < metrics["loss"] < 12.0  # random init: near log(32064) = 10.38
+    assert set(metrics) == {"backbone", "initial_loss", "final_loss", "action_token_accuracy", "seconds"}
+    assert 9.0 < metrics["initial_loss"] < 12.0  # random init: near log(32064) = 10.38
+    assert metrics["final_loss"] <= metrics["initial_loss"] / 10
+    assert metrics["action_token_accuracy"] >= 0.9
+
+
+def test_demo_rejects_bad_device() -> None:
+    result = runner.invoke(app, ["demo", "--device", "tpu"])
+    assert result.exit_code != 0 and "cpu or cuda" in result.output
+
+
+CONVERSATION = [
+    {"from": "human", "value": "<image>\nWhat action should the robot take to open the drawer?"},
+    {"from": "gpt", "value": "pull"},
+]
+
+
+def test_prompt_renders_training_and_generation_prompts(tmp_path) -> None:
+    path = tmp_path / "conv.json"
+    path.write_text(json.dumps(CONVERSATION))
+    result = runner.invoke(app, ["prompt", "llama2-7b-pure", "--conversation", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "'In: What action should the robot take to open the drawer?\\nOut: pull</s>'" in result.output
+    assert "'In: What action should the robot take to open the drawer?\\nOut:'" in result.output
+
+
+def test_prompt_tokens_marks_supervised_span(tmp_path) -> None:
+    path = tmp_path / "conv.json"
+    path.write_text(json.dumps({"id": "x", "conversations": CONVERSATION}))  # a LLaVA record works too
+    result = runner.invoke(app, ["prompt", "llama2-tiny-pure", "--conversation", str(path), "--tokens"])
+    assert result.exit_code == 0, result.output
+    assert "<s>(1)" in result.output and "</s>(2)" in result.output
+    # " pull</s>" -> "▁pull" (8206... as the tokenizer splits it) and EOS: the reply's tokens are supervised
+    assert "supervised (highlighted)" in result.output
+
+
+def test_prompt_bad_files(tmp_path) -> None:
+    result = runner.invoke(app, ["prompt", "llama2-7b-pure", "--conversation", str(tmp_path / "none.json")])
+    assert result.exit_code == 1 and "does not exist" in result.output
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    result = runner.invoke(app, ["prompt", "llama2-7b-pure", "--conversation", str(bad)])
+    assert result.exit_code == 1 and "is not valid JSON" in result.output and "Traceback" not in result.output
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps([{"from": "gpt", "value": "hi"}]))
+    result = runner.invoke(app, ["prompt", "llama2-7b-pure", "--conversation", str(wrong)])
+    assert result.exit_code == 1 and "Turn 0" in result.output
 
 
 def test_unknown_id_is_one_clear_line_and_exit_1() -> None:

@@ -22,6 +22,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedT
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llm_backbones.embedded import embedded_model_dir
+from llm_backbones.generation import generate_greedy
 from llm_backbones.errors import (
     ConfigMismatchError,
     ModelPathError,
@@ -319,6 +320,67 @@ class HFCausalLLMBackbone(LLMBackbone):
             "return_dict": return_dict,
         }
         return self.llm(**{k: v for k, v in given.items() if v is not None})
+
+    # === Generation ===
+    def generate(self, **kwargs: Any) -> torch.Tensor:
+        """HF `generate` of the wrapped model (sampling, beams, stop strings: everything HF offers)."""
+        return self.llm.generate(**kwargs)
+
+    def generate_greedy(
+        self,
+        *,
+        input_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        max_new_tokens: int = 8,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Fast fixed-length greedy decoding (`llm_backbones.generation.generate_greedy`); new ids only."""
+        return generate_greedy(
+            self.llm,
+            input_ids=input_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            **kwargs,
+        )
+
+    def generate_actions(
+        self,
+        action_tokenizer: Any,
+        *,
+        input_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        action_dim: int = 7,
+        max_new_tokens: int | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Greedy-generate and decode one action per row: `[B, action_dim]` (float64 bin centres).
+
+        Generates `action_dim + 1` tokens by default (a reply may open with a separator such as the
+        LLaMA "▁" before the action tokens) and decodes the first `action_dim` action tokens of each row.
+        """
+        from llm_backbones.errors import ActionError
+
+        new = self.generate_greedy(
+            input_ids=input_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens or action_dim + 1,
+            **kwargs,
+        )
+        low, high = action_tokenizer.token_id_range
+        rows = []
+        for row in new.tolist():
+            found = [t for t in row if low <= t <= high][:action_dim]
+            if len(found) < action_dim:
+                raise ActionError(
+                    f"The model generated {len(found)} action tokens ({row}), {action_dim} needed (ids "
+                    f"{low}..{high}). Train it on action replies first, or raise max_new_tokens."
+                )
+            rows.append(found)
+        return action_tokenizer.decode_token_ids_to_actions(torch.tensor(rows, dtype=torch.long))
 
     @property
     def prompt_builder_fn(self) -> type[PromptBuilder]:
