@@ -166,6 +166,52 @@ def _demo(backbone_id: str, model_path: Path | None, device: str, steps: int, me
 
 
 @app.command()
+def finetune(
+    backbone: Annotated[str, typer.Option(help="Backbone id.")],
+    data: Annotated[Path, typer.Option(help="LLaVA/Prismatic conversation JSON file.")],
+    model_path: Annotated[Path | None, typer.Option(help="Local HF-format directory replacing the hub path.")] = None,
+    mode: Annotated[str, typer.Option(help="full, last-layer or lora.")] = "full",
+    steps: Annotated[int, typer.Option(min=1)] = 10,
+    batch_size: Annotated[int, typer.Option(min=1, help="Global batch, split evenly across ranks.")] = 8,
+    lr: Annotated[float, typer.Option(min=0.0)] = 1e-4,
+    seed: Annotated[int, typer.Option(help="Data order and initialisation depend only on it.")] = 0,
+    precision: Annotated[str | None, typer.Option(help="fp32 or bf16 (default: bf16 on CUDA, fp32 on CPU).")] = None,
+    output: Annotated[Path | None, typer.Option(help="Write the fine-tuned checkpoint here (HF format).")] = None,
+    metrics_json: Annotated[Path | None, typer.Option(help="Write losses, world size and trainable params here.")] = None,
+    fsdp: Annotated[int, typer.Option(help="FSDP version under torchrun: 2 (fully_shard) or 1.")] = 2,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
+) -> None:
+    """Fine-tune a backbone on conversations; single process, or `torchrun --nproc_per_node=N` (FSDP)."""
+    import os
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from llm_backbones.finetune import run_finetune
+
+    is_main = os.environ.get("RANK", "0") == "0"
+    columns = (TextColumn(f"{mode} fine-tuning"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
+               TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=console, disable=not is_main) as progress:
+            task = progress.add_task("train", total=steps, loss=float("nan"))
+            result = run_finetune(
+                backbone, data, model_path=model_path, mode=mode, steps=steps, batch_size=batch_size, lr=lr,
+                seed=seed, precision=precision, output=output, fsdp_version=fsdp, device=device,
+                on_step=lambda i, loss: progress.update(task, advance=1, loss=loss),
+            )
+    except (LLMBackbonesError, OSError, ValueError) as exc:
+        _fail(exc)
+    if not is_main:
+        return
+    console.print(f"{result.summary}; world size {result.world_size}; loss {result.losses[0]:.4f} -> "
+                  f"{result.losses[-1]:.4f}" + (f"; checkpoint: {result.output}" if result.output else ""),
+                  highlight=False)
+    if metrics_json is not None:
+        metrics = {"losses": result.losses, "world_size": result.world_size, "trainable_params": result.trainable_params}
+        metrics_json.write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+@app.command()
 def prompt(
     backbone: Annotated[str, typer.Argument(help="Backbone id.")],
     conversation: Annotated[Path, typer.Option("--conversation", help="LLaVA/Prismatic conversation JSON file.")],

@@ -80,3 +80,189 @@ def train_steps(
         if on_step is not None:
             on_step(step, losses[-1])
     return losses
+
+
+# === The fine-tuning job (single process or torchrun) ===
+def load_conversations(path) -> list:
+    """Conversations from a LLaVA/Prismatic JSON file: a list of records with "conversations", or a list
+    of conversations (lists of turns)."""
+    import json
+    from pathlib import Path
+
+    from llm_backbones.errors import ConversationError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Data file {str(path)!r} does not exist; pass a LLaVA/Prismatic conversation JSON file.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConversationError(f"{str(path)!r} is not valid JSON ({exc}).") from None
+    if not isinstance(data, list) or not data:
+        raise ConversationError(
+            f"{str(path)!r} must hold a non-empty JSON list of records ({{'conversations': [...]}}) or of "
+            f"conversations, got {type(data).__name__}."
+        )
+    return [record["conversations"] if isinstance(record, dict) and "conversations" in record else record for record in data]
+
+
+def global_batch_indices(n_examples: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
+    """The example indices of every step's global batch: seeded permutations, epoch after epoch.
+    Depends only on the seed, so every world size sees the same global batches."""
+    generator = torch.Generator().manual_seed(seed)
+    stream: list[int] = []
+    while len(stream) < batch_size * steps:
+        stream += torch.randperm(n_examples, generator=generator).tolist()
+    return [stream[i * batch_size : (i + 1) * batch_size] for i in range(steps)]
+
+
+def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of next-token cross-entropies over supervised tokens, number of supervised tokens)."""
+    shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    shift_labels = labels[:, 1:].reshape(-1)
+    loss_sum = torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
+    return loss_sum, (shift_labels != -100).sum()
+
+
+@dataclass
+class FinetuneResult:
+    losses: list[float]
+    world_size: int
+    trainable_params: int
+    summary: TrainableSummary
+    output: str | None
+
+
+def run_finetune(
+    backbone_id: str,
+    data_path,
+    *,
+    model_path=None,
+    mode: str = "full",
+    steps: int = 10,
+    batch_size: int = 8,
+    lr: float = 1e-4,
+    seed: int = 0,
+    precision: str | None = None,
+    output=None,
+    fsdp_version: int = 2,
+    device: str | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> FinetuneResult:
+    """Fine-tune `backbone_id` on a conversation file, single-process or under torchrun (FSDP).
+
+    `batch_size` is the global batch, split evenly across ranks; each rank's loss is its share of the
+    global token-mean, so any world size optimises the same objective as one process.
+    """
+    import contextlib
+
+    import torch.distributed as dist
+
+    from llm_backbones.backbones import get_llm_backbone_and_tokenizer
+    from llm_backbones.data import PaddedCollator, tokenize_conversation
+    from llm_backbones.distributed import (
+        all_reduce_sum,
+        full_state_dict,
+        init_distributed,
+        shard_fsdp2,
+        wrap_fsdp1,
+    )
+
+    if mode not in FINETUNE_MODES or mode == "frozen":
+        raise ValueError(f"Unknown fine-tune mode {mode!r} for training; accepted: full, last-layer, lora.")
+    ctx = init_distributed(device)
+    if batch_size % ctx.world_size:
+        raise ValueError(
+            f"--batch-size {batch_size} (global) does not split evenly over {ctx.world_size} ranks; use a "
+            f"multiple of {ctx.world_size}."
+        )
+    precision = precision or ("bf16" if ctx.device.type == "cuda" else "fp32")
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}.")
+    torch.manual_seed(seed)
+    backbone, tokenizer = get_llm_backbone_and_tokenizer(backbone_id, model_path=model_path)
+    conversations = load_conversations(data_path)
+    examples = [tokenize_conversation(tokenizer, backbone.prompt_builder_fn, c) for c in conversations]
+    summary = apply_finetune_mode(backbone, mode)
+    backbone.to(ctx.device)
+
+    half = backbone.half_precision_dtype if precision == "bf16" else None
+    model: nn.Module = backbone
+    if ctx.enabled and fsdp_version == 2:
+        model = shard_fsdp2(backbone, param_dtype=half)
+    elif ctx.enabled and fsdp_version == 1:
+        model = wrap_fsdp1(backbone, ctx.device, param_dtype=half)
+    elif ctx.enabled:
+        raise ValueError(f"fsdp_version must be 1 or 2, got {fsdp_version!r}.")
+    autocast = (
+        torch.autocast(ctx.device.type, dtype=half) if half is not None and not ctx.enabled else contextlib.nullcontext()
+    )
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    collate = PaddedCollator(backbone.pad_token_id)
+    per_rank = batch_size // ctx.world_size
+
+    model.train()
+    losses = []
+    for step, global_batch in enumerate(global_batch_indices(len(examples), batch_size, steps, seed)):
+        mine = global_batch[ctx.rank * per_rank : (ctx.rank + 1) * per_rank]
+        batch = {k: v.to(ctx.device) for k, v in collate([examples[i] for i in mine]).items()}
+        with autocast:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss_sum, count = causal_lm_loss_sum(logits, batch["labels"])
+        global_count = all_reduce_sum(count.detach().clone(), ctx).clamp(min=1)
+        # FSDP averages gradients over ranks: scale so the result is d(global sum)/d(theta) / global count
+        (loss_sum * ctx.world_size / global_count).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append((all_reduce_sum(loss_sum.detach().clone(), ctx) / global_count).item())
+        if on_step is not None and ctx.is_main:
+            on_step(step, losses[-1])
+
+    saved = None
+    if output is not None:
+        state = full_state_dict(model) if ctx.enabled else None
+        if ctx.is_main:
+            saved = str(_export(backbone_id, model_path, mode, backbone, state, tokenizer, output))
+        if ctx.enabled:
+            dist.barrier()
+    result = FinetuneResult(losses, ctx.world_size, summary.trainable, summary, saved)
+    if ctx.enabled:
+        dist.destroy_process_group()
+    return result
+
+
+def _export(backbone_id, model_path, mode, backbone, state, tokenizer, output):
+    """Write an HF-format checkpoint (LoRA merged) that `get_llm_backbone_and_tokenizer(id, model_path=)`
+    loads; atomically (temporary directory, then rename)."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from llm_backbones.backbones import get_llm_backbone_and_tokenizer
+    from llm_backbones.lora import apply_lora, merge_lora
+
+    if state is not None:  # sharded training: rebuild an unsharded copy (meta device) and assign the weights
+        backbone, _ = get_llm_backbone_and_tokenizer(backbone_id, model_path=model_path, inference_mode=True)
+        if mode == "lora":
+            apply_lora(backbone)
+        backbone.load_state_dict(state)
+    backbone = backbone.to("cpu")
+    merge_lora(backbone)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
+    try:
+        backbone.llm.config.use_cache = True
+        backbone.llm.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if output.exists():
+            old = output.with_name(f".{output.name}.old")
+            os.replace(output, old)
+            os.replace(tmp, output)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return output

@@ -1,0 +1,105 @@
+"""Scale-out on torch.distributed: FSDP2 (`fully_shard`) and FSDP1, mixed precision, full state dicts.
+
+Launch with `torchrun --nproc_per_node=N` (and `--nnodes`/`--rdzv-endpoint` across nodes); NCCL on
+CUDA, gloo on CPU. FSDP2 shards each decoder layer (the registry's layer class) and then the root, so
+the embeddings and the LM head (tied or not) live in the root unit together.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
+from torch.distributed.fsdp import FullyShardedDataParallel, MixedPrecision, MixedPrecisionPolicy, fully_shard
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str | None = None) -> DistributedContext:
+    """Join the process group torchrun describes (env `WORLD_SIZE`, `RANK`, `LOCAL_RANK`); single process
+    otherwise. NCCL where CUDA is used, gloo on CPU."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
+    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None)
+    return DistributedContext(rank=rank, world_size=world_size, device=dev)
+
+
+def decoder_layers(backbone) -> list[nn.Module]:
+    """Every module of the backbone's decoder-layer class (the FSDP unit), in order."""
+    return [m for m in backbone.modules() if isinstance(m, backbone.transformer_layer_cls)]
+
+
+def shard_fsdp2(
+    backbone, *, param_dtype: torch.dtype | None = None, reduce_dtype: torch.dtype | None = torch.float32
+) -> nn.Module:
+    """`fully_shard` each decoder layer, then the backbone itself (embeddings, final norm, LM head).
+
+    `param_dtype` (e.g. the backbone's `half_precision_dtype`) is the compute dtype of the gathered
+    parameters; the sharded master weights keep their dtype; gradients are reduced in `reduce_dtype`.
+    """
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype if param_dtype else None)
+    for layer in decoder_layers(backbone):
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(backbone, mp_policy=policy)
+    return backbone
+
+
+def wrap_fsdp1(backbone, device: torch.device, *, param_dtype: torch.dtype | None = None) -> FullyShardedDataParallel:
+    """FSDP1 through the backbone's own `get_fsdp_wrapping_policy()` (one unit per decoder layer)."""
+    mixed = MixedPrecision(param_dtype=param_dtype, reduce_dtype=torch.float32, buffer_dtype=param_dtype) if param_dtype else None
+    return FullyShardedDataParallel(
+        backbone,
+        auto_wrap_policy=backbone.get_fsdp_wrapping_policy(),
+        mixed_precision=mixed,
+        device_id=device,  # [Contract] on CPU, FSDP1 needs device_id=cpu explicitly
+        use_orig_params=True,  # frozen and trainable parameters may share a unit (last-layer, LoRA)
+    )
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole, unsharded state dict (on every rank), with the backbone's own key names.
+
+    CPU offload is used only on CUDA: on CPU/gloo the tensors already live in host memory, and the
+    offloading path of FSDP1 segfaults there.
+    """
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    options = StateDictOptions(full_state_dict=True, cpu_offload=on_cuda)
+    state = get_model_state_dict(model, options=options)
+    return {k: v.detach().to("cpu") for k, v in state.items()}
+
+
+def load_full_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Load a full state dict into a sharded (FSDP1/FSDP2) or unsharded backbone."""
+    if isinstance(model, FullyShardedDataParallel) or any(hasattr(m, "unshard") for m in model.modules()):
+        set_model_state_dict(model, dict(state_dict), options=StateDictOptions(full_state_dict=True))
+    else:
+        model.load_state_dict(state_dict)
+
+
+def all_reduce_sum(value: torch.Tensor, ctx: DistributedContext) -> torch.Tensor:
+    if ctx.enabled:
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
