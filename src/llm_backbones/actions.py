@@ -81,8 +81,11 @@ class ActionTokenizer:
     def encode(self, actions: torch.Tensor | Sequence[float] | Sequence[Sequence[float]]) -> torch.Tensor:
         """Actions `[..., D]` -> token ids `[..., D]` (LongTensor)."""
         actions = _as_tensor(actions, "Actions", "a float tensor or a (nested) list of numbers of shape [..., D]")
-        if actions.is_complex() or actions.dtype == torch.bool:
-            raise ActionError(f"Actions must be real numbers, got a {actions.dtype} tensor.")
+        if actions.is_complex():
+            raise ActionError(
+                f"Actions must be real numbers, got a {actions.dtype} tensor. Pass the real part (actions.real) "
+                "if the imaginary part is zero."
+            )
         actions = actions.to(torch.float64)
         if actions.dim() == 0:
             raise ActionError("An action must have at least one dimension, got a scalar; pass [value].")
@@ -118,7 +121,9 @@ class ActionTokenizer:
         """Token ids -> the centres of their bins (float64), as OpenVLA."""
         raw = _as_tensor(action_token_ids, "Action token ids", "integer token ids (a LongTensor or a list of ints)")
         if raw.is_complex() or raw.dtype == torch.bool:
-            raise ActionError(f"Action token ids must be integers, got a {raw.dtype} tensor.")
+            raise ActionError(
+                f"Action token ids must be integers, got a {raw.dtype} tensor. Pass the generated ids (a LongTensor)."
+            )
         if raw.is_floating_point():
             whole = torch.isfinite(raw) & (raw == raw.round())
             if not whole.all():
@@ -150,7 +155,7 @@ def _as_tensor(value: object, what: str, accepted: str) -> torch.Tensor:
         array = np.asarray(value)
         if array.dtype.kind not in "biufc":
             raise TypeError(f"elements of type {array.dtype}")
-        return torch.from_numpy(np.ascontiguousarray(array))
+        return torch.as_tensor(array)  # (np.ascontiguousarray would turn a scalar into shape [1])
     except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
         raise ActionError(
             f"{what} must be {accepted}, got {type(value).__name__} that cannot be read as numbers ({exc}). "
