@@ -238,15 +238,25 @@ def _exchange(a: Path, b: Path) -> bool:
 def _swap_into_place(tmp: Path, target: Path) -> None:
     """Make `tmp` appear at `target` in one step; the previous `target`, if any, is then deleted."""
     if not target.exists():
-        os.rename(tmp, target)
-    elif _exchange(tmp, target):
+        try:
+            os.rename(tmp, target)
+            _fsync_dir(target.parent)
+            return
+        except OSError as exc:  # another save created `target` in the meantime: swap with it instead
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+    if _exchange(tmp, target):
         shutil.rmtree(tmp)  # it now holds the previous checkpoint
     else:
         # Two renames: between them `target` is missing and the previous checkpoint is at `backup`
         # (load_backbone names it if that moment is ever interrupted).
         backup = target.parent / f".{target.name}.old-{secrets.token_hex(4)}"
         os.rename(target, backup)
-        os.rename(tmp, target)
+        try:
+            os.rename(tmp, target)
+        except BaseException:
+            os.rename(backup, target)
+            raise
         shutil.rmtree(backup)
     _fsync_dir(target.parent)
 
@@ -360,8 +370,8 @@ def load_backbone(
     """Rebuild a backbone saved by `save_backbone`; returns `(backbone, tokenizer)`.
 
     The backbone is built through the registry from the id in `fingerprint.json`, with `model_path=path`
-    and `overrides` (`inference_mode=`, `dtype=` (default: the saved dtype), `attn_implementation=`,
-    `llm_max_length=`, `llm_backbone_id=` to build it as another id, ...). Its fingerprint is then compared
+    and `overrides` (`inference_mode=`, `dtype=` and `llm_max_length=` (default: the saved ones),
+    `attn_implementation=`, `hf_token=`, `llm_backbone_id=` to build it as another id, ...). Its fingerprint is then compared
     with the saved one: a difference raises `FingerprintMismatchError`, or is logged as a warning with
     `ignore_fingerprint=True`. With `inference_mode=True` the weights are loaded from the safetensors files
     into the meta-built model (no random init).
@@ -385,6 +395,8 @@ def load_backbone(
         dtype = getattr(torch, saved["dtype"], None)
         if isinstance(dtype, torch.dtype):
             overrides["dtype"] = dtype
+    if "llm_max_length" not in overrides and isinstance(saved.get("llm_max_length"), int):
+        overrides["llm_max_length"] = saved["llm_max_length"]
     backbone, tokenizer = get_llm_backbone_and_tokenizer(backbone_id, model_path=checkpoint, **overrides)
     _verify(checkpoint, saved, backbone_fingerprint(backbone), ignore=ignore_fingerprint)
     if any(p.device.type == "meta" for p in backbone.parameters()):

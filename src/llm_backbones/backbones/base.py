@@ -48,6 +48,11 @@ TOKENIZER_FILES = frozenset(
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl"})
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def unreadable_safetensors(directory: Path) -> list[str]:
     """`"<file> (<n> bytes)"` for each *.safetensors file of `directory` whose header or extent is broken."""
     bad = []
@@ -225,7 +230,8 @@ class HFCausalLLMBackbone(LLMBackbone):
             self._build(
                 model_path,
                 hf_token,
-                attn=select_attn_implementation(attn_implementation, use_flash_attention_2),
+                attn_implementation=attn_implementation,
+                use_flash_attention_2=use_flash_attention_2,
                 dtype=dtype if dtype is not None else torch.float32,
                 trust_remote_code=trust_remote_code,
                 allow_pickle=allow_pickle,
@@ -236,7 +242,8 @@ class HFCausalLLMBackbone(LLMBackbone):
         model_path: str | Path | None,
         hf_token: str | None,
         *,
-        attn: str,
+        attn_implementation: str | None,
+        use_flash_attention_2: bool,
         dtype: torch.dtype,
         trust_remote_code: bool,
         allow_pickle: bool,
@@ -264,6 +271,7 @@ class HFCausalLLMBackbone(LLMBackbone):
             # A checkpoint saved after this (save_backbone) already has it: no second PAD, no second resize.
             self.tokenizer.add_special_tokens({"pad_token": self.spec.pad_token})
 
+        attn = select_attn_implementation(attn_implementation, use_flash_attention_2)
         if self.inference_mode:
             if needs_pad:  # size the embeddings the way the trained checkpoint was resized
                 config.vocab_size = self._padded_vocab_size(config.vocab_size)
@@ -318,9 +326,8 @@ class HFCausalLLMBackbone(LLMBackbone):
         return self.spec.hf_hub_path, False
 
     def _hub_error(self, source: str, what: str, exc: BaseException) -> ModelPathError:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return ModelPathError(
-            f"Could not load the {what} of {self.identifier!r} from the hub path {source!r}: {first_line} "
+            f"Could not load the {what} of {self.identifier!r} from the hub path {source!r}: {_first_line(exc)} "
             "Pass model_path= a local HF-format directory, or check the network and hf_token (gated "
             "repositories such as meta-llama need an accepted licence and a token)."
         )
@@ -336,6 +343,8 @@ class HFCausalLLMBackbone(LLMBackbone):
                     f"{config_file} is not valid JSON ({exc}): the file is corrupted or truncated. Restore it "
                     "from the original checkpoint (or save the model again with save_pretrained)."
                 ) from exc
+            except OSError as exc:  # permissions, a directory named config.json, ...
+                raise ConfigMismatchError(f"{config_file} cannot be read ({exc}). Check the file.") from exc
             if not isinstance(raw, dict):
                 raise ConfigMismatchError(
                     f"{config_file} holds a JSON {type(raw).__name__}, not an object of config fields. "
@@ -346,7 +355,7 @@ class HFCausalLLMBackbone(LLMBackbone):
         except ValueError as exc:  # transformers: unknown model_type, custom code refused
             if "auto_map" in raw and not hub_kwargs["trust_remote_code"]:
                 raise RemoteCodeError(
-                    f"{source}/config.json declares its own code (auto_map: {sorted(raw['auto_map'])}) for "
+                    f"{source}/config.json declares its own code (auto_map: {raw['auto_map']!r:.120}) for "
                     f"model_type {raw.get('model_type')!r}. llm-backbones never runs a checkpoint's code unless "
                     f"asked: read the .py files in {source}, then pass trust_remote_code=True; or use a "
                     "checkpoint of a built-in architecture."
@@ -355,7 +364,7 @@ class HFCausalLLMBackbone(LLMBackbone):
             where = f"{source}/config.json" if local else f"the config of {source!r}"
             raise ConfigMismatchError(
                 f"{where} has model_type {raw.get('model_type', '<missing>')!r}, which transformers cannot "
-                f"build ({str(exc).strip().splitlines()[0]}). Backbone {self.identifier!r} needs a "
+                f"build ({_first_line(exc)}). Backbone {self.identifier!r} needs a "
                 f"{expected!r} checkpoint: point model_path at one."
             ) from exc
         except OSError as exc:
@@ -418,7 +427,7 @@ class HFCausalLLMBackbone(LLMBackbone):
                     "or pass allow_pickle=True if you trust the file."
                 ) from exc
             raise ModelPathError(
-                f"{source} has no weights that can be loaded ({str(exc).strip().splitlines()[0]}). Expected "
+                f"{source} has no weights that can be loaded ({_first_line(exc)}). Expected "
                 "model.safetensors (or model.safetensors.index.json and its shards); to build the "
                 "architecture without weights pass inference_mode=True."
             ) from exc
