@@ -102,6 +102,14 @@ def test_saved_dtype_is_the_default_and_can_be_overridden(trained, tmp_path) -> 
     assert {p.dtype for p in again.parameters()} == {torch.bfloat16}
 
 
+def test_saved_llm_max_length_is_the_default(tmp_path) -> None:
+    backbone, _ = get_llm_backbone_and_tokenizer("llama2-tiny-pure", llm_max_length=512)
+    loaded, tokenizer = load_backbone(save_backbone(backbone, tmp_path / "c"), inference_mode=True)
+    assert loaded.llm_max_length == 512 and tokenizer.model_max_length == 512
+    _, tokenizer = load_backbone(tmp_path / "c", inference_mode=True, llm_max_length=4096)
+    assert tokenizer.model_max_length == 4096
+
+
 def test_overwrite_replaces_the_checkpoint(trained, saved) -> None:
     backbone, _ = load_backbone(saved)
     with torch.no_grad():
