@@ -11,6 +11,7 @@ from llm_backbones.backbones import (
     LLMBackbone,
     get_llm_backbone_and_tokenizer,
 )
+from llm_backbones.checkpoint import load_backbone, save_backbone
 from llm_backbones.data import (
     IGNORE_INDEX,
     PaddedCollator,
@@ -37,6 +38,8 @@ __all__ = [
     "LLM_BACKBONES",
     "BackboneSpec",
     "get_llm_backbone_and_tokenizer",
+    "save_backbone",
+    "load_backbone",
     "get_spec",
     "prompt_builder_for",
     "register_backbone",

@@ -9,7 +9,9 @@ directly (`encode`), so no decode-then-retokenize round trip can change them, an
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from numbers import Real
 
 import numpy as np
 import torch
@@ -25,13 +27,31 @@ class ActionTokenizer:
         tokenizer: the backbone's tokenizer (its `vocab_size` is the base vocabulary).
         bins: number of bin edges (OpenVLA: 256).
         min_action, max_action: the clipping range (OpenVLA: -1, 1; normalize actions to it first).
+        action_dim: if given, the size every action vector must have (e.g. 7 for OpenVLA's end-effector
+            deltas + gripper); a vector of another size raises instead of producing tokens for the wrong robot.
     """
 
     def __init__(
-        self, tokenizer: PreTrainedTokenizerBase, bins: int = 256, min_action: float = -1.0, max_action: float = 1.0
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        bins: int = 256,
+        min_action: float = -1.0,
+        max_action: float = 1.0,
+        *,
+        action_dim: int | None = None,
     ) -> None:
-        if not isinstance(bins, int) or bins < 2:
+        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
             raise ActionError(f"bins must be an integer >= 2, got {bins!r}. OpenVLA uses 256.")
+        for name, value in (("min_action", min_action), ("max_action", max_action)):
+            if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+                raise ActionError(f"{name} must be a finite number, got {value!r}. OpenVLA uses -1 and 1.")
+        if action_dim is not None and (isinstance(action_dim, bool) or not isinstance(action_dim, int) or action_dim < 1):
+            raise ActionError(f"action_dim must be a positive integer or None, got {action_dim!r} (OpenVLA: 7).")
+        if not isinstance(getattr(tokenizer, "vocab_size", None), int):
+            raise ActionError(
+                f"tokenizer must be an HF tokenizer with an integer vocab_size, got {type(tokenizer).__name__}. "
+                "Pass the backbone's tokenizer (backbone.get_tokenizer())."
+            )
         if not min_action < max_action:
             raise ActionError(
                 f"min_action={min_action} must be below max_action={max_action}; OpenVLA uses -1 and 1."
@@ -40,6 +60,7 @@ class ActionTokenizer:
             raise ActionError(f"bins={bins} needs more tokens than the vocabulary has ({tokenizer.vocab_size}).")
         self.tokenizer = tokenizer
         self.n_bins, self.min_action, self.max_action = bins, float(min_action), float(max_action)
+        self.action_dim = action_dim
         # numpy's linspace, not torch's: the two differ in the last bit at some edges, and OpenVLA's ids
         # are defined by numpy's.
         self.bins = torch.from_numpy(np.linspace(self.min_action, self.max_action, bins))
@@ -59,9 +80,26 @@ class ActionTokenizer:
 
     def encode(self, actions: torch.Tensor | Sequence[float] | Sequence[Sequence[float]]) -> torch.Tensor:
         """Actions `[..., D]` -> token ids `[..., D]` (LongTensor)."""
-        actions = torch.as_tensor(actions, dtype=torch.float64)
+        actions = _as_tensor(actions, "Actions", "a float tensor or a (nested) list of numbers of shape [..., D]")
+        if actions.is_complex():
+            raise ActionError(
+                f"Actions must be real numbers, got a {actions.dtype} tensor. Pass the real part (actions.real) "
+                "if the imaginary part is zero."
+            )
+        actions = actions.to(torch.float64)
         if actions.dim() == 0:
             raise ActionError("An action must have at least one dimension, got a scalar; pass [value].")
+        if actions.shape[-1] == 0:
+            raise ActionError(
+                f"An action vector must have at least one value, got shape {tuple(actions.shape)}; "
+                "pass actions of shape [..., D] with D >= 1."
+            )
+        if self.action_dim is not None and actions.shape[-1] != self.action_dim:
+            raise ActionError(
+                f"Actions have shape {tuple(actions.shape)} but this tokenizer expects action_dim="
+                f"{self.action_dim} values per action (last dimension). Check the robot's action space, or "
+                "build the ActionTokenizer with the right action_dim."
+            )
         if not torch.isfinite(actions).all():
             bad = actions[~torch.isfinite(actions)].flatten()[:3].tolist()
             raise ActionError(
@@ -81,7 +119,20 @@ class ActionTokenizer:
 
     def decode_token_ids_to_actions(self, action_token_ids: torch.Tensor | Sequence[int]) -> torch.Tensor:
         """Token ids -> the centres of their bins (float64), as OpenVLA."""
-        ids = torch.as_tensor(action_token_ids, dtype=torch.long)
+        raw = _as_tensor(action_token_ids, "Action token ids", "integer token ids (a LongTensor or a list of ints)")
+        if raw.is_complex() or raw.dtype == torch.bool:
+            raise ActionError(
+                f"Action token ids must be integers, got a {raw.dtype} tensor. Pass the generated ids (a LongTensor)."
+            )
+        if raw.is_floating_point():
+            whole = torch.isfinite(raw) & (raw == raw.round())
+            if not whole.all():
+                bad = raw[~whole].flatten()[:3].tolist()
+                raise ActionError(
+                    f"Action token ids must be whole numbers, got {bad}. Pass the generated ids (a LongTensor), "
+                    "not logits or decoded actions."
+                )
+        ids = raw.to(torch.long)
         low, high = self.token_id_range
         if ((ids < low) | (ids > high)).any():
             bad = ids[(ids < low) | (ids > high)].flatten()[:3].tolist()
@@ -91,3 +142,22 @@ class ActionTokenizer:
             )
         discretized = (self.base_vocab_size - ids - 1).clamp(0, self.bin_centers.shape[0] - 1)
         return self.bin_centers[discretized]
+
+
+def _as_tensor(value: object, what: str, accepted: str) -> torch.Tensor:
+    """`value` as a tensor (Python floats stay float64, as numpy reads them), with what cannot be one
+    (ragged lists, strings, None, objects) rejected as an `ActionError`."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (str, bytes)) or value is None:
+        raise ActionError(f"{what} must be {accepted}, got {type(value).__name__}: {value!r:.60}.")
+    try:
+        array = np.asarray(value)
+        if array.dtype.kind not in "biufc":
+            raise TypeError(f"elements of type {array.dtype}")
+        return torch.as_tensor(array)  # (np.ascontiguousarray would turn a scalar into shape [1])
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        raise ActionError(
+            f"{what} must be {accepted}, got {type(value).__name__} that cannot be read as numbers ({exc}). "
+            "Ragged lists (vectors of different lengths) and non-numbers are not accepted."
+        ) from None

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from llm_backbones.errors import ConversationError, LLMBackbonesError
+from llm_backbones.errors import ConversationError, LLMBackbonesError, OutputPathError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
@@ -86,9 +86,22 @@ def demo(
 ) -> None:
     """Teach a backbone OpenVLA-style 7-D actions for eight robot instructions, then predict them."""
     try:
+        if metrics_json is not None:
+            _check_output_file(metrics_json, "--metrics-json")
         _demo(backbone, model_path, device, steps, metrics_json)
     except (LLMBackbonesError, OSError) as exc:
         _fail(exc)
+
+
+def _check_output_file(path: Path, option: str) -> None:
+    """Fail before any work when the output file cannot be written (not after a long run)."""
+    if path.is_dir():
+        raise OutputPathError(f"{option} {str(path)!r} is a directory; pass a file path such as {str(path / 'metrics.json')!r}.")
+    if not path.parent.is_dir():
+        raise OutputPathError(
+            f"{option} {str(path)!r}: the folder {str(path.parent)!r} does not exist. Create it first "
+            f"(mkdir -p {path.parent}) or choose another path."
+        )
 
 
 def _summary_table(backbone, tokenizer, build_s: float) -> Table:

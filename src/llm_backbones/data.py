@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from llm_backbones.errors import ConversationError, TokenizationError
+from llm_backbones.errors import ConversationError, InputShapeError, TokenizationError
 from llm_backbones.prompting import PromptBuilder
 
 logger = logging.getLogger(__name__)
@@ -71,6 +71,19 @@ def _seams(
     return texts, replies
 
 
+def _max_length(tokenizer: PreTrainedTokenizerBase, max_length: object) -> int | None:
+    """`max_length` checked, or the tokenizer's `model_max_length` (None when it is HF's "no limit")."""
+    if max_length is None:
+        model_max = getattr(tokenizer, "model_max_length", None)
+        return model_max if isinstance(model_max, int) and 0 < model_max < 10**9 else None
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        raise TokenizationError(
+            f"max_length must be a positive integer, got {max_length!r}. Pass e.g. the backbone's "
+            "llm_max_length (2048), or None for the tokenizer's model_max_length."
+        )
+    return max_length
+
+
 def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
     """`tokenizer(text, add_special_tokens=True).input_ids` for each text (BOS exactly where the tokenizer
     inserts it at inference). Calls the Rust tokenizer directly where there is one: for the few short
@@ -94,10 +107,16 @@ def tokenize_conversation(
     """A training example: `{"input_ids": LongTensor[T], "labels": LongTensor[T]}`.
 
     Labels are `IGNORE_INDEX` (-100) everywhere except on each reply's tokens (its text and its
-    end-of-turn/EOS token). With `max_length`, the sequence is truncated; a reply that would keep no
-    supervised token raises `TokenizationError`, unless `drop_truncated_replies=True`, which drops such
-    replies with a warning (an example with no supervised token at all always raises).
+    end-of-turn/EOS token).
+
+    Over-long conversations, the policy: `max_length` (default: the tokenizer's `model_max_length`, as
+    Prismatic's datasets truncate) bounds the sequence.
+    - A reply cut partway is truncated, with a logged warning naming how many tokens were cut.
+    - A reply cut entirely (no supervised token left) raises `TokenizationError`, unless
+      `drop_truncated_replies=True`, which drops it with a logged warning.
+    - An example with no supervised token left always raises.
     """
+    limit = _max_length(tokenizer, max_length)
     texts, replies = _seams(prompt_builder_fn, conversation, model_family, system_prompt)
     if not replies:
         raise ConversationError(
@@ -124,22 +143,30 @@ def tokenize_conversation(
             raise TokenizationError(f"{name} has no tokens to supervise; check the prompt format.")
         labels[start:end] = input_ids[start:end]
 
-    if max_length is not None and len(input_ids) > max_length:
-        input_ids, labels = input_ids[:max_length], labels[:max_length]
-        lost = [name for k, name in replies if len(encoded[k]) >= max_length]
+    if limit is not None and len(input_ids) > limit:
+        total = len(input_ids)
+        input_ids, labels = input_ids[:limit], labels[:limit]
+        lost = [name for k, name in replies if len(encoded[k]) >= limit]
         if lost and not drop_truncated_replies:
             raise TokenizationError(
-                f"max_length={max_length} cuts {', '.join(lost)} entirely (the conversation needs "
-                f"{len(encoded[needed[-1]])} tokens): it would train on an empty mask. Raise max_length, "
+                f"max_length={limit} cuts {', '.join(lost)} entirely (the conversation needs "
+                f"{total} tokens): it would train on an empty mask. Raise max_length, "
                 "shorten the conversation, or pass drop_truncated_replies=True to drop those replies."
             )
         if all(label == IGNORE_INDEX for label in labels):
             raise TokenizationError(
-                f"max_length={max_length} leaves no supervised token (the first reply starts at token "
+                f"max_length={limit} leaves no supervised token (the first reply starts at token "
                 f"{len(encoded[replies[0][0]])}). Raise max_length."
             )
-        if lost:
-            logger.warning("max_length=%d drops %s (no supervised token left)", max_length, ", ".join(lost))
+        cut = [
+            f"{name} keeps {limit - len(encoded[k])} of its {len(encoded[k + 1]) - len(encoded[k])} tokens"
+            for k, name in replies
+            if len(encoded[k]) < limit < len(encoded[k + 1])
+        ]
+        dropped = [f"drops {', '.join(lost)}"] if lost else []
+        logger.warning(
+            "max_length=%d truncates a %d-token conversation: %s", limit, total, "; ".join(cut + dropped) or "only unsupervised tokens are cut"
+        )
     return {"input_ids": torch.tensor(input_ids, dtype=torch.long), "labels": torch.tensor(labels, dtype=torch.long)}
 
 
@@ -150,12 +177,15 @@ def tokenize_prompt(
     *,
     model_family: str = "prismatic",
     system_prompt: str | None = None,
+    max_length: int | None = None,
 ) -> torch.Tensor:
     """The ids to generate from, for a conversation that ends with a human turn: LongTensor[T].
 
     For every conversation `conv` ending with a reply, `tokenize_prompt(conv[:-1])` is exactly a prefix
-    of `tokenize_conversation(conv)["input_ids"]`.
+    of `tokenize_conversation(conv)["input_ids"]`. A prompt longer than `max_length` (default: the
+    tokenizer's `model_max_length`) raises `TokenizationError`: truncating it would cut the question.
     """
+    limit = _max_length(tokenizer, max_length)
     turns = normalize_conversation(conversation)
     if len(turns) % 2 == 0:
         raise ConversationError(
@@ -163,7 +193,14 @@ def tokenize_prompt(
             f"with {turns[-1][0]!r}. Drop the last reply (conversation[:-1])."
         )
     texts, _ = _seams(prompt_builder_fn, conversation, model_family, system_prompt)
-    return torch.tensor(encode_texts(tokenizer, [texts[-1]])[0], dtype=torch.long)
+    ids = encode_texts(tokenizer, [texts[-1]])[0]
+    if limit is not None and len(ids) > limit:
+        raise TokenizationError(
+            f"The generation prompt has {len(ids)} tokens, more than max_length={limit}; truncating it would "
+            "cut the question the model must answer. Drop early turns of the conversation, or raise "
+            "max_length (the tokenizer's model_max_length, i.e. llm_max_length of the backbone)."
+        )
+    return torch.tensor(ids, dtype=torch.long)
 
 
 def insert_patch_embeddings(
@@ -181,18 +218,32 @@ def insert_patch_embeddings(
     and never supervised (label -100). Returns `inputs_embeds`, `attention_mask` and (if given) `labels`,
     ready for `backbone(inputs_embeds=..., attention_mask=..., labels=...)` and for generation.
     """
+    for name, tensor in (("input_ids", input_ids), ("patch_embeddings", patch_embeddings)):
+        if not isinstance(tensor, torch.Tensor):
+            raise InputShapeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}.")
     if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be [batch, tokens], got shape {tuple(input_ids.shape)}.")
+        raise InputShapeError(
+            f"input_ids must be [batch, tokens], got shape {tuple(input_ids.shape)}; add a batch dimension "
+            "with input_ids[None]."
+        )
     batch, n_tokens = input_ids.shape
     if patch_embeddings.dim() != 3 or patch_embeddings.shape[0] != batch:
-        raise ValueError(
+        raise InputShapeError(
             f"patch_embeddings must be [batch={batch}, patches, dim], got shape {tuple(patch_embeddings.shape)}."
         )
-    if not 0 <= insert_at <= n_tokens:
-        raise ValueError(f"insert_at={insert_at} is outside the {n_tokens} tokens of input_ids.")
+    for name, tensor in (("attention_mask", attention_mask), ("labels", labels)):
+        if tensor is not None and tuple(tensor.shape) != tuple(input_ids.shape):
+            raise InputShapeError(
+                f"{name} must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(tensor.shape)}."
+            )
+    if isinstance(insert_at, bool) or not isinstance(insert_at, int) or not 0 <= insert_at <= n_tokens:
+        raise InputShapeError(
+            f"insert_at={insert_at!r} is outside the {n_tokens} tokens of input_ids; accepted: 0..{n_tokens} "
+            "(1 puts the patches right after BOS, as Prismatic)."
+        )
     token_embeds = embed_input_ids(input_ids)
     if token_embeds.shape[-1] != patch_embeddings.shape[-1]:
-        raise ValueError(
+        raise InputShapeError(
             f"patch_embeddings have dim {patch_embeddings.shape[-1]} but the LLM's embeddings have "
             f"{token_embeds.shape[-1]}; project the patches to the backbone's embed_dim first."
         )
@@ -223,7 +274,19 @@ class PaddedCollator:
 
     def __call__(self, examples: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         if not examples:
-            raise ValueError("PaddedCollator got an empty batch.")
+            raise InputShapeError("PaddedCollator got an empty batch; pass at least one example.")
+        for i, example in enumerate(examples):
+            if not isinstance(example, Mapping) or "input_ids" not in example or "labels" not in example:
+                keys = sorted(example) if isinstance(example, Mapping) else type(example).__name__
+                raise InputShapeError(
+                    f"Example {i}: expected a dict with 'input_ids' and 'labels' (as tokenize_conversation "
+                    f"returns), got {keys}."
+                )
+            if len(example["input_ids"]) != len(example["labels"]):
+                raise InputShapeError(
+                    f"Example {i}: {len(example['input_ids'])} input_ids but {len(example['labels'])} labels; "
+                    "they must be the same length."
+                )
         lengths = [len(e["input_ids"]) for e in examples]
         width = max(lengths)
         if self.pad_to_multiple_of:

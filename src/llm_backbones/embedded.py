@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,10 @@ def embedded_model_dir(name: str) -> Path:
         config = AutoConfig.from_pretrained(src)
         torch.manual_seed(WEIGHTS_SEED)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        model.save_pretrained(tmp, safe_serialization=True)
+        # Written directly, not with save_pretrained: under torchrun, transformers writes weights on rank 0
+        # only, and every rank may be the one creating the cache.
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
         for f in _FILES:
             shutil.copy2(src / f, tmp / f)
         try:

@@ -1,7 +1,7 @@
 """Typed exceptions of llm-backbones.
 
-Each subclasses the builtin an old `except` clause would catch (`ValueError`, `FileNotFoundError`),
-and each message names the bad value, what is accepted, and the fix.
+Each subclasses the builtin an old `except` clause would catch (`ValueError`, `FileNotFoundError`,
+`KeyError`, `TypeError`), and each message names the bad value, what is accepted, and the fix.
 """
 
 from __future__ import annotations
@@ -14,6 +14,11 @@ class LLMBackbonesError(Exception):
     """Base class of every error raised on purpose by llm-backbones."""
 
 
+def closest(value: object, known: Iterable[str], n: int = 3) -> list[str]:
+    """Up to `n` entries of `known` close to `value` (for "did you mean" hints)."""
+    return difflib.get_close_matches(str(value), sorted(known), n=n, cutoff=0.5)
+
+
 class UnknownBackboneError(LLMBackbonesError, ValueError, KeyError):
     """A backbone id that is not in the registry.
 
@@ -23,7 +28,7 @@ class UnknownBackboneError(LLMBackbonesError, ValueError, KeyError):
 
     def __init__(self, backbone_id: object, known: Iterable[str], *, scope: str = "registry") -> None:
         known = sorted(known)
-        close = difflib.get_close_matches(str(backbone_id), known, n=3, cutoff=0.5)
+        close = closest(backbone_id, known)
         hint = f" Closest known ids: {', '.join(close)}." if close else ""
         super().__init__(
             f"Unknown LLM backbone id {backbone_id!r} (not in the {scope}).{hint} "
@@ -54,7 +59,8 @@ class ModelPathError(LLMBackbonesError, FileNotFoundError):
 
 
 class ConfigMismatchError(LLMBackbonesError, ValueError):
-    """A model config whose architecture is not the one the backbone id's family expects."""
+    """A model config that cannot be used: of another architecture than the backbone id's family expects,
+    of an architecture transformers does not know, or not readable (corrupted config.json)."""
 
 
 class TokenizationError(LLMBackbonesError, ValueError):
@@ -63,3 +69,42 @@ class TokenizationError(LLMBackbonesError, ValueError):
 
 class ActionError(LLMBackbonesError, ValueError):
     """Actions or action token ids outside what the action tokenizer accepts."""
+
+
+class RegistryError(LLMBackbonesError, ValueError, TypeError):
+    """A registration the registry refuses (an id already taken, something that is not a BackboneSpec).
+
+    A TypeError too, as `register_backbone` raised for a non-spec before this class existed.
+    """
+
+
+class ModelWeightsError(LLMBackbonesError, ValueError):
+    """A weights file that cannot be read (truncated or corrupted safetensors, wrong tensor names)."""
+
+
+class RemoteCodeError(LLMBackbonesError, ValueError):
+    """A checkpoint that needs custom code from its directory, which runs only with `trust_remote_code=True`."""
+
+
+class CheckpointError(LLMBackbonesError, ValueError):
+    """A checkpoint of `save_backbone` that cannot be written or read (bad fingerprint.json, meta weights)."""
+
+
+class FingerprintMismatchError(CheckpointError):
+    """What `load_backbone` built differs from what `save_backbone` recorded (tokenizer, prompt format, padding).
+
+    `mismatches` maps each differing fingerprint field to `(saved, built)`.
+    """
+
+    def __init__(self, message: str, mismatches: dict[str, tuple[object, object]]) -> None:
+        super().__init__(message)
+        self.mismatches = mismatches
+
+
+class OutputPathError(LLMBackbonesError, FileNotFoundError):
+    """A path to write to that cannot be used (missing parent folder, a file where a folder is needed, or a
+    folder that is not a checkpoint and would be replaced)."""
+
+
+class InputShapeError(LLMBackbonesError, ValueError):
+    """Tensors whose shapes do not fit together (patch embeddings, batches to collate)."""

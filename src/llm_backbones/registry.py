@@ -16,7 +16,7 @@ from torch import nn
 from transformers import LlamaForCausalLM, PreTrainedModel
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-from llm_backbones.errors import UnknownBackboneError
+from llm_backbones.errors import RegistryError, UnknownBackboneError
 from llm_backbones.prompting import (
     LLaMa2ChatPromptBuilder,
     PromptBuilder,
@@ -63,10 +63,16 @@ _REGISTRY: dict[str, BackboneSpec] = {}
 def register_backbone(spec: BackboneSpec, *, overwrite: bool = False) -> BackboneSpec:
     """Add `spec` to the registry (the one place an id is declared); returns it."""
     if not isinstance(spec, BackboneSpec):
-        raise TypeError(f"register_backbone expects a BackboneSpec, got {type(spec).__name__}.")
+        raise RegistryError(
+            f"register_backbone expects a BackboneSpec, got {type(spec).__name__}. Build one with "
+            "llm_backbones.BackboneSpec(backbone_id=..., family=..., ...)."
+        )
+    if not isinstance(spec.backbone_id, str) or not spec.backbone_id.strip():
+        raise RegistryError(f"A backbone id must be a non-empty string, got {spec.backbone_id!r}.")
     if spec.backbone_id in _REGISTRY and not overwrite:
-        raise ValueError(
-            f"Backbone id {spec.backbone_id!r} is already registered; pass overwrite=True to replace it."
+        raise RegistryError(
+            f"Backbone id {spec.backbone_id!r} is already registered; pass overwrite=True to replace it, or "
+            "choose another id."
         )
     _REGISTRY[spec.backbone_id] = spec
     return spec

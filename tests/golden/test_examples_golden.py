@@ -18,13 +18,15 @@ computes an expected value with the tokenizer or the library):
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from transformers import AutoTokenizer
 
 from llm_backbones.data import tokenize_conversation, tokenize_prompt
 from llm_backbones.embedded import ASSETS_DIR
-from llm_backbones.errors import ConversationError, TokenizationError
+from llm_backbones.errors import TokenizationError
 from llm_backbones.prompting import LLaMa2ChatPromptBuilder, PurePromptBuilder, VicunaV15ChatPromptBuilder
 
 # =====================================================================================================
@@ -384,8 +386,13 @@ def test_max_length_at_the_end_of_a_generation_prompt_raises(tok) -> None:
         tokenize_conversation(tok, PurePromptBuilder, TWO_TURNS, max_length=26)
 
 
-def test_max_length_keeping_one_reply_token_truncates(tok) -> None:
-    out = tokenize_conversation(tok, PurePromptBuilder, TWO_TURNS, max_length=27)
+def test_max_length_keeping_one_reply_token_truncates_with_a_warning(tok, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="llm_backbones"):
+        out = tokenize_conversation(tok, PurePromptBuilder, TWO_TURNS, max_length=27)
+    (record,) = caplog.records
+    assert record.getMessage() == (
+        "max_length=27 truncates a 31-token conversation: reply 1 (turn 3) keeps 1 of its 5 tokens"
+    )
     assert out["input_ids"].tolist() == PURE_TWO_INPUT_IDS[:27]
     assert out["labels"].tolist() == [
         -100, -100, -100, -100, -100, -100, -100, -100, -100, -100, -100, -100,  # generation prompt
@@ -401,8 +408,12 @@ def test_max_length_not_reached_changes_nothing(tok) -> None:
     assert out["labels"].tolist() == PURE_TWO_LABELS
 
 
-def test_drop_truncated_replies_keeps_the_earlier_reply(tok) -> None:
-    out = tokenize_conversation(tok, PurePromptBuilder, TWO_TURNS, max_length=20, drop_truncated_replies=True)
+def test_drop_truncated_replies_keeps_the_earlier_reply(tok, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="llm_backbones"):
+        out = tokenize_conversation(tok, PurePromptBuilder, TWO_TURNS, max_length=20, drop_truncated_replies=True)
+    assert [r.getMessage() for r in caplog.records] == [
+        "max_length=20 truncates a 31-token conversation: drops reply 1 (turn 3)"
+    ]
     assert out["input_ids"].tolist() == [
         1, 512, 29901, 1724, 338, 297, 278, 1967, 29973, 13, 3744, 29901,  # <s> ▁In : ▁What ... <0x0A> Out :
         319, 2654, 28704, 29889, 2,  # ▁A ▁red ▁cube . </s>
@@ -415,44 +426,5 @@ def test_drop_truncated_replies_keeps_the_earlier_reply(tok) -> None:
     ]  # fmt: skip
 
 
-def test_max_length_cutting_the_only_reply_raises(tok) -> None:
-    with pytest.raises(TokenizationError, match=r"max_length=12") as info:
-        tokenize_conversation(tok, PurePromptBuilder, ONE_TURN, max_length=12)
-    assert "reply 0 (turn 1)" in str(info.value)
-
-
-def test_drop_truncated_replies_with_nothing_left_still_raises(tok) -> None:
-    with pytest.raises(TokenizationError, match=r"max_length=12"):
-        tokenize_conversation(tok, PurePromptBuilder, ONE_TURN, max_length=12, drop_truncated_replies=True)
-
-
-# =====================================================================================================
-# Bad conversations
-# =====================================================================================================
-
-
-def test_empty_conversation_raises(tok) -> None:
-    with pytest.raises(ConversationError, match="empty"):
-        tokenize_conversation(tok, PurePromptBuilder, [])
-
-
-def test_empty_conversation_raises_for_tokenize_prompt(tok) -> None:
-    with pytest.raises(ConversationError, match="empty"):
-        tokenize_prompt(tok, PurePromptBuilder, [])
-
-
-def test_bad_turn_dict_raises(tok) -> None:
-    bad = [{"from": "human", "value": "Hi."}, {"speaker": "gpt", "text": "Hello."}]
-    with pytest.raises(ConversationError, match=r"Turn 1") as info:
-        tokenize_conversation(tok, PurePromptBuilder, bad)
-    assert "speaker" in str(info.value)
-
-
-def test_conversation_error_is_a_value_error() -> None:
-    assert issubclass(ConversationError, ValueError)
-    assert issubclass(TokenizationError, ValueError)
-
-
-def test_tokenize_prompt_on_a_conversation_ending_with_a_reply_raises(tok) -> None:
-    with pytest.raises(ConversationError, match="ends with a human turn"):
-        tokenize_prompt(tok, PurePromptBuilder, ONE_TURN)
+# Bad conversations and over-long examples that raise (empty, malformed turns, a reply cut entirely,
+# max_length values): tests/unit/test_bad_inputs.py (CONVERSATIONS).

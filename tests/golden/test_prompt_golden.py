@@ -711,95 +711,14 @@ def test_official_llama2_unicode_and_whitespace_first_turn() -> None:
 
 
 # =====================================================================================================
-# Errors: wrong role order, unknown role, non-string message
+# Rejected turns
 # =====================================================================================================
 
-ALL_BUILDERS = [
-    PurePromptBuilder,
-    LLaMa2ChatPromptBuilder,
-    VicunaV15ChatPromptBuilder,
-    MistralInstructPromptBuilder,
-    PhiPromptBuilder,
-]
-BUILDER_IDS = ["pure", "llama2", "vicuna", "mistral", "phi"]
 both_modes = pytest.mark.parametrize("compat", [True, False], ids=["compat", "official"])
-all_builders = pytest.mark.parametrize("cls", ALL_BUILDERS, ids=BUILDER_IDS)
 
 
-def assert_names_all(exc: BaseException, *words: str) -> None:
-    text = str(exc)
-    for word in words:
-        assert word in text, f"{word!r} not in error message {text!r}"
-
-
-@both_modes
-@all_builders
-def test_gpt_first_is_rejected(cls, compat) -> None:
-    builder = cls("prismatic", prismatic_compat=compat)
-    with pytest.raises(ValueError) as info:
-        builder.add_turn("gpt", "Hello.")
-    assert_names_all(info.value, "Turn 0", "'gpt'", "'human'")
-
-
-@both_modes
-@all_builders
-@pytest.mark.parametrize("role", ["human", "user"])
-def test_two_human_turns_in_a_row_are_rejected(cls, compat, role) -> None:
-    builder = cls("prismatic", prismatic_compat=compat)
-    builder.add_turn("human", "Pick up the cup.")
-    with pytest.raises(ValueError) as info:
-        builder.add_turn(role, "Again.")
-    assert_names_all(info.value, "Turn 1", repr(role), "'gpt'")
-
-
-@both_modes
-@all_builders
-@pytest.mark.parametrize("role", ["gpt", "assistant"])
-def test_two_gpt_turns_in_a_row_are_rejected(cls, compat, role) -> None:
-    builder = cls("prismatic", prismatic_compat=compat)
-    builder.add_turn("human", "Pick up the cup.")
-    builder.add_turn("gpt", "Done.")
-    with pytest.raises(ValueError) as info:
-        builder.add_turn(role, "Done again.")
-    assert_names_all(info.value, "Turn 2", repr(role), "'human'")
-
-
-@both_modes
-@all_builders
-def test_unknown_role_is_rejected(cls, compat) -> None:
-    builder = cls("prismatic", prismatic_compat=compat)
-    builder.add_turn("human", "Pick up the cup.")
-    with pytest.raises(ValueError) as info:
-        builder.add_turn("robot", "Done.")
-    assert_names_all(info.value, "Turn 1", "'robot'", "'gpt'")
-
-
-@both_modes
-@all_builders
-def test_system_role_is_rejected(cls, compat) -> None:
-    builder = cls("prismatic", prismatic_compat=compat)
-    with pytest.raises(ValueError) as info:
-        builder.add_turn("system", "You control a robot arm.")
-    assert_names_all(info.value, "Turn 0", "'system'", "'human'")
-
-
-@both_modes
-@all_builders
-def test_non_string_message_is_rejected(cls, compat) -> None:
-    builder = cls("prismatic", prismatic_compat=compat)
-    builder.add_turn("human", "Pick up the cup.")
-    with pytest.raises(ValueError) as info:
-        builder.add_turn("gpt", 42)
-    assert_names_all(info.value, "Turn 1", "int", "string")
-
-
-@both_modes
-@all_builders
-def test_non_string_potential_message_is_rejected(cls, compat) -> None:
-    builder = cls("prismatic", prismatic_compat=compat)
-    with pytest.raises(ValueError) as info:
-        builder.get_potential_prompt(None)
-    assert_names_all(info.value, "Turn 0", "NoneType", "string")
+# Each rejected turn (role order, unknown role, non-string message) with its message words, for every
+# builder in both modes: tests/unit/test_bad_inputs.py (PROMPTS). What a rejection leaves behind:
 
 
 @both_modes

@@ -94,16 +94,7 @@ def test_prompt_bad_files(tmp_path) -> None:
     assert result.exit_code == 1 and "Turn 0" in result.output
 
 
-def test_unknown_id_is_one_clear_line_and_exit_1() -> None:
-    result = runner.invoke(app, ["demo", "--backbone", "llama2-7b-chatt"])
-    assert result.exit_code == 1
-    assert "error: Unknown LLM backbone id 'llama2-7b-chatt'" in result.output
-    assert "Traceback" not in result.output
-
-
-def test_missing_model_path(tmp_path) -> None:
-    result = runner.invoke(app, ["demo", "--model-path", str(tmp_path / "absent")])
-    assert result.exit_code == 1 and "is not a directory" in result.output
+# Bad arguments and files (exit 1, one error line; Click usage errors, exit 2): tests/unit/test_bad_inputs.py.
 
 
 def test_real_subprocess_entry_point() -> None:

@@ -57,11 +57,4 @@ def test_spliced_batch_runs_through_the_backbone(backbone_and_batch) -> None:
     assert keep.sum().item() == (batch["labels"] != IGNORE_INDEX).sum().item()
 
 
-def test_shape_errors(backbone_and_batch) -> None:
-    backbone, batch, patches = backbone_and_batch
-    with pytest.raises(ValueError, match="embed_dim"):
-        insert_patch_embeddings(backbone.embed_input_ids, batch["input_ids"], torch.zeros(2, 5, 7))
-    with pytest.raises(ValueError, match=r"batch=2"):
-        insert_patch_embeddings(backbone.embed_input_ids, batch["input_ids"], patches[:1])
-    with pytest.raises(ValueError, match=r"\[batch, tokens\]"):
-        insert_patch_embeddings(backbone.embed_input_ids, batch["input_ids"][0], patches)
+# Shape errors: tests/unit/test_bad_inputs.py (SHAPES).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ from transformers import AutoTokenizer
 
 from llm_backbones.actions import ActionTokenizer
 from llm_backbones.embedded import ASSETS_DIR
-from llm_backbones.errors import ActionError
 
 
 @pytest.fixture(scope="module")
@@ -93,26 +91,4 @@ def test_every_action_token_survives_text_round_trip(padded_tokenizer) -> None:
         assert padded_tokenizer(text, add_special_tokens=False).input_ids[-1] == token_id, token_id
 
 
-@pytest.mark.parametrize("bad", [[float("nan"), 0.0], [0.0, math.inf], [-math.inf]])
-def test_non_finite_actions_raise(action_tokenizer, bad) -> None:
-    with pytest.raises(ActionError, match="finite"):
-        action_tokenizer.encode(bad)
-
-
-def test_scalar_action_raises(action_tokenizer) -> None:
-    with pytest.raises(ActionError, match="scalar"):
-        action_tokenizer.encode(torch.tensor(0.3))
-
-
-@pytest.mark.parametrize("bad_id", [2, 31743, 32000, 32063])
-def test_out_of_range_ids_raise(action_tokenizer, bad_id) -> None:
-    with pytest.raises(ActionError, match=r"accepted: 31744\.\.31999"):
-        action_tokenizer.decode_token_ids_to_actions([31800, bad_id])
-
-
-def test_bad_construction(padded_tokenizer) -> None:
-    with pytest.raises(ActionError, match="bins"):
-        ActionTokenizer(padded_tokenizer, bins=1)
-    with pytest.raises(ActionError, match="below max_action"):
-        ActionTokenizer(padded_tokenizer, min_action=1.0, max_action=-1.0)
-    assert isinstance(ActionError("x"), ValueError)
+# Bad inputs (NaN/inf, shapes, out-of-range ids, construction): tests/unit/test_bad_inputs.py (ACTIONS).

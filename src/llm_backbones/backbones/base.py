@@ -7,7 +7,10 @@ resize, prompt builder, layer class, dtype, last-layer modules), driven by the i
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -18,22 +21,50 @@ from typing import Any
 import torch
 from torch import nn
 from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
-from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from safetensors import SafetensorError, safe_open
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from llm_backbones._redact import redacting
 from llm_backbones.embedded import embedded_model_dir
 from llm_backbones.fused_loss import chunked_causal_lm_loss
 from llm_backbones.generation import generate_greedy
 from llm_backbones.errors import (
     ConfigMismatchError,
     ModelPathError,
+    ModelWeightsError,
     PromptFormatError,
+    RemoteCodeError,
     TokenizerContractError,
 )
 from llm_backbones.prompting import PromptBuilder
 from llm_backbones.registry import BackboneSpec, get_spec
 
 logger = logging.getLogger(__name__)
+
+# Files a tokenizer may be built from (named in the error when none works).
+TOKENIZER_FILES = frozenset(
+    {"tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "merges.txt", "vocab.txt",
+     "special_tokens_map.json", "spiece.model"}
+)
+PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl"})
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def unreadable_safetensors(directory: Path) -> list[str]:
+    """`"<file> (<n> bytes)"` for each *.safetensors file of `directory` whose header or extent is broken."""
+    bad = []
+    for file in sorted(directory.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                list(handle.keys())
+        except Exception:  # SafetensorError, OSError: either way the file cannot be used
+            bad.append(f"{file} ({file.stat().st_size} bytes)")
+    return bad
 
 
 class LLMBackbone(nn.Module, ABC):
@@ -151,14 +182,18 @@ class HFCausalLLMBackbone(LLMBackbone):
         llm_family, llm_cls, hf_hub_path: the original's explicit arguments; when given they override
             the registry entry.
         llm_max_length: the tokenizer's `model_max_length`.
-        hf_token: hub token (never logged or stored).
+        hf_token: hub token, passed to the hub only (never to a local directory), never stored, and kept
+            out of log lines and exception messages while loading.
         inference_mode: build the architecture on the meta device from the config only (no weights, no
             random init); load trained weights with `load_state_dict`. `use_cache=True`.
         use_flash_attention_2: prefer flash-attention-2 where it can run (see
             `select_attn_implementation`); `attn_implementation=` overrides.
         model_path: a local HF-format directory that replaces the hub path.
         dtype: the dtype of the loaded weights (default float32, as the original).
-        trust_remote_code: passed to HF only when the caller sets it.
+        trust_remote_code: passed to HF only when the caller sets it; a checkpoint that needs its own code
+            raises `RemoteCodeError` otherwise.
+        allow_pickle: also accept pickle weights (`pytorch_model.bin`), with a warning; by default weights
+            load from safetensors only, since unpickling an untrusted file can run code.
     """
 
     def __init__(
@@ -176,6 +211,7 @@ class HFCausalLLMBackbone(LLMBackbone):
         attn_implementation: str | None = None,
         dtype: torch.dtype | None = None,
         trust_remote_code: bool = False,
+        allow_pickle: bool = False,
     ) -> None:
         super().__init__(llm_backbone_id)
         self.fused_loss = False
@@ -185,55 +221,97 @@ class HFCausalLLMBackbone(LLMBackbone):
         )
         self.llm_family, self.hf_hub_path = self.spec.family, self.spec.hf_hub_path
         self.llm_max_length, self.inference_mode = llm_max_length, inference_mode
+        if allow_pickle:
+            warnings.warn(
+                f"allow_pickle=True for {llm_backbone_id!r}: weights may load from pickle files "
+                "(pytorch_model.bin), and unpickling an untrusted file can run arbitrary code. Convert the "
+                "checkpoint to safetensors (model.save_pretrained(dir)) and drop allow_pickle.",
+                UserWarning,
+                stacklevel=2,
+            )
+        with redacting(hf_token):
+            self._build(
+                model_path,
+                hf_token,
+                attn_implementation=attn_implementation,
+                use_flash_attention_2=use_flash_attention_2,
+                dtype=dtype if dtype is not None else torch.float32,
+                trust_remote_code=trust_remote_code,
+                allow_pickle=allow_pickle,
+            )
 
-        source = self._resolve_source(model_path)
-        hub_kwargs: dict[str, Any] = {"token": hf_token, "trust_remote_code": trust_remote_code}
-        config = AutoConfig.from_pretrained(source, **hub_kwargs)
+    def _build(
+        self,
+        model_path: str | Path | None,
+        hf_token: str | None,
+        *,
+        attn_implementation: str | None,
+        use_flash_attention_2: bool,
+        dtype: torch.dtype,
+        trust_remote_code: bool,
+        allow_pickle: bool,
+    ) -> None:
+        source, local = self._resolve_source(model_path)
+        hub_kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+        if not local and hf_token is not None:
+            hub_kwargs["token"] = hf_token  # only the hub needs it; a local directory never sees it
+        config = self._load_config(source, local, hub_kwargs)
         expected = self.spec.llm_cls.config_class.model_type
         if config.model_type != expected:
             raise ConfigMismatchError(
                 f"{source}/config.json is a {config.model_type!r} model, but backbone "
-                f"{llm_backbone_id!r} ({self.spec.family}) needs {expected!r} "
+                f"{self.identifier!r} ({self.spec.family}) needs {expected!r} "
                 f"({self.spec.llm_cls.__name__}). Point model_path at a {expected} checkpoint, or use an id "
                 "of that checkpoint's family."
             )
 
         # [Contract] fast tokenizer, right padding (training collates right-padded batches).
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            source, model_max_length=llm_max_length, padding_side="right", **hub_kwargs
-        )
+        self.tokenizer = self._load_tokenizer(source, local, hub_kwargs)
         self._check_bos_contract()
         needs_pad = self.tokenizer.pad_token is None
         if needs_pad:
             # [Contract] LLaMA-style tokenizers have no PAD: add one and give it an embedding row.
+            # A checkpoint saved after this (save_backbone) already has it: no second PAD, no second resize.
             self.tokenizer.add_special_tokens({"pad_token": self.spec.pad_token})
 
         attn = select_attn_implementation(attn_implementation, use_flash_attention_2)
-        dtype = dtype if dtype is not None else torch.float32
-        if inference_mode:
+        if self.inference_mode:
             if needs_pad:  # size the embeddings the way the trained checkpoint was resized
                 config.vocab_size = self._padded_vocab_size(config.vocab_size)
             with _parameters_on_meta():
                 self.llm = self.spec.llm_cls._from_config(config, attn_implementation=attn, dtype=dtype)
         else:
-            self.llm = self.spec.llm_cls.from_pretrained(
-                source, config=config, attn_implementation=attn, dtype=dtype, **hub_kwargs
+            self.llm = self._load_weights(
+                source, local, config, hub_kwargs, attn=attn, dtype=dtype, allow_pickle=allow_pickle
             )
             if needs_pad:
                 # [Contract] mean-initialised new rows, rows padded to a multiple of 64 (tensor cores).
                 self.llm.resize_token_embeddings(
                     len(self.tokenizer), pad_to_multiple_of=self.spec.pad_to_multiple_of
                 )
+        rows = self.llm.get_input_embeddings().num_embeddings
+        if len(self.tokenizer) > rows:
+            raise TokenizerContractError(
+                f"The tokenizer in {source} has {len(self.tokenizer)} tokens but the model has only {rows} "
+                "embedding rows, so the last token ids would index past the embeddings. The tokenizer and the "
+                "weights come from different checkpoints: save them together (llm_backbones.save_backbone)."
+            )
         self.llm.config.pad_token_id = self.tokenizer.pad_token_id
         # [Contract] the KV cache only helps generation; in training it costs memory.
-        self.llm.config.use_cache = inference_mode
-        if not inference_mode:
+        self.llm.config.use_cache = self.inference_mode
+        if not self.inference_mode:
             # [Contract] with frozen embeddings, gradient checkpointing needs inputs that require grad.
             self.llm.enable_input_require_grads()
 
     # === Loading ===
-    def _resolve_source(self, model_path: str | Path | None) -> str:
+    def _resolve_source(self, model_path: str | Path | None) -> tuple[str, bool]:
+        """Where config, tokenizer and weights come from, and whether that is a local directory."""
         if model_path is not None:
+            if not isinstance(model_path, (str, os.PathLike)):
+                raise ModelPathError(
+                    f"model_path must be a str or a path, got {type(model_path).__name__}: {model_path!r:.80}. "
+                    "Pass the local directory of an HF-format checkpoint."
+                )
             path = Path(model_path).expanduser()
             if not path.is_dir():
                 raise ModelPathError(
@@ -245,10 +323,117 @@ class HFCausalLLMBackbone(LLMBackbone):
                     f"model_path={str(path)!r} has no config.json, so it is not an HF-format checkpoint. "
                     "Point it at the directory that holds config.json (e.g. the output of save_pretrained)."
                 )
-            return str(path)
+            return str(path), True
         if self.spec.embedded is not None:
-            return str(embedded_model_dir(self.spec.embedded))
-        return self.spec.hf_hub_path
+            return str(embedded_model_dir(self.spec.embedded)), True
+        return self.spec.hf_hub_path, False
+
+    def _hub_error(self, source: str, what: str, exc: BaseException) -> ModelPathError:
+        return ModelPathError(
+            f"Could not load the {what} of {self.identifier!r} from the hub path {source!r}: {_first_line(exc)} "
+            "Pass model_path= a local HF-format directory, or check the network and hf_token (gated "
+            "repositories such as meta-llama need an accepted licence and a token)."
+        )
+
+    def _load_config(self, source: str, local: bool, hub_kwargs: dict[str, Any]) -> PretrainedConfig:
+        raw: dict[str, Any] = {}
+        if local:
+            config_file = Path(source) / "config.json"
+            try:
+                raw = json.loads(config_file.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ConfigMismatchError(
+                    f"{config_file} is not valid JSON ({exc}): the file is corrupted or truncated. Restore it "
+                    "from the original checkpoint (or save the model again with save_pretrained)."
+                ) from exc
+            except OSError as exc:  # permissions, a directory named config.json, ...
+                raise ConfigMismatchError(f"{config_file} cannot be read ({exc}). Check the file.") from exc
+            if not isinstance(raw, dict):
+                raise ConfigMismatchError(
+                    f"{config_file} holds a JSON {type(raw).__name__}, not an object of config fields. "
+                    "Restore it from the original checkpoint."
+                )
+        try:
+            return AutoConfig.from_pretrained(source, **hub_kwargs)
+        except ValueError as exc:  # transformers: unknown model_type, custom code refused
+            if "auto_map" in raw and not hub_kwargs["trust_remote_code"]:
+                raise RemoteCodeError(
+                    f"{source}/config.json declares its own code (auto_map: {raw['auto_map']!r:.120}) for "
+                    f"model_type {raw.get('model_type')!r}. llm-backbones never runs a checkpoint's code unless "
+                    f"asked: read the .py files in {source}, then pass trust_remote_code=True; or use a "
+                    "checkpoint of a built-in architecture."
+                ) from exc
+            expected = self.spec.llm_cls.config_class.model_type
+            where = f"{source}/config.json" if local else f"the config of {source!r}"
+            raise ConfigMismatchError(
+                f"{where} has model_type {raw.get('model_type', '<missing>')!r}, which transformers cannot "
+                f"build ({_first_line(exc)}). Backbone {self.identifier!r} needs a "
+                f"{expected!r} checkpoint: point model_path at one."
+            ) from exc
+        except OSError as exc:
+            if local:
+                raise ConfigMismatchError(f"{source}/config.json cannot be read: {exc}") from exc
+            raise self._hub_error(source, "config", exc) from exc
+
+    def _load_tokenizer(self, source: str, local: bool, hub_kwargs: dict[str, Any]) -> PreTrainedTokenizerBase:
+        try:
+            return AutoTokenizer.from_pretrained(
+                source, model_max_length=self.llm_max_length, padding_side="right", **hub_kwargs
+            )
+        except (OSError, ValueError, TypeError) as exc:  # transformers raises ValueError for missing files
+            if not local:
+                raise self._hub_error(source, "tokenizer", exc) from exc
+            found = sorted(p.name for p in Path(source).iterdir() if p.name in TOKENIZER_FILES)
+            raise ModelPathError(
+                f"{source} has no usable tokenizer (tokenizer files found: {found or 'none'}; a fast tokenizer "
+                "needs tokenizer.json). Copy the base model's tokenizer into it: "
+                f"AutoTokenizer.from_pretrained(<base model>).save_pretrained({source!r})."
+            ) from exc
+
+    def _load_weights(
+        self,
+        source: str,
+        local: bool,
+        config: PretrainedConfig,
+        hub_kwargs: dict[str, Any],
+        *,
+        attn: str,
+        dtype: torch.dtype,
+        allow_pickle: bool,
+    ) -> PreTrainedModel:
+        try:
+            return self.spec.llm_cls.from_pretrained(
+                source,
+                config=config,
+                attn_implementation=attn,
+                dtype=dtype,
+                # [Contract] safetensors only: unpickling an untrusted file can run arbitrary code.
+                use_safetensors=None if allow_pickle else True,
+                **hub_kwargs,
+            )
+        except SafetensorError as exc:
+            bad = unreadable_safetensors(Path(source)) if local else []
+            raise ModelWeightsError(
+                f"The weights of {source} cannot be read ({exc}): "
+                f"{'; '.join(bad) if bad else 'a safetensors file'} is truncated or corrupted (an interrupted "
+                "download, copy or save). Copy or download the checkpoint again."
+            ) from exc
+        except OSError as exc:
+            if not local:
+                raise self._hub_error(source, "weights", exc) from exc
+            pickles = sorted(p.name for p in Path(source).iterdir() if p.suffix in PICKLE_SUFFIXES)
+            if pickles and not allow_pickle:
+                raise ModelPathError(
+                    f"{source} holds only pickle weights ({', '.join(pickles)}); llm-backbones loads "
+                    "safetensors only, since unpickling an untrusted file can run code. Convert them "
+                    "(load once where you trust them, then model.save_pretrained(dir) writes model.safetensors), "
+                    "or pass allow_pickle=True if you trust the file."
+                ) from exc
+            raise ModelPathError(
+                f"{source} has no weights that can be loaded ({_first_line(exc)}). Expected "
+                "model.safetensors (or model.safetensors.index.json and its shards); to build the "
+                "architecture without weights pass inference_mode=True."
+            ) from exc
 
     def _padded_vocab_size(self, base: int) -> int:
         n, k = max(base, len(self.tokenizer)), self.spec.pad_to_multiple_of

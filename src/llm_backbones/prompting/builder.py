@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from llm_backbones.errors import ConversationError, PromptFormatError
+from llm_backbones.errors import ConversationError, PromptFormatError, closest
 from llm_backbones.prompting.formats import OFFICIAL_FORMATS, PRISMATIC_FORMATS, PromptFormat
 
 ROLE_ALIASES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt"}
@@ -44,6 +44,16 @@ class PromptBuilder:
                 )
             table = PRISMATIC_FORMATS if prismatic_compat else OFFICIAL_FORMATS
             prompt_format = table[self.format_key]
+        if not isinstance(prompt_format, PromptFormat):
+            raise PromptFormatError(
+                f"prompt_format must be a PromptFormat, got {type(prompt_format).__name__}. Build one with "
+                "llm_backbones.prompting.PromptFormat(...), or use a named builder."
+            )
+        if not isinstance(model_family, str):
+            raise PromptFormatError(
+                f"model_family must be a string such as 'openvla' or 'prismatic', got "
+                f"{type(model_family).__name__}: {model_family!r:.80}."
+            )
         self.format = prompt_format
         self.model_family = model_family
         self.prismatic_compat = prismatic_compat
@@ -84,6 +94,8 @@ class PromptBuilder:
     # === Internals ===
     def _wrap_system(self, system_prompt: str | None) -> str:
         fmt = self.format
+        if system_prompt is not None:
+            self._check_text(system_prompt, "system_prompt")
         if fmt.system is None:
             if system_prompt is not None and not self.prismatic_compat:
                 raise PromptFormatError(
@@ -94,16 +106,14 @@ class PromptBuilder:
             return ""
         if system_prompt is None:
             if self.model_family not in fmt.default_system:
+                near = closest(self.model_family, fmt.default_system)
+                hint = f" Did you mean {near[0]!r}?" if near else ""
                 raise PromptFormatError(
                     f"No default system prompt of the {fmt.name!r} format for model_family="
-                    f"{self.model_family!r}; known families: {', '.join(sorted(fmt.default_system))}. "
+                    f"{self.model_family!r}; known families: {', '.join(sorted(fmt.default_system))}.{hint} "
                     "Pass one of them, or give system_prompt= explicitly."
                 )
             system_prompt = fmt.default_system[self.model_family]
-        if not isinstance(system_prompt, str):
-            raise ConversationError(
-                f"system_prompt must be a string, got {type(system_prompt).__name__}: {system_prompt!r}."
-            )
         return fmt.system.format(system=system_prompt.strip())
 
     def _wrap_human(self, message: str, *, first: bool) -> str:
@@ -120,12 +130,25 @@ class PromptBuilder:
         return message.replace("<image>", "").strip()
 
     @staticmethod
-    def _check_message(message: object, turn: int) -> None:
-        if not isinstance(message, str):
+    def _check_text(text: object, what: str) -> None:
+        """Strings only, and only text that can be encoded (no lone surrogates from a bad decode)."""
+        if not isinstance(text, str):
             raise ConversationError(
-                f"Turn {turn}: the message must be a string, got {type(message).__name__}: "
-                f"{message!r:.80}. Convert it to text first."
+                f"{what} must be a string, got {type(text).__name__}: {text!r:.80}. "
+                "Convert it to text first."
             )
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ConversationError(
+                f"{what} is not valid Unicode ({exc.reason} at position {exc.start}: "
+                f"{text[max(exc.start - 10, 0) : exc.end + 10]!r}); it was probably decoded with the wrong "
+                "codec. Decode the source text as UTF-8 (errors='replace' drops the bad characters)."
+            ) from None
+
+    @classmethod
+    def _check_message(cls, message: object, turn: int) -> None:
+        cls._check_text(message, f"Turn {turn}: the message")
 
     def _check_turn(self, role: object, message: object) -> str:
         turn = self.turn_count

@@ -1,0 +1,680 @@
+"""The bad-input matrix of the public API: every row is one bad input at one entry point.
+
+Each row names the typed exception (from `llm_backbones.errors`), the builtin an old `except` clause
+would have caught (the typed errors subclass it), and the words its message must contain: the bad value,
+what is accepted and the fix. CLI rows run the command twice: with `--debug` (the typed exception
+escapes) and without (one `error:` line, exit code 1, no traceback). Click's own usage errors (exit 2)
+are listed apart. README's "Guarantees" section states the number of rows; a test keeps them equal.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from unittest import mock
+
+import huggingface_hub.constants
+import pytest
+import torch
+from transformers import AutoTokenizer
+from typer.testing import CliRunner
+
+import llm_backbones
+from llm_backbones import (
+    LLAMA2_MODELS,
+    LLM_BACKBONES,
+    ActionTokenizer,
+    LLaMa2LLMBackbone,
+    PaddedCollator,
+    get_llm_backbone_and_tokenizer,
+    get_spec,
+    insert_patch_embeddings,
+    load_backbone,
+    prompt_builder_for,
+    register_backbone,
+    save_backbone,
+    tokenize_conversation,
+    tokenize_prompt,
+)
+from llm_backbones.cli import app
+from llm_backbones.embedded import ASSETS_DIR
+from llm_backbones.errors import (
+    ActionError,
+    CheckpointError,
+    ConfigMismatchError,
+    ConversationError,
+    FingerprintMismatchError,
+    InputShapeError,
+    LLMBackbonesError,
+    ModelPathError,
+    ModelWeightsError,
+    OutputPathError,
+    PromptFormatError,
+    RegistryError,
+    RemoteCodeError,
+    TokenizationError,
+    TokenizerContractError,
+    UnknownBackboneError,
+)
+from llm_backbones.prompting import (
+    LLaMa2ChatPromptBuilder,
+    MistralInstructPromptBuilder,
+    PhiPromptBuilder,
+    PromptBuilder,
+    PurePromptBuilder,
+    VicunaV15ChatPromptBuilder,
+)
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+# =====================================================================================================
+# The environment rows run in: tokenizers, broken model directories and checkpoints, made on first use
+# =====================================================================================================
+
+
+class Env:
+    def __init__(self, root: Path, tiny: Path) -> None:
+        self.root, self.tiny = root, tiny
+
+    @cached_property
+    def tok(self):
+        tok = AutoTokenizer.from_pretrained(ASSETS_DIR / "llama2-tiny")
+        tok.add_special_tokens({"pad_token": "<PAD>"})  # as the backbone does
+        return tok
+
+    @cached_property
+    def short_tok(self):
+        tok = AutoTokenizer.from_pretrained(ASSETS_DIR / "llama2-tiny", model_max_length=16)
+        tok.add_special_tokens({"pad_token": "<PAD>"})
+        return tok
+
+    @cached_property
+    def act(self) -> ActionTokenizer:
+        return ActionTokenizer(self.tok)
+
+    @cached_property
+    def act7(self) -> ActionTokenizer:
+        return ActionTokenizer(self.tok, action_dim=7)
+
+    @cached_property
+    def backbone(self):
+        return get_llm_backbone_and_tokenizer("llama2-tiny-pure")[0]
+
+    @cached_property
+    def meta_backbone(self):
+        return get_llm_backbone_and_tokenizer("llama2-tiny-pure", inference_mode=True)[0]
+
+    @cached_property
+    def checkpoint(self) -> Path:
+        return save_backbone(self.backbone, self.root / "checkpoint")
+
+    def file(self, name: str, text: str = "x") -> Path:
+        path = self.root / name
+        if not path.exists():
+            path.write_text(text)
+        return path
+
+    def folder(self, name: str, *files: str) -> Path:
+        path = self.root / name
+        if not path.exists():
+            path.mkdir()
+            for file in files:
+                (path / file).write_text("{}")
+        return path
+
+    def model_dir(self, name: str, edit: Callable[[Path], None]) -> Path:
+        """A copy of the tiny LLaMA-2 directory with `edit` applied (made once per name)."""
+        path = self.root / name
+        if not path.exists():
+            shutil.copytree(self.tiny, path)
+            edit(path)
+        return path
+
+    def checkpoint_copy(self, name: str, edit: Callable[[Path], None]) -> Path:
+        path = self.root / name
+        if not path.exists():
+            shutil.copytree(self.checkpoint, path)
+            edit(path)
+        return path
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, tiny_llama_dir) -> Env:
+    return Env(tmp_path_factory.mktemp("bad_inputs"), tiny_llama_dir)
+
+
+# Edits that break a model directory.
+def config_update(**changes) -> Callable[[Path], None]:
+    def edit(path: Path) -> None:
+        config = json.loads((path / "config.json").read_text())
+        config.update(changes)
+        (path / "config.json").write_text(json.dumps(config))
+
+    return edit
+
+
+def config_drop(key: str) -> Callable[[Path], None]:
+    def edit(path: Path) -> None:
+        config = json.loads((path / "config.json").read_text())
+        config.pop(key)
+        (path / "config.json").write_text(json.dumps(config))
+
+    return edit
+
+
+def write(name: str, data: str | bytes) -> Callable[[Path], None]:
+    def edit(path: Path) -> None:
+        (path / name).write_bytes(data if isinstance(data, bytes) else data.encode())
+
+    return edit
+
+
+def truncate(name: str, keep: int | float) -> Callable[[Path], None]:
+    def edit(path: Path) -> None:
+        data = (path / name).read_bytes()
+        (path / name).write_bytes(data[: int(keep * len(data)) if isinstance(keep, float) else keep])
+
+    return edit
+
+
+def remove(*names: str) -> Callable[[Path], None]:
+    def edit(path: Path) -> None:
+        for name in names:
+            (path / name).unlink()
+
+    return edit
+
+
+def no_bos(path: Path) -> None:
+    tok = json.loads((path / "tokenizer.json").read_text())
+    tok["post_processor"] = None  # a tokenizer that adds no BOS, like Phi-2's
+    (path / "tokenizer.json").write_text(json.dumps(tok))
+
+
+def pickle_only(path: Path) -> None:
+    from safetensors.torch import load_file
+
+    torch.save(load_file(path / "model.safetensors"), path / "pytorch_model.bin")
+    (path / "model.safetensors").unlink()
+
+
+def padded_tokenizer_unpadded_weights(path: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.add_special_tokens({"pad_token": "<PAD>"})
+    tok.save_pretrained(path)
+
+
+def remote_code(path: Path) -> None:
+    config_update(model_type="my_arm_llm", auto_map={"AutoConfig": "configuration_arm.ArmConfig"})(path)
+    (path / "configuration_arm.py").write_text("raise SystemExit('never runs')\n")
+
+
+def fingerprint_update(**changes) -> Callable[[Path], None]:
+    def edit(path: Path) -> None:
+        fp = json.loads((path / "fingerprint.json").read_text())
+        fp.update(changes)
+        (path / "fingerprint.json").write_text(json.dumps(fp))
+
+    return edit
+
+
+def fingerprint_drop(*keys: str) -> Callable[[Path], None]:
+    def edit(path: Path) -> None:
+        fp = json.loads((path / "fingerprint.json").read_text())
+        for key in keys:
+            fp.pop(key)
+        (path / "fingerprint.json").write_text(json.dumps(fp))
+
+    return edit
+
+
+def offline(call: Callable[[], object]) -> object:
+    with mock.patch.object(huggingface_hub.constants, "HF_HUB_OFFLINE", True):
+        return call()
+
+
+# =====================================================================================================
+# The matrix
+# =====================================================================================================
+
+
+@dataclass(frozen=True)
+class Bad:
+    id: str
+    call: Callable[[Env], object]
+    error: type[LLMBackbonesError]
+    words: tuple[str, ...]
+    old: type[Exception] = ValueError  # what an `except` clause written before the typed errors caught
+
+
+def rows(*bad: Bad) -> list[Bad]:
+    return list(bad)
+
+
+def tiny_load(path_of: Callable[[Env], Path], backbone_id: str = "llama2-7b-pure", **kw) -> Callable[[Env], object]:
+    return lambda e: get_llm_backbone_and_tokenizer(backbone_id, model_path=path_of(e), **kw)
+
+
+ONE_TURN = [{"from": "human", "value": "What is in the image?"}, {"from": "gpt", "value": "A red cube."}]
+LONG_CONVERSATION = [
+    {"from": "human", "value": "Describe every object on the table, from left to right, in detail."},
+    {"from": "gpt", "value": "A red cube, a blue bowl, a green sponge and a yellow cup."},
+]
+
+IDS = rows(
+    Bad("get_spec-misspelled", lambda e: get_spec("llama2-7b-chatt"), UnknownBackboneError,
+        ("'llama2-7b-chatt'", "Closest known ids: llama2-7b-chat", "Known ids:", "register_backbone"), KeyError),
+    Bad("prompt_builder_for-misspelled", lambda e: prompt_builder_for("vicuna-v16-7b"), UnknownBackboneError,
+        ("'vicuna-v16-7b'", "vicuna-v15-7b")),
+    Bad("LLM_BACKBONES-misspelled", lambda e: LLM_BACKBONES["vicuna-v16-7b"], UnknownBackboneError,
+        ("'vicuna-v16-7b'", "vicuna-v15-7b"), KeyError),
+    Bad("get_llm_backbone_and_tokenizer-misspelled", lambda e: get_llm_backbone_and_tokenizer("vicuna-v16-7b"),
+        UnknownBackboneError, ("'vicuna-v16-7b'", "vicuna-v15-7b")),
+    Bad("LLAMA2_MODELS-other-family", lambda e: LLAMA2_MODELS["mistral-7b-instruct"], UnknownBackboneError,
+        ("'mistral-7b-instruct'", "llama2 family", "llama2-7b-pure"), KeyError),
+    Bad("LLaMa2LLMBackbone-truncated-id", lambda e: LLaMa2LLMBackbone("llama2-7b"), UnknownBackboneError,
+        ("'llama2-7b'", "Closest known ids:", "llama2-7b-pure")),
+    Bad("get_spec-None", lambda e: get_spec(None), UnknownBackboneError, ("None", "Known ids:"), KeyError),
+    Bad("get_spec-unhashable", lambda e: get_spec(["llama2-7b-pure"]), UnknownBackboneError,
+        ("['llama2-7b-pure']", "Known ids:")),
+    Bad("load_backbone-misspelled-override", lambda e: load_backbone(e.checkpoint, llm_backbone_id="llama2-7b-puer"),
+        UnknownBackboneError, ("'llama2-7b-puer'", "llama2-7b-pure")),
+    Bad("load_backbone-unregistered-id-in-fingerprint",
+        lambda e: load_backbone(e.checkpoint_copy("fp-unknown-id", fingerprint_update(backbone_id="llama2-tiny-puer"))),
+        UnknownBackboneError, ("'llama2-tiny-puer'", "llama2-tiny-pure", "register_backbone")),
+    Bad("register_backbone-duplicate", lambda e: register_backbone(get_spec("llama2-7b-pure")), RegistryError,
+        ("'llama2-7b-pure'", "already registered", "overwrite=True")),
+    Bad("register_backbone-not-a-spec", lambda e: register_backbone({"backbone_id": "x"}), RegistryError,
+        ("dict", "BackboneSpec("), TypeError),
+)
+
+ALL_BUILDERS = {
+    "pure": PurePromptBuilder,
+    "llama2": LLaMa2ChatPromptBuilder,
+    "vicuna": VicunaV15ChatPromptBuilder,
+    "mistral": MistralInstructPromptBuilder,
+    "phi": PhiPromptBuilder,
+}
+
+
+def turns_then(cls, compat: bool, done: list[tuple[str, object]], role: object, message: object):
+    """A builder given the `done` turns, then the bad one."""
+
+    def call(e: Env) -> None:
+        builder = cls("prismatic", prismatic_compat=compat)
+        for r, m in done:
+            builder.add_turn(r, m)
+        builder.add_turn(role, message)
+
+    return call
+
+
+def potential(cls, compat: bool, message: object):
+    return lambda e: cls("prismatic", prismatic_compat=compat).get_potential_prompt(message)
+
+
+HUMAN, GPT = ("human", "Pick up the cup."), ("gpt", "Done.")
+ROLE_ROWS = [
+    # (name, done turns, role, message, words)
+    ("gpt-first", [], "gpt", "Hello.", ("Turn 0", "'gpt'", "'human'", "alternate")),
+    ("human-twice", [HUMAN], "human", "Again.", ("Turn 1", "'human'", "'gpt'", "alternate")),
+    ("user-after-human", [HUMAN], "user", "Again.", ("Turn 1", "'user'", "'gpt'")),
+    ("gpt-twice", [HUMAN, GPT], "gpt", "Done again.", ("Turn 2", "'gpt'", "'human'")),
+    ("assistant-after-gpt", [HUMAN, GPT], "assistant", "Done again.", ("Turn 2", "'assistant'", "'human'")),
+    ("unknown-role", [HUMAN], "robot", "Done.", ("Turn 1", "'robot'", "'gpt'", "Roles are")),
+    ("system-role", [], "system", "You control a robot arm.", ("Turn 0", "'system'", "'human'", "system_prompt=")),
+    ("int-message", [HUMAN], "gpt", 42, ("Turn 1", "int", "must be a string", "Convert it to text")),
+]
+PROMPTS = [
+    Bad(f"{name}-{key}-{'compat' if compat else 'official'}", turns_then(cls, compat, done, role, message),
+        ConversationError, words)
+    for key, cls in ALL_BUILDERS.items()
+    for compat in (True, False)
+    for name, done, role, message, words in ROLE_ROWS
+] + [
+    Bad(f"potential-None-{key}-{'compat' if compat else 'official'}", potential(cls, compat, None),
+        ConversationError, ("Turn 0", "NoneType", "must be a string"))
+    for key, cls in ALL_BUILDERS.items()
+    for compat in (True, False)
+] + rows(
+    Bad("lone-surrogate-message", turns_then(PurePromptBuilder, False, [], "human", "caf\udce9"), ConversationError,
+        ("Turn 0", "not valid Unicode", "surrogates not allowed", "UTF-8")),
+    Bad("bytes-message", turns_then(VicunaV15ChatPromptBuilder, False, [], "human", b"hi"), ConversationError,
+        ("Turn 0", "bytes", "must be a string")),
+    Bad("potential-at-reply-turn", lambda e: _after_human(PurePromptBuilder).get_potential_prompt("Next?"),
+        ConversationError, ("turn 1", "the next turn is the reply", "add_turn('gpt'")),
+    Bad("model-family-not-a-string", lambda e: LLaMa2ChatPromptBuilder(None), PromptFormatError,
+        ("model_family", "NoneType", "'openvla'")),
+    Bad("model-family-misspelled", lambda e: LLaMa2ChatPromptBuilder("openvia"), PromptFormatError,
+        ("'openvia'", "known families: openvla, prismatic", "Did you mean 'openvla'?", "system_prompt=")),
+    Bad("system-prompt-without-slot", lambda e: MistralInstructPromptBuilder("openvla", system_prompt="Be brief."),
+        PromptFormatError, ("'mistral-instruct'", "no system prompt", "'Be brief.'", "first human message")),
+    Bad("system-prompt-not-a-string", lambda e: VicunaV15ChatPromptBuilder("openvla", system_prompt=3),
+        ConversationError, ("system_prompt", "int", "must be a string")),
+    Bad("system-prompt-not-a-string-no-slot", lambda e: PurePromptBuilder("openvla", system_prompt=["x"]),
+        ConversationError, ("system_prompt", "list", "must be a string")),
+    Bad("base-builder-without-format", lambda e: PromptBuilder("openvla"), PromptFormatError,
+        ("needs a format", "prompt_format=PromptFormat", "PurePromptBuilder")),
+    Bad("prompt-format-not-a-format", lambda e: PromptBuilder("openvla", prompt_format="pure"), PromptFormatError,
+        ("prompt_format", "str", "PromptFormat(")),
+)
+
+
+def _after_human(cls) -> PromptBuilder:
+    builder = cls("openvla")
+    builder.add_turn(*HUMAN)
+    return builder
+
+
+CONVERSATIONS = rows(
+    Bad("empty-conversation", lambda e: tokenize_conversation(e.tok, PurePromptBuilder, []), ConversationError,
+        ("empty", "at least one human turn")),
+    Bad("empty-conversation-prompt", lambda e: tokenize_prompt(e.tok, PurePromptBuilder, []), ConversationError,
+        ("empty", "at least one human turn")),
+    Bad("conversation-None", lambda e: tokenize_conversation(e.tok, PurePromptBuilder, None), ConversationError,
+        ("list of turns", "NoneType", '"from": "human"')),
+    Bad("conversation-a-string", lambda e: tokenize_conversation(e.tok, PurePromptBuilder, "In: hi"),
+        ConversationError, ("list of turns", "got str")),
+    Bad("turn-with-unknown-keys", lambda e: tokenize_conversation(
+        e.tok, PurePromptBuilder, [ONE_TURN[0], {"speaker": "gpt", "text": "Hello."}]),
+        ConversationError, ("Turn 1", "'from'/'value'", "'role'/'content'", "speaker")),
+    Bad("turn-a-tuple", lambda e: tokenize_conversation(e.tok, PurePromptBuilder, [("human", "hi"), ("gpt", "yo")]),
+        ConversationError, ("Turn 0", "tuple", "'from'/'value'")),
+    Bad("conversation-gpt-first", lambda e: tokenize_conversation(
+        e.tok, PurePromptBuilder, [{"from": "gpt", "value": "Hi."}, {"from": "human", "value": "Hello."}]),
+        ConversationError, ("Turn 0", "'gpt'", "'human'")),
+    Bad("conversation-two-users", lambda e: tokenize_conversation(
+        e.tok, VicunaV15ChatPromptBuilder, [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]),
+        ConversationError, ("Turn 1", "'user'", "'gpt'")),
+    Bad("content-None", lambda e: tokenize_conversation(
+        e.tok, PurePromptBuilder, [ONE_TURN[0], {"role": "assistant", "content": None}]),
+        ConversationError, ("Turn 1", "NoneType", "must be a string")),
+    Bad("content-parts-list", lambda e: tokenize_conversation(
+        e.tok, LLaMa2ChatPromptBuilder, [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]),
+        ConversationError, ("Turn 0", "list", "must be a string", "Convert it to text")),
+    Bad("no-reply-to-supervise", lambda e: tokenize_conversation(e.tok, PurePromptBuilder, ONE_TURN[:1]),
+        ConversationError, ("no reply", "tokenize_prompt()")),
+    Bad("prompt-ending-with-a-reply", lambda e: tokenize_prompt(e.tok, PurePromptBuilder, ONE_TURN),
+        ConversationError, ("ends with a human turn", "2 turns", "'gpt'", "conversation[:-1]")),
+    Bad("over-long-cuts-the-reply", lambda e: tokenize_conversation(e.tok, PurePromptBuilder, ONE_TURN, max_length=12),
+        TokenizationError, ("max_length=12", "reply 0 (turn 1)", "Raise max_length", "drop_truncated_replies=True")),
+    Bad("over-long-nothing-left-even-dropping", lambda e: tokenize_conversation(
+        e.tok, PurePromptBuilder, ONE_TURN, max_length=12, drop_truncated_replies=True),
+        TokenizationError, ("max_length=12", "no supervised token", "Raise max_length")),
+    Bad("over-long-for-model-max-length", lambda e: tokenize_conversation(
+        e.short_tok, PurePromptBuilder, LONG_CONVERSATION), TokenizationError, ("max_length=16", "reply 0 (turn 1)")),
+    Bad("over-long-generation-prompt", lambda e: tokenize_prompt(e.short_tok, PurePromptBuilder, LONG_CONVERSATION[:1]),
+        TokenizationError, ("more than max_length=16", "cut the question", "Drop early turns")),
+    Bad("max-length-zero", lambda e: tokenize_conversation(e.tok, PurePromptBuilder, ONE_TURN, max_length=0),
+        TokenizationError, ("max_length must be a positive integer", "got 0", "2048")),
+    Bad("max-length-negative", lambda e: tokenize_conversation(e.tok, PurePromptBuilder, ONE_TURN, max_length=-5),
+        TokenizationError, ("positive integer", "got -5")),
+    Bad("max-length-a-string", lambda e: tokenize_prompt(e.tok, PurePromptBuilder, ONE_TURN[:1], max_length="2048"),
+        TokenizationError, ("positive integer", "got '2048'")),
+)
+
+ACTIONS = rows(
+    Bad("action-nan", lambda e: e.act.encode([float("nan"), 0.0]), ActionError, ("finite", "nan", "Replace NaN/inf")),
+    Bad("action-inf", lambda e: e.act.encode([0.0, math.inf]), ActionError, ("finite", "inf")),
+    Bad("action-minus-inf", lambda e: e.act.encode(torch.tensor([[-math.inf, 0.5]])), ActionError, ("finite", "-inf")),
+    Bad("action-scalar", lambda e: e.act.encode(torch.tensor(0.3)), ActionError, ("scalar", "pass [value]")),
+    Bad("action-empty", lambda e: e.act.encode([]), ActionError, ("at least one value", "(0,)", "D >= 1")),
+    Bad("action-empty-last-dim", lambda e: e.act.encode(torch.zeros(2, 0)), ActionError, ("at least one value", "(2, 0)")),
+    Bad("action-wrong-dim", lambda e: e.act7.encode(torch.zeros(4, 6)), ActionError,
+        ("(4, 6)", "action_dim=7", "action space")),
+    Bad("action-ragged", lambda e: e.act.encode([[0.1, 0.2], [0.3]]), ActionError, ("cannot be read as numbers", "Ragged")),
+    Bad("action-strings", lambda e: e.act.encode(["0.1", "0.2"]), ActionError, ("cannot be read as numbers", "list")),
+    Bad("action-a-string", lambda e: e.act.encode("0.5"), ActionError, ("str", "'0.5'", "float tensor")),
+    Bad("action-None", lambda e: e.act.encode(None), ActionError, ("NoneType", "float tensor")),
+    Bad("action-complex", lambda e: e.act.encode(torch.tensor([1 + 2j])), ActionError, ("real numbers", "complex")),
+    *[
+        Bad(f"action-id-{bad}", lambda e, bad=bad: e.act.decode_token_ids_to_actions([31800, bad]), ActionError,
+            (str(bad), "not action tokens", "accepted: 31744..31999", "Decode only the generated"))
+        for bad in (2, 31743, 32000, 32063, -1)
+    ],
+    Bad("action-id-fraction", lambda e: e.act.decode_token_ids_to_actions([31800.5]), ActionError,
+        ("31800.5", "whole numbers", "LongTensor")),
+    Bad("action-id-nan", lambda e: e.act.decode_token_ids_to_actions(torch.tensor([float("nan")])), ActionError,
+        ("nan", "whole numbers")),
+    Bad("action-id-strings", lambda e: e.act.decode_token_ids_to_actions(["31800"]), ActionError,
+        ("cannot be read as numbers", "integer token ids")),
+    Bad("action-id-bool", lambda e: e.act.decode_token_ids_to_actions(torch.tensor([True])), ActionError,
+        ("must be integers", "torch.bool")),
+    Bad("bins-one", lambda e: ActionTokenizer(e.tok, bins=1), ActionError, ("bins", "got 1", "256")),
+    Bad("bins-more-than-vocab", lambda e: ActionTokenizer(e.tok, bins=40000), ActionError, ("bins=40000", "32000")),
+    Bad("min-above-max", lambda e: ActionTokenizer(e.tok, min_action=1.0, max_action=-1.0), ActionError,
+        ("min_action=1.0", "below max_action=-1.0", "-1 and 1")),
+    Bad("min-action-nan", lambda e: ActionTokenizer(e.tok, min_action=float("nan")), ActionError,
+        ("min_action", "finite number", "nan")),
+    Bad("max-action-a-string", lambda e: ActionTokenizer(e.tok, max_action="1"), ActionError,
+        ("max_action", "finite number", "'1'")),
+    Bad("action-dim-zero", lambda e: ActionTokenizer(e.tok, action_dim=0), ActionError, ("action_dim", "got 0")),
+    Bad("action-tokenizer-None", lambda e: ActionTokenizer(None), ActionError, ("vocab_size", "NoneType", "get_tokenizer()")),
+)
+
+_embed = torch.nn.Embedding(40, 8)
+SHAPES = rows(
+    Bad("patches-1d-input-ids", lambda e: insert_patch_embeddings(_embed, torch.ones(5, dtype=torch.long), torch.zeros(1, 3, 8)),
+        InputShapeError, ("[batch, tokens]", "(5,)", "input_ids[None]")),
+    Bad("patches-batch-mismatch", lambda e: insert_patch_embeddings(_embed, torch.ones(2, 5, dtype=torch.long), torch.zeros(1, 3, 8)),
+        InputShapeError, ("[batch=2, patches, dim]", "(1, 3, 8)")),
+    Bad("patches-dim-mismatch", lambda e: insert_patch_embeddings(_embed, torch.ones(2, 5, dtype=torch.long), torch.zeros(2, 3, 7)),
+        InputShapeError, ("dim 7", "have 8", "embed_dim")),
+    Bad("patches-insert-at-out-of-range", lambda e: insert_patch_embeddings(
+        _embed, torch.ones(1, 5, dtype=torch.long), torch.zeros(1, 3, 8), insert_at=9),
+        InputShapeError, ("insert_at=9", "0..5", "after BOS")),
+    Bad("patches-mask-shape", lambda e: insert_patch_embeddings(
+        _embed, torch.ones(1, 5, dtype=torch.long), torch.zeros(1, 3, 8), attention_mask=torch.ones(1, 4)),
+        InputShapeError, ("attention_mask", "(1, 5)", "(1, 4)")),
+    Bad("patches-not-a-tensor", lambda e: insert_patch_embeddings(_embed, [[1, 2]], torch.zeros(1, 3, 8)),
+        InputShapeError, ("input_ids", "torch.Tensor", "list")),
+    Bad("collate-empty-batch", lambda e: PaddedCollator(pad_token_id=0)([]), InputShapeError,
+        ("empty batch", "at least one example")),
+    Bad("collate-length-mismatch", lambda e: PaddedCollator(pad_token_id=0)(
+        [{"input_ids": torch.tensor([1, 2, 3]), "labels": torch.tensor([1, 2])}]),
+        InputShapeError, ("Example 0", "3 input_ids", "2 labels", "same length")),
+    Bad("collate-missing-labels", lambda e: PaddedCollator(pad_token_id=0)([{"input_ids": torch.tensor([1])}]),
+        InputShapeError, ("Example 0", "'labels'", "['input_ids']", "tokenize_conversation")),
+)
+
+LOADING = rows(
+    Bad("model-path-missing", tiny_load(lambda e: e.root / "absent"), ModelPathError,
+        ("absent", "is not a directory", "HF-format checkpoint"), FileNotFoundError),
+    Bad("model-path-a-file", tiny_load(lambda e: e.file("weights.bin")), ModelPathError,
+        ("weights.bin", "is not a directory"), FileNotFoundError),
+    Bad("model-path-not-a-path", lambda e: get_llm_backbone_and_tokenizer("llama2-7b-pure", model_path=123),
+        ModelPathError, ("model_path must be a str or a path", "int", "123"), FileNotFoundError),
+    Bad("model-path-without-config", tiny_load(lambda e: e.folder("no-config", "tokenizer.json")), ModelPathError,
+        ("no-config", "has no config.json", "save_pretrained"), FileNotFoundError),
+    Bad("config-of-another-architecture", tiny_load(lambda e: e.model_dir("mistral", config_update(model_type="mistral"))),
+        ConfigMismatchError, ("is a 'mistral' model", "'llama2-7b-pure'", "needs 'llama'", "Point model_path")),
+    Bad("config-not-json", tiny_load(lambda e: e.model_dir("config-not-json", write("config.json", "{not json"))),
+        ConfigMismatchError, ("config-not-json/config.json", "not valid JSON", "Restore it")),
+    Bad("config-truncated", tiny_load(lambda e: e.model_dir("config-truncated", truncate("config.json", 0.5))),
+        ConfigMismatchError, ("config-truncated/config.json", "not valid JSON")),
+    Bad("config-a-list", tiny_load(lambda e: e.model_dir("config-list", write("config.json", "[1, 2]"))),
+        ConfigMismatchError, ("config.json", "JSON list", "Restore it")),
+    Bad("config-unknown-model-type", tiny_load(lambda e: e.model_dir("unknown-type", config_update(model_type="nonexistent_arch"))),
+        ConfigMismatchError, ("'nonexistent_arch'", "transformers cannot build", "needs a 'llama' checkpoint")),
+    Bad("config-without-model-type", tiny_load(lambda e: e.model_dir("no-type", config_drop("model_type"))),
+        ConfigMismatchError, ("'<missing>'", "needs a 'llama' checkpoint")),
+    Bad("config-needing-remote-code", tiny_load(lambda e: e.model_dir("remote-code", remote_code)), RemoteCodeError,
+        ("auto_map", "'my_arm_llm'", "never runs a checkpoint's code", "trust_remote_code=True")),
+    Bad("tokenizer-breaking-the-bos-policy", tiny_load(lambda e: e.model_dir("no-bos", no_bos)), TokenizerContractError,
+        ("does not add BOS", "adds_bos=True", "model_path holds this family's tokenizer")),
+    Bad("tokenizer-files-missing", tiny_load(lambda e: e.model_dir("no-tokenizer", remove("tokenizer.json", "tokenizer_config.json"))),
+        ModelPathError, ("no-tokenizer", "no usable tokenizer", "found: none", "save_pretrained"), FileNotFoundError),
+    Bad("tokenizer-json-missing", tiny_load(lambda e: e.model_dir("no-tokenizer-json", remove("tokenizer.json"))),
+        ModelPathError, ("['tokenizer_config.json']", "needs tokenizer.json"), FileNotFoundError),
+    Bad("tokenizer-larger-than-embeddings", tiny_load(lambda e: e.model_dir("pad-tok-unpadded-weights", padded_tokenizer_unpadded_weights)),
+        TokenizerContractError, ("32001 tokens", "only 32000 embedding rows", "save_backbone")),
+    Bad("weights-truncated", tiny_load(lambda e: e.model_dir("weights-truncated", truncate("model.safetensors", 0.5))),
+        ModelWeightsError, ("weights-truncated/model.safetensors", "bytes)", "truncated or corrupted", "again")),
+    Bad("weights-header-garbage", tiny_load(lambda e: e.model_dir("weights-garbage", write("model.safetensors", b"\0" * 64))),
+        ModelWeightsError, ("weights-garbage/model.safetensors (64 bytes)", "truncated or corrupted")),
+    Bad("weights-empty-file", tiny_load(lambda e: e.model_dir("weights-empty", write("model.safetensors", b""))),
+        ModelWeightsError, ("(0 bytes)", "truncated or corrupted")),
+    Bad("weights-pickle-only", tiny_load(lambda e: e.model_dir("pickle-only", pickle_only)), ModelPathError,
+        ("pytorch_model.bin", "safetensors only", "allow_pickle=True"), FileNotFoundError),
+    Bad("weights-missing", tiny_load(lambda e: e.model_dir("no-weights", remove("model.safetensors"))), ModelPathError,
+        ("no weights", "model.safetensors", "inference_mode=True"), FileNotFoundError),
+    Bad("hub-unreachable", lambda e: offline(lambda: get_llm_backbone_and_tokenizer("llama2-7b-pure")), ModelPathError,
+        ("'meta-llama/Llama-2-7b-hf'", "hub path", "model_path=", "hf_token"), FileNotFoundError),
+)
+
+CHECKPOINTS = rows(
+    Bad("load-missing-path", lambda e: load_backbone(e.root / "no-checkpoint"), ModelPathError,
+        ("no-checkpoint", "is not a directory", "save_backbone wrote"), FileNotFoundError),
+    Bad("load-not-a-path", lambda e: load_backbone(None), ModelPathError, ("must be a str or a path", "NoneType"),
+        FileNotFoundError),
+    Bad("load-hf-dir-without-fingerprint", lambda e: load_backbone(e.tiny), ModelPathError,
+        ("no fingerprint.json", "not a checkpoint written by save_backbone", "get_llm_backbone_and_tokenizer"),
+        FileNotFoundError),
+    Bad("load-fingerprint-not-json", lambda e: load_backbone(e.checkpoint_copy("fp-garbage", write("fingerprint.json", "{"))),
+        CheckpointError, ("fingerprint.json", "not valid JSON", "Save the backbone again")),
+    Bad("load-fingerprint-a-list", lambda e: load_backbone(e.checkpoint_copy("fp-list", write("fingerprint.json", "[]"))),
+        CheckpointError, ("fingerprint.json", "JSON list")),
+    Bad("load-fingerprint-missing-fields", lambda e: load_backbone(e.checkpoint_copy("fp-fields", fingerprint_drop("probe_prompt"))),
+        CheckpointError, ("lacks the fields", "probe_prompt", "Save the backbone again")),
+    Bad("load-fingerprint-from-the-future", lambda e: load_backbone(e.checkpoint_copy("fp-future", fingerprint_update(fingerprint_version=99))),
+        CheckpointError, ("fingerprint_version=99", "Upgrade llm-backbones")),
+    Bad("load-fingerprint-other-pad-id", lambda e: load_backbone(e.checkpoint_copy(
+        "fp-pad", fingerprint_update(special_token_ids={"bos": 1, "eos": 2, "pad": 0, "unk": 0}))),
+        FingerprintMismatchError, ("special_token_ids", "'pad': 0", "'pad': 32000", "another tokenizer", "ignore_fingerprint=True")),
+    Bad("load-with-model-path", lambda e: load_backbone(e.checkpoint, model_path=e.tiny), CheckpointError,
+        ("no model_path=", "get_llm_backbone_and_tokenizer")),
+    Bad("load-truncated-weights-inference-mode", lambda e: load_backbone(
+        e.checkpoint_copy("ck-truncated", truncate("model.safetensors", 0.5)), inference_mode=True),
+        ModelWeightsError, ("ck-truncated/model.safetensors", "bytes)", "truncated or corrupted")),
+    Bad("load-truncated-weights-training-mode", lambda e: load_backbone(
+        e.checkpoint_copy("ck-truncated", truncate("model.safetensors", 0.5))),
+        ModelWeightsError, ("ck-truncated/model.safetensors", "truncated or corrupted")),
+    Bad("save-not-a-backbone", lambda e: save_backbone(e.backbone.llm, e.root / "x"), CheckpointError,
+        ("expects an LLMBackbone", "LlamaForCausalLM", "save_pretrained")),
+    Bad("save-meta-backbone", lambda e: save_backbone(e.meta_backbone, e.root / "meta"), CheckpointError,
+        ("meta device", "inference_mode=True", "load_state_dict")),
+    Bad("save-onto-a-file", lambda e: save_backbone(e.backbone, e.file("a-file")), OutputPathError,
+        ("a-file", "is a file", "a checkpoint is a directory"), FileNotFoundError),
+    Bad("save-over-a-non-checkpoint-folder", lambda e: save_backbone(e.backbone, e.folder("my-data", "notes.txt")),
+        OutputPathError, ("my-data", "not a checkpoint of save_backbone", "refusing to replace"), FileNotFoundError),
+    Bad("save-under-a-file", lambda e: save_backbone(e.backbone, e.file("plain-file") / "ckpt"), OutputPathError,
+        ("plain-file", "Cannot create the folder"), FileNotFoundError),
+    Bad("save-path-None", lambda e: save_backbone(e.backbone, None), OutputPathError, ("must be a str or a path", "NoneType"),
+        FileNotFoundError),
+)
+
+CASES = IDS + PROMPTS + CONVERSATIONS + ACTIONS + SHAPES + LOADING + CHECKPOINTS
+
+
+@dataclass(frozen=True)
+class BadCli:
+    id: str
+    args: Callable[[Env], list[str]]
+    error: type[LLMBackbonesError]
+    words: tuple[str, ...]
+
+
+CLI_CASES = [
+    BadCli("cli-misspelled-backbone", lambda e: ["demo", "--backbone", "llama2-7b-chatt"], UnknownBackboneError,
+           ("Unknown LLM backbone id 'llama2-7b-chatt'", "Closest known ids: llama2-7b-chat")),
+    BadCli("cli-model-path-missing", lambda e: ["demo", "--model-path", str(e.root / "absent")], ModelPathError,
+           ("absent", "is not a directory")),
+    BadCli("cli-model-path-a-file", lambda e: ["demo", "--model-path", str(e.file("weights.bin"))], ModelPathError,
+           ("weights.bin", "is not a directory")),
+    BadCli("cli-model-path-bad-config", lambda e: ["demo", "--model-path", str(e.model_dir("config-not-json", write("config.json", "{not json")))],
+           ConfigMismatchError, ("config.json", "not valid JSON")),
+    BadCli("cli-model-path-truncated-weights", lambda e: ["demo", "--model-path", str(e.model_dir("weights-truncated", truncate("model.safetensors", 0.5)))],
+           ModelWeightsError, ("model.safetensors", "truncated or corrupted")),
+    BadCli("cli-model-path-other-architecture", lambda e: ["demo", "--model-path", str(e.model_dir("mistral", config_update(model_type="mistral")))],
+           ConfigMismatchError, ("is a 'mistral' model", "needs 'llama'")),
+    BadCli("cli-metrics-json-folder-missing", lambda e: ["demo", "--metrics-json", str(e.root / "nope" / "m.json")],
+           OutputPathError, ("--metrics-json", "nope", "does not exist", "mkdir -p")),
+    BadCli("cli-metrics-json-a-directory", lambda e: ["demo", "--metrics-json", str(e.root)], OutputPathError,
+           ("--metrics-json", "is a directory", "metrics.json")),
+]
+
+# Click's own usage errors: exit code 2 with a usage line (not llm-backbones exceptions).
+CLI_USAGE_CASES = [
+    (["demo", "--bogus"], "No such option: --bogus"),
+    (["dmeo"], "No such command 'dmeo'"),
+    (["demo", "--model-path"], "Option '--model-path' requires an"),
+    (["list", "--json", "extra"], "unexpected extra argument"),
+]
+
+N_BAD_INPUTS = len(CASES) + len(CLI_CASES) + len(CLI_USAGE_CASES)
+
+
+# =====================================================================================================
+# Tests
+# =====================================================================================================
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_raises_a_typed_error_that_explains(env, case: Bad) -> None:
+    with pytest.raises(case.error) as info:
+        case.call(env)
+    exc = info.value
+    assert type(exc).__module__ == "llm_backbones.errors"
+    assert isinstance(exc, LLMBackbonesError) and isinstance(exc, case.old)
+    message = str(exc)
+    missing = [word for word in case.words if word not in message]
+    assert not missing, f"{missing} not in {message!r}"
+
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=[c.id for c in CLI_CASES])
+def test_bad_cli_input_is_one_clear_line(env, case: BadCli) -> None:
+    args = case.args(env)
+    debug = runner.invoke(app, ["--debug", *args])
+    assert isinstance(debug.exception, case.error), debug.output
+    for word in case.words:
+        assert word in str(debug.exception)
+    plain = runner.invoke(app, args)
+    assert plain.exit_code == 1, plain.output
+    assert plain.output.startswith("error: ") and "Traceback" not in plain.output
+    for word in case.words:
+        assert word in plain.output, plain.output
+
+
+@pytest.mark.parametrize(("args", "words"), CLI_USAGE_CASES, ids=[" ".join(a) for a, _ in CLI_USAGE_CASES])
+def test_bad_cli_usage_exits_2_with_usage(args, words) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert words in re.sub(r"[│╭╮╰╯─\s]+", " ", result.output), result.output
+
+
+def test_unknown_id_exposes_its_closest_matches() -> None:
+    with pytest.raises(UnknownBackboneError) as info:
+        get_spec("llama2-7b-chatt")
+    assert info.value.closest[0] == "llama2-7b-chat" and info.value.backbone_id == "llama2-7b-chatt"
+
+
+def test_every_error_class_is_raised_by_some_row() -> None:
+    import llm_backbones.errors as errors
+
+    classes = {
+        obj for obj in vars(errors).values()
+        if isinstance(obj, type) and issubclass(obj, LLMBackbonesError) and obj is not LLMBackbonesError
+    }
+    raised = {c.error for c in CASES} | {c.error for c in CLI_CASES}
+    assert classes == raised
+
+
+def test_readme_states_the_number_of_bad_inputs() -> None:
+    text = README.read_text()
+    assert f"{N_BAD_INPUTS} bad inputs" in text, f"README must state the suite's count: {N_BAD_INPUTS} bad inputs"
+
+
+def test_rows_have_unique_ids_and_public_entry_points() -> None:
+    ids = [c.id for c in CASES] + [c.id for c in CLI_CASES]
+    assert len(ids) == len(set(ids))
+    assert {"save_backbone", "load_backbone"} <= set(llm_backbones.__all__)
