@@ -222,7 +222,7 @@ def run_finetune(
     if output is not None:
         state = full_state_dict(model) if ctx.enabled else None
         if ctx.is_main:
-            saved = str(_export(backbone_id, model_path, mode, backbone, state, tokenizer, output))
+            saved = str(_export(backbone_id, model_path, mode, backbone, state, output))
         if ctx.enabled:
             dist.barrier()
     result = FinetuneResult(losses, ctx.world_size, summary.trainable, summary, saved)
@@ -231,15 +231,11 @@ def run_finetune(
     return result
 
 
-def _export(backbone_id, model_path, mode, backbone, state, tokenizer, output):
-    """Write an HF-format checkpoint (LoRA merged) that `get_llm_backbone_and_tokenizer(id, model_path=)`
-    loads; atomically (temporary directory, then rename)."""
-    import os
-    import shutil
-    import tempfile
-    from pathlib import Path
-
+def _export(backbone_id, model_path, mode, backbone, state, output):
+    """Write a `save_backbone` checkpoint (LoRA merged, fingerprinted, atomic) that
+    `get_llm_backbone_and_tokenizer(id, model_path=OUTPUT)` and `load_backbone(OUTPUT)` load."""
     from llm_backbones.backbones import get_llm_backbone_and_tokenizer
+    from llm_backbones.checkpoint import save_backbone
     from llm_backbones.lora import apply_lora, merge_lora
 
     if state is not None:  # sharded training: rebuild an unsharded copy (meta device) and assign the weights
@@ -249,20 +245,4 @@ def _export(backbone_id, model_path, mode, backbone, state, tokenizer, output):
         backbone.load_state_dict(state)
     backbone = backbone.to("cpu")
     merge_lora(backbone)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
-    try:
-        backbone.llm.config.use_cache = True
-        backbone.llm.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if output.exists():
-            old = output.with_name(f".{output.name}.old")
-            os.replace(output, old)
-            os.replace(tmp, output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return output
+    return save_backbone(backbone, output)

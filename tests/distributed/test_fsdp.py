@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llm_backbones import get_llm_backbone_and_tokenizer
+from llm_backbones import get_llm_backbone_and_tokenizer, load_backbone
 
 pytestmark = pytest.mark.distributed
 
@@ -88,3 +88,5 @@ def test_lora_under_fsdp2_exports_a_merged_checkpoint(tmp_path) -> None:
     files = sorted(p.name for p in out.iterdir())
     assert "model.safetensors" in files and not any("adapter" in f for f in files)  # merged, plain HF
     assert probe_logits(out).shape[-1] == 32064
+    backbone, _ = load_backbone(out)  # a fingerprinted checkpoint: the fingerprint matches what it builds
+    assert backbone.identifier == "llama2-tiny-pure"
