@@ -23,3 +23,22 @@ def tiny_llama_dir() -> Path:
     from llm_backbones.embedded import embedded_model_dir
 
     return embedded_model_dir("llama2-tiny")
+
+
+# llama.cpp's reference data (official .jinja chat templates, gguf vocabularies), where present:
+# `LLAMA_CPP_MODELS_DIR`, else what `scripts/fetch_llama_cpp_models.py` extracts by default. Tests that use
+# it skip without it; the committed fixtures cover the same behaviour.
+LLAMA_CPP_MODELS_DEFAULT = Path.home() / ".cache" / "llm_backbones" / "llama-cpp-python-0.3.36" / "models"
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_models_dir() -> Path:
+    import os
+
+    path = Path(os.environ.get("LLAMA_CPP_MODELS_DIR", LLAMA_CPP_MODELS_DEFAULT))
+    if not (path / "templates").is_dir():
+        pytest.skip(
+            f"llama.cpp reference files not found at {path}: run `python scripts/fetch_llama_cpp_models.py` "
+            "or set LLAMA_CPP_MODELS_DIR to .../vendor/llama.cpp/models"
+        )
+    return path
