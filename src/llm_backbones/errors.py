@@ -37,6 +37,10 @@ class UnknownBackboneError(LLMBackbonesError, ValueError, KeyError):
         return str(self.args[0])
 
 
+class InvalidSpecError(LLMBackbonesError, ValueError):
+    """A `BackboneSpec` whose fields contradict each other or name an unknown policy."""
+
+
 class ConversationError(LLMBackbonesError, ValueError):
     """A conversation turn that does not fit the prompt format (role order, unknown role, bad message)."""
 

@@ -23,6 +23,7 @@ def test_list_json_has_every_id_with_its_facts() -> None:
     assert rows["llama2-7b-chat"] == {
         "id": "llama2-7b-chat",
         "family": "llama2",
+        "parameters": "6.74B",
         "hf_hub_path": "meta-llama/Llama-2-7b-chat-hf",
         "prompt_format": "llama2-chat",
         "decoder_layer": "LlamaDecoderLayer",
