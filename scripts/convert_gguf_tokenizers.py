@@ -11,7 +11,7 @@ One output directory per family (`tokenizer.json` + `tokenizer_config.json`):
   Llama 3.1/3.2 kept every id and merge and renamed reserved special tokens; the Llama 3.1 names
   are applied here (see `LLAMA31_SPECIAL_NAMES`), so `<|finetune_right_pad_id|>` (128004) exists.
   `ignore_merges=True` as in Meta's tokenizer.json: a pre-token that is itself a vocabulary entry is
-  emitted whole (without it 2 of the 46 reference vectors differ).
+  emitted whole (without it 1 of the 46 reference vectors differs: "Cửa Việt").
 - `qwen2`   from `ggml-vocab-qwen2.gguf` (Qwen2 BPE, 151643 tokens + `<|endoftext|>`, `<|im_start|>`,
   `<|im_end|>`); Qwen2.5 uses the same tokens and merges and adds 19 more control tokens at 151646..151664
   (`QWEN25_EXTRA_TOKENS`). The gguf's `[PAD151646]..` filler names of unused embedding rows are dropped.
