@@ -21,6 +21,7 @@ from __future__ import annotations
 import pytest
 from test_family_prompt_golden import CHAT_CASES, NEXT_MESSAGE
 
+pytest.importorskip("jinja2")
 chat_template_utils = pytest.importorskip("transformers.utils.chat_template_utils")
 
 TEMPLATES = {

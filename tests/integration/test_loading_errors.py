@@ -44,3 +44,17 @@ def test_tokenizer_breaking_the_bos_policy(tmp_path, tiny_llama_dir) -> None:
     with pytest.raises(TokenizerContractError, match="does not add BOS") as info:
         get_llm_backbone_and_tokenizer("llama2-7b-pure", model_path=tmp_path / "m")
     assert "adds_bos=True" in str(info.value)
+
+
+def test_reused_pad_token_missing_from_the_tokenizer(tiny_llama_dir) -> None:
+    # A Llama-3 id over a LLaMA-2 checkpoint: same architecture, but no <|finetune_right_pad_id|>.
+    with pytest.raises(TokenizerContractError) as info:
+        get_llm_backbone_and_tokenizer("llama3.2-1b-pure", model_path=tiny_llama_dir)
+    msg = str(info.value)
+    assert "reuses the reserved token '<|finetune_right_pad_id|>' as PAD" in msg
+    assert "32000 tokens" in msg and "pad_policy='add'" in msg
+
+
+def test_phi_id_over_a_llama_checkpoint_is_a_config_mismatch(tiny_llama_dir) -> None:
+    with pytest.raises(ConfigMismatchError, match=r"is a 'llama' model, but backbone 'phi-2-3b' \(phi\) needs 'phi'"):
+        get_llm_backbone_and_tokenizer("phi-2-3b", model_path=tiny_llama_dir)
