@@ -33,9 +33,9 @@ from llm_backbones.errors import InvalidSpecError, UnknownBackboneError
 from llm_backbones.prompting import (
     Gemma2InstructPromptBuilder,
     Gemma2PurePromptBuilder,
+    LLaMa2ChatPromptBuilder,
     Llama3InstructPromptBuilder,
     Llama3PurePromptBuilder,
-    LLaMa2ChatPromptBuilder,
     MistralInstructPromptBuilder,
     Phi35InstructPromptBuilder,
     PhiPromptBuilder,
@@ -94,13 +94,14 @@ class BackboneSpec:
     def __post_init__(self) -> None:
         if self.pad_policy not in PAD_POLICIES:
             raise InvalidSpecError(
-                f"Backbone {self.backbone_id!r}: pad_policy={self.pad_policy!r} is not one of {PAD_POLICIES}. "
-                "Use 'add' to add pad_token (resizing the embedding if needed) or 'reuse' for a token the "
-                "vocabulary already reserves."
+                f"Backbone {self.backbone_id!r}: pad_policy={self.pad_policy!r} is not one of "
+                f"{PAD_POLICIES}. Use 'add' to add pad_token (resizing the embedding if needed) or "
+                "'reuse' for a token the vocabulary already reserves."
             )
         if not isinstance(self.pad_token, str) or not self.pad_token:
             raise InvalidSpecError(
-                f"Backbone {self.backbone_id!r}: pad_token must be a non-empty string, got {self.pad_token!r}."
+                f"Backbone {self.backbone_id!r}: pad_token must be a non-empty string, got "
+                f"{self.pad_token!r}."
             )
         if not isinstance(self.pad_to_multiple_of, int) or self.pad_to_multiple_of < 1:
             raise InvalidSpecError(
@@ -230,7 +231,9 @@ _llama2(
 # add <PAD> (32000) and resize 32000 -> 32064, as Prismatic's Mistral backbone did.
 _mistral = _family("mistral", MistralForCausalLM, MistralDecoderLayer)
 _mistral("mistral-v0.1-7b-pure", "mistralai/Mistral-7B-v0.1", PurePromptBuilder, "7.24B")
-_mistral("mistral-v0.1-7b-instruct", "mistralai/Mistral-7B-Instruct-v0.1", MistralInstructPromptBuilder, "7.24B")
+_mistral(
+    "mistral-v0.1-7b-instruct", "mistralai/Mistral-7B-Instruct-v0.1", MistralInstructPromptBuilder, "7.24B"
+)
 
 # === Phi-2 (Prismatic's PHI_MODELS) ===
 # CodeGen BPE (50295 tokens), no BOS added (the Phi format writes <|endoftext|> itself), no PAD; the
@@ -261,8 +264,9 @@ _llama3("llama3.2-3b-instruct", "meta-llama/Llama-3.2-3B-Instruct", Llama3Instru
 # it): add <PAD> instead (id 151665) into a spare row — nothing is resized and 0.5B-3B stay tied.
 _qwen = _family("qwen2.5", Qwen2ForCausalLM, Qwen2DecoderLayer, adds_bos=False)
 for _size, _params in (("0.5B", "0.49B"), ("1.5B", "1.54B"), ("3B", "3.09B"), ("7B", "7.61B")):
-    _qwen(f"qwen2.5-{_size.lower()}-pure", f"Qwen/Qwen2.5-{_size}", Qwen25PurePromptBuilder, _params)
-    _qwen(f"qwen2.5-{_size.lower()}-instruct", f"Qwen/Qwen2.5-{_size}-Instruct", Qwen25InstructPromptBuilder, _params)
+    _id, _hub = f"qwen2.5-{_size.lower()}", f"Qwen/Qwen2.5-{_size}"
+    _qwen(f"{_id}-pure", _hub, Qwen25PurePromptBuilder, _params)
+    _qwen(f"{_id}-instruct", f"{_hub}-Instruct", Qwen25InstructPromptBuilder, _params)
 
 # === Gemma-2 ===
 # SentencePiece, 256000 tokens = rows (a multiple of 64), <bos> added by the tokenizer; <pad> (0) is a

@@ -22,9 +22,9 @@ from llm_backbones.errors import ConversationError, PromptFormatError
 from llm_backbones.prompting import (
     Gemma2InstructPromptBuilder,
     Gemma2PurePromptBuilder,
+    LLaMa2ChatPromptBuilder,
     Llama3InstructPromptBuilder,
     Llama3PurePromptBuilder,
-    LLaMa2ChatPromptBuilder,
     MistralInstructPromptBuilder,
     Phi35InstructPromptBuilder,
     PhiPromptBuilder,

@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llm_backbones import get_llm_backbone_and_tokenizer, get_spec, register_backbone
-from llm_backbones import registry
+from llm_backbones import get_llm_backbone_and_tokenizer, get_spec, register_backbone, registry
 
 pytestmark = pytest.mark.integration
 

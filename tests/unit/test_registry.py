@@ -19,8 +19,8 @@ from llm_backbones import (
     prompt_builder_for,
     register_backbone,
     registered_ids,
+    registry,
 )
-from llm_backbones import registry
 from llm_backbones.errors import UnknownBackboneError
 from llm_backbones.prompting import LLaMa2ChatPromptBuilder, PurePromptBuilder, VicunaV15ChatPromptBuilder
 

@@ -262,10 +262,10 @@ class HFCausalLLMBackbone(LLMBackbone):
         if self.spec.pad_policy == "reuse":
             if pad not in self.tokenizer.get_vocab():
                 raise TokenizerContractError(
-                    f"Backbone {self.identifier!r} reuses the reserved token {pad!r} as PAD, but the tokenizer "
-                    f"of {source} ({len(self.tokenizer)} tokens) has no such token. Point model_path at a "
-                    f"{self.spec.family} tokenizer, or register the id with pad_policy='add' (a new token "
-                    "and, if needed, embedding rows)."
+                    f"Backbone {self.identifier!r} reuses the reserved token {pad!r} as PAD, but the "
+                    f"tokenizer of {source} ({len(self.tokenizer)} tokens) has no such token. Point "
+                    f"model_path at a {self.spec.family} tokenizer, or register the id with "
+                    "pad_policy='add' (a new token and, if needed, embedding rows)."
                 )
             # [Contract] a token the vocabulary reserves for padding: no new token, no new embedding row.
             self.tokenizer.pad_token = pad

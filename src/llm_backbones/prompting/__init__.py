@@ -3,9 +3,9 @@
 from llm_backbones.prompting.builder import (
     Gemma2InstructPromptBuilder,
     Gemma2PurePromptBuilder,
+    LLaMa2ChatPromptBuilder,
     Llama3InstructPromptBuilder,
     Llama3PurePromptBuilder,
-    LLaMa2ChatPromptBuilder,
     MistralInstructPromptBuilder,
     Phi35InstructPromptBuilder,
     PhiPromptBuilder,

@@ -88,7 +88,8 @@ def _pure(name: str, *, bos: str, eos: str) -> PromptFormat:
 
 # A human turn of each newer chat format, with the generation prompt that follows it.
 _LLAMA3_USER = (
-    "<|start_header_id|>user<|end_header_id|>\n\n{msg}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    "<|start_header_id|>user<|end_header_id|>\n\n{msg}<|eot_id|>"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n"
 )
 _QWEN_USER = "<|im_start|>user\n{msg}<|im_end|>\n<|im_start|>assistant\n"
 _GEMMA_USER = "<start_of_turn>user\n{msg}<end_of_turn>\n<start_of_turn>model\n"
