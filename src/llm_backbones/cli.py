@@ -49,10 +49,11 @@ def _registry_rows() -> list[dict[str, str]]:
             {
                 "id": backbone_id,
                 "family": spec.family,
+                "parameters": spec.parameters,
                 "hf_hub_path": spec.hf_hub_path,
                 "prompt_format": spec.prompt_builder.format_key or spec.prompt_builder.__name__,
                 "decoder_layer": spec.layer_cls.__name__,
-                "pad_policy": f"+{spec.pad_token}, rows x{spec.pad_to_multiple_of}",
+                "pad_policy": spec.pad_policy_text,
                 "adds_bos": str(spec.adds_bos).lower(),
             }
         )
@@ -63,7 +64,7 @@ def _registry_rows() -> list[dict[str, str]]:
 def list_backbones(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Every registered backbone id with its family, hub path, prompt format and decoder layer."""
+    """Every registered backbone id: family, parameters, hub path, prompt format, decoder layer, pad policy."""
     rows = _registry_rows()
     if as_json:
         print(json.dumps(rows, indent=2))

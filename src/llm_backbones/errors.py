@@ -78,6 +78,10 @@ class RegistryError(LLMBackbonesError, ValueError, TypeError):
     """
 
 
+class InvalidSpecError(RegistryError):
+    """A `BackboneSpec` whose fields contradict each other or name an unknown policy."""
+
+
 class ModelWeightsError(LLMBackbonesError, ValueError):
     """A weights file that cannot be read (truncated or corrupted safetensors, wrong tensor names)."""
 

@@ -9,20 +9,45 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
-from transformers import LlamaForCausalLM, PreTrainedModel
+from transformers import (
+    Gemma2ForCausalLM,
+    LlamaForCausalLM,
+    MistralForCausalLM,
+    Phi3ForCausalLM,
+    PhiForCausalLM,
+    PreTrainedModel,
+    Qwen2ForCausalLM,
+)
+from transformers.models.gemma2.modeling_gemma2 import Gemma2DecoderLayer
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+from transformers.models.mistral.modeling_mistral import MistralDecoderLayer
+from transformers.models.phi.modeling_phi import PhiDecoderLayer
+from transformers.models.phi3.modeling_phi3 import Phi3DecoderLayer
+from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
 
-from llm_backbones.errors import RegistryError, UnknownBackboneError
+from llm_backbones.errors import InvalidSpecError, RegistryError, UnknownBackboneError
 from llm_backbones.prompting import (
+    Gemma2InstructPromptBuilder,
+    Gemma2PurePromptBuilder,
     LLaMa2ChatPromptBuilder,
+    Llama3InstructPromptBuilder,
+    Llama3PurePromptBuilder,
+    MistralInstructPromptBuilder,
+    Phi35InstructPromptBuilder,
+    PhiPromptBuilder,
     PromptBuilder,
     PurePromptBuilder,
+    Qwen25InstructPromptBuilder,
+    Qwen25PurePromptBuilder,
     VicunaV15ChatPromptBuilder,
 )
+
+PadPolicy = Literal["add", "reuse"]
+PAD_POLICIES: tuple[str, ...] = ("add", "reuse")
 
 
 @dataclass(frozen=True)
@@ -36,9 +61,17 @@ class BackboneSpec:
         llm_cls: the HF causal-LM class; `layer_cls`: its decoder layer (the FSDP wrapping unit).
         prompt_builder: the `PromptBuilder` subclass for this id.
         adds_bos: whether the tokenizer inserts BOS itself (checked at load time).
-        pad_token: the PAD token to add when the tokenizer has none; `pad_to_multiple_of`: embedding rows
-            are padded to this multiple after adding it.
+        pad_token, pad_policy: the PAD token and how it is obtained.
+            "add" (the seed's): `pad_token` is added as a special token (unless the tokenizer has it);
+            when the tokenizer then outgrows the embedding, the rows are resized to
+            `len(tokenizer)` rounded up to `pad_to_multiple_of` (new rows mean-initialised, tied embeddings
+            stay tied); a checkpoint with spare rows is not resized and never shrunk.
+            "reuse": `pad_token` is a token the vocabulary already reserves; it must exist (checked at
+            load time); nothing is added or resized.
+            Either way the PAD token is one no rendered prompt contains (never the token that ends a reply
+            in the family's formats), so masks derived from `input_ids != pad_token_id` stay right.
         half_precision_dtype: the dtype for mixed-precision training and inference.
+        parameters: the model's size as its model card states it (e.g. "7.24B"); for listings only.
         embedded: name of a packaged asset directory that replaces the hub (the tiny default).
         source: where the facts of this entry come from.
     """
@@ -53,8 +86,35 @@ class BackboneSpec:
     pad_token: str = "<PAD>"
     pad_to_multiple_of: int = 64
     half_precision_dtype: torch.dtype = torch.bfloat16
+    pad_policy: PadPolicy = "add"
+    parameters: str = ""
     embedded: str | None = None
     source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.pad_policy not in PAD_POLICIES:
+            raise InvalidSpecError(
+                f"Backbone {self.backbone_id!r}: pad_policy={self.pad_policy!r} is not one of "
+                f"{PAD_POLICIES}. Use 'add' to add pad_token (resizing the embedding if needed) or "
+                "'reuse' for a token the vocabulary already reserves."
+            )
+        if not isinstance(self.pad_token, str) or not self.pad_token:
+            raise InvalidSpecError(
+                f"Backbone {self.backbone_id!r}: pad_token must be a non-empty string, got "
+                f"{self.pad_token!r}."
+            )
+        if not isinstance(self.pad_to_multiple_of, int) or self.pad_to_multiple_of < 1:
+            raise InvalidSpecError(
+                f"Backbone {self.backbone_id!r}: pad_to_multiple_of must be a positive int, got "
+                f"{self.pad_to_multiple_of!r} (64 suits tensor cores; 1 turns rounding off)."
+            )
+
+    @property
+    def pad_policy_text(self) -> str:
+        """One line for listings: "+<PAD>, rows x64" (added) or "=<|finetune_right_pad_id|> (reserved)"."""
+        if self.pad_policy == "reuse":
+            return f"={self.pad_token} (reserved)"
+        return f"+{self.pad_token}, rows x{self.pad_to_multiple_of}"
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -119,37 +179,115 @@ class _FamilyView(Mapping[str, dict[str, Any]]):
         return f"{type(self).__name__}({self._family!r}: {list(self)})"
 
 
+# The original's per-family dicts, and one per newer family: live views of the registry.
 LLAMA2_MODELS: Mapping[str, dict[str, Any]] = _FamilyView("llama2")
+MISTRAL_MODELS: Mapping[str, dict[str, Any]] = _FamilyView("mistral")
+PHI_MODELS: Mapping[str, dict[str, Any]] = _FamilyView("phi")
+LLAMA3_MODELS: Mapping[str, dict[str, Any]] = _FamilyView("llama3")
+QWEN25_MODELS: Mapping[str, dict[str, Any]] = _FamilyView("qwen2.5")
+GEMMA2_MODELS: Mapping[str, dict[str, Any]] = _FamilyView("gemma2")
+PHI3_MODELS: Mapping[str, dict[str, Any]] = _FamilyView("phi3")
 
 
-def _llama2(backbone_id: str, hub: str, builder: type[PromptBuilder], **kw: Any) -> None:
-    register_backbone(
-        BackboneSpec(
-            backbone_id=backbone_id,
-            family="llama2",
-            hf_hub_path=hub,
-            llm_cls=LlamaForCausalLM,
-            layer_cls=LlamaDecoderLayer,
-            prompt_builder=builder,
-            source=kw.pop("source", f"https://huggingface.co/{hub}/blob/main/config.json"),
-            **kw,
+def _family(
+    family: str, llm_cls: type[PreTrainedModel], layer_cls: type[nn.Module], **family_kw: Any
+) -> Any:
+    """A registration function for one family: `add(id, hub, builder, parameters, **overrides)`."""
+
+    def add(backbone_id: str, hub: str, builder: type[PromptBuilder], parameters: str, **kw: Any) -> None:
+        register_backbone(
+            BackboneSpec(
+                backbone_id=backbone_id,
+                family=family,
+                hf_hub_path=hub,
+                llm_cls=llm_cls,
+                layer_cls=layer_cls,
+                prompt_builder=builder,
+                parameters=parameters,
+                source=kw.pop("source", f"https://huggingface.co/{hub}/blob/main/config.json"),
+                **{**family_kw, **kw},
+            )
         )
-    )
+
+    return add
 
 
 # === LLaMA-2 family (Prismatic's LLAMA2_MODELS) ===
-_llama2("llama2-7b-pure", "meta-llama/Llama-2-7b-hf", PurePromptBuilder)
-_llama2("llama2-13b-pure", "meta-llama/Llama-2-13b-hf", PurePromptBuilder)
-_llama2("llama2-7b-chat", "meta-llama/Llama-2-7b-chat-hf", LLaMa2ChatPromptBuilder)
-_llama2("llama2-13b-chat", "meta-llama/Llama-2-13b-chat-hf", LLaMa2ChatPromptBuilder)
-_llama2("vicuna-v15-7b", "lmsys/vicuna-7b-v1.5", VicunaV15ChatPromptBuilder)
-_llama2("vicuna-v15-13b", "lmsys/vicuna-13b-v1.5", VicunaV15ChatPromptBuilder)
+# No PAD in the SentencePiece vocabulary (32000): add <PAD> (32000), rows 32000 -> 32064 (the seed's).
+_llama2 = _family("llama2", LlamaForCausalLM, LlamaDecoderLayer)
+_llama2("llama2-7b-pure", "meta-llama/Llama-2-7b-hf", PurePromptBuilder, "6.74B")
+_llama2("llama2-13b-pure", "meta-llama/Llama-2-13b-hf", PurePromptBuilder, "13.0B")
+_llama2("llama2-7b-chat", "meta-llama/Llama-2-7b-chat-hf", LLaMa2ChatPromptBuilder, "6.74B")
+_llama2("llama2-13b-chat", "meta-llama/Llama-2-13b-chat-hf", LLaMa2ChatPromptBuilder, "13.0B")
+_llama2("vicuna-v15-7b", "lmsys/vicuna-7b-v1.5", VicunaV15ChatPromptBuilder, "6.74B")
+_llama2("vicuna-v15-13b", "lmsys/vicuna-13b-v1.5", VicunaV15ChatPromptBuilder, "13.0B")
 # The embedded default: LLaMA-2 architecture at a few million parameters with the real LLaMA-2
 # tokenizer, packaged in llm_backbones/assets/llama2-tiny (weights made from a fixed seed on first use).
 _llama2(
     "llama2-tiny-pure",
     "llm-backbones/llama2-tiny (embedded)",
     PurePromptBuilder,
+    "8.6M",
     embedded="llama2-tiny",
     source="llm_backbones/assets/llama2-tiny/PROVENANCE.md",
 )
+
+# === Mistral v0.1 (Prismatic's MISTRAL_MODELS) ===
+# Same SentencePiece layout as LLaMA-2 (32000 pieces, <s>=1 added as BOS, no PAD, no reserved token):
+# add <PAD> (32000) and resize 32000 -> 32064, as Prismatic's Mistral backbone did.
+_mistral = _family("mistral", MistralForCausalLM, MistralDecoderLayer)
+_mistral("mistral-v0.1-7b-pure", "mistralai/Mistral-7B-v0.1", PurePromptBuilder, "7.24B")
+_mistral(
+    "mistral-v0.1-7b-instruct", "mistralai/Mistral-7B-Instruct-v0.1", MistralInstructPromptBuilder, "7.24B"
+)
+
+# === Phi-2 (Prismatic's PHI_MODELS) ===
+# CodeGen BPE (50295 tokens), no BOS added (the Phi format writes <|endoftext|> itself), no PAD; the
+# embedding already has 51200 rows. Add <|pad|> (Prismatic's choice, id 50295) into a spare row: no resize
+# (the seed's resize to len(tokenizer) rounded to 64 would shrink 51200 -> 50304). Not <|endoftext|>:
+# that is Phi-2's BOS/EOS, present in every prompt.
+_phi = _family("phi", PhiForCausalLM, PhiDecoderLayer, adds_bos=False, pad_token="<|pad|>")
+_phi("phi-2-3b", "microsoft/phi-2", PhiPromptBuilder, "2.78B")
+
+# === Llama 3.1 / 3.2 ===
+# Tiktoken-style BPE, 128000 tokens + 256 reserved specials = 128256 rows (a multiple of 64), BOS
+# <|begin_of_text|> added by the tokenizer. Meta reserves <|finetune_right_pad_id|> (128004) for padding
+# from Llama 3.1 on; reuse it (the tokenizer config declares no pad): no new row, so the 1B/3B models'
+# tied embeddings are untouched. Not <|end_of_text|>/<|eot_id|>: those end replies.
+_llama3 = _family(
+    "llama3", LlamaForCausalLM, LlamaDecoderLayer, pad_token="<|finetune_right_pad_id|>", pad_policy="reuse"
+)
+_llama3("llama3.1-8b-pure", "meta-llama/Llama-3.1-8B", Llama3PurePromptBuilder, "8.03B")
+_llama3("llama3.1-8b-instruct", "meta-llama/Llama-3.1-8B-Instruct", Llama3InstructPromptBuilder, "8.03B")
+_llama3("llama3.2-1b-pure", "meta-llama/Llama-3.2-1B", Llama3PurePromptBuilder, "1.24B")
+_llama3("llama3.2-1b-instruct", "meta-llama/Llama-3.2-1B-Instruct", Llama3InstructPromptBuilder, "1.24B")
+_llama3("llama3.2-3b-pure", "meta-llama/Llama-3.2-3B", Llama3PurePromptBuilder, "3.21B")
+_llama3("llama3.2-3b-instruct", "meta-llama/Llama-3.2-3B-Instruct", Llama3InstructPromptBuilder, "3.21B")
+
+# === Qwen2.5 ===
+# Byte-level BPE, 151665 tokens, no BOS; 151936 embedding rows (152064 for 7B), so spare rows exist.
+# The tokenizer's own pad is <|endoftext|>, which is the base models' EOS (the Pure format ends replies with
+# it): add <PAD> instead (id 151665) into a spare row — nothing is resized and 0.5B-3B stay tied.
+_qwen = _family("qwen2.5", Qwen2ForCausalLM, Qwen2DecoderLayer, adds_bos=False)
+for _size, _params in (("0.5B", "0.49B"), ("1.5B", "1.54B"), ("3B", "3.09B"), ("7B", "7.61B")):
+    _id, _hub = f"qwen2.5-{_size.lower()}", f"Qwen/Qwen2.5-{_size}"
+    _qwen(f"{_id}-pure", _hub, Qwen25PurePromptBuilder, _params)
+    _qwen(f"{_id}-instruct", f"{_hub}-Instruct", Qwen25InstructPromptBuilder, _params)
+
+# === Gemma-2 ===
+# SentencePiece, 256000 tokens = rows (a multiple of 64), <bos> added by the tokenizer; <pad> (0) is a
+# reserved PAD the tokenizer declares and no prompt contains: reuse it. Embeddings are tied.
+_gemma = _family("gemma2", Gemma2ForCausalLM, Gemma2DecoderLayer, pad_token="<pad>", pad_policy="reuse")
+_gemma("gemma2-2b-pure", "google/gemma-2-2b", Gemma2PurePromptBuilder, "2.61B")
+_gemma("gemma2-2b-instruct", "google/gemma-2-2b-it", Gemma2InstructPromptBuilder, "2.61B")
+_gemma("gemma2-9b-pure", "google/gemma-2-9b", Gemma2PurePromptBuilder, "9.24B")
+_gemma("gemma2-9b-instruct", "google/gemma-2-9b-it", Gemma2InstructPromptBuilder, "9.24B")
+
+# === Phi-3.5 ===
+# LLaMA-2-style SentencePiece + 11 chat tokens (32011 tokens), 32064 rows, no BOS added
+# (add_bos_token: false). The tokenizer declares <|endoftext|> (32000) as PAD; the chat format ends turns
+# with <|end|> and never writes <|endoftext|>: reuse it, no new row.
+_phi3 = _family(
+    "phi3", Phi3ForCausalLM, Phi3DecoderLayer, adds_bos=False, pad_token="<|endoftext|>", pad_policy="reuse"
+)
+_phi3("phi-3.5-mini-instruct", "microsoft/Phi-3.5-mini-instruct", Phi35InstructPromptBuilder, "3.82B")

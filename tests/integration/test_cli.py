@@ -23,6 +23,7 @@ def test_list_json_has_every_id_with_its_facts() -> None:
     assert rows["llama2-7b-chat"] == {
         "id": "llama2-7b-chat",
         "family": "llama2",
+        "parameters": "6.74B",
         "hf_hub_path": "meta-llama/Llama-2-7b-chat-hf",
         "prompt_format": "llama2-chat",
         "decoder_layer": "LlamaDecoderLayer",
@@ -104,3 +105,37 @@ def test_real_subprocess_entry_point() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "llama2-13b-pure" in {row["id"] for row in json.loads(proc.stdout)}
+
+
+def test_list_json_has_every_family() -> None:
+    from llm_backbones import registered_ids
+
+    result = runner.invoke(app, ["list", "--json"])
+    rows = {row["id"]: row for row in json.loads(result.output)}
+    assert list(rows) == registered_ids()
+    assert rows["qwen2.5-0.5b-instruct"] == {
+        "id": "qwen2.5-0.5b-instruct",
+        "family": "qwen2.5",
+        "parameters": "0.49B",
+        "hf_hub_path": "Qwen/Qwen2.5-0.5B-Instruct",
+        "prompt_format": "qwen2.5-instruct",
+        "decoder_layer": "Qwen2DecoderLayer",
+        "pad_policy": "+<PAD>, rows x64",
+        "adds_bos": "false",
+    }
+    assert rows["gemma2-9b-instruct"]["decoder_layer"] == "Gemma2DecoderLayer"
+    assert rows["llama3.2-1b-pure"]["prompt_format"] == "pure-llama3"
+    assert rows["phi-3.5-mini-instruct"]["pad_policy"] == "=<|endoftext|> (reserved)"
+    assert all(row["parameters"] for row in rows.values())
+
+
+def test_list_table_shows_new_columns(monkeypatch) -> None:
+    from rich.console import Console
+
+    from llm_backbones import cli
+
+    monkeypatch.setattr(cli, "console", Console(width=250))  # a wide terminal: no folded cells
+    result = runner.invoke(app, ["list"])
+    assert result.exit_code == 0
+    for text in ("parameters", "phi-3.5-mini-instruct", "Phi3DecoderLayer", "mistral-v0.1-7b-instruct"):
+        assert text in result.output

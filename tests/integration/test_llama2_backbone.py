@@ -1,4 +1,9 @@
-"""The seed's LLaMA-2 contract, for every id of LLAMA2_MODELS, built from a local tiny LLaMA-2 directory."""
+"""The seed's LLaMA-2 contract, for every id of LLAMA2_MODELS, built from a local tiny LLaMA-2 directory.
+
+The contract checks shared with every family live in `backbone_contract.py` (`TestLlama2Backbone` below);
+this file keeps what is LLaMA-2's own: the original LLAMA2_MODELS shape, the flash-attention default and
+its fallback, the embedded default and gradient checkpointing.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import logging
 
 import pytest
 import torch
+from backbone_contract import BackboneContract, Case, Family
 from torch import nn
 from transformers import LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
@@ -38,94 +44,36 @@ def test_llama2_models_has_the_original_ids_and_shape() -> None:
     assert LLAMA2_MODELS["vicuna-v15-13b"]["hf_hub_path"] == "lmsys/vicuna-13b-v1.5"
 
 
-@pytest.fixture(scope="module", params=sorted(EXPECTED_BUILDER))
-def built(request, tiny_llama_dir):
-    backbone, tokenizer = get_llm_backbone_and_tokenizer(request.param, model_path=tiny_llama_dir)
-    return request.param, backbone, tokenizer
+class TestLlama2Backbone(BackboneContract):
+    """The seed's contract for every LLAMA2_MODELS id, through the harness every family uses."""
+
+    FAMILY = Family(
+        name="llama2", backbone_cls=LLaMa2LLMBackbone, llm_cls=LlamaForCausalLM, layer_cls=LlamaDecoderLayer,
+        adds_bos=True, pad_policy="add", pad_token="<PAD>", pad_id=32000, n_tokens=32001,
+        test_123=[1, 4321, 29871, 29896, 29906, 29941], hidden=128,
+        attn_on_cpu="sdpa",  # LLaMa2LLMBackbone prefers flash-attention-2 and falls back without CUDA
+        tokenizer_note="real (LLaMA-2, the embedded default's)",
+    )
+    CASES = [
+        Case(backbone_id, hub, EXPECTED_BUILDER[backbone_id], "llama2", 32064, False, 2)  # 2 = </s>
+        for backbone_id, hub in [
+            ("llama2-7b-pure", "meta-llama/Llama-2-7b-hf"),
+            ("llama2-13b-pure", "meta-llama/Llama-2-13b-hf"),
+            ("llama2-7b-chat", "meta-llama/Llama-2-7b-chat-hf"),
+            ("llama2-13b-chat", "meta-llama/Llama-2-13b-chat-hf"),
+            ("vicuna-v15-7b", "lmsys/vicuna-7b-v1.5"),
+            ("vicuna-v15-13b", "lmsys/vicuna-13b-v1.5"),
+            ("llama2-tiny-pure", "llm-backbones/llama2-tiny (embedded)"),
+        ]
+    ]
 
 
-def test_class_pad_and_resize(built) -> None:
-    backbone_id, backbone, tokenizer = built
-    assert type(backbone) is LLaMa2LLMBackbone
-    assert backbone.identifier == backbone_id
-    assert tokenizer is backbone.get_tokenizer()
-    assert tokenizer.pad_token == "<PAD>"
-    assert tokenizer.pad_token_id == 32000
-    assert backbone.pad_token_id == 32000
-    assert len(tokenizer) == 32001
-    assert backbone.llm.config.pad_token_id == 32000
-    assert backbone.llm.get_input_embeddings().weight.shape == (32064, 128)
-    assert backbone.llm.lm_head.weight.shape == (32064, 128)
-    assert backbone.embed_dim == 128
-    assert tokenizer.padding_side == "right"
-    assert tokenizer.model_max_length == 2048
-
-
-def test_properties(built) -> None:
-    backbone_id, backbone, _ = built
-    assert backbone.prompt_builder_fn is EXPECTED_BUILDER[backbone_id]
-    assert backbone.transformer_layer_cls is LlamaDecoderLayer
-    assert backbone.half_precision_dtype is torch.bfloat16
+def test_llama2_last_layer_modules_are_the_seeds_attributes(tiny_llama_dir) -> None:
+    backbone, _ = get_llm_backbone_and_tokenizer("llama2-7b-chat", model_path=tiny_llama_dir)
     embed, last, head = backbone.last_layer_finetune_modules
     assert embed is backbone.llm.model.embed_tokens
     assert last is backbone.llm.model.layers[-1]
     assert head is backbone.llm.lm_head
-
-
-def test_training_mode_flags(built) -> None:
-    _, backbone, _ = built
-    assert backbone.llm.config.use_cache is False
-    assert next(backbone.parameters()).dtype == torch.float32
-    # enable_input_require_grads: embedding outputs require grad even when embeddings are frozen
-    backbone.llm.get_input_embeddings().weight.requires_grad_(False)
-    try:
-        assert backbone.llm.get_input_embeddings()(torch.tensor([[1, 2]])).requires_grad
-    finally:
-        backbone.llm.get_input_embeddings().weight.requires_grad_(True)
-
-
-def test_fsdp_policy_wraps_decoder_layers_only(built) -> None:
-    _, backbone, _ = built
-    policy = backbone.get_fsdp_wrapping_policy()
-    wrapped = [name for name, m in backbone.named_modules() if policy(m, recurse=False, nonwrapped_numel=0)]
-    assert wrapped == ["llm.model.layers.0", "llm.model.layers.1"]
-    # recursing into any container is allowed, as transformer_auto_wrap_policy does
-    assert policy(backbone.llm.model, recurse=True, nonwrapped_numel=0) is True
-
-
-def test_embed_input_ids_is_the_embedding_lookup(built) -> None:
-    _, backbone, _ = built
-    ids = torch.tensor([[1, 512, 32000]])
-    expected = backbone.llm.model.embed_tokens.weight[ids]
-    torch.testing.assert_close(backbone.embed_input_ids(ids), expected, rtol=0, atol=0)
-
-
-def test_forward_with_labels(built) -> None:
-    _, backbone, tokenizer = built
-    ids = tokenizer("In: What action should the robot take to open the drawer?\nOut:", return_tensors="pt").input_ids
-    out = backbone(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids)
-    assert out.logits.shape == (1, ids.shape[1], 32064)
-    assert torch.isfinite(out.loss)
-    # same result as calling the wrapped HF model directly
-    direct = backbone.llm(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids)
-    torch.testing.assert_close(out.logits, direct.logits, rtol=0, atol=0)
-
-
-def test_inference_mode_builds_on_meta_then_loads_trained_weights(tiny_llama_dir) -> None:
-    trained, tokenizer = get_llm_backbone_and_tokenizer("llama2-7b-pure", model_path=tiny_llama_dir)
-    with torch.no_grad():  # make it a "trained" backbone, different from the initial weights
-        trained.llm.model.layers[-1].mlp.up_proj.weight.add_(0.01)
-    fresh, _ = get_llm_backbone_and_tokenizer("llama2-7b-pure", model_path=tiny_llama_dir, inference_mode=True)
-    assert fresh.llm.config.use_cache is True
-    assert {p.device.type for p in fresh.parameters()} == {"meta"}
-    assert fresh.llm.get_input_embeddings().weight.shape == (32064, 128)
-    assert fresh.pad_token_id == 32000
-    fresh.load_state_dict(trained.state_dict())
-    assert {p.device.type for p in fresh.parameters()} == {"cpu"}
-    ids = tokenizer("In: pick up the red block\nOut:", return_tensors="pt").input_ids
-    trained.eval(), fresh.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(fresh(input_ids=ids).logits, trained(input_ids=ids).logits, rtol=0, atol=0)
 
 
 def test_attention_falls_back_to_sdpa_on_cpu(tiny_llama_dir, caplog) -> None:

@@ -9,6 +9,8 @@ are listed apart. README's "Guarantees" section states the number of rows; a tes
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import re
@@ -56,6 +58,7 @@ from llm_backbones.errors import (
     ModelWeightsError,
     OutputPathError,
     PromptFormatError,
+    InvalidSpecError,
     RegistryError,
     RemoteCodeError,
     TokenizationError,
@@ -205,12 +208,6 @@ def pickle_only(path: Path) -> None:
     (path / "model.safetensors").unlink()
 
 
-def padded_tokenizer_unpadded_weights(path: Path) -> None:
-    tok = AutoTokenizer.from_pretrained(path)
-    tok.add_special_tokens({"pad_token": "<PAD>"})
-    tok.save_pretrained(path)
-
-
 def remote_code(path: Path) -> None:
     config_update(model_type="my_arm_llm", auto_map={"AutoConfig": "configuration_arm.ArmConfig"})(path)
     (path / "configuration_arm.py").write_text("raise SystemExit('never runs')\n")
@@ -293,6 +290,9 @@ IDS = rows(
         ("'llama2-7b-pure'", "already registered", "overwrite=True")),
     Bad("register_backbone-not-a-spec", lambda e: register_backbone({"backbone_id": "x"}), RegistryError,
         ("dict", "BackboneSpec("), TypeError),
+    Bad("backbone-spec-unknown-pad-policy",
+        lambda e: dataclasses.replace(get_spec("llama2-7b-pure"), pad_policy="share"), InvalidSpecError,
+        ("pad_policy='share'", "('add', 'reuse')", "reserves")),
 )
 
 ALL_BUILDERS = {
@@ -513,8 +513,6 @@ LOADING = rows(
         ModelPathError, ("no-tokenizer", "no usable tokenizer", "found: none", "save_pretrained"), FileNotFoundError),
     Bad("tokenizer-json-missing", tiny_load(lambda e: e.model_dir("no-tokenizer-json", remove("tokenizer.json"))),
         ModelPathError, ("['tokenizer_config.json']", "needs tokenizer.json"), FileNotFoundError),
-    Bad("tokenizer-larger-than-embeddings", tiny_load(lambda e: e.model_dir("pad-tok-unpadded-weights", padded_tokenizer_unpadded_weights)),
-        TokenizerContractError, ("32001 tokens", "only 32000 embedding rows", "save_backbone")),
     Bad("weights-truncated", tiny_load(lambda e: e.model_dir("weights-truncated", truncate("model.safetensors", 0.5))),
         ModelWeightsError, ("weights-truncated/model.safetensors", "bytes)", "truncated or corrupted", "again")),
     Bad("weights-header-garbage", tiny_load(lambda e: e.model_dir("weights-garbage", write("model.safetensors", b"\0" * 64))),

@@ -11,7 +11,10 @@ from llm_backbones.backbones.base import HFCausalLLMBackbone, LLMBackbone, selec
 from llm_backbones.backbones.llama2 import LLaMa2LLMBackbone
 from llm_backbones.registry import get_spec, registered_ids
 
-# A family gets its own class only where its code (or its constructor defaults) truly differ.
+# A family gets its own class only where its code (or its constructor defaults) truly differ. Mistral, Phi-2,
+# Llama-3.x, Qwen2.5, Gemma-2 and Phi-3.5 need none: pad policy, BOS policy, prompt format and layer class
+# are registry data, tied embeddings are handled generically, and Gemma-2's eager attention follows from its
+# HF class not supporting sdpa (`select_attn_implementation`).
 FAMILY_BACKBONE_CLASSES: dict[str, type[HFCausalLLMBackbone]] = {"llama2": LLaMa2LLMBackbone}
 
 

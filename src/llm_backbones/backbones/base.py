@@ -130,8 +130,13 @@ class LLMBackbone(nn.Module, ABC):
         return self.tokenizer.pad_token_id
 
 
-def select_attn_implementation(attn_implementation: str | None, use_flash_attention_2: bool) -> str:
-    """`attn_implementation` if given; else flash-attention-2 where it can run, otherwise sdpa.
+def select_attn_implementation(
+    attn_implementation: str | None,
+    use_flash_attention_2: bool,
+    llm_cls: type[PreTrainedModel] | None = None,
+) -> str:
+    """`attn_implementation` if given; else flash-attention-2 where it can run, otherwise sdpa — or eager
+    for a model class that cannot run sdpa (Gemma-2: sdpa has no attention-logit softcapping).
 
     Logs one line saying which was chosen and why. Never fails because flash-attn is missing.
     """
@@ -141,6 +146,8 @@ def select_attn_implementation(attn_implementation: str | None, use_flash_attent
         choice, why = "sdpa", "use_flash_attention_2=False"
     elif not torch.cuda.is_available():
         choice, why = "sdpa", "flash-attention-2 was requested but CUDA is not available"
+    elif llm_cls is not None and not getattr(llm_cls, "_supports_flash_attn", True):
+        choice, why = "sdpa", f"flash-attention-2 was requested but {llm_cls.__name__} does not support it"
     else:
         try:
             import flash_attn  # noqa: F401
@@ -148,6 +155,9 @@ def select_attn_implementation(attn_implementation: str | None, use_flash_attent
             choice, why = "sdpa", f"flash-attention-2 was requested but flash_attn does not import ({exc})"
         else:
             choice, why = "flash_attention_2", "use_flash_attention_2=True, CUDA and flash_attn available"
+    if choice == "sdpa" and attn_implementation is None and llm_cls is not None:
+        if not getattr(llm_cls, "_supports_sdpa", True):
+            choice, why = "eager", f"{why}; {llm_cls.__name__} does not support sdpa"
     logger.info("Attention implementation: %s (%s)", choice, why)
     return choice
 
@@ -268,34 +278,26 @@ class HFCausalLLMBackbone(LLMBackbone):
         # [Contract] fast tokenizer, right padding (training collates right-padded batches).
         self.tokenizer = self._load_tokenizer(source, local, hub_kwargs)
         self._check_bos_contract()
-        needs_pad = self.tokenizer.pad_token is None
-        if needs_pad:
-            # [Contract] LLaMA-style tokenizers have no PAD: add one and give it an embedding row.
-            # A checkpoint saved after this (save_backbone) already has it: no second PAD, no second resize.
-            self.tokenizer.add_special_tokens({"pad_token": self.spec.pad_token})
+        # A checkpoint saved after this (save_backbone) already has the PAD token: no second one, no resize.
+        self._set_pad_token(source)
 
-        attn = select_attn_implementation(attn_implementation, use_flash_attention_2)
+        attn = select_attn_implementation(attn_implementation, use_flash_attention_2, self.spec.llm_cls)
         if self.inference_mode:
-            if needs_pad:  # size the embeddings the way the trained checkpoint was resized
-                config.vocab_size = self._padded_vocab_size(config.vocab_size)
+            # Size the embeddings the way the trained checkpoint was resized (same rule as below).
+            config.vocab_size = self._embedding_rows(config.vocab_size)
             with _parameters_on_meta():
                 self.llm = self.spec.llm_cls._from_config(config, attn_implementation=attn, dtype=dtype)
         else:
             self.llm = self._load_weights(
                 source, local, config, hub_kwargs, attn=attn, dtype=dtype, allow_pickle=allow_pickle
             )
-            if needs_pad:
-                # [Contract] mean-initialised new rows, rows padded to a multiple of 64 (tensor cores).
+            rows = self.llm.get_input_embeddings().weight.shape[0]
+            if self._embedding_rows(rows) != rows:
+                # [Contract] mean-initialised new rows, rows padded to a multiple of 64 (tensor cores). HF
+                # re-ties a tied LM head to the resized input embedding.
                 self.llm.resize_token_embeddings(
                     len(self.tokenizer), pad_to_multiple_of=self.spec.pad_to_multiple_of
                 )
-        rows = self.llm.get_input_embeddings().num_embeddings
-        if len(self.tokenizer) > rows:
-            raise TokenizerContractError(
-                f"The tokenizer in {source} has {len(self.tokenizer)} tokens but the model has only {rows} "
-                "embedding rows, so the last token ids would index past the embeddings. The tokenizer and the "
-                "weights come from different checkpoints: save them together (llm_backbones.save_backbone)."
-            )
         self.llm.config.pad_token_id = self.tokenizer.pad_token_id
         # [Contract] the KV cache only helps generation; in training it costs memory.
         self.llm.config.use_cache = self.inference_mode
@@ -435,9 +437,29 @@ class HFCausalLLMBackbone(LLMBackbone):
                 "architecture without weights pass inference_mode=True."
             ) from exc
 
-    def _padded_vocab_size(self, base: int) -> int:
-        n, k = max(base, len(self.tokenizer)), self.spec.pad_to_multiple_of
-        return (n + k - 1) // k * k
+    def _set_pad_token(self, source: str) -> None:
+        """Apply the spec's pad policy (see `BackboneSpec`): add `pad_token`, or reuse a reserved one."""
+        pad = self.spec.pad_token
+        if self.spec.pad_policy == "reuse":
+            if pad not in self.tokenizer.get_vocab():
+                raise TokenizerContractError(
+                    f"Backbone {self.identifier!r} reuses the reserved token {pad!r} as PAD, but the "
+                    f"tokenizer of {source} ({len(self.tokenizer)} tokens) has no such token. Point "
+                    f"model_path at a {self.spec.family} tokenizer, or register the id with "
+                    "pad_policy='add' (a new token and, if needed, embedding rows)."
+                )
+            # [Contract] a token the vocabulary reserves for padding: no new token, no new embedding row.
+            self.tokenizer.pad_token = pad
+        else:
+            # [Contract] the seed's: add a PAD token (a no-op where the tokenizer already has it).
+            self.tokenizer.add_special_tokens({"pad_token": pad})
+
+    def _embedding_rows(self, rows: int) -> int:
+        """The embedding rows this backbone needs, given a checkpoint's `rows`: unchanged while every
+        token has a row (spare rows are kept, never cut), else `len(tokenizer)` rounded up to
+        `pad_to_multiple_of` (LLaMA-2: 32001 tokens -> 32064)."""
+        n, k = len(self.tokenizer), self.spec.pad_to_multiple_of
+        return rows if n <= rows else (n + k - 1) // k * k
 
     def _check_bos_contract(self) -> None:
         bos = self.tokenizer.bos_token_id
@@ -620,16 +642,27 @@ class HFCausalLLMBackbone(LLMBackbone):
 
     @property
     def last_layer_finetune_modules(self) -> Sequence[nn.Module]:
-        """Input embeddings, the last decoder layer and the LM head (each module once)."""
+        """Input embeddings, the last decoder layer and the LM head, each module and each parameter once.
+
+        With tied embeddings (Llama-3.2, Qwen2.5 0.5B-3B, Gemma-2) the LM head's weight *is* the input
+        embedding, so the head is not listed again: `(embed_tokens, layers[-1])`. Its weight trains through
+        `embed_tokens`, and an optimizer built from these modules' parameters sees every tensor once.
+        """
         candidates = (
             self.llm.get_input_embeddings(),
             self.llm.get_decoder().layers[-1],
             self.llm.get_output_embeddings(),
         )
         unique: list[nn.Module] = []
+        seen: set[int] = set()
         for module in candidates:
-            if all(module is not m for m in unique):
-                unique.append(module)
+            if module is None or any(module is m for m in unique):
+                continue
+            params = {id(p) for p in module.parameters()}
+            if unique and params and params <= seen:  # tied head: nothing of its own to add
+                continue
+            unique.append(module)
+            seen |= params
         return tuple(unique)
 
     def extra_repr(self) -> str:

@@ -1,11 +1,18 @@
 """Prompt formats (data) and the one builder that renders them; Prismatic's class names exported."""
 
 from llm_backbones.prompting.builder import (
+    Gemma2InstructPromptBuilder,
+    Gemma2PurePromptBuilder,
     LLaMa2ChatPromptBuilder,
+    Llama3InstructPromptBuilder,
+    Llama3PurePromptBuilder,
     MistralInstructPromptBuilder,
+    Phi35InstructPromptBuilder,
     PhiPromptBuilder,
     PromptBuilder,
     PurePromptBuilder,
+    Qwen25InstructPromptBuilder,
+    Qwen25PurePromptBuilder,
     VicunaV15ChatPromptBuilder,
 )
 from llm_backbones.prompting.formats import OFFICIAL_FORMATS, PRISMATIC_FORMATS, PromptFormat
@@ -18,6 +25,13 @@ __all__ = [
     "VicunaV15ChatPromptBuilder",
     "MistralInstructPromptBuilder",
     "PhiPromptBuilder",
+    "Llama3PurePromptBuilder",
+    "Llama3InstructPromptBuilder",
+    "Qwen25PurePromptBuilder",
+    "Qwen25InstructPromptBuilder",
+    "Gemma2PurePromptBuilder",
+    "Gemma2InstructPromptBuilder",
+    "Phi35InstructPromptBuilder",
     "OFFICIAL_FORMATS",
     "PRISMATIC_FORMATS",
 ]

@@ -22,8 +22,11 @@ class PromptBuilder:
         model_family: selects the default system prompt ("prismatic" or "openvla").
         system_prompt: replaces the default system prompt where the format has one.
         prismatic_compat: render the original Prismatic/OpenVLA strings byte for byte (for checkpoints
-            trained on them) instead of the model's official format.
+            trained on them) instead of the model's official format. Formats the original never had
+            (Llama-3.x, Qwen2.5, Gemma-2, Phi-3.5) have only their official rendering.
         prompt_format: an explicit `PromptFormat` (subclasses name theirs; the base class needs it).
+        date_string: the date of formats with a date line (Llama-3.x's "Today Date: 26 Jul 2024"); the
+            template's own fallback date when not given.
     """
 
     format_key: ClassVar[str | None] = None
@@ -35,15 +38,21 @@ class PromptBuilder:
         *,
         prismatic_compat: bool = False,
         prompt_format: PromptFormat | None = None,
+        date_string: str | None = None,
     ) -> None:
+        # The original's quirks (e.g. silently ignoring a system prompt) apply to its own formats only.
+        self._original_quirks = prismatic_compat
         if prompt_format is None:
             if self.format_key is None:
                 raise PromptFormatError(
                     "PromptBuilder needs a format: pass prompt_format=PromptFormat(...), or use a named "
                     "builder such as PurePromptBuilder or LLaMa2ChatPromptBuilder."
                 )
-            table = PRISMATIC_FORMATS if prismatic_compat else OFFICIAL_FORMATS
-            prompt_format = table[self.format_key]
+            if prismatic_compat and self.format_key in PRISMATIC_FORMATS:
+                prompt_format = PRISMATIC_FORMATS[self.format_key]
+            else:  # official, or a family the original never had (one rendering only)
+                prompt_format = OFFICIAL_FORMATS[self.format_key]
+                self._original_quirks = False
         if not isinstance(prompt_format, PromptFormat):
             raise PromptFormatError(
                 f"prompt_format must be a PromptFormat, got {type(prompt_format).__name__}. Build one with "
@@ -58,6 +67,7 @@ class PromptBuilder:
         self.model_family = model_family
         self.prismatic_compat = prismatic_compat
         self.bos, self.eos = prompt_format.bos, prompt_format.eos
+        self.date_string = self._check_date(date_string)
         self.system_prompt = self._wrap_system(system_prompt)
         self.prompt, self.turn_count = "", 0
 
@@ -88,7 +98,8 @@ class PromptBuilder:
         return self._finish(self.prompt + self._wrap_human(message, first=first))
 
     def get_prompt(self) -> str:
-        """The prompt so far, without the leading BOS text and without trailing whitespace."""
+        """The prompt so far, without the leading BOS text (where the tokenizer adds BOS) and without
+        trailing whitespace (except for formats whose prompts end with a newline)."""
         return self._finish(self.prompt)
 
     # === Internals ===
@@ -97,7 +108,7 @@ class PromptBuilder:
         if system_prompt is not None:
             self._check_text(system_prompt, "system_prompt")
         if fmt.system is None:
-            if system_prompt is not None and not self.prismatic_compat:
+            if system_prompt is not None and not self._original_quirks:
                 raise PromptFormatError(
                     f"The {fmt.name!r} prompt format has no system prompt, got system_prompt="
                     f"{system_prompt[:60]!r}. Put the instruction in the first human message instead, "
@@ -114,7 +125,26 @@ class PromptBuilder:
                     "Pass one of them, or give system_prompt= explicitly."
                 )
             system_prompt = fmt.default_system[self.model_family]
-        return fmt.system.format(system=system_prompt.strip())
+        system_prompt = system_prompt.strip()
+        if system_prompt == "" and fmt.omit_empty_system:
+            return ""
+        return fmt.system.format(system=system_prompt, date=self.date_string)
+
+    def _check_date(self, date_string: str | None) -> str | None:
+        fmt = self.format
+        if date_string is None:
+            return fmt.default_date
+        if not fmt.has_date:
+            raise PromptFormatError(
+                f"The {fmt.name!r} prompt format has no date line, got date_string={date_string!r}. "
+                "Leave date_string unset for this format (only Llama-3.x instruct formats take one)."
+            )
+        if not isinstance(date_string, str) or date_string.strip() == "" or "\n" in date_string:
+            raise PromptFormatError(
+                f"date_string must be one non-empty line of text such as {fmt.default_date!r}, got "
+                f"{date_string!r}."
+            )
+        return date_string
 
     def _wrap_human(self, message: str, *, first: bool) -> str:
         template = self.format.first_human if first and self.format.first_human else self.format.human
@@ -123,7 +153,9 @@ class PromptBuilder:
     def _finish(self, prompt: str) -> str:
         if self.format.strip_bos:
             prompt = prompt.removeprefix(self.bos)
-        return prompt.rstrip()
+        # [Contract] the original strips trailing whitespace; the newer chat templates' generation
+        # prompts end with a newline that is part of the prompt the model was trained on.
+        return prompt.rstrip() if self.format.strip_trailing_whitespace else prompt
 
     @staticmethod
     def _clean(message: str) -> str:
@@ -201,3 +233,47 @@ class PhiPromptBuilder(PromptBuilder):
     """Phi-2 Input/Output format; BOS (`<|endoftext|>`) written into the first turn."""
 
     format_key = "phi-2"
+
+
+# === Pure format over the newer vocabularies (the reply ends with the family's own EOS) ===
+class Llama3PurePromptBuilder(PurePromptBuilder):
+    """Pure format for Llama-3.x base models: "In: {msg}\\nOut: " / "{reply}<|end_of_text|>"."""
+
+    format_key = "pure-llama3"
+
+
+class Qwen25PurePromptBuilder(PurePromptBuilder):
+    """Pure format for Qwen2.5 base models: "In: {msg}\\nOut: " / "{reply}<|endoftext|>"."""
+
+    format_key = "pure-qwen2"
+
+
+class Gemma2PurePromptBuilder(PurePromptBuilder):
+    """Pure format for Gemma-2 base models: "In: {msg}\\nOut: " / "{reply}<eos>"."""
+
+    format_key = "pure-gemma2"
+
+
+# === Official chat templates of the newer instruct models ===
+class Llama3InstructPromptBuilder(PromptBuilder):
+    """Llama-3.1/3.2 Instruct chat template (system block with the date line; `date_string=`)."""
+
+    format_key = "llama3-instruct"
+
+
+class Qwen25InstructPromptBuilder(PromptBuilder):
+    """Qwen2.5 Instruct ChatML template, with Qwen's default system prompt."""
+
+    format_key = "qwen2.5-instruct"
+
+
+class Gemma2InstructPromptBuilder(PromptBuilder):
+    """Gemma-2 instruction-tuned template: user/model turns, no system prompt."""
+
+    format_key = "gemma2-instruct"
+
+
+class Phi35InstructPromptBuilder(PromptBuilder):
+    """Phi-3.5-mini-instruct template: <|system|>/<|user|>/<|assistant|> blocks ending with <|end|>."""
+
+    format_key = "phi3.5-instruct"

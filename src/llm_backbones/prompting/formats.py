@@ -2,7 +2,8 @@
 
 A format says how a human turn, a reply and the system prompt are wrapped. Two sets exist:
 `PRISMATIC_FORMATS` reproduce the original Prismatic/OpenVLA builders byte for byte (checkpoints were
-trained on them, typos included), `OFFICIAL_FORMATS` render each model's own published format.
+trained on them, typos included), `OFFICIAL_FORMATS` render each model's own published format. Formats of
+families the original never had (Llama-3.x, Qwen2.5, Gemma-2, Phi-3.5) exist only in `OFFICIAL_FORMATS`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ VICUNA_SYSTEM_PROMPT = (
 )
 
 
+# Qwen2.5-Instruct's chat template writes this system prompt when the conversation has none.
+QWEN25_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+# Llama 3.1/3.2-Instruct's chat templates write this date when the caller gives no `date_string`.
+LLAMA3_DEFAULT_DATE = "26 Jul 2024"
+
+
 def _per_family(prompt: str) -> Mapping[str, str]:
     return MappingProxyType({"prismatic": prompt, "openvla": prompt})
 
@@ -36,6 +43,12 @@ class PromptFormat:
     `gpt` every reply. `system` wraps the stripped system prompt; `None` means the format has no
     system prompt. `bos` is removed from the front of returned prompts when `strip_bos` (the tokenizer
     inserts BOS itself). `empty_reply` replaces an empty reply.
+
+    Needed by the newer chat templates only:
+    `strip_trailing_whitespace=False` keeps the end of returned prompts as rendered (their generation
+    prompts end with a newline that belongs to the prompt). `omit_empty_system` renders no system block
+    at all for an empty system prompt (Phi-3.5). `default_date` (not `None`) means `system` holds a
+    `{date}` line (Llama-3.x's "Today Date"), filled with the builder's `date_string` or this default.
     """
 
     name: str
@@ -51,13 +64,36 @@ class PromptFormat:
     # Prismatic quirks, kept as data so the one builder reproduces them exactly:
     potential_uses_first_human: bool = True  # Phi's get_potential_prompt skips its turn-0 wrapper
     clean_potential_message: bool = True  # the originals do not strip/clean get_potential_prompt's message
+    # Newer chat templates:
+    strip_trailing_whitespace: bool = True
+    omit_empty_system: bool = False
+    default_date: str | None = None
 
     @property
     def has_system_prompt(self) -> bool:
         return self.system is not None
 
+    @property
+    def has_date(self) -> bool:
+        return self.default_date is not None
+
 
 _COMPAT = dict(clean_potential_message=False)
+
+
+def _pure(name: str, *, bos: str, eos: str) -> PromptFormat:
+    """OpenVLA's "In: {msg}\\nOut: " / "{reply}<eos>" format with the family's own EOS text."""
+    return PromptFormat(name=name, bos=bos, eos=eos, human="In: {msg}\nOut: ", gpt="{msg}" + eos)
+
+
+# A human turn of each newer chat format, with the generation prompt that follows it.
+_LLAMA3_USER = (
+    "<|start_header_id|>user<|end_header_id|>\n\n{msg}<|eot_id|>"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n"
+)
+_QWEN_USER = "<|im_start|>user\n{msg}<|im_end|>\n<|im_start|>assistant\n"
+_GEMMA_USER = "<start_of_turn>user\n{msg}<end_of_turn>\n<start_of_turn>model\n"
+_PHI3_USER = "<|user|>\n{msg}<|end|>\n<|assistant|>\n"
 
 PRISMATIC_FORMATS: Mapping[str, PromptFormat] = MappingProxyType(
     {
@@ -153,6 +189,78 @@ OFFICIAL_FORMATS: Mapping[str, PromptFormat] = MappingProxyType(
             human="Input: {msg}\nOutput: ",
             gpt="{msg}\n<|endoftext|>",
             strip_bos=False,
+        ),
+        # --- Pure format over other vocabularies: the reply ends with the family's own end-of-text
+        # token (the base model's EOS), so that generation stops there; "</s>" is plain text to them.
+        "pure-llama3": _pure("pure-llama3", bos="<|begin_of_text|>", eos="<|end_of_text|>"),
+        "pure-qwen2": _pure("pure-qwen2", bos="", eos="<|endoftext|>"),
+        "pure-gemma2": _pure("pure-gemma2", bos="<bos>", eos="<eos>"),
+        # --- Official chat templates (`tokenizer_config.json` "chat_template" of the instruct repos, as
+        # llama.cpp keeps them in models/templates/*.jinja), rendered with add_generation_prompt=True.
+        # Messages are stripped by the builder (Llama-3 and Gemma-2 templates `trim` them too).
+        #
+        # meta-llama/Llama-3.1-8B-Instruct and Llama-3.2-{1B,3B}-Instruct (same text without tools):
+        # a system block always opens the conversation, with the knowledge-cutoff and date lines
+        # (date: the template's fallback "26 Jul 2024" unless the caller gives one), then the caller's
+        # system prompt (default: none). "<|begin_of_text|>" is removed: the tokenizer adds BOS.
+        "llama3-instruct": PromptFormat(
+            name="llama3-instruct",
+            bos="<|begin_of_text|>",
+            eos="<|eot_id|>",
+            first_human="<|begin_of_text|>{system}" + _LLAMA3_USER,
+            human=_LLAMA3_USER,
+            gpt="{msg}<|eot_id|>",
+            system=(
+                "<|start_header_id|>system<|end_header_id|>\n\n"
+                "Cutting Knowledge Date: December 2023\nToday Date: {date}\n\n{system}<|eot_id|>"
+            ),
+            default_system=_per_family(""),
+            default_date=LLAMA3_DEFAULT_DATE,
+            empty_reply="",
+            strip_trailing_whitespace=False,
+        ),
+        # Qwen/Qwen2.5-*-Instruct: ChatML; without a system message the template writes Qwen's own.
+        # No BOS (the tokenizer adds none and the template writes none).
+        "qwen2.5-instruct": PromptFormat(
+            name="qwen2.5-instruct",
+            bos="",
+            eos="<|im_end|>",
+            first_human="{system}" + _QWEN_USER,
+            human=_QWEN_USER,
+            gpt="{msg}<|im_end|>\n",
+            system="<|im_start|>system\n{system}<|im_end|>\n",
+            default_system=_per_family(QWEN25_SYSTEM_PROMPT),
+            empty_reply="",
+            strip_trailing_whitespace=False,
+        ),
+        # google/gemma-2-{2b,9b}-it: no system role (the template raises on one); the reply role is
+        # "model". "<bos>" is removed: the tokenizer adds BOS.
+        "gemma2-instruct": PromptFormat(
+            name="gemma2-instruct",
+            bos="<bos>",
+            eos="<end_of_turn>",
+            first_human="<bos>" + _GEMMA_USER,
+            human=_GEMMA_USER,
+            gpt="{msg}<end_of_turn>\n",
+            empty_reply="",
+            strip_trailing_whitespace=False,
+        ),
+        # microsoft/Phi-3.5-mini-instruct: a system block only for a non-empty system prompt (default:
+        # none); no BOS. With add_generation_prompt=False the template also appends eos_token after the
+        # last turn; the builder does not (a reply ends with "<|end|>\n", its end-of-turn token), so that
+        # every reply's text is a prefix of the next prompt.
+        "phi3.5-instruct": PromptFormat(
+            name="phi3.5-instruct",
+            bos="",
+            eos="<|end|>",
+            first_human="{system}" + _PHI3_USER,
+            human=_PHI3_USER,
+            gpt="{msg}<|end|>\n",
+            system="<|system|>\n{system}<|end|>\n",
+            default_system=_per_family(""),
+            omit_empty_system=True,
+            empty_reply="",
+            strip_trailing_whitespace=False,
         ),
     }
 )
