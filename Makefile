@@ -20,13 +20,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/llm-backbones demo
 
-test: $(STAMP)
-	$(PY) -m pytest -q
+# llama.cpp's reference vocabularies and official chat templates, from PyPI (the llama-cpp-python
+# sdist): tests/golden/test_family_chat_templates.py renders the official .jinja files against our builders.
+REFERENCE := $(VENV)/llama-cpp-models
+$(REFERENCE)/templates: $(STAMP)
+	$(PY) scripts/fetch_llama_cpp_models.py $(REFERENCE)
 
-# Optional: llama.cpp's reference vocabularies and official chat templates (from PyPI) into
-# ~/.cache/llm_backbones; tests/golden/test_family_chat_templates.py then renders the .jinja files too.
-reference: $(STAMP)
-	$(PY) scripts/fetch_llama_cpp_models.py
+reference: $(REFERENCE)/templates
+
+test: $(STAMP) $(REFERENCE)/templates
+	LLAMA_CPP_MODELS_DIR=$(REFERENCE) $(PY) -m pytest -q
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
