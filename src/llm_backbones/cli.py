@@ -78,6 +78,33 @@ def list_backbones(
 
 
 @app.command()
+def info(
+    backbone: Annotated[str, typer.Argument(help="Backbone id.")],
+    model_path: Annotated[Path | None, typer.Option(help="Read config and tokenizer from this local directory.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Everything about one id, offline: vocabulary before/after PAD, rows, special ids, layer, dtype,
+    and the parameters each fine-tune mode trains."""
+    from llm_backbones.info import backbone_info
+
+    try:
+        facts = backbone_info(backbone, model_path)
+    except (LLMBackbonesError, OSError) as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(facts, indent=2))
+        return
+    table = Table(title=f"{backbone}", show_header=False)
+    for key, value in facts.items():
+        if key == "trainable_by_mode":
+            value = ", ".join(f"{mode} {count:,}" for mode, count in value.items())
+        elif isinstance(value, int) and not isinstance(value, bool) and value > 99_999:
+            value = f"{value:,}"
+        table.add_row(key.replace("_", " "), str(value))
+    console.print(table)
+
+
+@app.command()
 def demo(
     backbone: Annotated[str, typer.Option(help="Backbone id.")] = "llama2-tiny-pure",
     model_path: Annotated[Path | None, typer.Option(help="Local HF-format directory replacing the hub path.")] = None,

@@ -42,6 +42,38 @@ def count_parameters(module: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
+def last_layer_modules(llm: nn.Module) -> tuple[nn.Module, ...]:
+    """Input embeddings, the last decoder layer and the LM head of an HF causal LM, each module and each
+    parameter once (a tied LM head, whose weight *is* the input embedding, is not listed again)."""
+    candidates = (llm.get_input_embeddings(), llm.get_decoder().layers[-1], llm.get_output_embeddings())
+    unique: list[nn.Module] = []
+    seen: set[int] = set()
+    for module in candidates:
+        if module is None or any(module is m for m in unique):
+            continue
+        params = {id(p) for p in module.parameters()}
+        if unique and params and params <= seen:  # tied head: nothing of its own to add
+            continue
+        unique.append(module)
+        seen |= params
+    return tuple(unique)
+
+
+def trainable_counts_by_mode(llm: nn.Module) -> dict[str, TrainableSummary]:
+    """What each mode would train on `llm` (e.g. built on the meta device); `llm` is consumed (LoRA wraps it)."""
+    from llm_backbones.lora import with_lora
+
+    counts = {}
+    for mode in ("frozen", "full", "last-layer"):
+        llm.requires_grad_(mode == "full")
+        if mode == "last-layer":
+            for module in last_layer_modules(llm):
+                module.requires_grad_(True)
+        counts[mode] = TrainableSummary(mode, *count_parameters(llm))
+    counts["lora"] = TrainableSummary("lora", *count_parameters(with_lora(llm)))
+    return counts
+
+
 def apply_finetune_mode(backbone, mode: str, **lora_kwargs) -> TrainableSummary:
     """Set `requires_grad` for `mode` (see module docstring); returns the trainable counts."""
     if mode not in FINETUNE_MODES:

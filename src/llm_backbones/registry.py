@@ -8,7 +8,8 @@ policy, half-precision dtype and decoder-layer class. Everything else (`LLAMA2_M
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal
 
 import torch
@@ -72,6 +73,9 @@ class BackboneSpec:
             in the family's formats), so masks derived from `input_ids != pad_token_id` stay right.
         half_precision_dtype: the dtype for mixed-precision training and inference.
         parameters: the model's size as its model card states it (e.g. "7.24B"); for listings only.
+        arch: the checkpoint's architecture facts, as its config.json has them (vocab/embedding rows, hidden
+            size, layers, heads, tied embeddings, BOS/EOS ids), so `llm-backbones info` answers offline.
+        tokenizer_size: `len(tokenizer)` of the published tokenizer, before any PAD is added.
         embedded: name of a packaged asset directory that replaces the hub (the tiny default).
         source: where the facts of this entry come from.
     """
@@ -88,6 +92,8 @@ class BackboneSpec:
     half_precision_dtype: torch.dtype = torch.bfloat16
     pad_policy: PadPolicy = "add"
     parameters: str = ""
+    arch: Mapping[str, Any] = field(default_factory=dict)
+    tokenizer_size: int | None = None
     embedded: str | None = None
     source: str = ""
 
@@ -212,15 +218,31 @@ def _family(
     return add
 
 
+def _arch(vocab: int, hidden: int, mlp: int, layers: int, heads: int, kv: int, *, tied: bool, bos: int | None,
+          eos: int, **extra: Any) -> Mapping[str, Any]:
+    """Architecture facts in config.json's field names (the source: each entry's hub config.json)."""
+    return MappingProxyType(
+        {"vocab_size": vocab, "hidden_size": hidden, "intermediate_size": mlp, "num_hidden_layers": layers,
+         "num_attention_heads": heads, "num_key_value_heads": kv, "tie_word_embeddings": tied,
+         "bos_token_id": bos, "eos_token_id": eos, **extra}
+    )
+
+
+_LLAMA2_7B = _arch(32000, 4096, 11008, 32, 32, 32, tied=False, bos=1, eos=2)
+_LLAMA2_13B = _arch(32000, 5120, 13824, 40, 40, 40, tied=False, bos=1, eos=2)
+_LLAMA2 = {"tokenizer_size": 32000}
+
 # === LLaMA-2 family (Prismatic's LLAMA2_MODELS) ===
 # No PAD in the SentencePiece vocabulary (32000): add <PAD> (32000), rows 32000 -> 32064 (the seed's).
 _llama2 = _family("llama2", LlamaForCausalLM, LlamaDecoderLayer)
-_llama2("llama2-7b-pure", "meta-llama/Llama-2-7b-hf", PurePromptBuilder, "6.74B")
-_llama2("llama2-13b-pure", "meta-llama/Llama-2-13b-hf", PurePromptBuilder, "13.0B")
-_llama2("llama2-7b-chat", "meta-llama/Llama-2-7b-chat-hf", LLaMa2ChatPromptBuilder, "6.74B")
-_llama2("llama2-13b-chat", "meta-llama/Llama-2-13b-chat-hf", LLaMa2ChatPromptBuilder, "13.0B")
-_llama2("vicuna-v15-7b", "lmsys/vicuna-7b-v1.5", VicunaV15ChatPromptBuilder, "6.74B")
-_llama2("vicuna-v15-13b", "lmsys/vicuna-13b-v1.5", VicunaV15ChatPromptBuilder, "13.0B")
+_llama2("llama2-7b-pure", "meta-llama/Llama-2-7b-hf", PurePromptBuilder, "6.74B", arch=_LLAMA2_7B, **_LLAMA2)
+_llama2("llama2-13b-pure", "meta-llama/Llama-2-13b-hf", PurePromptBuilder, "13.0B", arch=_LLAMA2_13B, **_LLAMA2)
+_llama2("llama2-7b-chat", "meta-llama/Llama-2-7b-chat-hf", LLaMa2ChatPromptBuilder, "6.74B", arch=_LLAMA2_7B, **_LLAMA2)
+_llama2(
+    "llama2-13b-chat", "meta-llama/Llama-2-13b-chat-hf", LLaMa2ChatPromptBuilder, "13.0B", arch=_LLAMA2_13B, **_LLAMA2
+)
+_llama2("vicuna-v15-7b", "lmsys/vicuna-7b-v1.5", VicunaV15ChatPromptBuilder, "6.74B", arch=_LLAMA2_7B, **_LLAMA2)
+_llama2("vicuna-v15-13b", "lmsys/vicuna-13b-v1.5", VicunaV15ChatPromptBuilder, "13.0B", arch=_LLAMA2_13B, **_LLAMA2)
 # The embedded default: LLaMA-2 architecture at a few million parameters with the real LLaMA-2
 # tokenizer, packaged in llm_backbones/assets/llama2-tiny (weights made from a fixed seed on first use).
 _llama2(
@@ -228,6 +250,8 @@ _llama2(
     "llm-backbones/llama2-tiny (embedded)",
     PurePromptBuilder,
     "8.6M",
+    arch=_arch(32000, 128, 344, 2, 4, 4, tied=False, bos=1, eos=2),
+    tokenizer_size=32000,
     embedded="llama2-tiny",
     source="llm_backbones/assets/llama2-tiny/PROVENANCE.md",
 )
@@ -236,9 +260,12 @@ _llama2(
 # Same SentencePiece layout as LLaMA-2 (32000 pieces, <s>=1 added as BOS, no PAD, no reserved token):
 # add <PAD> (32000) and resize 32000 -> 32064, as Prismatic's Mistral backbone did.
 _mistral = _family("mistral", MistralForCausalLM, MistralDecoderLayer)
-_mistral("mistral-v0.1-7b-pure", "mistralai/Mistral-7B-v0.1", PurePromptBuilder, "7.24B")
+_MISTRAL_7B = {"arch": _arch(32000, 4096, 14336, 32, 32, 8, tied=False, bos=1, eos=2, sliding_window=4096),
+               "tokenizer_size": 32000}
+_mistral("mistral-v0.1-7b-pure", "mistralai/Mistral-7B-v0.1", PurePromptBuilder, "7.24B", **_MISTRAL_7B)
 _mistral(
-    "mistral-v0.1-7b-instruct", "mistralai/Mistral-7B-Instruct-v0.1", MistralInstructPromptBuilder, "7.24B"
+    "mistral-v0.1-7b-instruct", "mistralai/Mistral-7B-Instruct-v0.1", MistralInstructPromptBuilder, "7.24B",
+    **_MISTRAL_7B,
 )
 
 # === Phi-2 (Prismatic's PHI_MODELS) ===
@@ -247,7 +274,10 @@ _mistral(
 # (the seed's resize to len(tokenizer) rounded to 64 would shrink 51200 -> 50304). Not <|endoftext|>:
 # that is Phi-2's BOS/EOS, present in every prompt.
 _phi = _family("phi", PhiForCausalLM, PhiDecoderLayer, adds_bos=False, pad_token="<|pad|>")
-_phi("phi-2-3b", "microsoft/phi-2", PhiPromptBuilder, "2.78B")
+_phi(
+    "phi-2-3b", "microsoft/phi-2", PhiPromptBuilder, "2.78B", tokenizer_size=50295,
+    arch=_arch(51200, 2560, 10240, 32, 32, 32, tied=False, bos=50256, eos=50256, partial_rotary_factor=0.4),
+)
 
 # === Llama 3.1 / 3.2 ===
 # Tiktoken-style BPE, 128000 tokens + 256 reserved specials = 128256 rows (a multiple of 64), BOS
@@ -257,31 +287,46 @@ _phi("phi-2-3b", "microsoft/phi-2", PhiPromptBuilder, "2.78B")
 _llama3 = _family(
     "llama3", LlamaForCausalLM, LlamaDecoderLayer, pad_token="<|finetune_right_pad_id|>", pad_policy="reuse"
 )
-_llama3("llama3.1-8b-pure", "meta-llama/Llama-3.1-8B", Llama3PurePromptBuilder, "8.03B")
-_llama3("llama3.1-8b-instruct", "meta-llama/Llama-3.1-8B-Instruct", Llama3InstructPromptBuilder, "8.03B")
-_llama3("llama3.2-1b-pure", "meta-llama/Llama-3.2-1B", Llama3PurePromptBuilder, "1.24B")
-_llama3("llama3.2-1b-instruct", "meta-llama/Llama-3.2-1B-Instruct", Llama3InstructPromptBuilder, "1.24B")
-_llama3("llama3.2-3b-pure", "meta-llama/Llama-3.2-3B", Llama3PurePromptBuilder, "3.21B")
-_llama3("llama3.2-3b-instruct", "meta-llama/Llama-3.2-3B-Instruct", Llama3InstructPromptBuilder, "3.21B")
+_L3 = {"rope_theta": 500000.0, "max_position_embeddings": 131072, "pad_token_id": 128004}  # the reserved PAD
+_LLAMA31_8B = {"tokenizer_size": 128256, "arch": _arch(128256, 4096, 14336, 32, 32, 8, tied=False, bos=128000, eos=128001, **_L3)}
+_LLAMA32_1B = {"tokenizer_size": 128256,
+               "arch": _arch(128256, 2048, 8192, 16, 32, 8, tied=True, bos=128000, eos=128001, head_dim=64, **_L3)}
+_LLAMA32_3B = {"tokenizer_size": 128256,
+               "arch": _arch(128256, 3072, 8192, 28, 24, 8, tied=True, bos=128000, eos=128001, head_dim=128, **_L3)}
+_llama3("llama3.1-8b-pure", "meta-llama/Llama-3.1-8B", Llama3PurePromptBuilder, "8.03B", **_LLAMA31_8B)
+_llama3("llama3.1-8b-instruct", "meta-llama/Llama-3.1-8B-Instruct", Llama3InstructPromptBuilder, "8.03B", **_LLAMA31_8B)
+_llama3("llama3.2-1b-pure", "meta-llama/Llama-3.2-1B", Llama3PurePromptBuilder, "1.24B", **_LLAMA32_1B)
+_llama3("llama3.2-1b-instruct", "meta-llama/Llama-3.2-1B-Instruct", Llama3InstructPromptBuilder, "1.24B", **_LLAMA32_1B)
+_llama3("llama3.2-3b-pure", "meta-llama/Llama-3.2-3B", Llama3PurePromptBuilder, "3.21B", **_LLAMA32_3B)
+_llama3("llama3.2-3b-instruct", "meta-llama/Llama-3.2-3B-Instruct", Llama3InstructPromptBuilder, "3.21B", **_LLAMA32_3B)
 
 # === Qwen2.5 ===
 # Byte-level BPE, 151665 tokens, no BOS; 151936 embedding rows (152064 for 7B), so spare rows exist.
 # The tokenizer's own pad is <|endoftext|>, which is the base models' EOS (the Pure format ends replies with
 # it): add <PAD> instead (id 151665) into a spare row — nothing is resized and 0.5B-3B stay tied.
 _qwen = _family("qwen2.5", Qwen2ForCausalLM, Qwen2DecoderLayer, adds_bos=False)
-for _size, _params in (("0.5B", "0.49B"), ("1.5B", "1.54B"), ("3B", "3.09B"), ("7B", "7.61B")):
+_QWEN25 = {  # size: (card parameters, arch facts); instruct models end turns with <|im_end|> (151645)
+    "0.5B": ("0.49B", _arch(151936, 896, 4864, 24, 14, 2, tied=True, bos=151643, eos=151643)),
+    "1.5B": ("1.54B", _arch(151936, 1536, 8960, 28, 12, 2, tied=True, bos=151643, eos=151643)),
+    "3B": ("3.09B", _arch(151936, 2048, 11008, 36, 16, 2, tied=True, bos=151643, eos=151643)),
+    "7B": ("7.61B", _arch(152064, 3584, 18944, 28, 28, 4, tied=False, bos=151643, eos=151643)),
+}
+for _size, (_params, _facts) in _QWEN25.items():
     _id, _hub = f"qwen2.5-{_size.lower()}", f"Qwen/Qwen2.5-{_size}"
-    _qwen(f"{_id}-pure", _hub, Qwen25PurePromptBuilder, _params)
-    _qwen(f"{_id}-instruct", f"{_hub}-Instruct", Qwen25InstructPromptBuilder, _params)
+    _qwen(f"{_id}-pure", _hub, Qwen25PurePromptBuilder, _params, arch=_facts, tokenizer_size=151665)
+    _qwen(f"{_id}-instruct", f"{_hub}-Instruct", Qwen25InstructPromptBuilder, _params, arch=_facts, tokenizer_size=151665)
 
 # === Gemma-2 ===
 # SentencePiece, 256000 tokens = rows (a multiple of 64), <bos> added by the tokenizer; <pad> (0) is a
 # reserved PAD the tokenizer declares and no prompt contains: reuse it. Embeddings are tied.
 _gemma = _family("gemma2", Gemma2ForCausalLM, Gemma2DecoderLayer, pad_token="<pad>", pad_policy="reuse")
-_gemma("gemma2-2b-pure", "google/gemma-2-2b", Gemma2PurePromptBuilder, "2.61B")
-_gemma("gemma2-2b-instruct", "google/gemma-2-2b-it", Gemma2InstructPromptBuilder, "2.61B")
-_gemma("gemma2-9b-pure", "google/gemma-2-9b", Gemma2PurePromptBuilder, "9.24B")
-_gemma("gemma2-9b-instruct", "google/gemma-2-9b-it", Gemma2InstructPromptBuilder, "9.24B")
+_G2 = {"head_dim": 256, "pad_token_id": 0}
+_GEMMA2_2B = {"tokenizer_size": 256000, "arch": _arch(256000, 2304, 9216, 26, 8, 4, tied=True, bos=2, eos=1, **_G2)}
+_GEMMA2_9B = {"tokenizer_size": 256000, "arch": _arch(256000, 3584, 14336, 42, 16, 8, tied=True, bos=2, eos=1, **_G2)}
+_gemma("gemma2-2b-pure", "google/gemma-2-2b", Gemma2PurePromptBuilder, "2.61B", **_GEMMA2_2B)
+_gemma("gemma2-2b-instruct", "google/gemma-2-2b-it", Gemma2InstructPromptBuilder, "2.61B", **_GEMMA2_2B)
+_gemma("gemma2-9b-pure", "google/gemma-2-9b", Gemma2PurePromptBuilder, "9.24B", **_GEMMA2_9B)
+_gemma("gemma2-9b-instruct", "google/gemma-2-9b-it", Gemma2InstructPromptBuilder, "9.24B", **_GEMMA2_9B)
 
 # === Phi-3.5 ===
 # LLaMA-2-style SentencePiece + 11 chat tokens (32011 tokens), 32064 rows, no BOS added
@@ -290,4 +335,7 @@ _gemma("gemma2-9b-instruct", "google/gemma-2-9b-it", Gemma2InstructPromptBuilder
 _phi3 = _family(
     "phi3", Phi3ForCausalLM, Phi3DecoderLayer, adds_bos=False, pad_token="<|endoftext|>", pad_policy="reuse"
 )
-_phi3("phi-3.5-mini-instruct", "microsoft/Phi-3.5-mini-instruct", Phi35InstructPromptBuilder, "3.82B")
+_phi3(
+    "phi-3.5-mini-instruct", "microsoft/Phi-3.5-mini-instruct", Phi35InstructPromptBuilder, "3.82B",
+    tokenizer_size=32011, arch=_arch(32064, 3072, 8192, 32, 32, 32, tied=False, bos=1, eos=32000, pad_token_id=32000),
+)

@@ -139,3 +139,41 @@ def test_list_table_shows_new_columns(monkeypatch) -> None:
     assert result.exit_code == 0
     for text in ("parameters", "phi-3.5-mini-instruct", "Phi3DecoderLayer", "mistral-v0.1-7b-instruct"):
         assert text in result.output
+
+
+def test_info_offline_llama2_7b() -> None:
+    result = runner.invoke(app, ["info", "llama2-7b-pure", "--json"])
+    assert result.exit_code == 0, result.output
+    facts = json.loads(result.output)
+    # Llama-2-7B by hand: embeddings and head 32064 x 4096 = 131,334,144 each; per layer attention
+    # 4 x 4096^2 = 67,108,864, MLP 3 x 4096 x 11008 = 135,266,304, norms 8,192 (202,383,360); 32 layers;
+    # final norm 4,096. LoRA r=16: per layer 4 x 16 x (4096 + 4096) + 3 x 16 x (4096 + 11008) = 1,249,280.
+    assert facts["parameters"] == 6_738_939_904
+    assert facts["trainable_by_mode"] == {
+        "frozen": 0, "full": 6_738_939_904, "last-layer": 465_051_648, "lora": 39_976_960,
+    }
+    assert (facts["vocab_before_pad"], facts["vocab_after_pad"]) == (32000, 32001)
+    assert (facts["embedding_rows_before"], facts["embedding_rows_after"]) == (32000, 32064)
+    assert (facts["pad_token"], facts["pad_token_id"], facts["bos_token_id"], facts["eos_token_id"]) == ("<PAD>", 32000, 1, 2)
+    assert (facts["decoder_layer"], facts["half_precision_dtype"], facts["adds_bos"]) == ("LlamaDecoderLayer", "bfloat16", True)
+
+
+def test_info_offline_tied_qwen() -> None:
+    result = runner.invoke(app, ["info", "qwen2.5-0.5b-instruct", "--json"])
+    assert result.exit_code == 0, result.output
+    facts = json.loads(result.output)
+    # by hand: tied embedding 151936 x 896 = 136,134,656 once; per layer q 896x896+896, k and v 896x128+128,
+    # o 896x896, MLP 3 x 896 x 4864, norms 1,792 = 14,912,384; 24 layers; final norm 896.
+    assert facts["parameters"] == 494_032_768
+    assert facts["tied_embeddings"] is True
+    assert (facts["vocab_before_pad"], facts["pad_token_id"], facts["embedding_rows_after"]) == (151665, 151665, 151936)
+
+
+def test_info_from_model_path_and_table(tiny_llama_dir) -> None:
+    result = runner.invoke(app, ["info", "llama2-7b-pure", "--model-path", str(tiny_llama_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    facts = json.loads(result.output)
+    assert facts["parameters"] == 8_604_288 and facts["trainable_by_mode"]["lora"] == 78_080
+    assert facts["facts_source"] == str(tiny_llama_dir)
+    table = runner.invoke(app, ["info", "llama2-tiny-pure"])
+    assert table.exit_code == 0 and "8,604,288" in table.output

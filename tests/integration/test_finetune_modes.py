@@ -63,7 +63,7 @@ def test_last_layer_trains_exactly_the_seed_modules(built) -> None:
 
 def test_lora_targets_every_linear_but_the_head(built) -> None:
     backbone, _, _ = built
-    assert default_target_modules(backbone) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    assert default_target_modules(backbone.llm) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 
 
 def test_lora_merge_gives_the_adapter_logits(built) -> None:

@@ -648,22 +648,9 @@ class HFCausalLLMBackbone(LLMBackbone):
         embedding, so the head is not listed again: `(embed_tokens, layers[-1])`. Its weight trains through
         `embed_tokens`, and an optimizer built from these modules' parameters sees every tensor once.
         """
-        candidates = (
-            self.llm.get_input_embeddings(),
-            self.llm.get_decoder().layers[-1],
-            self.llm.get_output_embeddings(),
-        )
-        unique: list[nn.Module] = []
-        seen: set[int] = set()
-        for module in candidates:
-            if module is None or any(module is m for m in unique):
-                continue
-            params = {id(p) for p in module.parameters()}
-            if unique and params and params <= seen:  # tied head: nothing of its own to add
-                continue
-            unique.append(module)
-            seen |= params
-        return tuple(unique)
+        from llm_backbones.finetune import last_layer_modules
+
+        return last_layer_modules(self.llm)
 
     def extra_repr(self) -> str:
         return f"id={self.identifier!r}, family={self.llm_family!r}, inference_mode={self.inference_mode}"
