@@ -163,32 +163,12 @@ OFFICIAL_FORMATS: Mapping[str, PromptFormat] = MappingProxyType(
             default_system=_per_family(VLM_SYSTEM_PROMPT),
             empty_reply="",
         ),
-        # FastChat `vicuna_v1.1`: "{system} USER: u ASSISTANT: a</s>USER: u2 ASSISTANT:".
-        "vicuna-v15": PromptFormat(
-            name="vicuna-v15",
-            bos="<s>",
-            eos="</s>",
-            first_human="{system}USER: {msg} ASSISTANT: ",
-            human="USER: {msg} ASSISTANT: ",
-            gpt="{msg}</s>",
-            system="{system} ",
-            default_system=_per_family(VICUNA_SYSTEM_PROMPT),
-        ),
-        "mistral-instruct": PromptFormat(
-            name="mistral-instruct",
-            bos="<s>",
-            eos="</s>",
-            human="[INST] {msg} [/INST] ",
-            gpt="{msg}</s>",
-        ),
-        "phi-2": PromptFormat(
-            name="phi-2",
-            bos="<|endoftext|>",
-            eos="<|endoftext|>",
-            first_human="<|endoftext|>Input: {msg}\nOutput: ",
-            human="Input: {msg}\nOutput: ",
-            gpt="{msg}\n<|endoftext|>",
-            strip_bos=False,
+        # FastChat `vicuna_v1.1` ("{system} USER: u ASSISTANT: a</s>USER: u2 ASSISTANT:"), Prismatic's
+        # Mistral-instruct and Phi-2 formats: the original's strings, without its quirks.
+        "vicuna-v15": replace(PRISMATIC_FORMATS["vicuna-v15"], clean_potential_message=True),
+        "mistral-instruct": replace(PRISMATIC_FORMATS["mistral-instruct"], clean_potential_message=True),
+        "phi-2": replace(
+            PRISMATIC_FORMATS["phi-2"], clean_potential_message=True, potential_uses_first_human=True
         ),
         # --- Pure format over other vocabularies: the reply ends with the family's own end-of-text
         # token (the base model's EOS), so that generation stops there; "</s>" is plain text to them.
