@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from llm_backbones.errors import ConversationError, LLMBackbonesError, OutputPathError
+from llm_backbones.errors import LLMBackbonesError, OutputPathError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
@@ -227,16 +227,20 @@ def finetune(
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from llm_backbones.data import load_conversations
     from llm_backbones.finetune import run_finetune
 
     is_main = os.environ.get("RANK", "0") == "0"
     columns = (TextColumn(f"{mode} fine-tuning"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
                TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn())
     try:
+        if metrics_json is not None:
+            _check_output_file(metrics_json, "--metrics-json")
+        conversations = load_conversations(data)  # bad files fail here, before any work
         with Progress(*columns, console=console, disable=not is_main) as progress:
             task = progress.add_task("train", total=steps, loss=float("nan"))
             result = run_finetune(
-                backbone, data, model_path=model_path, mode=mode, steps=steps, batch_size=batch_size, lr=lr,
+                backbone, conversations, model_path=model_path, mode=mode, steps=steps, batch_size=batch_size, lr=lr,
                 seed=seed, precision=precision, output=output, fsdp_version=fsdp, device=device,
                 on_step=lambda i, loss: progress.update(task, advance=1, loss=loss),
             )
@@ -268,22 +272,16 @@ def prompt(
         _fail(exc)
 
 
-def _load_conversation(path: Path) -> list:
-    if not path.is_file():
-        raise FileNotFoundError(f"Conversation file {str(path)!r} does not exist; pass a JSON list of turns.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ConversationError(f"{str(path)!r} is not valid JSON ({exc}); expected a list of turns.") from None
-    if isinstance(data, dict) and "conversations" in data:  # one LLaVA record
-        data = data["conversations"]
-    return data
-
-
 def _prompt(backbone_id, path, tokens, model_path, model_family, prismatic_compat) -> None:
     from rich.text import Text
 
-    from llm_backbones.data import IGNORE_INDEX, normalize_conversation, tokenize_conversation, tokenize_prompt
+    from llm_backbones.data import (
+        IGNORE_INDEX,
+        load_conversations,
+        normalize_conversation,
+        tokenize_conversation,
+        tokenize_prompt,
+    )
     from llm_backbones.registry import prompt_builder_for
 
     builder_cls = prompt_builder_for(backbone_id)
@@ -291,7 +289,10 @@ def _prompt(backbone_id, path, tokens, model_path, model_family, prismatic_compa
     def builder_fn(family, system_prompt=None):
         return builder_cls(family, system_prompt=system_prompt, prismatic_compat=prismatic_compat)
 
-    conversation = _load_conversation(path)
+    conversations = load_conversations(path)
+    conversation = conversations[0]
+    if len(conversations) > 1:
+        console.print(f"{path} holds {len(conversations)} conversations; showing the first.", highlight=False)
     turns = normalize_conversation(conversation)
     builder = builder_fn(model_family)
     for role, message in turns:

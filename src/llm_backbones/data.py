@@ -9,15 +9,17 @@ appended (OpenVLA appends 29871 at inference).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from llm_backbones.errors import ConversationError, InputShapeError, TokenizationError
+from llm_backbones.errors import ConversationError, DataFileError, InputShapeError, TokenizationError
 from llm_backbones.prompting import PromptBuilder
 
 logger = logging.getLogger(__name__)
@@ -47,6 +49,31 @@ def normalize_conversation(conversation: Conversation) -> list[tuple[str, str]]:
                 f"Turn {i}: expected a dict with 'from'/'value' (LLaVA) or 'role'/'content' keys, got {keys}."
             )
     return turns
+
+
+def load_conversations(path: str | Path) -> list[Conversation]:
+    """Conversations from a JSON file: a list of LLaVA/Prismatic records (`{"conversations": [...]}`), a
+    list of conversations, one record, or one conversation (a list of turns)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(
+            f"Conversation file {str(path)!r} does not exist (or is not a file); pass a LLaVA/Prismatic "
+            'JSON file: [{"conversations": [{"from": "human", "value": ...}, {"from": "gpt", "value": ...}]}].'
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConversationError(f"{str(path)!r} is not valid JSON ({exc}); expected a list of conversations.") from None
+    if isinstance(data, Mapping) and "conversations" in data:
+        data = [data]
+    elif isinstance(data, list) and data and isinstance(data[0], Mapping) and "conversations" not in data[0]:
+        data = [data]  # one conversation: a list of turns
+    if not isinstance(data, list) or not data:
+        raise ConversationError(
+            f"{str(path)!r} must hold a non-empty JSON list of records ({{'conversations': [...]}}) or of "
+            f"conversations, got {type(data).__name__} {str(data)[:60]!r}."
+        )
+    return [item["conversations"] if isinstance(item, Mapping) and "conversations" in item else item for item in data]
 
 
 def _seams(

@@ -112,3 +112,7 @@ class OutputPathError(LLMBackbonesError, FileNotFoundError):
 
 class InputShapeError(LLMBackbonesError, ValueError):
     """Tensors whose shapes do not fit together (patch embeddings, batches to collate)."""
+
+
+class DataFileError(LLMBackbonesError, FileNotFoundError):
+    """A conversation data file that does not exist or is not a file."""

@@ -115,29 +115,6 @@ def train_steps(
 
 
 # === The fine-tuning job (single process or torchrun) ===
-def load_conversations(path) -> list:
-    """Conversations from a LLaVA/Prismatic JSON file: a list of records with "conversations", or a list
-    of conversations (lists of turns)."""
-    import json
-    from pathlib import Path
-
-    from llm_backbones.errors import ConversationError
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Data file {str(path)!r} does not exist; pass a LLaVA/Prismatic conversation JSON file.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ConversationError(f"{str(path)!r} is not valid JSON ({exc}).") from None
-    if not isinstance(data, list) or not data:
-        raise ConversationError(
-            f"{str(path)!r} must hold a non-empty JSON list of records ({{'conversations': [...]}}) or of "
-            f"conversations, got {type(data).__name__}."
-        )
-    return [record["conversations"] if isinstance(record, dict) and "conversations" in record else record for record in data]
-
-
 def global_batch_indices(n_examples: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
     """The example indices of every step's global batch: seeded permutations, epoch after epoch.
     Depends only on the seed, so every world size sees the same global batches."""
@@ -167,7 +144,7 @@ class FinetuneResult:
 
 def run_finetune(
     backbone_id: str,
-    data_path,
+    data,
     *,
     model_path=None,
     mode: str = "full",
@@ -181,17 +158,19 @@ def run_finetune(
     device: str | None = None,
     on_step: Callable[[int, float], None] | None = None,
 ) -> FinetuneResult:
-    """Fine-tune `backbone_id` on a conversation file, single-process or under torchrun (FSDP).
+    """Fine-tune `backbone_id` on conversations (a JSON file's path, or a list), single-process or under
+    torchrun (FSDP).
 
     `batch_size` is the global batch, split evenly across ranks; each rank's loss is its share of the
     global token-mean, so any world size optimises the same objective as one process.
     """
     import contextlib
+    import os
 
     import torch.distributed as dist
 
     from llm_backbones.backbones import get_llm_backbone_and_tokenizer
-    from llm_backbones.data import PaddedCollator, tokenize_conversation
+    from llm_backbones.data import PaddedCollator, load_conversations, tokenize_conversation
     from llm_backbones.distributed import (
         all_reduce_sum,
         full_state_dict,
@@ -213,7 +192,7 @@ def run_finetune(
         raise ValueError(f"precision must be fp32 or bf16, got {precision!r}.")
     torch.manual_seed(seed)
     backbone, tokenizer = get_llm_backbone_and_tokenizer(backbone_id, model_path=model_path)
-    conversations = load_conversations(data_path)
+    conversations = load_conversations(data) if isinstance(data, (str, os.PathLike)) else list(data)
     examples = [tokenize_conversation(tokenizer, backbone.prompt_builder_fn, c) for c in conversations]
     summary = apply_finetune_mode(backbone, mode)
     backbone.to(ctx.device)

@@ -58,6 +58,7 @@ from llm_backbones.errors import (
     ModelWeightsError,
     OutputPathError,
     PromptFormatError,
+    DataFileError,
     InvalidSpecError,
     RegistryError,
     RemoteCodeError,
@@ -596,6 +597,15 @@ CLI_CASES = [
            OutputPathError, ("--metrics-json", "nope", "does not exist", "mkdir -p")),
     BadCli("cli-metrics-json-a-directory", lambda e: ["demo", "--metrics-json", str(e.root)], OutputPathError,
            ("--metrics-json", "is a directory", "metrics.json")),
+    BadCli("cli-prompt-file-missing", lambda e: ["prompt", "llama2-7b-pure", "--conversation", str(e.root / "none.json")],
+           DataFileError, ("none.json", "does not exist", '"conversations"')),
+    BadCli("cli-prompt-not-json", lambda e: ["prompt", "llama2-7b-pure", "--conversation", str(e.file("bad.json", "{not json"))],
+           ConversationError, ("bad.json", "is not valid JSON")),
+    BadCli("cli-prompt-empty-list", lambda e: ["prompt", "llama2-7b-pure", "--conversation", str(e.file("empty.json", "[]"))],
+           ConversationError, ("empty.json", "non-empty JSON list")),
+    BadCli("cli-finetune-data-missing",
+           lambda e: ["finetune", "--backbone", "llama2-tiny-pure", "--data", str(e.root / "absent.json"), "--device", "cpu"],
+           DataFileError, ("absent.json", "does not exist")),
 ]
 
 # Click's own usage errors: exit code 2 with a usage line (not llm-backbones exceptions).
