@@ -40,11 +40,16 @@ def _step(
     input_ids: torch.Tensor | None = None,
     inputs_embeds: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
+    cache_position: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One forward over new positions; returns the greedy next token per row, `[B]`."""
+    """One forward over new positions; returns the greedy next token per row, `[B]`.
+
+    `position_ids` are RoPE positions (they skip left padding); `cache_position` are the cache slots
+    written, the same for every row (passed to transformers versions that take it).
+    """
     kwargs = {_cache_keyword(type(model)): cache, "use_cache": True, "logits_to_keep": 1}
     if _takes_cache_position(type(model)):
-        kwargs["cache_position"] = position_ids[0]
+        kwargs["cache_position"] = cache_position
     out = model(
         input_ids=input_ids,
         inputs_embeds=inputs_embeds,
@@ -56,11 +61,16 @@ def _step(
 
 
 def prefill(model, cache, inputs_embeds, attention_mask, position_ids) -> torch.Tensor:
-    return _step(model, cache, position_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask)
+    slots = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)
+    return _step(
+        model, cache, position_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache_position=slots
+    )
 
 
-def decode_one_token(model, cache, token, attention_mask, position_ids) -> torch.Tensor:
-    return _step(model, cache, position_ids, input_ids=token[:, None], attention_mask=attention_mask)
+def decode_one_token(model, cache, token, attention_mask, position_ids, cache_position) -> torch.Tensor:
+    return _step(
+        model, cache, position_ids, input_ids=token[:, None], attention_mask=attention_mask, cache_position=cache_position
+    )
 
 
 _compiled_decode = {}
@@ -123,6 +133,7 @@ def generate_greedy(
     for step in range(1, max_new_tokens):
         if padded:
             mask = torch.cat([mask, mask.new_ones((batch, 1))], dim=1)
-        token = decode(model, cache, token, mask, last + step)
+        slot = torch.full((1,), length + step - 1, dtype=torch.long, device=device)
+        token = decode(model, cache, token, mask, last + step, slot)
         tokens.append(token.clone() if compile_decode else token)
     return torch.stack(tokens, dim=1)

@@ -82,3 +82,21 @@ def test_generate_actions_raises_when_no_action_tokens(tiny) -> None:
     ids = tokenizer("In: What action should the robot take to open the drawer?\nOut:", return_tensors="pt").input_ids
     with pytest.raises(ActionError, match="7 needed"):
         backbone.generate_actions(ActionTokenizer(tokenizer), input_ids=ids)
+
+
+def test_cache_slots_for_transformers_versions_that_take_cache_position(mid_size_llama) -> None:
+    # transformers releases before the `cache` rename write static caches at `cache_position`: the slots
+    # must be 0..T-1 for the prefill, then T, T+1, ... whatever the RoPE positions (left padding).
+    seen = []
+
+    class WithCachePosition(LlamaForCausalLM):
+        def forward(self, *args, cache_position=None, **kwargs):
+            seen.append(cache_position.tolist())
+            return super().forward(*args, **kwargs)
+
+    model = WithCachePosition(mid_size_llama.config).eval()
+    model.load_state_dict(mid_size_llama.state_dict())
+    ids = torch.randint(3, 4096, (2, 5), generator=torch.Generator().manual_seed(4))
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    generate_greedy(model, input_ids=ids, attention_mask=mask, max_new_tokens=3, static_cache=True)
+    assert seen == [[0, 1, 2, 3, 4], [5], [6]]
