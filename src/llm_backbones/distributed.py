@@ -17,6 +17,8 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
 from torch.distributed.fsdp import FullyShardedDataParallel, MixedPrecision, MixedPrecisionPolicy, fully_shard
 
+from llm_backbones.errors import FinetuneError
+
 
 @dataclass(frozen=True)
 class DistributedContext:
@@ -36,6 +38,10 @@ class DistributedContext:
 def init_distributed(device: str | None = None) -> DistributedContext:
     """Join the process group torchrun describes (env `WORLD_SIZE`, `RANK`, `LOCAL_RANK`); single process
     otherwise. NCCL where CUDA is used, gloo on CPU."""
+    if device not in (None, "cpu", "cuda"):
+        raise FinetuneError(f"device must be 'cpu' or 'cuda', got {device!r}.")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise FinetuneError("device 'cuda' was asked for, but CUDA is not available here; use device='cpu'.")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
@@ -69,7 +75,8 @@ def shard_fsdp2(
 
 def wrap_fsdp1(backbone, device: torch.device, *, param_dtype: torch.dtype | None = None) -> FullyShardedDataParallel:
     """FSDP1 through the backbone's own `get_fsdp_wrapping_policy()` (one unit per decoder layer)."""
-    mixed = MixedPrecision(param_dtype=param_dtype, reduce_dtype=torch.float32, buffer_dtype=param_dtype) if param_dtype else None
+    # Buffers stay fp32: RoPE's inv_freq in bf16 would shift every position's angle (FSDP2 keeps them too).
+    mixed = MixedPrecision(param_dtype=param_dtype, reduce_dtype=torch.float32, buffer_dtype=None) if param_dtype else None
     return FullyShardedDataParallel(
         backbone,
         auto_wrap_policy=backbone.get_fsdp_wrapping_policy(),
@@ -80,10 +87,11 @@ def wrap_fsdp1(backbone, device: torch.device, *, param_dtype: torch.dtype | Non
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The whole, unsharded state dict (on every rank), with the backbone's own key names.
+    """The whole, unsharded state dict, with the backbone's own key names. Every rank must call it.
 
-    CPU offload is used only on CUDA: on CPU/gloo the tensors already live in host memory, and the
-    offloading path of FSDP1 segfaults there.
+    On CUDA it is gathered into host memory on rank 0 only (other ranks get an empty dict), so 7B fits;
+    on CPU/gloo every rank gets it (the tensors already live in host memory, and FSDP1's offloading path
+    segfaults there).
     """
     on_cuda = next(model.parameters()).device.type == "cuda"
     options = StateDictOptions(full_state_dict=True, cpu_offload=on_cuda)

@@ -18,6 +18,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from llm_backbones.errors import ModelPathError
+
 logger = logging.getLogger(__name__)
 
 ASSETS_DIR = Path(__file__).parent / "assets"
@@ -36,7 +38,10 @@ def embedded_model_dir(name: str) -> Path:
     src = ASSETS_DIR / name
     if not (src / "config.json").is_file():
         known = sorted(p.name for p in ASSETS_DIR.iterdir() if (p / "config.json").is_file())
-        raise FileNotFoundError(f"No embedded model {name!r} in {ASSETS_DIR}; known: {known}.")
+        raise ModelPathError(
+            f"No embedded model {name!r} in {ASSETS_DIR}; known: {known}. Reinstall llm-backbones (the package "
+            "data is missing) or register the id with the right `embedded=` name."
+        )
     digest = hashlib.sha256()
     for f in _FILES:
         digest.update((src / f).read_bytes())

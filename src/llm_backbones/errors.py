@@ -116,3 +116,7 @@ class InputShapeError(LLMBackbonesError, ValueError):
 
 class DataFileError(LLMBackbonesError, FileNotFoundError):
     """A conversation data file that does not exist or is not a file."""
+
+
+class FinetuneError(LLMBackbonesError, ValueError):
+    """A fine-tuning setting that cannot run (mode, batch split, precision, FSDP version, device)."""

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from llm_backbones.data import IGNORE_INDEX
+from llm_backbones.errors import FinetuneError
+
 logger = logging.getLogger(__name__)
 
 FINETUNE_MODES = ("frozen", "full", "last-layer", "lora")
@@ -77,7 +80,7 @@ def trainable_counts_by_mode(llm: nn.Module) -> dict[str, TrainableSummary]:
 def apply_finetune_mode(backbone, mode: str, **lora_kwargs) -> TrainableSummary:
     """Set `requires_grad` for `mode` (see module docstring); returns the trainable counts."""
     if mode not in FINETUNE_MODES:
-        raise ValueError(f"Unknown fine-tune mode {mode!r}; accepted: {', '.join(FINETUNE_MODES)}.")
+        raise FinetuneError(f"Unknown fine-tune mode {mode!r}; accepted: {', '.join(FINETUNE_MODES)}.")
     if mode == "lora":
         from llm_backbones.lora import apply_lora  # peft is imported only when LoRA is asked for
 
@@ -129,8 +132,8 @@ def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torc
     """(sum of next-token cross-entropies over supervised tokens, number of supervised tokens)."""
     shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
     shift_labels = labels[:, 1:].reshape(-1)
-    loss_sum = torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
-    return loss_sum, (shift_labels != -100).sum()
+    loss_sum = torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss_sum, (shift_labels != IGNORE_INDEX).sum()
 
 
 @dataclass
@@ -180,16 +183,19 @@ def run_finetune(
     )
 
     if mode not in FINETUNE_MODES or mode == "frozen":
-        raise ValueError(f"Unknown fine-tune mode {mode!r} for training; accepted: full, last-layer, lora.")
-    ctx = init_distributed(device)
-    if batch_size % ctx.world_size:
-        raise ValueError(
-            f"--batch-size {batch_size} (global) does not split evenly over {ctx.world_size} ranks; use a "
-            f"multiple of {ctx.world_size}."
+        raise FinetuneError(
+            f"Unknown fine-tune mode {mode!r} for training; accepted: full, last-layer, lora ('frozen' trains nothing)."
         )
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))  # checked before joining: every rank fails alike
+    if batch_size % world_size:
+        raise FinetuneError(
+            f"--batch-size {batch_size} (global) does not split evenly over {world_size} ranks; use a "
+            f"multiple of {world_size}."
+        )
+    if precision not in (None, "fp32", "bf16"):
+        raise FinetuneError(f"precision must be fp32 or bf16, got {precision!r}; bf16 needs a GPU to be fast.")
+    ctx = init_distributed(device)
     precision = precision or ("bf16" if ctx.device.type == "cuda" else "fp32")
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}.")
     torch.manual_seed(seed)
     backbone, tokenizer = get_llm_backbone_and_tokenizer(backbone_id, model_path=model_path)
     conversations = load_conversations(data) if isinstance(data, (str, os.PathLike)) else list(data)
@@ -204,7 +210,7 @@ def run_finetune(
     elif ctx.enabled and fsdp_version == 1:
         model = wrap_fsdp1(backbone, ctx.device, param_dtype=half)
     elif ctx.enabled:
-        raise ValueError(f"fsdp_version must be 1 or 2, got {fsdp_version!r}.")
+        raise FinetuneError(f"fsdp_version must be 1 or 2, got {fsdp_version!r}; 2 (fully_shard) is the default.")
     autocast = (
         torch.autocast(ctx.device.type, dtype=half) if half is not None and not ctx.enabled else contextlib.nullcontext()
     )

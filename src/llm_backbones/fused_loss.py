@@ -12,18 +12,29 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-IGNORE_INDEX = -100
+from llm_backbones.data import IGNORE_INDEX
 
 
-def _chunk_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    logits = F.linear(hidden, weight).float()
+def _chunk_loss_sum(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor, softcap: float | None
+) -> torch.Tensor:
+    logits = F.linear(hidden, weight, bias).float()
+    if softcap:  # Gemma-2's final-logit soft-capping, as its HF head applies it
+        logits = torch.tanh(logits / softcap) * softcap
     return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
 
 
 def chunked_causal_lm_loss(
-    hidden_states: torch.Tensor, lm_head_weight: torch.Tensor, labels: torch.Tensor, chunk_size: int = 4096
+    hidden_states: torch.Tensor,
+    lm_head_weight: torch.Tensor,
+    labels: torch.Tensor,
+    chunk_size: int = 4096,
+    *,
+    lm_head_bias: torch.Tensor | None = None,
+    logit_softcap: float | None = None,
 ) -> torch.Tensor:
-    """Mean next-token cross-entropy of `hidden_states` `[B, T, D]` against `labels` `[B, T]`."""
+    """Mean next-token cross-entropy of `hidden_states` `[B, T, D]` against `labels` `[B, T]`, with the LM
+    head's weight (and bias, Phi-2) and the final-logit soft-cap (Gemma-2) where the model has them."""
     shift_hidden = hidden_states[:, :-1].reshape(-1, hidden_states.shape[-1])
     shift_labels = labels[:, 1:].reshape(-1).to(hidden_states.device)
     n_valid = (shift_labels != IGNORE_INDEX).sum()
@@ -31,7 +42,9 @@ def chunked_causal_lm_loss(
     for start in range(0, shift_hidden.shape[0], chunk_size):
         h, y = shift_hidden[start : start + chunk_size], shift_labels[start : start + chunk_size]
         if torch.is_grad_enabled():
-            total = total + checkpoint(_chunk_loss_sum, h, lm_head_weight, y, use_reentrant=False)
+            total = total + checkpoint(
+                _chunk_loss_sum, h, lm_head_weight, lm_head_bias, y, logit_softcap, use_reentrant=False
+            )
         else:
-            total = total + _chunk_loss_sum(h, lm_head_weight, y)
+            total = total + _chunk_loss_sum(h, lm_head_weight, lm_head_bias, y, logit_softcap)
     return total / n_valid.clamp(min=1)

@@ -11,25 +11,20 @@ from __future__ import annotations
 
 import inspect
 import logging
+import weakref
 from functools import lru_cache
 
 import torch
-from transformers import DynamicCache, PreTrainedModel, StaticCache
+from transformers import DynamicCache, LlamaForCausalLM, PreTrainedModel, StaticCache
+
+from llm_backbones.errors import InputShapeError
 
 logger = logging.getLogger(__name__)
 
 
-@lru_cache(maxsize=None)
-def _cache_keyword(model_cls: type) -> str:
-    """transformers renamed `past_key_values` to `cache` in 5.2x; use whichever this version has."""
-    params = inspect.signature(model_cls.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-@lru_cache(maxsize=None)
-def _takes_cache_position(model_cls: type) -> bool:
-    """Older 5.x releases write static caches at `cache_position`; newer ones derive it."""
-    return "cache_position" in inspect.signature(model_cls.forward).parameters
+# transformers renamed the forward keyword `past_key_values` to `cache` in 5.2x (the old name warns, and
+# goes in 5.40); every model class of one release takes the same one.
+CACHE_KEYWORD = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
 
 
 def _step(
@@ -40,49 +35,73 @@ def _step(
     input_ids: torch.Tensor | None = None,
     inputs_embeds: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
-    cache_position: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One forward over new positions; returns the greedy next token per row, `[B]`.
-
-    `position_ids` are RoPE positions (they skip left padding); `cache_position` are the cache slots
-    written, the same for every row (passed to transformers versions that take it).
-    """
-    kwargs = {_cache_keyword(type(model)): cache, "use_cache": True, "logits_to_keep": 1}
-    if _takes_cache_position(type(model)):
-        kwargs["cache_position"] = cache_position
+    """One forward over new positions (RoPE `position_ids` skip left padding); the greedy next token, `[B]`."""
     out = model(
         input_ids=input_ids,
         inputs_embeds=inputs_embeds,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        **kwargs,
+        use_cache=True,
+        logits_to_keep=1,
+        **{CACHE_KEYWORD: cache},
     )
     return out.logits[:, -1].argmax(dim=-1)
 
 
 def prefill(model, cache, inputs_embeds, attention_mask, position_ids) -> torch.Tensor:
-    slots = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)
-    return _step(
-        model, cache, position_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache_position=slots
-    )
+    return _step(model, cache, position_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask)
 
 
-def decode_one_token(model, cache, token, attention_mask, position_ids, cache_position) -> torch.Tensor:
-    return _step(
-        model, cache, position_ids, input_ids=token[:, None], attention_mask=attention_mask, cache_position=cache_position
-    )
+def decode_one_token(model, cache, token, attention_mask, position_ids) -> torch.Tensor:
+    return _step(model, cache, position_ids, input_ids=token[:, None], attention_mask=attention_mask)
 
 
-_compiled_decode = {}
+# One static cache per model and shape, reset between calls, so CUDA graphs are recorded once.
+_static_caches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _decoder(model: PreTrainedModel, compile_decode: bool):
-    if not compile_decode:
-        return decode_one_token
-    if model not in _compiled_decode:
-        # "reduce-overhead" captures the step in CUDA graphs: static shapes thanks to the static cache.
-        _compiled_decode[model] = torch.compile(decode_one_token, mode="reduce-overhead", fullgraph=False)
-    return _compiled_decode[model]
+@lru_cache(maxsize=1)
+def _compiled_decode_one_token():
+    """One compiled decode step for every model ("reduce-overhead": CUDA graphs; dynamo guards on the
+    model), made on first use so that importing the library does not import the compiler."""
+    return torch.compile(decode_one_token, mode="reduce-overhead", fullgraph=False)
+
+
+def _static_cache(model: PreTrainedModel, batch: int, max_len: int, dtype: torch.dtype, device: torch.device):
+    per_model = _static_caches.setdefault(model, {})
+    key = (batch, max_len, dtype, device)
+    cache = per_model.get(key)
+    if cache is None:
+        per_model.clear()  # keep one: a new shape replaces the previous cache
+        cache = per_model[key] = StaticCache(config=model.config, max_cache_len=max_len)
+    else:
+        cache.reset()
+    return cache
+
+
+def _check_inputs(input_ids, inputs_embeds, attention_mask, max_new_tokens) -> None:
+    if (input_ids is None) == (inputs_embeds is None):
+        raise InputShapeError("Pass exactly one of input_ids ([batch, tokens]) or inputs_embeds ([batch, tokens, dim]).")
+    if input_ids is not None and input_ids.dim() != 2:
+        raise InputShapeError(
+            f"input_ids must be [batch, tokens], got shape {tuple(input_ids.shape)}; add a batch dimension "
+            "(input_ids[None])."
+        )
+    if inputs_embeds is not None and inputs_embeds.dim() != 3:
+        raise InputShapeError(f"inputs_embeds must be [batch, tokens, dim], got shape {tuple(inputs_embeds.shape)}.")
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        raise InputShapeError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
+    if attention_mask is not None:
+        shape = tuple((input_ids if input_ids is not None else inputs_embeds).shape[:2])
+        if tuple(attention_mask.shape) != shape:
+            raise InputShapeError(f"attention_mask has shape {tuple(attention_mask.shape)}, the inputs {shape}.")
+        if not bool(attention_mask[:, -1].all()):
+            raise InputShapeError(
+                "Generation needs left padding: some rows of attention_mask end with 0 (right padding, as "
+                "the training collator pads). Left-pad the prompts (tokenizer.padding_side = 'left') or "
+                "generate row by row."
+            )
 
 
 @torch.inference_mode()
@@ -100,40 +119,39 @@ def generate_greedy(
 
     Give `input_ids` or `inputs_embeds` (e.g. from `insert_patch_embeddings`), with an optional
     `attention_mask` (left padding for rows of different lengths). `static_cache` and `compile_decode`
-    default to on where CUDA runs the model, off on CPU (an eager loop over a dynamic cache).
-    No early stop at EOS: VLA actions have a fixed token count.
+    default to on where CUDA runs the model with sdpa/eager attention, off otherwise (CPU: an eager loop
+    over a dynamic cache; flash-attention-2: dynamic cache, as HF `generate` uses it). The tokens are
+    those of HF greedy `generate` with the same cache type. No early stop at EOS: VLA actions have a
+    fixed token count.
     """
-    if (input_ids is None) == (inputs_embeds is None):
-        raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
+    _check_inputs(input_ids, inputs_embeds, attention_mask, max_new_tokens)
     if inputs_embeds is None:
         inputs_embeds = model.get_input_embeddings()(input_ids)
     batch, length = inputs_embeds.shape[:2]
     device = inputs_embeds.device
-    on_cuda = device.type == "cuda"
-    static_cache = on_cuda if static_cache is None else static_cache
+    # Flash-attention-2 needs a 2D mask to find the filled part of a static cache; keep it dynamic.
+    graphable = device.type == "cuda" and model.config._attn_implementation != "flash_attention_2"
+    static_cache = graphable if static_cache is None else static_cache
     padded = attention_mask is not None and not bool(attention_mask.all())
-    compile_decode = (on_cuda and static_cache and not padded) if compile_decode is None else compile_decode
+    compile_decode = (graphable and static_cache and not padded) if compile_decode is None else compile_decode
     if attention_mask is None:
         attention_mask = torch.ones((batch, length), dtype=torch.long, device=device)
     # Positions as HF generate computes them: count only real tokens (left padding).
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
     if static_cache:
-        cache = StaticCache(config=model.config, max_cache_len=length + max_new_tokens)
+        cache = _static_cache(model, batch, length + max_new_tokens, inputs_embeds.dtype, device)
     else:
         cache = DynamicCache(config=model.config)
     # With no padding the causal mask comes from the cache alone: static shapes for CUDA graphs.
     mask = attention_mask if padded else None
     token = prefill(model, cache, inputs_embeds, mask, position_ids)
     tokens = [token]
-    decode = _decoder(model, compile_decode)
+    decode = _compiled_decode_one_token() if compile_decode else decode_one_token
     last = position_ids[:, -1:]
     for step in range(1, max_new_tokens):
         if padded:
             mask = torch.cat([mask, mask.new_ones((batch, 1))], dim=1)
-        slot = torch.full((1,), length + step - 1, dtype=torch.long, device=device)
-        token = decode(model, cache, token, mask, last + step, slot)
-        tokens.append(token.clone() if compile_decode else token)
+        token = decode(model, cache, token, mask, last + step)
+        tokens.append(token.clone() if compile_decode else token)  # CUDA-graph outputs are overwritten
     return torch.stack(tokens, dim=1)

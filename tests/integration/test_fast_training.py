@@ -60,3 +60,18 @@ def test_chunk_size_does_not_change_the_loss() -> None:
     ref = torch.nn.functional.cross_entropy(logits.reshape(-1, 50), labels[:, 1:].reshape(-1), ignore_index=-100)
     for chunk in (1, 7, 30, 4096):
         torch.testing.assert_close(chunked_causal_lm_loss(hidden, weight, labels, chunk_size=chunk), ref)
+
+
+@pytest.mark.parametrize(("tiny", "backbone_id"), [("gemma2", "gemma2-2b-pure"), ("phi", "phi-2-3b")])
+def test_fused_loss_matches_hf_with_softcap_and_head_bias(tiny_family_model, tiny, backbone_id) -> None:
+    # Gemma-2 soft-caps its final logits; Phi-2's LM head has a bias: both must be in the fused loss
+    backbone, tokenizer = get_llm_backbone_and_tokenizer(backbone_id, model_path=tiny_family_model(tiny))
+    with torch.no_grad():  # large logits, so that the soft-cap (30) and the bias matter
+        backbone.llm.get_output_embeddings().weight.mul_(50.0)
+        if backbone.llm.get_output_embeddings().bias is not None:
+            backbone.llm.get_output_embeddings().bias.normal_(0, 5.0)
+    ids = torch.randint(3, 200, (2, 12), generator=torch.Generator().manual_seed(0))
+    reference = backbone(input_ids=ids, labels=ids).loss
+    backbone.enable_fast_training(fused_loss=True, compile_layers=False)
+    fused = backbone(input_ids=ids, labels=ids).loss
+    torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-4)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from llm_backbones import PaddedCollator, get_llm_backbone_and_tokenizer, tokenize_conversation
+from llm_backbones.errors import FinetuneError
 from llm_backbones.finetune import apply_finetune_mode, global_batch_indices, train_steps
 from llm_backbones.lora import default_target_modules, merge_lora
 
@@ -108,5 +109,5 @@ def test_data_order_depends_only_on_the_seed() -> None:
 
 def test_unknown_mode() -> None:
     backbone, _ = get_llm_backbone_and_tokenizer("llama2-tiny-pure", inference_mode=True)
-    with pytest.raises(ValueError, match="accepted: frozen, full, last-layer, lora"):
+    with pytest.raises(FinetuneError, match="accepted: frozen, full, last-layer, lora"):
         apply_finetune_mode(backbone, "head-only")

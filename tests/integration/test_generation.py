@@ -7,7 +7,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from llm_backbones import ActionTokenizer, get_llm_backbone_and_tokenizer
-from llm_backbones.errors import ActionError
+from llm_backbones.errors import ActionError, InputShapeError
 from llm_backbones.generation import generate_greedy
 
 pytestmark = pytest.mark.integration
@@ -71,10 +71,22 @@ def test_left_padded_batch_same_tokens_as_hf(mid_size_llama) -> None:
 
 def test_bad_arguments(mid_size_llama) -> None:
     ids = torch.tensor([[1, 2, 3]])
-    with pytest.raises(ValueError, match="exactly one"):
+    with pytest.raises(InputShapeError, match="exactly one"):
         generate_greedy(mid_size_llama, max_new_tokens=2)
-    with pytest.raises(ValueError, match="max_new_tokens"):
+    with pytest.raises(InputShapeError, match="max_new_tokens"):
         generate_greedy(mid_size_llama, input_ids=ids, max_new_tokens=0)
+    with pytest.raises(InputShapeError, match=r"input_ids\[None\]"):
+        generate_greedy(mid_size_llama, input_ids=ids[0])
+    with pytest.raises(InputShapeError, match=r"attention_mask has shape \(1, 2\)"):
+        generate_greedy(mid_size_llama, input_ids=ids, attention_mask=torch.ones(1, 2))
+
+
+def test_right_padding_is_refused_not_silently_wrong(mid_size_llama) -> None:
+    # the training collator pads on the right; the last position of such a row is a pad token
+    ids = torch.tensor([[5, 6, 7, 0], [5, 6, 7, 8]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    with pytest.raises(InputShapeError, match="left padding"):
+        generate_greedy(mid_size_llama, input_ids=ids, attention_mask=mask)
 
 
 def test_generate_actions_raises_when_no_action_tokens(tiny) -> None:
@@ -83,20 +95,3 @@ def test_generate_actions_raises_when_no_action_tokens(tiny) -> None:
     with pytest.raises(ActionError, match="7 needed"):
         backbone.generate_actions(ActionTokenizer(tokenizer), input_ids=ids)
 
-
-def test_cache_slots_for_transformers_versions_that_take_cache_position(mid_size_llama) -> None:
-    # transformers releases before the `cache` rename write static caches at `cache_position`: the slots
-    # must be 0..T-1 for the prefill, then T, T+1, ... whatever the RoPE positions (left padding).
-    seen = []
-
-    class WithCachePosition(LlamaForCausalLM):
-        def forward(self, *args, cache_position=None, **kwargs):
-            seen.append(cache_position.tolist())
-            return super().forward(*args, **kwargs)
-
-    model = WithCachePosition(mid_size_llama.config).eval()
-    model.load_state_dict(mid_size_llama.state_dict())
-    ids = torch.randint(3, 4096, (2, 5), generator=torch.Generator().manual_seed(4))
-    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
-    generate_greedy(model, input_ids=ids, attention_mask=mask, max_new_tokens=3, static_cache=True)
-    assert seen == [[0, 1, 2, 3, 4], [5], [6]]

@@ -27,3 +27,19 @@ def test_class_without_sdpa_gets_eager(caplog) -> None:
 def test_explicit_choice_is_kept() -> None:
     assert select_attn_implementation("sdpa", False, Gemma2ForCausalLM) == "sdpa"
     assert select_attn_implementation("eager", True, LlamaForCausalLM) == "eager"
+
+
+def test_flash_attention_needs_half_precision_and_flash_attn(monkeypatch, caplog) -> None:
+    import logging
+    import sys
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
+    monkeypatch.setitem(sys.modules, "flash_attn", None)  # `import flash_attn` raises ImportError
+    with caplog.at_level(logging.INFO, logger="llm_backbones"):
+        assert select_attn_implementation(None, True, LlamaForCausalLM, torch.float32) == "sdpa"
+        assert select_attn_implementation(None, True, LlamaForCausalLM, torch.bfloat16) == "sdpa"
+    reasons = [r.getMessage() for r in caplog.records]
+    assert "the weights load in torch.float32" in reasons[0] and "dtype=torch.bfloat16" in reasons[0]
+    assert "flash_attn does not import" in reasons[1]

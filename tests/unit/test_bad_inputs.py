@@ -46,6 +46,8 @@ from llm_backbones import (
 )
 from llm_backbones.cli import app
 from llm_backbones.embedded import ASSETS_DIR
+from llm_backbones.finetune import apply_finetune_mode, run_finetune
+from llm_backbones.generation import generate_greedy
 from llm_backbones.errors import (
     ActionError,
     CheckpointError,
@@ -59,6 +61,7 @@ from llm_backbones.errors import (
     OutputPathError,
     PromptFormatError,
     DataFileError,
+    FinetuneError,
     InvalidSpecError,
     RegistryError,
     RemoteCodeError,
@@ -250,6 +253,15 @@ class Bad:
     error: type[LLMBackbonesError]
     words: tuple[str, ...]
     old: type[Exception] = ValueError  # what an `except` clause written before the typed errors caught
+
+
+def with_world_size(n: int, call: Callable[[], object]) -> object:
+    """Run `call` as if torchrun had started `n` ranks (only the batch-split check runs before joining)."""
+    import os
+    from unittest import mock
+
+    with mock.patch.dict(os.environ, {"WORLD_SIZE": str(n), "RANK": "0", "LOCAL_RANK": "0"}):
+        return call()
 
 
 def rows(*bad: Bad) -> list[Bad]:
@@ -569,7 +581,21 @@ CHECKPOINTS = rows(
         FileNotFoundError),
 )
 
-CASES = IDS + PROMPTS + CONVERSATIONS + ACTIONS + SHAPES + LOADING + CHECKPOINTS
+FINETUNING = rows(
+    Bad("finetune-mode-unknown", lambda e: apply_finetune_mode(e.meta_backbone, "head-only"), FinetuneError,
+        ("'head-only'", "accepted: frozen, full, last-layer, lora")),
+    Bad("finetune-precision-fp16", lambda e: run_finetune("llama2-tiny-pure", [], precision="fp16", device="cpu"),
+        FinetuneError, ("'fp16'", "fp32 or bf16")),
+    Bad("finetune-batch-does-not-split", lambda e: with_world_size(3, lambda: run_finetune(
+        "llama2-tiny-pure", [], batch_size=8, device="cpu")), FinetuneError, ("--batch-size 8", "3 ranks", "multiple of 3")),
+    Bad("finetune-device-gpu", lambda e: run_finetune("llama2-tiny-pure", [], device="gpu"), FinetuneError,
+        ("'gpu'", "'cpu' or 'cuda'")),
+    Bad("generate-right-padded", lambda e: generate_greedy(
+        e.backbone.llm, input_ids=torch.tensor([[1, 5, 0]]), attention_mask=torch.tensor([[1, 1, 0]])),
+        InputShapeError, ("left padding", "right padding", "padding_side = 'left'")),
+)
+
+CASES = IDS + PROMPTS + CONVERSATIONS + ACTIONS + SHAPES + LOADING + CHECKPOINTS + FINETUNING
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from llm_backbones._redact import redacting
 from llm_backbones.embedded import embedded_model_dir
 from llm_backbones.fused_loss import chunked_causal_lm_loss
-from llm_backbones.generation import generate_greedy
+from llm_backbones.generation import CACHE_KEYWORD, generate_greedy
 from llm_backbones.errors import (
     ConfigMismatchError,
     ModelPathError,
@@ -134,6 +134,7 @@ def select_attn_implementation(
     attn_implementation: str | None,
     use_flash_attention_2: bool,
     llm_cls: type[PreTrainedModel] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> str:
     """`attn_implementation` if given; else flash-attention-2 where it can run, otherwise sdpa — or eager
     for a model class that cannot run sdpa (Gemma-2: sdpa has no attention-logit softcapping).
@@ -146,6 +147,11 @@ def select_attn_implementation(
         choice, why = "sdpa", "use_flash_attention_2=False"
     elif not torch.cuda.is_available():
         choice, why = "sdpa", "flash-attention-2 was requested but CUDA is not available"
+    elif dtype not in (torch.float16, torch.bfloat16):
+        choice, why = "sdpa", (
+            f"flash-attention-2 was requested but the weights load in {dtype} (it runs in float16/bfloat16 "
+            "only; pass dtype=torch.bfloat16)"
+        )
     elif llm_cls is not None and not getattr(llm_cls, "_supports_flash_attn", True):
         choice, why = "sdpa", f"flash-attention-2 was requested but {llm_cls.__name__} does not support it"
     else:
@@ -281,7 +287,7 @@ class HFCausalLLMBackbone(LLMBackbone):
         # A checkpoint saved after this (save_backbone) already has the PAD token: no second one, no resize.
         self._set_pad_token(source)
 
-        attn = select_attn_implementation(attn_implementation, use_flash_attention_2, self.spec.llm_cls)
+        attn = select_attn_implementation(attn_implementation, use_flash_attention_2, self.spec.llm_cls, dtype)
         if self.inference_mode:
             # Size the embeddings the way the trained checkpoint was resized (same rule as below).
             config.vocab_size = self._embedding_rows(config.vocab_size)
@@ -524,7 +530,7 @@ class HFCausalLLMBackbone(LLMBackbone):
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "position_ids": position_ids,
-            "past_key_values": past_key_values,
+            CACHE_KEYWORD: past_key_values,
             "inputs_embeds": inputs_embeds,
             "labels": labels,
             "use_cache": use_cache,
@@ -561,7 +567,14 @@ class HFCausalLLMBackbone(LLMBackbone):
             "output_hidden_states": output_hidden_states,
         }
         out = self.llm.get_decoder()(**{k: v for k, v in given.items() if v is not None})
-        loss = chunked_causal_lm_loss(out.last_hidden_state, self.llm.get_output_embeddings().weight, labels)
+        head = self.llm.get_output_embeddings()
+        loss = chunked_causal_lm_loss(
+            out.last_hidden_state,
+            head.weight,
+            labels,
+            lm_head_bias=head.bias,
+            logit_softcap=getattr(self.llm.config, "final_logit_softcapping", None),
+        )
         return CausalLMOutputWithPast(loss=loss, logits=None, hidden_states=out.hidden_states)
 
     # === Generation ===
