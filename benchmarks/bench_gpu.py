@@ -107,7 +107,8 @@ def action_step(backbone, batch: int, repeats: int, compile_decode: bool) -> dic
         "ours_eager": timed(lambda: ours(False), device, repeats, 2),
         "ours": timed(ours, device, repeats, 3),
     }
-    result["same_tokens_as_hf"] = ours().tolist() == hf().tolist()
+    # the same cache type as ours: bf16 rounding differs between cache layouts, not the algorithm
+    result["same_tokens_as_hf_static"] = ours().tolist() == hf(cache_implementation="static").tolist()
     result["speedup_vs_hf_generate"] = round(result["hf_generate"]["median_ms"] / result["ours"]["median_ms"], 2)
     result["speedup_vs_hf_static"] = round(result["hf_generate_static"]["median_ms"] / result["ours"]["median_ms"], 2)
     return result

@@ -323,22 +323,11 @@ def _prompt(backbone_id, path, tokens, model_path, model_family, prismatic_compa
 
 
 def _tokenizer_for(backbone_id: str, model_path: Path | None):
-    from transformers import AutoTokenizer
+    """Exactly the backbone's tokenizer (PAD policy, max length, padding side): the backbone is built in
+    inference mode, on the meta device, which reads config and tokenizer and no weights."""
+    from llm_backbones import get_llm_backbone_and_tokenizer
 
-    from llm_backbones.embedded import embedded_model_dir
-    from llm_backbones.registry import get_spec
-
-    spec = get_spec(backbone_id)
-    if model_path is not None:
-        source = str(model_path)
-    elif spec.embedded is not None:
-        source = str(embedded_model_dir(spec.embedded))
-    else:
-        source = spec.hf_hub_path
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    if tokenizer.pad_token is None:
-        tokenizer.add_special_tokens({"pad_token": spec.pad_token})
-    return tokenizer
+    return get_llm_backbone_and_tokenizer(backbone_id, model_path=model_path, inference_mode=True)[1]
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import torch
 
 from llm_backbones.actions import ActionTokenizer
 from llm_backbones.data import PaddedCollator, tokenize_conversation, tokenize_prompt
+from llm_backbones.errors import ActionError
 from llm_backbones.finetune import apply_finetune_mode, train_steps
 
 INSTRUCTIONS = (
@@ -79,16 +80,15 @@ def run_vla_demo(
     backbone.eval()
     true_ids = action_tokenizer.encode(actions)
     predicted, correct = [], 0
-    low, high = action_tokenizer.token_id_range
     for conversation, truth in zip(conversations, true_ids, strict=True):
         prompt = tokenize_prompt(tokenizer, builder, conversation[:1], model_family="openvla")[None].to(device)
-        new = backbone.generate_greedy(input_ids=prompt, max_new_tokens=ACTION_DIM + 1)[0].cpu()
-        ids = [t for t in new.tolist() if low <= t <= high][:ACTION_DIM]
-        correct += sum(int(a == b) for a, b in zip(ids, truth.tolist()))  # a missing token is wrong
-        if len(ids) == ACTION_DIM:
-            predicted.append(action_tokenizer.decode_token_ids_to_actions(ids))
-        else:
-            predicted.append(torch.full((ACTION_DIM,), float("nan"), dtype=torch.float64))
+        try:
+            action = backbone.generate_actions(action_tokenizer, input_ids=prompt, action_dim=ACTION_DIM)[0].cpu()
+        except ActionError:  # not (yet) an action: every token of it counts as wrong
+            action = torch.full((ACTION_DIM,), float("nan"), dtype=torch.float64)
+        else:  # a bin centre encodes back to its own bin: compare the tokens
+            correct += int((action_tokenizer.encode(action) == truth).sum())
+        predicted.append(action)
     predicted_actions = torch.stack(predicted)
     return DemoResult(
         instructions=list(INSTRUCTIONS),

@@ -17,13 +17,6 @@ from llm_backbones.finetune import trainable_counts_by_mode
 from llm_backbones.registry import BackboneSpec, get_spec
 
 
-def _rows_after_pad(spec: BackboneSpec, rows: int, tokens_after_pad: int) -> int:
-    """The same rule the backbone applies at load time: keep the rows while every token has one, else round
-    `len(tokenizer)` up to `pad_to_multiple_of`."""
-    k = spec.pad_to_multiple_of
-    return rows if tokens_after_pad <= rows else (tokens_after_pad + k - 1) // k * k
-
-
 def backbone_info(backbone_id: str, model_path: str | Path | None = None) -> dict[str, Any]:
     """A dict of facts about `backbone_id` (see module docstring); `model_path` reads a local checkpoint."""
     spec = get_spec(backbone_id)
@@ -40,7 +33,7 @@ def backbone_info(backbone_id: str, model_path: str | Path | None = None) -> dic
         }
     config = dict(facts["config"])
     tokens_after = facts["tokenizer_size"] + (1 if spec.pad_policy == "add" and facts.pop("pad_is_new", True) else 0)
-    rows = _rows_after_pad(spec, config["vocab_size"], tokens_after)
+    rows = spec.embedding_rows(config["vocab_size"], tokens_after)
     llm_config = spec.llm_cls.config_class(**{**config, "vocab_size": rows})
     with torch.device("meta"):
         llm = spec.llm_cls._from_config(llm_config)

@@ -115,6 +115,13 @@ class BackboneSpec:
                 f"{self.pad_to_multiple_of!r} (64 suits tensor cores; 1 turns rounding off)."
             )
 
+    def embedding_rows(self, rows: int, n_tokens: int) -> int:
+        """The embedding rows needed for `n_tokens` tokens, given a checkpoint's `rows`: unchanged while
+        every token has a row (spare rows are kept, never cut), else `n_tokens` rounded up to
+        `pad_to_multiple_of` (LLaMA-2: 32001 tokens -> 32064)."""
+        k = self.pad_to_multiple_of
+        return rows if n_tokens <= rows else (n_tokens + k - 1) // k * k
+
     @property
     def pad_policy_text(self) -> str:
         """One line for listings: "+<PAD>, rows x64" (added) or "=<|finetune_right_pad_id|> (reserved)"."""

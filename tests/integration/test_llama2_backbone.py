@@ -12,7 +12,6 @@ import logging
 import pytest
 import torch
 from backbone_contract import BackboneContract, Case, Family
-from torch import nn
 from transformers import LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
@@ -115,5 +114,4 @@ def test_gradient_checkpointing_trains_with_frozen_embeddings(tiny_llama_dir) ->
     backbone(input_ids=ids, labels=ids).loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in last.parameters())
     assert backbone.llm.model.embed_tokens.weight.grad is None
-    assert isinstance(last, nn.Module)
     assert getattr(backbone.llm, "is_activation_checkpointing", None) or backbone.llm.is_gradient_checkpointing

@@ -461,11 +461,7 @@ class HFCausalLLMBackbone(LLMBackbone):
             self.tokenizer.add_special_tokens({"pad_token": pad})
 
     def _embedding_rows(self, rows: int) -> int:
-        """The embedding rows this backbone needs, given a checkpoint's `rows`: unchanged while every
-        token has a row (spare rows are kept, never cut), else `len(tokenizer)` rounded up to
-        `pad_to_multiple_of` (LLaMA-2: 32001 tokens -> 32064)."""
-        n, k = len(self.tokenizer), self.spec.pad_to_multiple_of
-        return rows if n <= rows else (n + k - 1) // k * k
+        return self.spec.embedding_rows(rows, len(self.tokenizer))
 
     def _check_bos_contract(self) -> None:
         bos = self.tokenizer.bos_token_id
@@ -629,11 +625,13 @@ class HFCausalLLMBackbone(LLMBackbone):
         low, high = action_tokenizer.token_id_range
         rows = []
         for row in new.tolist():
-            found = [t for t in row if low <= t <= high][:action_dim]
-            if len(found) < action_dim:
+            # the action is the first run of action tokens, which must be action_dim long
+            start = next((i for i, t in enumerate(row) if low <= t <= high), len(row))
+            found = row[start : start + action_dim]
+            if len(found) < action_dim or not all(low <= t <= high for t in found):
                 raise ActionError(
-                    f"The model generated {len(found)} action tokens ({row}), {action_dim} needed (ids "
-                    f"{low}..{high}). Train it on action replies first, or raise max_new_tokens."
+                    f"The model generated {row}: no {action_dim} consecutive action tokens (ids {low}..{high}). "
+                    "Train it on action replies first, or raise max_new_tokens."
                 )
             rows.append(found)
         return action_tokenizer.decode_token_ids_to_actions(torch.tensor(rows, dtype=torch.long))
