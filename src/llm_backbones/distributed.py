@@ -107,7 +107,8 @@ def load_full_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor
         model.load_state_dict(state_dict)
 
 
-def all_reduce_sum(value: torch.Tensor, ctx: DistributedContext) -> torch.Tensor:
-    if ctx.enabled:
+def all_reduce_sum(value: torch.Tensor, ctx: DistributedContext | None) -> torch.Tensor:
+    """Sum over ranks (in place); the value itself in a single process (`ctx` None or one rank)."""
+    if ctx is not None and ctx.enabled:
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value

@@ -9,6 +9,7 @@ Modes say which parameters train:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -97,22 +98,36 @@ def apply_finetune_mode(backbone, mode: str, **lora_kwargs) -> TrainableSummary:
 
 
 def train_steps(
-    backbone: nn.Module,
+    model: nn.Module,
     batches: Iterable[Mapping[str, torch.Tensor]],
     optimizer: torch.optim.Optimizer,
     *,
+    ctx=None,
+    autocast=None,
     on_step: Callable[[int, float], None] | None = None,
 ) -> list[float]:
-    """One optimizer step per batch (`input_ids`, `attention_mask`, `labels`); returns the losses."""
-    backbone.train()
+    """The one training loop: a step per batch (`input_ids`, `attention_mask`, `labels`); the losses.
+
+    The loss is the mean over supervised tokens of the *global* batch: under torchrun (`ctx`, a
+    `DistributedContext`, with this rank's share of the batch) each rank's token sum is divided by the
+    global token count and scaled by the world size, since FSDP averages gradients over ranks. So any world
+    size optimises exactly what one process does on the whole batch.
+    """
+    from llm_backbones.distributed import all_reduce_sum
+
+    world_size = ctx.world_size if ctx is not None else 1
+    model.train()
     losses = []
     for step, batch in enumerate(batches):
-        loss = backbone(**batch).loss
-        loss.backward()
+        with autocast if autocast is not None else contextlib.nullcontext():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss_sum, count = causal_lm_loss_sum(logits, batch["labels"])
+        global_count = all_reduce_sum(count.detach().clone(), ctx).clamp(min=1)
+        (loss_sum * world_size / global_count).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if on_step is not None:
+        losses.append((all_reduce_sum(loss_sum.detach().clone(), ctx) / global_count).item())
+        if on_step is not None and (ctx is None or ctx.is_main):
             on_step(step, losses[-1])
     return losses
 
@@ -167,20 +182,13 @@ def run_finetune(
     `batch_size` is the global batch, split evenly across ranks; each rank's loss is its share of the
     global token-mean, so any world size optimises the same objective as one process.
     """
-    import contextlib
     import os
 
     import torch.distributed as dist
 
     from llm_backbones.backbones import get_llm_backbone_and_tokenizer
     from llm_backbones.data import PaddedCollator, load_conversations, tokenize_conversation
-    from llm_backbones.distributed import (
-        all_reduce_sum,
-        full_state_dict,
-        init_distributed,
-        shard_fsdp2,
-        wrap_fsdp1,
-    )
+    from llm_backbones.distributed import full_state_dict, init_distributed, shard_fsdp2, wrap_fsdp1
 
     if mode not in FINETUNE_MODES or mode == "frozen":
         raise FinetuneError(
@@ -211,29 +219,17 @@ def run_finetune(
         model = wrap_fsdp1(backbone, ctx.device, param_dtype=half)
     elif ctx.enabled:
         raise FinetuneError(f"fsdp_version must be 1 or 2, got {fsdp_version!r}; 2 (fully_shard) is the default.")
-    autocast = (
-        torch.autocast(ctx.device.type, dtype=half) if half is not None and not ctx.enabled else contextlib.nullcontext()
-    )
+    autocast = torch.autocast(ctx.device.type, dtype=half) if half is not None and not ctx.enabled else None
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     collate = PaddedCollator(backbone.pad_token_id)
     per_rank = batch_size // ctx.world_size
 
-    model.train()
-    losses = []
-    for step, global_batch in enumerate(global_batch_indices(len(examples), batch_size, steps, seed)):
-        mine = global_batch[ctx.rank * per_rank : (ctx.rank + 1) * per_rank]
-        batch = {k: v.to(ctx.device) for k, v in collate([examples[i] for i in mine]).items()}
-        with autocast:
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss_sum, count = causal_lm_loss_sum(logits, batch["labels"])
-        global_count = all_reduce_sum(count.detach().clone(), ctx).clamp(min=1)
-        # FSDP averages gradients over ranks: scale so the result is d(global sum)/d(theta) / global count
-        (loss_sum * ctx.world_size / global_count).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append((all_reduce_sum(loss_sum.detach().clone(), ctx) / global_count).item())
-        if on_step is not None and ctx.is_main:
-            on_step(step, losses[-1])
+    def rank_batches():
+        for global_batch in global_batch_indices(len(examples), batch_size, steps, seed):
+            mine = global_batch[ctx.rank * per_rank : (ctx.rank + 1) * per_rank]
+            yield {k: v.to(ctx.device) for k, v in collate([examples[i] for i in mine]).items()}
+
+    losses = train_steps(model, rank_batches(), optimizer, ctx=ctx, autocast=autocast, on_step=on_step)
 
     saved = None
     if output is not None:
