@@ -73,6 +73,22 @@ def shard_fsdp2(
     return backbone
 
 
+def shard_fsdp2_from_rank0(backbone, ctx: DistributedContext, *, param_dtype: torch.dtype | None = None) -> nn.Module:
+    """FSDP2-shard a backbone whose weights only rank 0 holds (the others built it on the meta device),
+    then send every rank its shards from rank 0's full state dict. Non-persistent buffers (RoPE
+    frequencies), real on every rank, are kept."""
+    state = backbone.state_dict() if ctx.is_main else {}
+    buffers = {name: b.detach().clone() for name, b in backbone.named_buffers()}
+    backbone.to("meta")
+    shard_fsdp2(backbone, param_dtype=param_dtype)
+    backbone.to_empty(device=ctx.device)
+    with torch.no_grad():
+        for name, b in buffers.items():
+            backbone.get_buffer(name).copy_(b)
+    set_model_state_dict(backbone, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    return backbone
+
+
 def wrap_fsdp1(backbone, device: torch.device, *, param_dtype: torch.dtype | None = None) -> FullyShardedDataParallel:
     """FSDP1 through the backbone's own `get_fsdp_wrapping_policy()` (one unit per decoder layer)."""
     # Buffers stay fp32: RoPE's inv_freq in bf16 would shift every position's angle (FSDP2 keeps them too).

@@ -188,7 +188,7 @@ def run_finetune(
 
     from llm_backbones.backbones import get_llm_backbone_and_tokenizer
     from llm_backbones.data import PaddedCollator, load_conversations, tokenize_conversation
-    from llm_backbones.distributed import full_state_dict, init_distributed, shard_fsdp2, wrap_fsdp1
+    from llm_backbones.distributed import full_state_dict, init_distributed, shard_fsdp2_from_rank0, wrap_fsdp1
 
     if mode not in FINETUNE_MODES or mode == "frozen":
         raise FinetuneError(
@@ -205,20 +205,28 @@ def run_finetune(
     ctx = init_distributed(device)
     precision = precision or ("bf16" if ctx.device.type == "cuda" else "fp32")
     torch.manual_seed(seed)
-    backbone, tokenizer = get_llm_backbone_and_tokenizer(backbone_id, model_path=model_path)
+    fsdp2 = ctx.enabled and fsdp_version == 2
+    if ctx.enabled and fsdp_version not in (1, 2):
+        raise FinetuneError(f"fsdp_version must be 1 or 2, got {fsdp_version!r}; 2 (fully_shard) is the default.")
+    # FSDP2: only rank 0 reads the weights; the other ranks build the architecture on the meta device and
+    # receive their shards from rank 0 (one copy of the model in host memory, not one per rank).
+    backbone, tokenizer = get_llm_backbone_and_tokenizer(
+        backbone_id, model_path=model_path, inference_mode=fsdp2 and not ctx.is_main
+    )
+    if backbone.inference_mode:
+        backbone.set_training_flags()
     conversations = load_conversations(data) if isinstance(data, (str, os.PathLike)) else list(data)
     examples = [tokenize_conversation(tokenizer, backbone.prompt_builder_fn, c) for c in conversations]
     summary = apply_finetune_mode(backbone, mode)
-    backbone.to(ctx.device)
 
     half = backbone.half_precision_dtype if precision == "bf16" else None
     model: nn.Module = backbone
-    if ctx.enabled and fsdp_version == 2:
-        model = shard_fsdp2(backbone, param_dtype=half)
-    elif ctx.enabled and fsdp_version == 1:
-        model = wrap_fsdp1(backbone, ctx.device, param_dtype=half)
+    if fsdp2:
+        model = shard_fsdp2_from_rank0(backbone, ctx, param_dtype=half)
     elif ctx.enabled:
-        raise FinetuneError(f"fsdp_version must be 1 or 2, got {fsdp_version!r}; 2 (fully_shard) is the default.")
+        model = wrap_fsdp1(backbone.to(ctx.device), ctx.device, param_dtype=half)
+    else:
+        backbone.to(ctx.device)
     autocast = torch.autocast(ctx.device.type, dtype=half) if half is not None and not ctx.enabled else None
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     collate = PaddedCollator(backbone.pad_token_id)

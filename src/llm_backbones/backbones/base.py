@@ -305,11 +305,18 @@ class HFCausalLLMBackbone(LLMBackbone):
                     len(self.tokenizer), pad_to_multiple_of=self.spec.pad_to_multiple_of
                 )
         self.llm.config.pad_token_id = self.tokenizer.pad_token_id
-        # [Contract] the KV cache only helps generation; in training it costs memory.
-        self.llm.config.use_cache = self.inference_mode
+        self.llm.config.use_cache = True
         if not self.inference_mode:
-            # [Contract] with frozen embeddings, gradient checkpointing needs inputs that require grad.
-            self.llm.enable_input_require_grads()
+            self.set_training_flags()
+
+    def set_training_flags(self) -> None:
+        """The seed's training-mode settings (also for a backbone built on the meta device that will be
+        trained, e.g. on the ranks that receive their FSDP shards from rank 0)."""
+        self.inference_mode = False
+        # [Contract] the KV cache only helps generation; in training it costs memory.
+        self.llm.config.use_cache = False
+        # [Contract] with frozen embeddings, gradient checkpointing needs inputs that require grad.
+        self.llm.enable_input_require_grads()
 
     # === Loading ===
     def _resolve_source(self, model_path: str | Path | None) -> tuple[str, bool]:
