@@ -76,6 +76,9 @@ class BackboneSpec:
         arch: the checkpoint's architecture facts, as its config.json has them (vocab/embedding rows, hidden
             size, layers, heads, tied embeddings, BOS/EOS ids), so `llm-backbones info` answers offline.
         tokenizer_size: `len(tokenizer)` of the published tokenizer, before any PAD is added.
+        tokenizer_json_as_written: load `tokenizer.json` exactly as it is (the LLaMA-2 and Mistral v0.1
+            SentencePiece pipelines OpenVLA/Prismatic trained with) instead of through the class its
+            tokenizer_config names (transformers 5's LlamaTokenizer rebuilds a different pipeline).
         embedded: name of a packaged asset directory that replaces the hub (the tiny default).
         source: where the facts of this entry come from.
     """
@@ -94,6 +97,7 @@ class BackboneSpec:
     parameters: str = ""
     arch: Mapping[str, Any] = field(default_factory=dict)
     tokenizer_size: int | None = None
+    tokenizer_json_as_written: bool = False
     embedded: str | None = None
     source: str = ""
 
@@ -241,7 +245,7 @@ _LLAMA2 = {"tokenizer_size": 32000}
 
 # === LLaMA-2 family (Prismatic's LLAMA2_MODELS) ===
 # No PAD in the SentencePiece vocabulary (32000): add <PAD> (32000), rows 32000 -> 32064 (the seed's).
-_llama2 = _family("llama2", LlamaForCausalLM, LlamaDecoderLayer)
+_llama2 = _family("llama2", LlamaForCausalLM, LlamaDecoderLayer, tokenizer_json_as_written=True)
 _llama2("llama2-7b-pure", "meta-llama/Llama-2-7b-hf", PurePromptBuilder, "6.74B", arch=_LLAMA2_7B, **_LLAMA2)
 _llama2("llama2-13b-pure", "meta-llama/Llama-2-13b-hf", PurePromptBuilder, "13.0B", arch=_LLAMA2_13B, **_LLAMA2)
 _llama2("llama2-7b-chat", "meta-llama/Llama-2-7b-chat-hf", LLaMa2ChatPromptBuilder, "6.74B", arch=_LLAMA2_7B, **_LLAMA2)
@@ -266,7 +270,7 @@ _llama2(
 # === Mistral v0.1 (Prismatic's MISTRAL_MODELS) ===
 # Same SentencePiece layout as LLaMA-2 (32000 pieces, <s>=1 added as BOS, no PAD, no reserved token):
 # add <PAD> (32000) and resize 32000 -> 32064, as Prismatic's Mistral backbone did.
-_mistral = _family("mistral", MistralForCausalLM, MistralDecoderLayer)
+_mistral = _family("mistral", MistralForCausalLM, MistralDecoderLayer, tokenizer_json_as_written=True)
 _MISTRAL_7B = {"arch": _arch(32000, 4096, 14336, 32, 32, 8, tied=False, bos=1, eos=2, sliding_window=4096),
                "tokenizer_size": 32000}
 _mistral("mistral-v0.1-7b-pure", "mistralai/Mistral-7B-v0.1", PurePromptBuilder, "7.24B", **_MISTRAL_7B)

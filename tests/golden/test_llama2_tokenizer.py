@@ -60,3 +60,25 @@ def test_leading_space_keeps_its_piece(tokenizer) -> None:
 def test_decode_round_trip(tokenizer) -> None:
     text = "In: What action should the robot take to pick up the cup?\nOut: "
     assert tokenizer.decode(tokenizer(text).input_ids, skip_special_tokens=True) == text
+
+
+def test_backbone_keeps_the_original_pipeline_of_a_hub_style_checkpoint(tmp_path, tiny_llama_dir) -> None:
+    # Hub Llama-2 repos name `LlamaTokenizer` in tokenizer_config.json; transformers 5's LlamaTokenizer
+    # then replaces tokenizer.json's pipeline with a Metaspace one. The backbone must still reproduce the
+    # original tokenizer (all 46 vectors), as transformers 4 loaded it for OpenVLA.
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer as Auto
+
+    from llm_backbones import get_llm_backbone_and_tokenizer
+
+    hub_style = tmp_path / "hub-style"
+    shutil.copytree(tiny_llama_dir, hub_style)
+    config = json.loads((hub_style / "tokenizer_config.json").read_text())
+    (hub_style / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "LlamaTokenizer"}))
+    rebuilt = Auto.from_pretrained(hub_style)
+    assert sum(rebuilt(t, add_special_tokens=False).input_ids == ids for t, ids in VECTORS) == 31
+    _, tokenizer = get_llm_backbone_and_tokenizer("llama2-7b-pure", model_path=hub_style)
+    assert all(tokenizer(t, add_special_tokens=False).input_ids == ids for t, ids in VECTORS)
+    assert tokenizer.pad_token_id == 32000 and tokenizer("Test 123").input_ids[0] == 1

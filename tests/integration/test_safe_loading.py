@@ -43,10 +43,11 @@ class Recorder:
 # === What reaches transformers ===
 def test_defaults_no_remote_code_safetensors_only_and_no_token_for_local_dirs(tiny_llama_dir, monkeypatch) -> None:
     config = Recorder(monkeypatch, base.AutoConfig, "from_pretrained")
-    tokenizer = Recorder(monkeypatch, base.AutoTokenizer, "from_pretrained")
+    # LLaMA-2 ids load tokenizer.json as written (PreTrainedTokenizerFast), other families via AutoTokenizer
+    tokenizer = Recorder(monkeypatch, base.PreTrainedTokenizerFast, "from_pretrained")
     weights = Recorder(monkeypatch, LlamaForCausalLM, "from_pretrained")
     get_llm_backbone_and_tokenizer("llama2-7b-pure", model_path=tiny_llama_dir, hf_token=SENTINEL)
-    for recorder in (config, tokenizer, weights):  # (AutoTokenizer reads the config once more itself)
+    for recorder in (config, tokenizer, weights):
         assert recorder.calls
         for _, kwargs in recorder.calls:
             assert kwargs["trust_remote_code"] is False

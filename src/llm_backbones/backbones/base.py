@@ -22,7 +22,14 @@ import torch
 from torch import nn
 from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 from safetensors import SafetensorError, safe_open
-from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llm_backbones._redact import redacting
@@ -391,10 +398,17 @@ class HFCausalLLMBackbone(LLMBackbone):
             raise self._hub_error(source, "config", exc) from exc
 
     def _load_tokenizer(self, source: str, local: bool, hub_kwargs: dict[str, Any]) -> PreTrainedTokenizerBase:
+        kwargs = {"model_max_length": self.llm_max_length, "padding_side": "right", **hub_kwargs}
+        if self.spec.tokenizer_json_as_written and (not local or (Path(source) / "tokenizer.json").is_file()):
+            # [Contract] the pipeline tokenizer.json declares, as transformers 4 loaded it for OpenVLA and
+            # Prismatic: transformers 5's LlamaTokenizer class replaces it with a Metaspace pre-tokenizer that
+            # tokenizes text after a leading space differently (15 of llama.cpp's 46 LLaMA reference inputs).
+            try:
+                return PreTrainedTokenizerFast.from_pretrained(source, **kwargs)
+            except (OSError, ValueError, TypeError) as exc:  # a hub repo without tokenizer.json
+                logger.warning("No tokenizer.json in %s (%s): loading its tokenizer class instead", source, _first_line(exc))
         try:
-            return AutoTokenizer.from_pretrained(
-                source, model_max_length=self.llm_max_length, padding_side="right", **hub_kwargs
-            )
+            return AutoTokenizer.from_pretrained(source, **kwargs)
         except (OSError, ValueError, TypeError) as exc:  # transformers raises ValueError for missing files
             if not local:
                 raise self._hub_error(source, "tokenizer", exc) from exc
