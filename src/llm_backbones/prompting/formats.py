@@ -70,10 +70,6 @@ class PromptFormat:
     default_date: str | None = None
 
     @property
-    def has_system_prompt(self) -> bool:
-        return self.system is not None
-
-    @property
     def has_date(self) -> bool:
         return self.default_date is not None
 
