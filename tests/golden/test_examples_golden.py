@@ -22,10 +22,9 @@ import logging
 
 import pytest
 import torch
-from transformers import AutoTokenizer
+from shared import padded_llama2_tokenizer
 
 from llm_backbones.data import tokenize_conversation, tokenize_prompt
-from llm_backbones.embedded import ASSETS_DIR
 from llm_backbones.errors import TokenizationError
 from llm_backbones.prompting import LLaMa2ChatPromptBuilder, PurePromptBuilder, VicunaV15ChatPromptBuilder
 
@@ -64,9 +63,7 @@ ACTION_CONVERSATION = [
 
 @pytest.fixture(scope="module")
 def tok():
-    tokenizer = AutoTokenizer.from_pretrained(ASSETS_DIR / "llama2-tiny")
-    tokenizer.add_special_tokens({"pad_token": "<PAD>"})  # as the backbone does: PAD = 32000
-    return tokenizer
+    return padded_llama2_tokenizer()  # PAD = 32000, as the backbone
 
 
 # =====================================================================================================

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from shared import padded_llama2_tokenizer
 from transformers import LlamaTokenizer
 
 import llm_backbones
-from llm_backbones import get_llm_backbone_and_tokenizer, load_backbone, save_backbone
 from llm_backbones import checkpoint as checkpoint_module
-from llm_backbones.embedded import ASSETS_DIR
+from llm_backbones import get_llm_backbone_and_tokenizer, load_backbone, save_backbone
 from llm_backbones.errors import FingerprintMismatchError, ModelPathError
 
 pytestmark = pytest.mark.integration
@@ -140,9 +140,7 @@ def test_interrupted_swap_is_named_by_load(saved) -> None:
 # === Fingerprint mismatches ===
 def _metaspace_tokenizer(directory: Path) -> None:
     """transformers 5's LlamaTokenizer pipeline over the same vocabulary (another pre-tokenizer)."""
-    tok = LlamaTokenizer.from_pretrained(ASSETS_DIR / "llama2-tiny")
-    tok.add_special_tokens({"pad_token": "<PAD>"})
-    tok.save_pretrained(directory)
+    padded_llama2_tokenizer(LlamaTokenizer).save_pretrained(directory)
 
 
 def _extra_token_tokenizer(directory: Path) -> None:

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import AutoTokenizer
+from shared import padded_llama2_tokenizer
 
 from llm_backbones.actions import ActionTokenizer
-from llm_backbones.embedded import ASSETS_DIR
 
 
 @pytest.fixture(scope="module")
 def padded_tokenizer():
-    tok = AutoTokenizer.from_pretrained(ASSETS_DIR / "llama2-tiny")
-    tok.add_special_tokens({"pad_token": "<PAD>"})  # as the backbone does: vocab_size stays 32000
-    return tok
+    return padded_llama2_tokenizer()
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ are listed apart. README's "Guarantees" section states the number of rows; a tes
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import math
 import re
@@ -24,7 +23,7 @@ from unittest import mock
 import huggingface_hub.constants
 import pytest
 import torch
-from transformers import AutoTokenizer
+from shared import padded_llama2_tokenizer
 from typer.testing import CliRunner
 
 import llm_backbones
@@ -45,30 +44,29 @@ from llm_backbones import (
     tokenize_prompt,
 )
 from llm_backbones.cli import app
-from llm_backbones.embedded import ASSETS_DIR
-from llm_backbones.finetune import apply_finetune_mode, run_finetune
-from llm_backbones.generation import generate_greedy
 from llm_backbones.errors import (
     ActionError,
     CheckpointError,
     ConfigMismatchError,
     ConversationError,
+    DataFileError,
+    FinetuneError,
     FingerprintMismatchError,
     InputShapeError,
+    InvalidSpecError,
     LLMBackbonesError,
     ModelPathError,
     ModelWeightsError,
     OutputPathError,
     PromptFormatError,
-    DataFileError,
-    FinetuneError,
-    InvalidSpecError,
     RegistryError,
     RemoteCodeError,
     TokenizationError,
     TokenizerContractError,
     UnknownBackboneError,
 )
+from llm_backbones.finetune import apply_finetune_mode, run_finetune
+from llm_backbones.generation import generate_greedy
 from llm_backbones.prompting import (
     LLaMa2ChatPromptBuilder,
     MistralInstructPromptBuilder,
@@ -92,15 +90,11 @@ class Env:
 
     @cached_property
     def tok(self):
-        tok = AutoTokenizer.from_pretrained(ASSETS_DIR / "llama2-tiny")
-        tok.add_special_tokens({"pad_token": "<PAD>"})  # as the backbone does
-        return tok
+        return padded_llama2_tokenizer()
 
     @cached_property
     def short_tok(self):
-        tok = AutoTokenizer.from_pretrained(ASSETS_DIR / "llama2-tiny", model_max_length=16)
-        tok.add_special_tokens({"pad_token": "<PAD>"})
-        return tok
+        return padded_llama2_tokenizer(model_max_length=16)
 
     @cached_property
     def act(self) -> ActionTokenizer:

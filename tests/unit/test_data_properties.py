@@ -6,31 +6,16 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from transformers import AutoTokenizer, LlamaTokenizer
+from shared import PRISMATIC_BUILDERS as BUILDERS
+from shared import padded_llama2_tokenizer
+from transformers import LlamaTokenizer
 
 from llm_backbones.data import IGNORE_INDEX, PaddedCollator, tokenize_conversation, tokenize_prompt
-from llm_backbones.embedded import ASSETS_DIR
-from llm_backbones.prompting import (
-    LLaMa2ChatPromptBuilder,
-    MistralInstructPromptBuilder,
-    PhiPromptBuilder,
-    PurePromptBuilder,
-    VicunaV15ChatPromptBuilder,
-)
 
-BUILDERS = [
-    PurePromptBuilder,
-    LLaMa2ChatPromptBuilder,
-    VicunaV15ChatPromptBuilder,
-    MistralInstructPromptBuilder,
-    PhiPromptBuilder,
-]
-_TOKENIZER = AutoTokenizer.from_pretrained(ASSETS_DIR / "llama2-tiny")
-_TOKENIZER.add_special_tokens({"pad_token": "<PAD>"})
+_TOKENIZER = padded_llama2_tokenizer()
 # What transformers 5's LlamaTokenizer class builds from the same vocabulary (Metaspace, prepend "first"):
 # a different pipeline, on which turn-by-turn tokenization breaks parity; ours must not.
-_METASPACE_TOKENIZER = LlamaTokenizer.from_pretrained(ASSETS_DIR / "llama2-tiny")
-_METASPACE_TOKENIZER.add_special_tokens({"pad_token": "<PAD>"})
+_METASPACE_TOKENIZER = padded_llama2_tokenizer(LlamaTokenizer)
 
 fragments = st.sampled_from(["<image>", " ", "  ", "\n", "\t", "é", "🤖", "→", "日本", "1.5", ":", "[", "]", "?", "a"])
 free_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), max_size=12)

@@ -16,29 +16,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from transformers import AutoTokenizer
+from shared import PRISMATIC_BUILDERS as BUILDERS
+from shared import padded_llama2_tokenizer
 
 from llm_backbones.actions import ActionTokenizer
 from llm_backbones.data import IGNORE_INDEX, tokenize_conversation, tokenize_prompt
-from llm_backbones.embedded import ASSETS_DIR
 from llm_backbones.errors import ActionError, ConversationError, PromptFormatError, TokenizationError
-from llm_backbones.prompting import (
-    LLaMa2ChatPromptBuilder,
-    MistralInstructPromptBuilder,
-    PhiPromptBuilder,
-    PurePromptBuilder,
-    VicunaV15ChatPromptBuilder,
-)
 
-BUILDERS = [
-    PurePromptBuilder,
-    LLaMa2ChatPromptBuilder,
-    VicunaV15ChatPromptBuilder,
-    MistralInstructPromptBuilder,
-    PhiPromptBuilder,
-]
-TOKENIZER = AutoTokenizer.from_pretrained(ASSETS_DIR / "llama2-tiny")
-TOKENIZER.add_special_tokens({"pad_token": "<PAD>"})
+TOKENIZER = padded_llama2_tokenizer()
 ACTIONS = ActionTokenizer(TOKENIZER)
 LOW, HIGH = ACTIONS.token_id_range
 HALF_BIN = (2.0 / 255) / 2
