@@ -419,18 +419,17 @@ def load_weights_into(backbone: LLMBackbone, directory: Path) -> None:
                 "Copy the checkpoint again, or save the backbone again."
             ) from exc
     dtypes = {name: p.dtype for name, p in backbone.llm.named_parameters()}
-    state = {k: v.to(dtypes[k]) if k in dtypes and v.is_floating_point() else v for k, v in state.items()}
-    try:
-        result = backbone.llm.load_state_dict(state, strict=False, assign=True)
+    state = {f"llm.{k}": v.to(dtypes[k]) if k in dtypes and v.is_floating_point() else v for k, v in state.items()}
+    try:  # the backbone's own load_state_dict: assigns onto the meta-built model and re-ties embeddings
+        result = backbone.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # size mismatch between the weights and config.json
         raise ModelWeightsError(
             f"The weights in {directory} do not fit the architecture of its config.json: {exc}"
         ) from exc
-    if getattr(backbone.llm.config, "tie_word_embeddings", False):
-        backbone.llm.tie_weights()
     still_meta = [name for name, p in backbone.llm.named_parameters() if p.device.type == "meta"]
-    if still_meta or result.unexpected_keys:
+    unexpected = [k.removeprefix("llm.") for k in result.unexpected_keys]
+    if still_meta or unexpected:
         raise ModelWeightsError(
             f"The weights in {directory} do not match the model: missing {still_meta[:5]}, unexpected "
-            f"{result.unexpected_keys[:5]}. The safetensors files and config.json come from different models."
+            f"{unexpected[:5]}. The safetensors files and config.json come from different models."
         )
