@@ -117,8 +117,12 @@ class ActionTokenizer:
             return self.tokenizer.decode(ids.tolist())
         return self.tokenizer.batch_decode(ids.reshape(-1, ids.shape[-1]).tolist())
 
-    def decode_token_ids_to_actions(self, action_token_ids: torch.Tensor | Sequence[int]) -> torch.Tensor:
-        """Token ids -> the centres of their bins (float64), as OpenVLA."""
+    def decode(self, action_token_ids: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """Action token ids `[..., D]` -> the centres of their bins `[..., D]` (float64), OpenVLA's values.
+
+        Raises `ActionError` for an id outside the action range (`token_id_range`): a generated text token
+        is not silently clipped into an action, as OpenVLA's decoding would do.
+        """
         raw = _as_tensor(action_token_ids, "Action token ids", "integer token ids (a LongTensor or a list of ints)")
         if raw.is_complex() or raw.dtype == torch.bool:
             raise ActionError(
@@ -142,6 +146,10 @@ class ActionTokenizer:
             )
         discretized = (self.base_vocab_size - ids - 1).clamp(0, self.bin_centers.shape[0] - 1)
         return self.bin_centers[discretized]
+
+    def decode_token_ids_to_actions(self, action_token_ids: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """OpenVLA's name for `decode` (same values; ids outside the action range raise)."""
+        return self.decode(action_token_ids)
 
 
 def _as_tensor(value: object, what: str, accepted: str) -> torch.Tensor:

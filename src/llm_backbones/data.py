@@ -1,10 +1,14 @@
 """Conversations -> training examples with exact label masks, generation prompts with token parity.
 
-The whole prompt is tokenized at once (as at inference), never turn by turn; the labels of each reply
-are the tokens between the end of its generation prompt and the end of the reply (its EOS included).
-Both boundaries are checked: the tokens of every generation prompt are exactly a prefix of the
-training sequence, so what the model sees at inference is what it saw in training, with no magic token
-appended (OpenVLA appends 29871 at inference).
+One rule for every format: a reply supervises its own tokens (those that hold a character of the reply,
+its end-of-turn/EOS included), and the generation prompt is the training sequence up to the reply's first
+supervised token. The whole conversation is tokenized at once (as OpenVLA does), never turn by turn.
+
+A separator the template puts between the prompt and the reply (the space of Prismatic's "Out: ") is
+part of the prompt. Where the tokenizer keeps it as a token of its own, as LLaMA-2's does before action
+tokens ("▁", 29871), that token ends the generation prompt and is never supervised: OpenVLA's labels
+exactly, and its inference prompt (which appends 29871 by hand) by construction. Where the separator
+merges into the reply's first token ("▁Hello"), that token is the reply's and the prompt ends before it.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -111,14 +115,77 @@ def _max_length(tokenizer: PreTrainedTokenizerBase, max_length: object) -> int |
     return max_length
 
 
+def _backend(tokenizer: PreTrainedTokenizerBase):
+    """The Rust tokenizer of a fast tokenizer, with no truncation or padding left behind by an earlier
+    call (`tok(x, truncation=True, max_length=20)` leaves both set on it), or None for a slow tokenizer.
+    Every encode here states its own limits: a caller's earlier settings never cut or pad our examples."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if tokenizer.is_fast else None
+    if backend is not None:
+        # [Contract] as HF's own __call__ does before an untruncated, unpadded encode.
+        if backend.truncation is not None:
+            backend.no_truncation()
+        if backend.padding is not None:
+            backend.no_padding()
+    return backend
+
+
 def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
     """`tokenizer(text, add_special_tokens=True).input_ids` for each text (BOS exactly where the tokenizer
-    inserts it at inference). Calls the Rust tokenizer directly where there is one: for the few short
-    texts of one conversation that is about twice as fast as the Python wrapper or a batched call."""
-    backend = getattr(tokenizer, "backend_tokenizer", None) if tokenizer.is_fast else None
+    inserts it at inference), never truncated or padded. Calls the Rust tokenizer directly where there is
+    one: for the few short texts of one conversation that is about twice as fast as the Python wrapper."""
+    backend = _backend(tokenizer)
     if backend is None:
-        return tokenizer(texts, add_special_tokens=True).input_ids
+        return tokenizer(texts, add_special_tokens=True, truncation=False, padding=False).input_ids
     return [backend.encode(text, add_special_tokens=True).ids for text in texts]
+
+
+def _encode_with_offsets(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Ids and character offsets of `text` (special tokens the tokenizer inserts have offsets (0, 0))."""
+    backend = _backend(tokenizer)
+    if backend is None:
+        raise TokenizationError(
+            f"{type(tokenizer).__name__} is a slow (Python) tokenizer: training examples need a fast tokenizer "
+            "(character offsets mark each reply's own tokens). Load it with use_fast=True, or use the "
+            "backbone's tokenizer (backbone.get_tokenizer())."
+        )
+    encoding = backend.encode(text, add_special_tokens=True)
+    return encoding.ids, encoding.offsets
+
+
+def _reply_spans(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], replies: list[tuple[int, str]]
+) -> tuple[list[int], list[tuple[int, int, str]]]:
+    """The ids of the whole conversation (`texts[-1]`) and, per reply, `(start, end, name)`: its own tokens.
+
+    `end` is where the text after the reply (`texts[k + 1]`) ends; `start` is the first token holding a
+    character of the reply itself, past the separator whitespace the template puts before it (a "▁" the
+    tokenizer keeps on its own belongs to the prompt). Both boundaries are checked against the tokens of
+    the texts that end there, so the prompt the model sees at inference is exactly the training prefix.
+    """
+    needed = sorted(({k for k, _ in replies} | {k + 1 for k, _ in replies}) - {len(texts) - 1})
+    encoded = dict(zip(needed, encode_texts(tokenizer, [texts[k] for k in needed]), strict=True))
+    input_ids, offsets = _encode_with_offsets(tokenizer, texts[-1])
+    encoded[len(texts) - 1] = input_ids
+    spans = []
+    for k, name in replies:
+        start, end = len(encoded[k]), len(encoded[k + 1])
+        for bound, ids in ((start, encoded[k]), (end, encoded[k + 1])):
+            if input_ids[:bound] != ids:
+                raise TokenizationError(
+                    f"{name}: the tokens of {texts[k if bound == start else k + 1][-40:]!r} are not a "
+                    "prefix of the whole conversation's tokens (a merge crosses the turn boundary), so "
+                    "training and generation would see different tokens. Report the conversation; as a "
+                    "workaround end the message with whitespace-free punctuation."
+                )
+        after_prompt = texts[k + 1][len(texts[k]) :]
+        reply_start = len(texts[k]) + len(after_prompt) - len(after_prompt.lstrip())
+        # [Contract] OpenVLA: the lone "▁" before the action tokens is the prompt's, not supervised.
+        while start < end and offsets[start][1] <= reply_start:
+            start += 1
+        if end <= start:
+            raise TokenizationError(f"{name} has no tokens to supervise; check the prompt format.")
+        spans.append((start, end, name))
+    return input_ids, spans
 
 
 def tokenize_conversation(
@@ -133,8 +200,8 @@ def tokenize_conversation(
 ) -> dict[str, torch.Tensor]:
     """A training example: `{"input_ids": LongTensor[T], "labels": LongTensor[T]}`.
 
-    Labels are `IGNORE_INDEX` (-100) everywhere except on each reply's tokens (its text and its
-    end-of-turn/EOS token).
+    Labels are `IGNORE_INDEX` (-100) everywhere except on each reply's own tokens (its text and its
+    end-of-turn/EOS token; not a separator token before it, see the module docstring).
 
     Over-long conversations, the policy: `max_length` (default: the tokenizer's `model_max_length`, as
     Prismatic's datasets truncate) bounds the sequence.
@@ -150,30 +217,15 @@ def tokenize_conversation(
             "The conversation has no reply (gpt/assistant turn) to supervise; for a generation prompt "
             "use tokenize_prompt()."
         )
-    needed = sorted({k for k, _ in replies} | {k + 1 for k, _ in replies})
-    encoded = dict(zip(needed, encode_texts(tokenizer, [texts[k] for k in needed]), strict=True))
-    input_ids = encoded[needed[-1]]
-    if needed[-1] != len(texts) - 1:  # conversation ends with a human turn: keep it, unsupervised
-        input_ids = encode_texts(tokenizer, [texts[-1]])[0]
+    input_ids, spans = _reply_spans(tokenizer, texts, replies)
     labels = [IGNORE_INDEX] * len(input_ids)
-    for k, name in replies:
-        start, end = len(encoded[k]), len(encoded[k + 1])
-        for bound, ids in ((start, encoded[k]), (end, encoded[k + 1])):
-            if input_ids[:bound] != ids:
-                raise TokenizationError(
-                    f"{name}: the tokens of {texts[k if bound == start else k + 1][-40:]!r} are not a "
-                    "prefix of the whole conversation's tokens (a merge crosses the turn boundary), so "
-                    "training and generation would see different tokens. Report the conversation; as a "
-                    "workaround end the message with whitespace-free punctuation."
-                )
-        if end <= start:
-            raise TokenizationError(f"{name} has no tokens to supervise; check the prompt format.")
+    for start, end, _ in spans:
         labels[start:end] = input_ids[start:end]
 
     if limit is not None and len(input_ids) > limit:
         total = len(input_ids)
         input_ids, labels = input_ids[:limit], labels[:limit]
-        lost = [name for k, name in replies if len(encoded[k]) >= limit]
+        lost = [name for start, _, name in spans if start >= limit]
         if lost and not drop_truncated_replies:
             raise TokenizationError(
                 f"max_length={limit} cuts {', '.join(lost)} entirely (the conversation needs "
@@ -183,12 +235,12 @@ def tokenize_conversation(
         if all(label == IGNORE_INDEX for label in labels):
             raise TokenizationError(
                 f"max_length={limit} leaves no supervised token (the first reply starts at token "
-                f"{len(encoded[replies[0][0]])}). Raise max_length."
+                f"{spans[0][0]}). Raise max_length."
             )
         cut = [
-            f"{name} keeps {limit - len(encoded[k])} of its {len(encoded[k + 1]) - len(encoded[k])} tokens"
-            for k, name in replies
-            if len(encoded[k]) < limit < len(encoded[k + 1])
+            f"{name} keeps {limit - start} of its {end - start} tokens"
+            for start, end, name in spans
+            if start < limit < end
         ]
         dropped = [f"drops {', '.join(lost)}"] if lost else []
         logger.warning(
@@ -205,12 +257,16 @@ def tokenize_prompt(
     model_family: str = "prismatic",
     system_prompt: str | None = None,
     max_length: int | None = None,
+    reply: str | None = None,
 ) -> torch.Tensor:
     """The ids to generate from, for a conversation that ends with a human turn: LongTensor[T].
 
-    For every conversation `conv` ending with a reply, `tokenize_prompt(conv[:-1])` is exactly a prefix
-    of `tokenize_conversation(conv)["input_ids"]`. A prompt longer than `max_length` (default: the
-    tokenizer's `model_max_length`) raises `TokenizationError`: truncating it would cut the question.
+    With `reply` (a reply of the kind the model was trained to give, e.g. action tokens; only where it
+    starts matters), the prompt is exactly the training sequence of `conversation + [reply]` up to the
+    reply's first supervised token: for OpenVLA on LLaMA-2 it ends with the "▁" (29871) that the model saw
+    before its actions. Without it, the prompt is the rendered prompt's tokens, a prefix of the training
+    sequence of every reply. A prompt longer than `max_length` (default: the tokenizer's
+    `model_max_length`) raises `TokenizationError`: truncating it would cut the question.
     """
     limit = _max_length(tokenizer, max_length)
     turns = normalize_conversation(conversation)
@@ -219,8 +275,14 @@ def tokenize_prompt(
             f"A generation prompt ends with a human turn; this conversation has {len(turns)} turns and ends "
             f"with {turns[-1][0]!r}. Drop the last reply (conversation[:-1])."
         )
-    texts, _ = _seams(prompt_builder_fn, conversation, model_family, system_prompt)
-    ids = encode_texts(tokenizer, [texts[-1]])[0]
+    if reply is None:
+        texts, _ = _seams(prompt_builder_fn, conversation, model_family, system_prompt)
+        ids = encode_texts(tokenizer, [texts[-1]])[0]
+    else:
+        full = [*conversation, {"from": "gpt", "value": reply}]
+        texts, replies = _seams(prompt_builder_fn, full, model_family, system_prompt)
+        all_ids, spans = _reply_spans(tokenizer, texts, replies[-1:])
+        ids = all_ids[: spans[-1][0]]
     if limit is not None and len(ids) > limit:
         raise TokenizationError(
             f"The generation prompt has {len(ids)} tokens, more than max_length={limit}; truncating it would "
@@ -228,6 +290,86 @@ def tokenize_prompt(
             "max_length (the tokenizer's model_max_length, i.e. llm_max_length of the backbone)."
         )
     return torch.tensor(ids, dtype=torch.long)
+
+
+def vla_conversation(instruction: str, action_text: str | None = None, *, lowercase: bool = True) -> list[dict]:
+    """OpenVLA's conversation: "What action should the robot take to {instruction}?" and the action reply.
+
+    OpenVLA lower-cases the instruction in training and at inference (`lowercase=True`, its behaviour).
+    """
+    if not isinstance(instruction, str) or instruction.strip() == "":
+        raise ConversationError(
+            f"instruction must be a non-empty string such as 'open the drawer', got {instruction!r:.80}."
+        )
+    text = instruction.lower() if lowercase else instruction
+    turns = [{"from": "human", "value": f"What action should the robot take to {text}?"}]
+    if action_text is not None:
+        turns.append({"from": "gpt", "value": action_text})
+    return turns
+
+
+def vla_example(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_builder_fn: Callable[..., PromptBuilder],
+    action_tokenizer: Any,
+    instruction: str,
+    action: Any,
+    *,
+    predict_stop_token: bool = True,
+    lowercase: bool = True,
+    max_length: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """An OpenVLA training example: `{"input_ids", "labels"}` for one instruction and one action vector.
+
+    The ids are OpenVLA's (`[BOS, ..., "Out", ":", "▁", a_1..a_D, EOS]` on LLaMA-2) and so are the labels:
+    the D action tokens and EOS only (`predict_stop_token=False`: the action tokens only). The action
+    tokens come from `action_tokenizer.encode` and are checked in the ids, so a tokenizer that merged them
+    with their neighbours raises instead of training on other tokens.
+    """
+    action_ids = action_tokenizer.encode(action)
+    if action_ids.dim() != 1:
+        raise ConversationError(
+            f"vla_example takes one action vector [D], got shape {tuple(action_ids.shape)}; call it per step."
+        )
+    conversation = vla_conversation(instruction, action_tokenizer(action), lowercase=lowercase)
+    example = tokenize_conversation(
+        tokenizer, prompt_builder_fn, conversation, model_family="openvla", max_length=max_length
+    )
+    supervised = example["input_ids"][example["labels"] != IGNORE_INDEX]
+    if supervised[: len(action_ids)].tolist() != action_ids.tolist():
+        raise TokenizationError(
+            f"The reply's tokens {supervised.tolist()} do not start with the action tokens "
+            f"{action_ids.tolist()}: this tokenizer merges action tokens with their neighbours. Use the "
+            "backbone's tokenizer and an ActionTokenizer built from it."
+        )
+    if not predict_stop_token:
+        example["labels"][len(example["labels"]) - len(supervised) + len(action_ids) :] = IGNORE_INDEX
+    return example
+
+
+def vla_prompt(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_builder_fn: Callable[..., PromptBuilder],
+    instruction: str,
+    *,
+    action_tokenizer: Any = None,
+    lowercase: bool = True,
+    max_length: int | None = None,
+) -> torch.Tensor:
+    """OpenVLA's inference prompt for `instruction`: the ids of `vla_example` up to the first action token.
+
+    On LLaMA-2 that is `[BOS, ..., "Out", ":", "▁" (29871)]`, exactly the ids OpenVLA's `predict_action`
+    feeds; generate `action_dim` tokens from it. (`action_tokenizer` is only used to render a stand-in
+    action reply; by default the last token of the base vocabulary, where every action token lies.)
+    """
+    if action_tokenizer is not None:
+        stand_in = action_tokenizer.tokenizer.decode([action_tokenizer.token_id_range[1]])
+    else:
+        stand_in = tokenizer.decode([tokenizer.vocab_size - 1])
+    conversation = vla_conversation(instruction, lowercase=lowercase)
+    return tokenize_prompt(
+        tokenizer, prompt_builder_fn, conversation, model_family="openvla", max_length=max_length, reply=stand_in
+    )
 
 
 def insert_patch_embeddings(
@@ -291,15 +433,49 @@ def insert_patch_embeddings(
 
 @dataclass
 class PaddedCollator:
-    """Right-pads examples: input ids with the backbone's pad id, labels with -100, and an attention mask.
+    """Right-pads a batch: input ids with the pad id, labels with -100, and an attention mask.
 
-    `pad_to_multiple_of` rounds the padded length up (tensor-core friendly shapes).
+    OpenVLA's `PaddedCollatorForActionPrediction` call shape and behaviour: `(model_max_length,
+    pad_token_id, padding_side="right", pixel_values_dtype)`, sequences cut to `model_max_length` after
+    padding, `pixel_values` (a tensor, or a dict of tensors for fused vision backbones) stacked and passed
+    through, `dataset_name`s passed through as `dataset_names`. Beyond it: the attention mask comes from
+    the lengths (a pad id inside a sequence stays attended), `pixel_values_dtype` casts floating pixel
+    values when given (OpenVLA accepts it and ignores it; `None` leaves them as they are), bad batches
+    raise, and `pad_to_multiple_of` rounds the padded length up (tensor-core friendly shapes).
     """
 
+    model_max_length: int | None
     pad_token_id: int
+    padding_side: str = "right"
+    pixel_values_dtype: torch.dtype | None = None
+    _: KW_ONLY
     pad_to_multiple_of: int | None = None
 
-    def __call__(self, examples: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    def __post_init__(self) -> None:
+        for name in ("model_max_length", "pad_to_multiple_of"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise InputShapeError(
+                    f"PaddedCollator {name} must be a positive integer or None, got {value!r}. Pass e.g. "
+                    "PaddedCollator(model_max_length=tokenizer.model_max_length, pad_token_id=tokenizer.pad_token_id)."
+                )
+        if isinstance(self.pad_token_id, bool) or not isinstance(self.pad_token_id, int) or self.pad_token_id < 0:
+            raise InputShapeError(
+                f"PaddedCollator pad_token_id must be a non-negative integer, got {self.pad_token_id!r}; pass "
+                "the backbone's pad_token_id (backbone.pad_token_id)."
+            )
+        if self.padding_side != "right":
+            raise InputShapeError(
+                f"PaddedCollator pads training batches on the right, got padding_side={self.padding_side!r}. "
+                "Use padding_side='right' (as OpenVLA); left padding is for generation (generate_greedy)."
+            )
+        if self.pixel_values_dtype is not None and not isinstance(self.pixel_values_dtype, torch.dtype):
+            raise InputShapeError(
+                f"pixel_values_dtype must be a torch.dtype or None, got {self.pixel_values_dtype!r}; e.g. "
+                "torch.bfloat16."
+            )
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if not examples:
             raise InputShapeError("PaddedCollator got an empty batch; pass at least one example.")
         for i, example in enumerate(examples):
@@ -322,7 +498,45 @@ class PaddedCollator:
         labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
         for row, (example, n) in enumerate(zip(examples, lengths, strict=True)):
-            input_ids[row, :n] = example["input_ids"]
-            labels[row, :n] = example["labels"]
+            input_ids[row, :n] = torch.as_tensor(example["input_ids"])
+            labels[row, :n] = torch.as_tensor(example["labels"])
             attention_mask[row, :n] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if self.model_max_length is not None:  # [Contract] OpenVLA truncates after padding
+            cut = slice(0, self.model_max_length)
+            input_ids, labels, attention_mask = input_ids[:, cut], labels[:, cut], attention_mask[:, cut]
+        batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if any("pixel_values" in e for e in examples):
+            batch["pixel_values"] = self._stack_pixel_values(examples)
+        if "dataset_name" in examples[0]:
+            batch["dataset_names"] = [e.get("dataset_name") for e in examples]
+        return batch
+
+    def _stack_pixel_values(self, examples: Sequence[Mapping[str, Any]]) -> torch.Tensor | dict[str, torch.Tensor]:
+        values = [e.get("pixel_values") for e in examples]
+        missing = [i for i, v in enumerate(values) if v is None]
+        if missing:
+            raise InputShapeError(
+                f"Examples {missing} have no pixel_values while others do; a VLA batch needs an image for "
+                "every example (OpenVLA's rule). Drop text-only examples or give them an image."
+            )
+        cast = self._cast
+        if all(isinstance(v, torch.Tensor) for v in values):
+            return cast(torch.stack(values))
+        if all(isinstance(v, Mapping) for v in values):
+            keys = list(values[0])
+            if any(list(v) != keys for v in values):
+                raise InputShapeError(
+                    f"pixel_values dicts have different keys ({[sorted(v) for v in values]}); every example "
+                    "must come from the same (fused) vision backbone transform."
+                )
+            return {k: cast(torch.stack([v[k] for v in values])) for k in keys}
+        kinds = sorted({type(v).__name__ for v in values})
+        raise InputShapeError(
+            f"pixel_values must be tensors or dicts of tensors (fused vision backbones), got {kinds}. Apply "
+            "the vision backbone's image transform first."
+        )
+
+    def _cast(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.pixel_values_dtype is not None and pixels.is_floating_point():
+            return pixels.to(self.pixel_values_dtype)
+        return pixels

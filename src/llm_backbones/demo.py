@@ -1,7 +1,9 @@
 """The embedded VLA demo: teach a backbone OpenVLA-style actions for a few instructions, then predict them.
 
-Examples are built the OpenVLA way: the instruction in the Pure prompt format ("What action should the
-robot take to ...?"), the 7-D action as 7 action tokens in the reply, labels on the reply only.
+Examples are built the OpenVLA way (`vla_example`): the instruction in the Pure prompt format ("What
+action should the robot take to ...?"), the 7-D action as 7 action tokens in the reply, labels on the
+action tokens and EOS only; actions are generated from OpenVLA's prompt (`vla_prompt`, ending with the
+"▁" before the actions), exactly 7 tokens.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from llm_backbones.actions import ActionTokenizer
-from llm_backbones.data import PaddedCollator, tokenize_conversation, tokenize_prompt
+from llm_backbones.data import PaddedCollator, vla_example, vla_prompt
 from llm_backbones.errors import ActionError
 from llm_backbones.finetune import apply_finetune_mode, train_steps
 
@@ -28,10 +30,6 @@ INSTRUCTIONS = (
     "turn on the faucet",
 )
 ACTION_DIM = 7
-
-
-def question(instruction: str) -> str:
-    return f"What action should the robot take to {instruction}?"
 
 
 def demo_actions(n: int, seed: int = 0) -> torch.Tensor:
@@ -65,13 +63,13 @@ def run_vla_demo(
     device = next(backbone.parameters()).device
     action_tokenizer = ActionTokenizer(tokenizer)
     actions = demo_actions(len(INSTRUCTIONS), seed)
-    conversations = [
-        [{"from": "human", "value": question(text)}, {"from": "gpt", "value": action_tokenizer(action)}]
+    builder = backbone.prompt_builder_fn
+    examples = [
+        vla_example(tokenizer, builder, action_tokenizer, text, action)
         for text, action in zip(INSTRUCTIONS, actions, strict=True)
     ]
-    builder = backbone.prompt_builder_fn
-    examples = [tokenize_conversation(tokenizer, builder, c, model_family="openvla") for c in conversations]
-    batch = {k: v.to(device) for k, v in PaddedCollator(backbone.pad_token_id)(examples).items()}
+    collate = PaddedCollator(backbone.llm_max_length, backbone.pad_token_id)
+    batch = {k: v.to(device) for k, v in collate(examples).items()}
 
     summary = apply_finetune_mode(backbone, "full")
     optimizer = torch.optim.AdamW([p for p in backbone.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
@@ -80,8 +78,8 @@ def run_vla_demo(
     backbone.eval()
     true_ids = action_tokenizer.encode(actions)
     predicted, correct = [], 0
-    for conversation, truth in zip(conversations, true_ids, strict=True):
-        prompt = tokenize_prompt(tokenizer, builder, conversation[:1], model_family="openvla")[None].to(device)
+    for text, truth in zip(INSTRUCTIONS, true_ids, strict=True):
+        prompt = vla_prompt(tokenizer, builder, text, action_tokenizer=action_tokenizer)[None].to(device)
         try:
             action = backbone.generate_actions(action_tokenizer, input_ids=prompt, action_dim=ACTION_DIM)[0].cpu()
         except ActionError:  # not (yet) an action: every token of it counts as wrong

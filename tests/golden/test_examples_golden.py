@@ -9,11 +9,16 @@ computes an expected value with the tokenizer or the library):
 2. The whole string, and each generation prompt (the prompt up to the end of a human turn, trailing
    whitespace stripped), was tokenized ONCE, by the raw HF tokenizer (`add_special_tokens=True`, BOS 1
    first); the pieces come from `convert_ids_to_tokens` and are kept as a parallel literal list.
-3. The supervised span of each reply was decided from the rule: the tokens after that reply's
-   generation prompt, up to and including the reply's EOS `</s>` (2). The `# reply k (supervised)`
-   rows of the piece lists show that each span holds exactly the reply's pieces (with the space that
-   follows the generation prompt folded into the first piece, or a lone "▁" where nothing merges) and
-   its `</s>`; a `<s>` opening a later turn belongs to the next generation prompt, never to a reply.
+3. The supervised span of each reply was decided from the rule: a reply supervises its own tokens,
+   those holding a character of the reply, up to and including its EOS `</s>` (2). The `# reply k
+   (supervised)` rows of the piece lists show that each span holds exactly the reply's pieces (with the
+   space that follows the generation prompt folded into the first piece) and its `</s>`; a lone "▁"
+   where nothing merges with the space (before OpenVLA's action tokens) is the template's separator and
+   ends the generation prompt; a `<s>` opening a later turn belongs to the next generation prompt.
+4. OpenVLA's own rule, from its `RLDSBatchTransform` (openvla/openvla c8f03f4,
+   prismatic/vla/datasets/datasets.py): `labels[: -(len(action) + 1)] = IGNORE_INDEX` over the ids of
+   the whole prompt, i.e. the 7 action tokens and `</s>`; its `predict_action` feeds the prompt's ids
+   with 29871 appended. The openvla-action case is exactly that.
 """
 
 from __future__ import annotations
@@ -224,25 +229,26 @@ VICUNA_TWO_PIECES = [
 
 # --- OpenVLA action example (Pure). rendered:
 #     "In: What action should the robot take to pick up the cup?\nOut: ක彦效隆巴测给</s>"
-#     generation prompt ends at "Out:" (18 tokens). The space before the action characters merges with
-#     nothing (no "▁ක" piece), so it is a lone "▁" (29871), the first supervised token; reply 0 = [18, 27).
-#     This is the 29871 that OpenVLA appends by hand at inference; here it is supervised, not appended.
-ACTION_PROMPT_LEN = 18
-ACTION_SUPERVISED = [29871, 31865, 31898, 31944, 31788, 31885, 31851, 31999, 2]
+#     The space before the action characters merges with nothing (no "▁ක" piece), so it is a lone "▁"
+#     (29871): the template's separator, the last token of the generation prompt (19 tokens), never
+#     supervised; reply 0 = [19, 27): the 7 action tokens and </s>, OpenVLA's labels exactly. The
+#     generation prompt is the one OpenVLA's predict_action feeds (it appends this 29871 by hand).
+ACTION_PROMPT_LEN = 19
+ACTION_SUPERVISED = [31865, 31898, 31944, 31788, 31885, 31851, 31999, 2]
 ACTION_INPUT_IDS = [
     1, 512, 29901, 1724, 3158, 881, 278, 19964, 2125, 304,  # generation prompt
-    5839, 701, 278, 18002, 29973, 13, 3744, 29901,
-    29871, 31865, 31898, 31944, 31788, 31885, 31851, 31999, 2,  # reply 0 (supervised)
+    5839, 701, 278, 18002, 29973, 13, 3744, 29901, 29871,
+    31865, 31898, 31944, 31788, 31885, 31851, 31999, 2,  # reply 0 (supervised)
 ]
 ACTION_LABELS = [
     -100, -100, -100, -100, -100, -100, -100, -100, -100, -100,  # generation prompt
-    -100, -100, -100, -100, -100, -100, -100, -100,
-    29871, 31865, 31898, 31944, 31788, 31885, 31851, 31999, 2,  # reply 0 (supervised)
+    -100, -100, -100, -100, -100, -100, -100, -100, -100,
+    31865, 31898, 31944, 31788, 31885, 31851, 31999, 2,  # reply 0 (supervised)
 ]
 ACTION_PIECES = [
     "<s>", "▁In", ":", "▁What", "▁action", "▁should", "▁the", "▁robot", "▁take", "▁to",  # generation prompt
-    "▁pick", "▁up", "▁the", "▁cup", "?", "<0x0A>", "Out", ":",
-    "▁", "ක", "彦", "效", "隆", "巴", "测", "给", "</s>",  # reply 0 (supervised)
+    "▁pick", "▁up", "▁the", "▁cup", "?", "<0x0A>", "Out", ":", "▁",
+    "ක", "彦", "效", "隆", "巴", "测", "给", "</s>",  # reply 0 (supervised)
 ]
 
 
@@ -316,8 +322,17 @@ def test_labels(tok, case: str) -> None:
 @pytest.mark.parametrize("case", CASE_IDS)
 def test_generation_prompt_is_the_golden_prefix(tok, case: str) -> None:
     builder, conversation, system_prompt, input_ids, _labels, _pieces, prompt_len = CASES[case]
-    prompt = tokenize_prompt(tok, builder, conversation[:-1], system_prompt=system_prompt)
+    reply = conversation[-1].get("value", conversation[-1].get("content"))
+    prompt = tokenize_prompt(tok, builder, conversation[:-1], system_prompt=system_prompt, reply=reply)
     assert prompt.dtype == torch.long
+    assert prompt.tolist() == input_ids[:prompt_len]
+
+
+@pytest.mark.parametrize("case", [c for c in CASE_IDS if c != "openvla-action"])
+def test_text_reply_prompt_needs_no_reply(tok, case: str) -> None:
+    # where the separator merges into the reply's first token ("▁A"), the prompt is the rendered prompt
+    builder, conversation, system_prompt, input_ids, _labels, _pieces, prompt_len = CASES[case]
+    prompt = tokenize_prompt(tok, builder, conversation[:-1], system_prompt=system_prompt)
     assert prompt.tolist() == input_ids[:prompt_len]
 
 
@@ -325,11 +340,15 @@ def test_openvla_action_supervised_ids(tok) -> None:
     labels = example(tok, "openvla-action")["labels"].tolist()
     assert [label for label in labels if label != -100] == ACTION_SUPERVISED
     assert labels[ACTION_PROMPT_LEN:] == ACTION_SUPERVISED
+    assert labels[ACTION_PROMPT_LEN - 1] == -100  # the lone "▁" 29871 is never supervised
 
 
-def test_openvla_action_prompt_has_no_appended_29871(tok) -> None:
-    prompt = tokenize_prompt(tok, PurePromptBuilder, ACTION_CONVERSATION[:1]).tolist()
-    assert prompt[-2:] == [3744, 29901]  # "Out", ":"
+def test_openvla_action_prompt_ends_with_the_separator(tok) -> None:
+    # OpenVLA's predict_action: the rendered prompt's ids, then 29871 appended by hand
+    prompt = tokenize_prompt(tok, PurePromptBuilder, ACTION_CONVERSATION[:1], reply=ACTION_REPLY).tolist()
+    assert prompt[-3:] == [3744, 29901, 29871]  # "Out", ":", "▁"
+    rendered = tokenize_prompt(tok, PurePromptBuilder, ACTION_CONVERSATION[:1]).tolist()
+    assert prompt == rendered + [29871]
 
 
 def test_chat_and_llava_turn_keys_give_the_same_example(tok) -> None:

@@ -21,7 +21,7 @@ def backbone_and_batch():
          {"from": "human", "value": "Which color?"}, {"from": "gpt", "value": "red"}],
     ]
     examples = [tokenize_conversation(tokenizer, backbone.prompt_builder_fn, c) for c in convs]
-    return backbone, PaddedCollator(backbone.pad_token_id)(examples)
+    return backbone, PaddedCollator(model_max_length=None, pad_token_id=backbone.pad_token_id)(examples)
 
 
 def grads(backbone) -> dict[str, torch.Tensor]:

@@ -25,7 +25,7 @@ EXPECTED = {"frozen": 0, "full": 8_604_288, "last-layer": 8_406_272, "lora": 78_
 def built():
     backbone, tokenizer = get_llm_backbone_and_tokenizer("llama2-tiny-pure")
     example = tokenize_conversation(tokenizer, backbone.prompt_builder_fn, CONV)
-    return backbone, tokenizer, PaddedCollator(backbone.pad_token_id)([example])
+    return backbone, tokenizer, PaddedCollator(model_max_length=None, pad_token_id=backbone.pad_token_id)([example])
 
 
 @pytest.mark.parametrize("mode", list(EXPECTED))

@@ -20,7 +20,7 @@ def backbone_and_batch():
         [{"from": "human", "value": "<image>\nWhat is on the table?"}, {"from": "gpt", "value": "a red cup"}],
     ]
     examples = [tokenize_conversation(tokenizer, backbone.prompt_builder_fn, c, model_family="openvla") for c in convs]
-    batch = PaddedCollator(backbone.pad_token_id)(examples)
+    batch = PaddedCollator(model_max_length=None, pad_token_id=backbone.pad_token_id)(examples)
     torch.manual_seed(0)
     patches = torch.randn(2, 5, backbone.embed_dim)
     return backbone, batch, patches

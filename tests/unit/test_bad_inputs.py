@@ -482,12 +482,12 @@ SHAPES = rows(
         InputShapeError, ("attention_mask", "(1, 5)", "(1, 4)")),
     Bad("patches-not-a-tensor", lambda e: insert_patch_embeddings(_embed, [[1, 2]], torch.zeros(1, 3, 8)),
         InputShapeError, ("input_ids", "torch.Tensor", "list")),
-    Bad("collate-empty-batch", lambda e: PaddedCollator(pad_token_id=0)([]), InputShapeError,
+    Bad("collate-empty-batch", lambda e: PaddedCollator(model_max_length=None, pad_token_id=0)([]), InputShapeError,
         ("empty batch", "at least one example")),
-    Bad("collate-length-mismatch", lambda e: PaddedCollator(pad_token_id=0)(
+    Bad("collate-length-mismatch", lambda e: PaddedCollator(model_max_length=None, pad_token_id=0)(
         [{"input_ids": torch.tensor([1, 2, 3]), "labels": torch.tensor([1, 2])}]),
         InputShapeError, ("Example 0", "3 input_ids", "2 labels", "same length")),
-    Bad("collate-missing-labels", lambda e: PaddedCollator(pad_token_id=0)([{"input_ids": torch.tensor([1])}]),
+    Bad("collate-missing-labels", lambda e: PaddedCollator(model_max_length=None, pad_token_id=0)([{"input_ids": torch.tensor([1])}]),
         InputShapeError, ("Example 0", "'labels'", "['input_ids']", "tokenize_conversation")),
 )
 

@@ -59,7 +59,7 @@ def test_generation_prompt_is_a_prefix_and_labels_cover_the_rest(builder, conv, 
 
 
 def test_collator_pads_right_with_pad_id_and_ignore_index() -> None:
-    batch = PaddedCollator(pad_token_id=32000, pad_to_multiple_of=4)(
+    batch = PaddedCollator(model_max_length=None, pad_token_id=32000, pad_to_multiple_of=4)(
         [
             {"input_ids": torch.tensor([1, 5, 6]), "labels": torch.tensor([-100, 5, 6])},
             {"input_ids": torch.tensor([1, 7, 8, 9, 10]), "labels": torch.tensor([-100, -100, 8, 9, 10])},
@@ -71,7 +71,7 @@ def test_collator_pads_right_with_pad_id_and_ignore_index() -> None:
 
 
 def test_collator_without_multiple_and_empty_batch() -> None:
-    collate = PaddedCollator(pad_token_id=0)
+    collate = PaddedCollator(model_max_length=None, pad_token_id=0)
     batch = collate([{"input_ids": torch.tensor([3]), "labels": torch.tensor([3])}])
     assert batch["input_ids"].tolist() == [[3]] and batch["attention_mask"].tolist() == [[1]]
     with pytest.raises(ValueError, match="empty batch"):
