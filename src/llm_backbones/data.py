@@ -85,20 +85,24 @@ def _seams(
     conversation: Conversation,
     model_family: str,
     system_prompt: str | None,
-) -> tuple[list[str], list[tuple[int, str]]]:
+) -> tuple[list[str], list[tuple[int, str, int]]]:
     """Render the conversation turn by turn; return the texts of every generation prompt and reply end.
 
     `texts[k]` is the prompt (as `get_prompt()` returns it) after each turn; each reply is described by
-    `(index of its generation-prompt text, turn index)`: that text and the next bound its supervision.
+    `(k, name, start)`: `texts[k]` is its generation prompt, `texts[k + 1]` ends with it, and `start` is
+    the character where the reply's own text begins (past the whitespace the template puts before it,
+    which `get_prompt()` strips from the generation prompt: the space of "Out: ").
     """
     builder = prompt_builder_fn(model_family, system_prompt=system_prompt)
     texts: list[str] = []
-    replies: list[tuple[int, str]] = []
+    replies: list[tuple[int, str, int]] = []
     for i, (role, message) in enumerate(normalize_conversation(conversation)):
+        if i % 2 == 1:
+            rendered = builder.prompt.removeprefix(builder.bos) if builder.format.strip_bos else builder.prompt
+            separator = builder.format.gpt.split("{msg}", 1)[0]  # e.g. Llama-2 chat's " {msg} </s>"
+            replies.append((len(texts) - 1, f"reply {i // 2} (turn {i})", len(rendered) + len(separator)))
         builder.add_turn(role, message)
         texts.append(builder.get_prompt())
-        if i % 2 == 1:
-            replies.append((len(texts) - 2, f"reply {i // 2} (turn {i})"))
     return texts, replies
 
 
@@ -153,7 +157,7 @@ def _encode_with_offsets(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple
 
 
 def _reply_spans(
-    tokenizer: PreTrainedTokenizerBase, texts: list[str], replies: list[tuple[int, str]]
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], replies: list[tuple[int, str, int]]
 ) -> tuple[list[int], list[tuple[int, int, str]]]:
     """The ids of the whole conversation (`texts[-1]`) and, per reply, `(start, end, name)`: its own tokens.
 
@@ -162,12 +166,12 @@ def _reply_spans(
     tokenizer keeps on its own belongs to the prompt). Both boundaries are checked against the tokens of
     the texts that end there, so the prompt the model sees at inference is exactly the training prefix.
     """
-    needed = sorted(({k for k, _ in replies} | {k + 1 for k, _ in replies}) - {len(texts) - 1})
+    needed = sorted(({k for k, _, _ in replies} | {k + 1 for k, _, _ in replies}) - {len(texts) - 1})
     encoded = dict(zip(needed, encode_texts(tokenizer, [texts[k] for k in needed]), strict=True))
     input_ids, offsets = _encode_with_offsets(tokenizer, texts[-1])
     encoded[len(texts) - 1] = input_ids
     spans = []
-    for k, name in replies:
+    for k, name, reply_start in replies:
         start, end = len(encoded[k]), len(encoded[k + 1])
         for bound, ids in ((start, encoded[k]), (end, encoded[k + 1])):
             if input_ids[:bound] != ids:
@@ -177,8 +181,6 @@ def _reply_spans(
                     "training and generation would see different tokens. Report the conversation; as a "
                     "workaround end the message with whitespace-free punctuation."
                 )
-        after_prompt = texts[k + 1][len(texts[k]) :]
-        reply_start = len(texts[k]) + len(after_prompt) - len(after_prompt.lstrip())
         # [Contract] OpenVLA: the lone "▁" before the action tokens is the prompt's, not supervised.
         while start < end and offsets[start][1] <= reply_start:
             start += 1

@@ -444,3 +444,35 @@ def test_drop_truncated_replies_keeps_the_earlier_reply(tok, caplog) -> None:
 
 # Bad conversations and over-long examples that raise (empty, malformed turns, a reply cut entirely,
 # max_length values): tests/unit/test_bad_inputs.py (CONVERSATIONS).
+
+
+# --- The same rule in the chat formats, for an action reply (model_family "openvla"): the separator the
+#     template puts before the reply ("[/INST] ", "ASSISTANT: ") is a lone "▁" that ends the generation
+#     prompt; the reply supervises its 7 action tokens and what the format closes it with. Meta's Llama-2
+#     chat closes a reply with " </s>" (a "▁" then </s>); Prismatic's Llama-2 chat with "</s>".
+ACTIONS = [31865, 31898, 31944, 31788, 31885, 31851, 31999]
+CHAT_ACTION_CASES = {
+    # (builder, prismatic_compat): (last 4 generation-prompt ids, supervised ids)
+    ("llama2-chat", False): ([29914, 25580, 29962, 29871], ACTIONS + [29871, 2]),  # "/" "INST" "]" "▁"
+    ("llama2-chat", True): ([29914, 25580, 29962, 29871], ACTIONS + [2]),
+    ("vicuna", False): ([9047, 13566, 29901, 29871], ACTIONS + [2]),  # "IST" "ANT" ":" "▁"
+    ("vicuna", True): ([9047, 13566, 29901, 29871], ACTIONS + [2]),
+}
+CHAT_BUILDERS = {"llama2-chat": LLaMa2ChatPromptBuilder, "vicuna": VicunaV15ChatPromptBuilder}
+
+
+@pytest.mark.parametrize("case", list(CHAT_ACTION_CASES), ids=lambda c: f"{c[0]}-{'prismatic' if c[1] else 'official'}")
+def test_chat_formats_supervise_only_the_action_reply(tok, case) -> None:
+    name, compat = case
+    prompt_tail, supervised = CHAT_ACTION_CASES[case]
+
+    def fn(family, system_prompt=None):
+        return CHAT_BUILDERS[name](family, system_prompt=system_prompt, prismatic_compat=compat)
+
+    example = tokenize_conversation(tok, fn, ACTION_CONVERSATION, model_family="openvla")
+    ids, labels = example["input_ids"].tolist(), example["labels"].tolist()
+    first = len(ids) - len(supervised)
+    assert ids[first - 4 : first] == prompt_tail
+    assert labels == [-100] * first + supervised
+    prompt = tokenize_prompt(tok, fn, ACTION_CONVERSATION[:1], model_family="openvla", reply=ACTION_REPLY)
+    assert prompt.tolist() == ids[:first]

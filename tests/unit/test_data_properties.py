@@ -42,10 +42,15 @@ def test_generation_prompt_is_a_prefix_and_labels_cover_the_rest(builder, conv, 
     tokenizer = _METASPACE_TOKENIZER if metaspace else _TOKENIZER
     example = tokenize_conversation(tokenizer, fn, conv)
     ids, labels = example["input_ids"].tolist(), example["labels"].tolist()
-    prompt = tokenize_prompt(tokenizer, fn, conv[:-1]).tolist()
+    # The rule: the generation prompt is the training sequence up to the reply's first supervised token.
+    prompt = tokenize_prompt(tokenizer, fn, conv[:-1], reply=conv[-1]["value"]).tolist()
     assert ids[: len(prompt)] == prompt
     assert labels[len(prompt) :] == ids[len(prompt) :]  # the last reply: every token after the prompt
     assert len(ids) > len(prompt)  # ... and at least one of them
+    # Without the reply: the rendered prompt's tokens, a prefix of it (shorter by at most the separator).
+    rendered = tokenize_prompt(tokenizer, fn, conv[:-1]).tolist()
+    assert prompt[: len(rendered)] == rendered
+    assert all(tokenizer.convert_ids_to_tokens(t).strip("▁ ") == "" for t in prompt[len(rendered) :])
     assert ids[0] == 1  # BOS inserted by the tokenizer
     # Earlier turns: the example of conv[:-2] is a prefix with the same labels, and the last human turn
     # (between it and the generation prompt) is unsupervised.
