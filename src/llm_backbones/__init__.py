@@ -12,12 +12,15 @@ from llm_backbones.backbones import (
     get_llm_backbone_and_tokenizer,
 )
 from llm_backbones.checkpoint import load_backbone, save_backbone
+from llm_backbones.openvla import LoadedVLA, load_vla_backbone, unnormalize_actions
 from llm_backbones.data import (
     IGNORE_INDEX,
     PaddedCollator,
     insert_patch_embeddings,
     tokenize_conversation,
     tokenize_prompt,
+    vla_example,
+    vla_prompt,
 )
 from llm_backbones.registry import (
     GEMMA2_MODELS,
@@ -52,6 +55,9 @@ __all__ = [
     "get_llm_backbone_and_tokenizer",
     "save_backbone",
     "load_backbone",
+    "load_vla_backbone",
+    "LoadedVLA",
+    "unnormalize_actions",
     "get_spec",
     "prompt_builder_for",
     "register_backbone",
@@ -62,4 +68,6 @@ __all__ = [
     "insert_patch_embeddings",
     "tokenize_conversation",
     "tokenize_prompt",
+    "vla_example",
+    "vla_prompt",
 ]

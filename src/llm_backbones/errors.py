@@ -120,3 +120,42 @@ class DataFileError(LLMBackbonesError, FileNotFoundError):
 
 class FinetuneError(LLMBackbonesError, ValueError):
     """A fine-tuning setting that cannot run (mode, batch split, precision, FSDP version, device)."""
+
+
+class VLACheckpointError(LLMBackbonesError, ValueError):
+    """An OpenVLA / Prismatic checkpoint that cannot be read: an unknown layout, a config without the LLM's
+    id, an index naming files outside the checkpoint directory, a training checkpoint without
+    `llm_backbone`."""
+
+
+class StateDictMismatchError(ModelWeightsError):
+    """Weights whose tensor names differ from the backbone's: `missing` (the backbone has them, the checkpoint
+    does not) and `unexpected` (the other way round) list them."""
+
+    def __init__(self, message: str, missing: list[str], unexpected: list[str]) -> None:
+        super().__init__(message)
+        self.missing = missing
+        self.unexpected = unexpected
+
+
+class NormStatsError(LLMBackbonesError, ValueError, KeyError):
+    """Action statistics that cannot un-normalize: an `unnorm_key` that is missing where several datasets are
+    known or that names no dataset, or stats without `q01`/`q99` of the action's size.
+
+    A KeyError too, as a lookup of an unknown dataset key.
+    """
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class NonFiniteLossError(FinetuneError):
+    """Training produced a loss or gradient norm that is NaN or infinite; the run stopped at `step` before
+    updating the weights or writing anything over the last good checkpoint.
+
+    `what` is "loss" or "gradient norm", `value` the non-finite number, `step` the optimizer step (1-based).
+    """
+
+    def __init__(self, message: str, *, step: int, what: str, value: float) -> None:
+        super().__init__(message)
+        self.step, self.what, self.value = step, what, value

@@ -7,6 +7,7 @@ policy, half-precision dtype and decoder-layer class. Everything else (`LLAMA2_M
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -126,12 +127,28 @@ class BackboneSpec:
         k = self.pad_to_multiple_of
         return rows if n_tokens <= rows else (n_tokens + k - 1) // k * k
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> BackboneSpec:
+        # A spec is an immutable value (frozen, `arch` a read-only mapping): copies share it. Without this,
+        # `copy.deepcopy(backbone)` fails on the mappingproxy in `arch`.
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickle `arch` as a plain dict (a mappingproxy cannot be pickled); `_spec_from_fields` restores it.
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields["arch"] = dict(self.arch)
+        return (_spec_from_fields, (fields,))
+
     @property
     def pad_policy_text(self) -> str:
         """One line for listings: "+<PAD>, rows x64" (added) or "=<|finetune_right_pad_id|> (reserved)"."""
         if self.pad_policy == "reuse":
             return f"={self.pad_token} (reserved)"
         return f"+{self.pad_token}, rows x{self.pad_to_multiple_of}"
+
+
+def _spec_from_fields(fields: dict[str, Any]) -> BackboneSpec:
+    """Rebuild a pickled `BackboneSpec` (its `arch` read-only again)."""
+    return BackboneSpec(**{**fields, "arch": MappingProxyType(dict(fields["arch"]))})
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -195,8 +212,56 @@ class _FamilyView(Mapping[str, dict[str, Any]]):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._family!r}: {list(self)})"
 
+    def __setitem__(self, backbone_id: str, value: Any) -> None:
+        view = _VIEW_NAMES.get(self._family, f"{self._family} view")
+        raise registry_write_error(view, backbone_id, value, family=self._family)
+
+    def __delitem__(self, backbone_id: str) -> None:
+        view = _VIEW_NAMES.get(self._family, f"{self._family} view")
+        raise registry_write_error(view, backbone_id, family=self._family, deleting=True)
+
+
+def registry_write_error(
+    view: str, backbone_id: object, value: Any = None, *, family: str | None = None, deleting: bool = False
+) -> RegistryError:
+    """The error for `VIEW[id] = value` (how Prismatic code added ids) or `del VIEW[id]` (`deleting=True`) on
+    a read-only registry view named `view`.
+
+    The views are read-only because an id is declared once, with everything the library needs (prompt format,
+    pad and BOS policy, decoder layer), which the original's three-field dicts do not say. The message shows
+    the `register_backbone` call to write instead, filled in from `value` where it can be.
+    """
+    if deleting:
+        return RegistryError(
+            f"{view} is a read-only view of the backbone registry; `del {view}[{backbone_id!r}]` cannot "
+            "remove an id. Build the backbone of another id instead, or register a replacement with "
+            "llm_backbones.register_backbone(spec, overwrite=True)."
+        )
+    entry = value if isinstance(value, Mapping) else {}
+    family = entry.get("llm_family", family)
+    example = next((s for s in _REGISTRY.values() if s.family == family), None)
+    llm_cls = getattr(entry.get("llm_cls"), "__name__", None)
+    llm_cls = llm_cls or (example.llm_cls.__name__ if example else "<HF class>")
+    fields = [
+        f"backbone_id={backbone_id!r}",
+        f"family={family!r}" if family else "family=<family name, e.g. 'llama2'>",
+        f"hf_hub_path={entry['hf_hub_path']!r}" if "hf_hub_path" in entry else "hf_hub_path=<hub id>",
+        f"llm_cls={llm_cls}",
+        f"layer_cls={example.layer_cls.__name__ if example else '<decoder layer class>'}",
+        "prompt_builder=<its PromptBuilder, e.g. PurePromptBuilder>",
+    ]
+    return RegistryError(
+        f"{view} is a read-only view of the backbone registry: `{view}[{backbone_id!r}] = ...` does not "
+        f"register {backbone_id!r} (got a {type(value).__name__}). Declare the id once with "
+        f"llm_backbones.register_backbone(llm_backbones.BackboneSpec({', '.join(fields)})); it then appears "
+        f"in {view}, LLM_BACKBONES and get_llm_backbone_and_tokenizer."
+    )
+
 
 # The original's per-family dicts, and one per newer family: live views of the registry.
+_VIEW_NAMES = {"llama2": "LLAMA2_MODELS", "mistral": "MISTRAL_MODELS", "phi": "PHI_MODELS",
+               "llama3": "LLAMA3_MODELS", "qwen2.5": "QWEN25_MODELS", "gemma2": "GEMMA2_MODELS",
+               "phi3": "PHI3_MODELS"}
 LLAMA2_MODELS: Mapping[str, dict[str, Any]] = _FamilyView("llama2")
 MISTRAL_MODELS: Mapping[str, dict[str, Any]] = _FamilyView("mistral")
 PHI_MODELS: Mapping[str, dict[str, Any]] = _FamilyView("phi")

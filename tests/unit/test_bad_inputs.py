@@ -42,6 +42,7 @@ from llm_backbones import (
     save_backbone,
     tokenize_conversation,
     tokenize_prompt,
+    vla_example,
 )
 from llm_backbones.cli import app
 from llm_backbones.errors import (
@@ -57,13 +58,16 @@ from llm_backbones.errors import (
     LLMBackbonesError,
     ModelPathError,
     ModelWeightsError,
+    NormStatsError,
     OutputPathError,
     PromptFormatError,
     RegistryError,
     RemoteCodeError,
+    StateDictMismatchError,
     TokenizationError,
     TokenizerContractError,
     UnknownBackboneError,
+    VLACheckpointError,
 )
 from llm_backbones.finetune import apply_finetune_mode, run_finetune
 from llm_backbones.generation import generate_greedy
@@ -589,7 +593,41 @@ FINETUNING = rows(
         InputShapeError, ("left padding", "right padding", "padding_side = 'left'")),
 )
 
-CASES = IDS + PROMPTS + CONVERSATIONS + ACTIONS + SHAPES + LOADING + CHECKPOINTS + FINETUNING
+def _prismatic_pt_with_a_stray_tensor(e: Env) -> Path:
+    path = e.root / "stray-run" / "checkpoints" / "step-000001-epoch-00-loss=0.1000.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": {"llm_backbone": {"llm.x": torch.zeros(1)}}}, path)
+    return path
+
+
+_TWO_DATASETS = {"a": {"action": {"q01": [0], "q99": [1]}}, "b": {"action": {"q01": [0], "q99": [1]}}}
+VLA = rows(
+    Bad("unnorm-key-ambiguous", lambda e: llm_backbones.unnormalize_actions([0.0], _TWO_DATASETS, None),
+        NormStatsError, ("2 datasets", "'a', 'b'", "unnorm_key="), KeyError),
+    Bad("vla-path-not-a-checkpoint", lambda e: llm_backbones.load_vla_backbone(e.folder("not-vla", "notes.txt")),
+        VLACheckpointError, ("neither an HF OpenVLA checkpoint", "Prismatic run directory")),
+    Bad("vla-pt-stray-tensor", lambda e: llm_backbones.load_vla_backbone(
+        _prismatic_pt_with_a_stray_tensor(e), llm_backbone_id="llama2-tiny-pure"),
+        StateDictMismatchError, ("21 missing", "1 unexpected ['llm_backbone.llm.x']")),
+    Bad("vla-example-empty-instruction", lambda e: vla_example(e.tok, PurePromptBuilder, e.act, "  ", [0.0] * 7),
+        ConversationError, ("instruction must be a non-empty string", "'  '", "open the drawer")),
+    Bad("vla-example-batch-of-actions", lambda e: vla_example(e.tok, PurePromptBuilder, e.act, "open it",
+        torch.zeros(2, 7)), ConversationError, ("one action vector [D]", "(2, 7)", "per step")),
+    Bad("vla-decode-separator", lambda e: e.act.decode([29871, 31800]), ActionError,
+        ("[29871]", "accepted: 31744..31999")),
+    Bad("collate-zero-max-length", lambda e: PaddedCollator(0, 32000), InputShapeError,
+        ("model_max_length must be a positive integer or None, got 0", "PaddedCollator(model_max_length=")),
+    Bad("collate-pad-id-string", lambda e: PaddedCollator(2048, "<PAD>"), InputShapeError,
+        ("pad_token_id", "'<PAD>'", "backbone.pad_token_id")),
+    Bad("collate-left-padding", lambda e: PaddedCollator(2048, 0, "left"), InputShapeError,
+        ("padding_side='left'", "right", "generate_greedy")),
+    Bad("collate-missing-image", lambda e: PaddedCollator(2048, 0)([
+        {"input_ids": torch.tensor([1]), "labels": torch.tensor([1]), "pixel_values": torch.zeros(3)},
+        {"input_ids": torch.tensor([1]), "labels": torch.tensor([1])}]),
+        InputShapeError, ("Examples [1] have no pixel_values", "image for every example")),
+)
+
+CASES = IDS + PROMPTS + CONVERSATIONS + ACTIONS + SHAPES + LOADING + CHECKPOINTS + FINETUNING + VLA
 
 
 @dataclass(frozen=True)

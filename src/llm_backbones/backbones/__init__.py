@@ -9,7 +9,7 @@ from transformers import PreTrainedTokenizerBase
 
 from llm_backbones.backbones.base import HFCausalLLMBackbone, LLMBackbone, select_attn_implementation
 from llm_backbones.backbones.llama2 import LLaMa2LLMBackbone
-from llm_backbones.registry import get_spec, registered_ids
+from llm_backbones.registry import get_spec, registered_ids, registry_write_error
 
 # A family gets its own class only where its code (or its constructor defaults) truly differ. Mistral, Phi-2,
 # Llama-3.x, Qwen2.5, Gemma-2 and Phi-3.5 need none: pad policy, BOS policy, prompt format and layer class
@@ -33,6 +33,12 @@ class _BackboneTable(Mapping[str, dict[str, Any]]):
 
     def __len__(self) -> int:
         return len(registered_ids())
+
+    def __setitem__(self, backbone_id: str, value: Any) -> None:
+        raise registry_write_error("LLM_BACKBONES", backbone_id, value)
+
+    def __delitem__(self, backbone_id: str) -> None:
+        raise registry_write_error("LLM_BACKBONES", backbone_id, deleting=True)
 
 
 LLM_BACKBONES: Mapping[str, dict[str, Any]] = _BackboneTable()

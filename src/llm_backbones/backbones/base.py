@@ -74,6 +74,34 @@ def unreadable_safetensors(directory: Path) -> list[str]:
     return bad
 
 
+def as_llama_tokenizer_fast(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
+    """The same tokenizer, pipeline untouched, as an instance of `LlamaTokenizerFast`.
+
+    [Contract] OpenVLA's `predict_action` (and other LLaMA code) checks `isinstance(tokenizer,
+    LlamaTokenizerFast)`. transformers 5's class rebuilds a Metaspace pipeline in its constructor that
+    differs from tokenizer.json's on 15 of llama.cpp's 46 reference inputs, so the class is given to the
+    tokenizer loaded as written: `LlamaTokenizerFast` adds a constructor and no other method, hence
+    encoding, decoding and saving are exactly those of the tokenizer as loaded.
+    """
+    from transformers import LlamaTokenizerFast
+
+    if isinstance(tokenizer, LlamaTokenizerFast):
+        return tokenizer
+    extra = set(vars(LlamaTokenizerFast)) - set(vars(type(tokenizer)))
+    methods = sorted(name for name in extra if callable(vars(LlamaTokenizerFast)[name]) and name != "__init__")
+    if methods or not isinstance(tokenizer, LlamaTokenizerFast.__mro__[1]):
+        raise TokenizerContractError(
+            f"This transformers release's LlamaTokenizerFast defines {methods or 'another base class'}, so a "
+            "tokenizer loaded from tokenizer.json cannot take its class without changing behaviour. Pin "
+            "transformers to a 5.x release this library is tested with, or report it."
+        )
+    tokenizer.__class__ = LlamaTokenizerFast
+    # the attributes its constructor sets, with the values that describe the loaded pipeline
+    tokenizer.add_prefix_space, tokenizer.legacy = True, False
+    tokenizer.use_default_system_prompt = False
+    return tokenizer
+
+
 class LLMBackbone(nn.Module, ABC):
     """A causal LLM as the language half of a VLM/VLA: model, tokenizer, prompt format, FSDP unit."""
 
@@ -313,8 +341,30 @@ class HFCausalLLMBackbone(LLMBackbone):
                 )
         self.llm.config.pad_token_id = self.tokenizer.pad_token_id
         self.llm.config.use_cache = True
+        self._force_greedy_generation(source)
         if not self.inference_mode:
             self.set_training_flags()
+
+    # Settings that only matter when sampling; reset at load (HF's defaults apply if a caller samples).
+    SAMPLING_SETTINGS: tuple[str, ...] = ("temperature", "top_p")
+
+    def _force_greedy_generation(self, source: str) -> None:
+        """[Contract] greedy decoding unless the caller asks for sampling, as the original (it passed
+        `do_sample=False, temperature=1.0, top_p=1.0` to `from_pretrained`): a checkpoint whose
+        generation_config.json turns sampling on (Llama-2's does) does not make `generate()` sample.
+        `generate(do_sample=True, temperature=..., top_p=...)` still samples."""
+        config = getattr(self.llm, "generation_config", None)
+        if config is None:
+            return
+        if getattr(config, "do_sample", False):
+            settings = ", ".join(f"{k}={getattr(config, k, None)}" for k in self.SAMPLING_SETTINGS)
+            logger.info(
+                "The generation config of %s turns sampling on (do_sample=True, %s); generation stays greedy "
+                "(pass generate(do_sample=True, ...) to sample)", source, settings,
+            )
+        config.do_sample = False
+        for name in self.SAMPLING_SETTINGS:
+            setattr(config, name, None)
 
     def set_training_flags(self) -> None:
         """The seed's training-mode settings (also for a backbone built on the meta device that will be
@@ -404,9 +454,11 @@ class HFCausalLLMBackbone(LLMBackbone):
             # Prismatic: transformers 5's LlamaTokenizer class replaces it with a Metaspace pre-tokenizer that
             # tokenizes text after a leading space differently (15 of llama.cpp's 46 LLaMA reference inputs).
             try:
-                return PreTrainedTokenizerFast.from_pretrained(source, **kwargs)
+                tokenizer = PreTrainedTokenizerFast.from_pretrained(source, **kwargs)
             except (OSError, ValueError, TypeError) as exc:  # a hub repo without tokenizer.json
                 logger.warning("No tokenizer.json in %s (%s): loading its tokenizer class instead", source, _first_line(exc))
+            else:
+                return as_llama_tokenizer_fast(tokenizer)
         try:
             return AutoTokenizer.from_pretrained(source, **kwargs)
         except (OSError, ValueError, TypeError) as exc:  # transformers raises ValueError for missing files
@@ -499,8 +551,22 @@ class HFCausalLLMBackbone(LLMBackbone):
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         """As `nn.Module.load_state_dict`; on a meta-built (inference-mode) backbone the tensors are
-        assigned, not copied, so weights land without a random init ever happening."""
-        if any(p.device.type == "meta" for p in self.parameters()):
+        assigned, not copied, so weights land without a random init ever happening.
+
+        The backbone keeps its dtypes, as copying would: a bfloat16 state dict loaded into a float32
+        backbone gives float32 parameters (each floating tensor is cast to its parameter's dtype before it
+        is assigned).
+        Pass `assign=True` to take the state dict's tensors as they are (their dtype, no cast).
+        """
+        if not assign and any(p.device.type == "meta" for p in self.parameters()):
+            own = self.state_dict(keep_vars=True)
+            state_dict = {
+                key: value.to(own[key].dtype)
+                if key in own and isinstance(value, torch.Tensor) and value.is_floating_point()
+                and own[key].is_floating_point()
+                else value
+                for key, value in state_dict.items()
+            }
             assign = True
         result = super().load_state_dict(state_dict, strict=strict, assign=assign)
         if assign and getattr(self.llm.config, "tie_word_embeddings", False):
@@ -626,36 +692,23 @@ class HFCausalLLMBackbone(LLMBackbone):
         inputs_embeds: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         action_dim: int = 7,
-        max_new_tokens: int | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
-        """Greedy-generate and decode one action per row: `[B, action_dim]` (float64 bin centres).
+        """Greedy-generate exactly `action_dim` tokens per row and decode them: `[B, action_dim]` (float64
+        bin centres), as OpenVLA's `predict_action` does before un-normalizing.
 
-        Generates `action_dim + 1` tokens by default (a reply may open with a separator such as the
-        LLaMA "▁" before the action tokens) and decodes the first `action_dim` action tokens of each row.
+        The prompt must end where the actions begin (`vla_prompt`, or `tokenize_prompt(..., reply=...)`:
+        on LLaMA-2 with the "▁" the model saw before its actions), so no decode step is spent on a
+        separator. A generated token that is not an action token raises `ActionError`.
         """
-        from llm_backbones.errors import ActionError
-
         new = self.generate_greedy(
             input_ids=input_ids,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            max_new_tokens=max_new_tokens or action_dim + 1,
+            max_new_tokens=action_dim,
             **kwargs,
         )
-        low, high = action_tokenizer.token_id_range
-        rows = []
-        for row in new.tolist():
-            # the action is the first run of action tokens, which must be action_dim long
-            start = next((i for i, t in enumerate(row) if low <= t <= high), len(row))
-            found = row[start : start + action_dim]
-            if len(found) < action_dim or not all(low <= t <= high for t in found):
-                raise ActionError(
-                    f"The model generated {row}: no {action_dim} consecutive action tokens (ids {low}..{high}). "
-                    "Train it on action replies first, or raise max_new_tokens."
-                )
-            rows.append(found)
-        return action_tokenizer.decode_token_ids_to_actions(torch.tensor(rows, dtype=torch.long))
+        return action_tokenizer.decode(new)
 
     @property
     def prompt_builder_fn(self) -> type[PromptBuilder]:
