@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
@@ -80,30 +81,40 @@ def load_conversations(path: str | Path) -> list[Conversation]:
     return [item["conversations"] if isinstance(item, Mapping) and "conversations" in item else item for item in data]
 
 
+@dataclass(frozen=True)
+class _Rendered:
+    """A conversation rendered turn by turn (see `_seams`)."""
+
+    texts: list[str]  # the prompt (as `get_prompt()` returns it) after each turn
+    replies: list[tuple[int, str, int]]  # per reply: (k, name, start), see `_seams`
+    messages: list[tuple[int, int]]  # character spans of the turns' message text (user text)
+
+
 def _seams(
     prompt_builder_fn: Callable[..., PromptBuilder],
     conversation: Conversation,
     model_family: str,
     system_prompt: str | None,
-) -> tuple[list[str], list[tuple[int, str, int]]]:
-    """Render the conversation turn by turn; return the texts of every generation prompt and reply end.
+) -> _Rendered:
+    """Render the conversation turn by turn: the texts of every generation prompt and reply end.
 
-    `texts[k]` is the prompt (as `get_prompt()` returns it) after each turn; each reply is described by
-    `(k, name, start)`: `texts[k]` is its generation prompt, `texts[k + 1]` ends with it, and `start` is
-    the character where the reply's own text begins (past the whitespace the template puts before it,
-    which `get_prompt()` strips from the generation prompt: the space of "Out: ").
+    Each reply is described by `(k, name, start)`: `texts[k]` is its generation prompt, `texts[k + 1]`
+    ends with it, and `start` is the character where the reply's own text begins (past the whitespace the
+    template puts before it, which `get_prompt()` strips from the generation prompt: the space of "Out: ").
     """
     builder = prompt_builder_fn(model_family, system_prompt=system_prompt)
     texts: list[str] = []
     replies: list[tuple[int, str, int]] = []
     for i, (role, message) in enumerate(normalize_conversation(conversation)):
-        if i % 2 == 1:
-            rendered = builder.prompt.removeprefix(builder.bos) if builder.format.strip_bos else builder.prompt
-            separator = builder.format.gpt.split("{msg}", 1)[0]  # e.g. Llama-2 chat's " {msg} </s>"
-            replies.append((len(texts) - 1, f"reply {i // 2} (turn {i})", len(rendered) + len(separator)))
         builder.add_turn(role, message)
         texts.append(builder.get_prompt())
-    return texts, replies
+        if i % 2 == 1:
+            replies.append((len(texts) - 2, f"reply {i // 2} (turn {i})", 0))
+    # Spans are in `builder.prompt`; the texts lose its leading BOS text where the tokenizer adds BOS.
+    shift = len(builder.bos) if builder.format.strip_bos and builder.prompt.startswith(builder.bos) else 0
+    messages = [(start - shift, end - shift) for start, end in builder.message_spans]
+    replies = [(k, name, messages[2 * j + 1][0]) for j, (k, name, _) in enumerate(replies)]
+    return _Rendered(texts, replies, messages)
 
 
 def _max_length(tokenizer: PreTrainedTokenizerBase, max_length: object) -> int | None:
@@ -143,8 +154,39 @@ def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[l
     return [backend.encode(text, add_special_tokens=True).ids for text in texts]
 
 
-def _encode_with_offsets(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    """Ids and character offsets of `text` (special tokens the tokenizer inserts have offsets (0, 0))."""
+# Per tokenizer: a copy of its Rust tokenizer that reads special-token strings as text (`_text_only`).
+_TEXT_ONLY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _text_only(tokenizer: PreTrainedTokenizerBase):
+    """A private copy of the Rust tokenizer with `encode_special_tokens=True` (never the caller's object:
+    other threads encode with it), remade when tokens were added since."""
+    cached = _TEXT_ONLY.get(tokenizer)
+    if cached is None or cached[0] != len(tokenizer):
+        from tokenizers import Tokenizer
+
+        copy = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        copy.no_truncation()
+        copy.no_padding()
+        copy.encode_special_tokens = True
+        cached = _TEXT_ONLY[tokenizer] = (len(tokenizer), copy)
+    return cached[1]
+
+
+def _encode_with_offsets(
+    tokenizer: PreTrainedTokenizerBase,
+    text: str,
+    messages: Sequence[tuple[int, int]] = (),
+    special_tokens_in_messages: bool = False,
+) -> tuple[list[int], list[tuple[int, int]]]:
+    """Ids and character offsets of `text` (special tokens the tokenizer inserts have offsets (0, 0)).
+
+    A special token whose string appears inside a message (`messages`: character spans of user text) is
+    encoded as the text it is, unless `special_tokens_in_messages`: a message cannot close its own turn,
+    forge a reply or put the pad id into `input_ids`. The template's own markers stay special. Text is
+    encoded piece by piece between the template's special tokens, which is exactly how the tokenizer
+    itself treats them, so a conversation without such strings gets the same ids either way.
+    """
     backend = _backend(tokenizer)
     if backend is None:
         raise TokenizationError(
@@ -153,11 +195,38 @@ def _encode_with_offsets(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple
             "backbone's tokenizer (backbone.get_tokenizer())."
         )
     encoding = backend.encode(text, add_special_tokens=True)
-    return encoding.ids, encoding.offsets
+    ids, offsets = encoding.ids, encoding.offsets
+    if special_tokens_in_messages or not messages:
+        return ids, offsets
+    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+
+    def in_message(start: int, end: int) -> bool:
+        return end > start and any(a <= start and end <= b for a, b in messages)
+
+    if not any(i in special and in_message(*o) for i, o in zip(ids, offsets, strict=True)):
+        return ids, offsets
+    # Split at the template's special tokens; encode each piece with specials read as text.
+    text_only = _text_only(tokenizer)
+    marks = [(o, i) for i, o in zip(ids, offsets, strict=True) if i in special and o[1] > o[0] and not in_message(*o)]
+    out_ids: list[int] = []
+    out_offsets: list[tuple[int, int]] = []
+    cursor = 0
+    for n, ((start, end), token) in enumerate([*marks, ((len(text), len(text)), None)]):
+        piece = text_only.encode(text[cursor:start], add_special_tokens=n == 0)
+        out_ids += piece.ids
+        out_offsets += [(a + cursor, b + cursor) if b > a else (a, b) for a, b in piece.offsets]
+        if token is not None:
+            out_ids.append(token)
+            out_offsets.append((start, end))
+        cursor = end
+    return out_ids, out_offsets
 
 
 def _reply_spans(
-    tokenizer: PreTrainedTokenizerBase, texts: list[str], replies: list[tuple[int, str, int]]
+    tokenizer: PreTrainedTokenizerBase,
+    rendered: _Rendered,
+    replies: list[tuple[int, str, int]],
+    special_tokens_in_messages: bool = False,
 ) -> tuple[list[int], list[tuple[int, int, str]]]:
     """The ids of the whole conversation (`texts[-1]`) and, per reply, `(start, end, name)`: its own tokens.
 
@@ -166,9 +235,14 @@ def _reply_spans(
     tokenizer keeps on its own belongs to the prompt). Both boundaries are checked against the tokens of
     the texts that end there, so the prompt the model sees at inference is exactly the training prefix.
     """
+    texts = rendered.texts
+
+    def encode(text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        return _encode_with_offsets(tokenizer, text, rendered.messages, special_tokens_in_messages)
+
     needed = sorted(({k for k, _, _ in replies} | {k + 1 for k, _, _ in replies}) - {len(texts) - 1})
-    encoded = dict(zip(needed, encode_texts(tokenizer, [texts[k] for k in needed]), strict=True))
-    input_ids, offsets = _encode_with_offsets(tokenizer, texts[-1])
+    encoded = {k: encode(texts[k])[0] for k in needed}
+    input_ids, offsets = encode(texts[-1])
     encoded[len(texts) - 1] = input_ids
     spans = []
     for k, name, reply_start in replies:
@@ -199,6 +273,7 @@ def tokenize_conversation(
     system_prompt: str | None = None,
     max_length: int | None = None,
     drop_truncated_replies: bool = False,
+    special_tokens_in_messages: bool = False,
 ) -> dict[str, torch.Tensor]:
     """A training example: `{"input_ids": LongTensor[T], "labels": LongTensor[T]}`.
 
@@ -211,15 +286,21 @@ def tokenize_conversation(
     - A reply cut entirely (no supervised token left) raises `TokenizationError`, unless
       `drop_truncated_replies=True`, which drops it with a logged warning.
     - An example with no supervised token left always raises.
+
+    Control-token strings inside a message (`</s>`, `<PAD>`, `<|eot_id|>`, ...) are encoded as text: a
+    message cannot end its own turn, forge a reply, or put the pad id into `input_ids`. The template's own
+    markers stay special. `special_tokens_in_messages=True` parses them as the tokens they name (the
+    original's behaviour), for callers who write control tokens into messages on purpose.
     """
     limit = _max_length(tokenizer, max_length)
-    texts, replies = _seams(prompt_builder_fn, conversation, model_family, system_prompt)
+    rendered = _seams(prompt_builder_fn, conversation, model_family, system_prompt)
+    replies = rendered.replies
     if not replies:
         raise ConversationError(
             "The conversation has no reply (gpt/assistant turn) to supervise; for a generation prompt "
             "use tokenize_prompt()."
         )
-    input_ids, spans = _reply_spans(tokenizer, texts, replies)
+    input_ids, spans = _reply_spans(tokenizer, rendered, replies, special_tokens_in_messages)
     labels = [IGNORE_INDEX] * len(input_ids)
     for start, end, _ in spans:
         labels[start:end] = input_ids[start:end]
@@ -260,6 +341,7 @@ def tokenize_prompt(
     system_prompt: str | None = None,
     max_length: int | None = None,
     reply: str | None = None,
+    special_tokens_in_messages: bool = False,
 ) -> torch.Tensor:
     """The ids to generate from, for a conversation that ends with a human turn: LongTensor[T].
 
@@ -268,7 +350,8 @@ def tokenize_prompt(
     reply's first supervised token: for OpenVLA on LLaMA-2 it ends with the "▁" (29871) that the model saw
     before its actions. Without it, the prompt is the rendered prompt's tokens, a prefix of the training
     sequence of every reply. A prompt longer than `max_length` (default: the tokenizer's
-    `model_max_length`) raises `TokenizationError`: truncating it would cut the question.
+    `model_max_length`) raises `TokenizationError`: truncating it would cut the question. Control-token
+    strings in messages are text, as in `tokenize_conversation` (`special_tokens_in_messages=True`: parsed).
     """
     limit = _max_length(tokenizer, max_length)
     turns = normalize_conversation(conversation)
@@ -278,12 +361,12 @@ def tokenize_prompt(
             f"with {turns[-1][0]!r}. Drop the last reply (conversation[:-1])."
         )
     if reply is None:
-        texts, _ = _seams(prompt_builder_fn, conversation, model_family, system_prompt)
-        ids = encode_texts(tokenizer, [texts[-1]])[0]
+        rendered = _seams(prompt_builder_fn, conversation, model_family, system_prompt)
+        ids, _ = _encode_with_offsets(tokenizer, rendered.texts[-1], rendered.messages, special_tokens_in_messages)
     else:
         full = [*conversation, {"from": "gpt", "value": reply}]
-        texts, replies = _seams(prompt_builder_fn, full, model_family, system_prompt)
-        all_ids, spans = _reply_spans(tokenizer, texts, replies[-1:])
+        rendered = _seams(prompt_builder_fn, full, model_family, system_prompt)
+        all_ids, spans = _reply_spans(tokenizer, rendered, rendered.replies[-1:], special_tokens_in_messages)
         ids = all_ids[: spans[-1][0]]
     if limit is not None and len(ids) > limit:
         raise TokenizationError(

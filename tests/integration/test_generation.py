@@ -92,6 +92,6 @@ def test_right_padding_is_refused_not_silently_wrong(mid_size_llama) -> None:
 def test_generate_actions_raises_when_no_action_tokens(tiny) -> None:
     backbone, tokenizer = tiny  # untrained: it does not produce 7 action tokens
     ids = tokenizer("In: What action should the robot take to open the drawer?\nOut:", return_tensors="pt").input_ids
-    with pytest.raises(ActionError, match="no 7 consecutive action tokens"):
+    with pytest.raises(ActionError, match=r"are not action tokens \(accepted: 31744\.\.31999\)"):
         backbone.generate_actions(ActionTokenizer(tokenizer), input_ids=ids)
 

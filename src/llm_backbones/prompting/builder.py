@@ -70,6 +70,7 @@ class PromptBuilder:
         self.date_string = self._check_date(date_string)
         self.system_prompt = self._wrap_system(system_prompt)
         self.prompt, self.turn_count = "", 0
+        self.message_spans: list[tuple[int, int]] = []  # (start, end) of each turn's message in `prompt`
 
     # === Public API (Prismatic's) ===
     def add_turn(self, role: str, message: str) -> str:
@@ -77,9 +78,13 @@ class PromptBuilder:
         role = self._check_turn(role, message)
         message = self._clean(message)
         if role == "human":
-            wrapped = self._wrap_human(message, first=self.turn_count == 0)
+            template = self.format.first_human if self.turn_count == 0 and self.format.first_human else self.format.human
         else:
-            wrapped = self.format.gpt.format(msg=message if message != "" else self.format.empty_reply)
+            template, message = self.format.gpt, message if message != "" else self.format.empty_reply
+        wrapped = template.format(msg=message, system=self.system_prompt)
+        # Where the message's own text lies in the prompt (user text, as opposed to the template's).
+        start = len(self.prompt) + len(template.split("{msg}", 1)[0].format(system=self.system_prompt))
+        self.message_spans.append((start, start + len(message)))
         self.prompt += wrapped
         self.turn_count += 1
         return wrapped
