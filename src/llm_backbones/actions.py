@@ -58,6 +58,21 @@ class ActionTokenizer:
             )
         if bins + 1 > tokenizer.vocab_size:
             raise ActionError(f"bins={bins} needs more tokens than the vocabulary has ({tokenizer.vocab_size}).")
+        if not math.isfinite(float(max_action) - float(min_action)):
+            raise ActionError(
+                f"The action range [{min_action}, {max_action}] is too wide for float64 (its width overflows), so "
+                "bin centres would be inf/nan. Normalize actions to a finite range first (OpenVLA: [-1, 1])."
+            )
+        first = int(tokenizer.vocab_size) - bins
+        clash = sorted({int(i) for i in getattr(tokenizer, "all_special_ids", []) if first <= int(i) < tokenizer.vocab_size})
+        if clash:
+            names = tokenizer.convert_ids_to_tokens(clash[:5])
+            raise ActionError(
+                f"bins={bins} maps actions onto ids {first}..{tokenizer.vocab_size - 1}, which include the special "
+                f"tokens {dict(zip(clash[:5], names, strict=True))}: an action would generate BOS/EOS/PAD. Use fewer "
+                f"bins (at most {tokenizer.vocab_size - 1 - max(i for i in tokenizer.all_special_ids if i < tokenizer.vocab_size)} "
+                "here; OpenVLA uses 256)."
+            )
         self.tokenizer = tokenizer
         self.n_bins, self.min_action, self.max_action = bins, float(min_action), float(max_action)
         self.action_dim = action_dim
