@@ -208,52 +208,105 @@ def _demo(backbone_id: str, model_path: Path | None, device: str, steps: int, me
 
 @app.command()
 def finetune(
-    backbone: Annotated[str, typer.Option(help="Backbone id.")],
-    data: Annotated[Path, typer.Option(help="LLaVA/Prismatic conversation JSON file.")],
+    backbone: Annotated[str | None, typer.Option(help="Backbone id.")] = None,
+    data: Annotated[Path | None, typer.Option(help="LLaVA/Prismatic conversation JSON file.")] = None,
     model_path: Annotated[Path | None, typer.Option(help="Local HF-format directory replacing the hub path.")] = None,
-    mode: Annotated[str, typer.Option(help="full, last-layer or lora.")] = "full",
-    steps: Annotated[int, typer.Option(min=1)] = 10,
-    batch_size: Annotated[int, typer.Option(min=1, help="Global batch, split evenly across ranks.")] = 8,
-    lr: Annotated[float, typer.Option(min=0.0)] = 1e-4,
-    seed: Annotated[int, typer.Option(help="Data order and initialisation depend only on it.")] = 0,
+    mode: Annotated[str | None, typer.Option(help="full, last-layer or lora (default: full).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps of the whole run (default: 10).")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Global batch of one optimizer step, split over --grad-accum micro-batches and the ranks (default: 8).")] = None,
+    grad_accum: Annotated[int | None, typer.Option(
+        help="Micro-batches accumulated per optimizer step; the global batch stays --batch-size (default: 1).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: 1e-4).")] = None,
+    lr_schedule: Annotated[str | None, typer.Option(
+        help="After the warm-up: cosine (down toward 0 at --steps) or constant (default: cosine).")] = None,
+    warmup_steps: Annotated[int | None, typer.Option(help="Steps of linear warm-up up to --lr (default: 0).")] = None,
+    max_grad_norm: Annotated[float | None, typer.Option(
+        help="Clip the global gradient norm to this; 0 turns clipping off (default: 1.0).")] = None,
+    max_length: Annotated[int | None, typer.Option(
+        help="Truncate examples to this many tokens (default: the backbone's llm_max_length).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Data order and initialisation depend only on it (default: 0).")] = None,
     precision: Annotated[str | None, typer.Option(help="fp32 or bf16 (default: bf16 on CUDA, fp32 on CPU).")] = None,
-    output: Annotated[Path | None, typer.Option(help="Write the fine-tuned checkpoint here (HF format).")] = None,
-    metrics_json: Annotated[Path | None, typer.Option(help="Write losses, world size and trainable params here.")] = None,
-    fsdp: Annotated[int, typer.Option(help="FSDP version under torchrun: 2 (fully_shard) or 1.")] = 2,
+    fsdp: Annotated[int | None, typer.Option(help="FSDP version under torchrun: 2 (fully_shard) or 1 (default: 2).")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
+    fast: Annotated[bool | None, typer.Option("--fast/--no-fast", help="backbone.enable_fast_training(): the loss "
+                                              "without full logits; compiled decoder layers on CUDA (default: off).")] = None,
+    gradient_checkpointing: Annotated[bool | None, typer.Option(
+        "--gradient-checkpointing/--no-gradient-checkpointing",
+        help="Recompute each decoder layer's activations in backward (default: off).")] = None,
+    eval_data: Annotated[Path | None, typer.Option(help="Conversation JSON file to report the mean eval loss on.")] = None,
+    eval_every: Annotated[int | None, typer.Option(
+        help="Evaluate every N steps, and after the last (default: 0, after the last only).")] = None,
+    log_every: Annotated[int | None, typer.Option(help="Write a metrics record every N steps (default: 1).")] = None,
+    save_every: Annotated[int | None, typer.Option(
+        help="Checkpoint (DCP) every N steps and after the last; 0: none (default: 500).")] = None,
+    keep: Annotated[int | None, typer.Option(help="Checkpoints kept, newest first (default: 2).")] = None,
+    output: Annotated[Path | None, typer.Option(
+        help="Run folder: checkpoints/, metrics.jsonl, run_config.json and the final HF-format model.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output from its latest complete "
+                                         "checkpoint (settings not given: the run's own).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run in --output.")] = False,
+    config: Annotated[Path | None, typer.Option(
+        help="YAML or JSON file of these settings (keys as the flags); flags given here override it.")] = None,
+    metrics_json: Annotated[Path | None, typer.Option(help="Write losses, world size and trainable params here.")] = None,
 ) -> None:
     """Fine-tune a backbone on conversations; single process, or `torchrun --nproc_per_node=N` (FSDP)."""
     import os
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from llm_backbones.data import load_conversations
-    from llm_backbones.finetune import run_finetune
-
+    given = {
+        "backbone": backbone, "data": data, "model_path": model_path, "mode": mode, "steps": steps,
+        "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr, "lr_schedule": lr_schedule,
+        "warmup_steps": warmup_steps, "max_grad_norm": max_grad_norm, "max_length": max_length, "seed": seed,
+        "precision": precision, "fsdp": fsdp, "device": device, "fast": fast,
+        "gradient_checkpointing": gradient_checkpointing, "eval_data": eval_data, "eval_every": eval_every,
+        "log_every": log_every, "save_every": save_every, "keep": keep, "output": output,
+        "resume": resume or None, "overwrite": overwrite or None, "metrics_json": metrics_json,
+    }
     is_main = os.environ.get("RANK", "0") == "0"
-    columns = (TextColumn(f"{mode} fine-tuning"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
-               TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn())
     try:
-        if metrics_json is not None:
-            _check_output_file(metrics_json, "--metrics-json")
-        conversations = load_conversations(data)  # bad files fail here, before any work
+        from llm_backbones.data import load_conversations
+        from llm_backbones.finetune import preflight, run_finetune
+        from llm_backbones.training import FinetuneConfig
+
+        settings = FinetuneConfig.resolve(config, {k: v for k, v in given.items() if v is not None})
+        if settings.metrics_json is not None:
+            _check_output_file(Path(settings.metrics_json), "--metrics-json")
+        preflight(settings)  # bad settings, outputs and data files fail here, before the progress bar
+        conversations = load_conversations(settings.data)
+        if settings.eval_data is not None:
+            load_conversations(settings.eval_data)
+        columns = (TextColumn(f"{settings.mode} fine-tuning"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
+                   TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("lr {task.fields[lr]:.2e}"),
+                   TextColumn("{task.fields[tps]:,.0f} tok/s"), TimeElapsedColumn())
         with Progress(*columns, console=console, disable=not is_main) as progress:
-            task = progress.add_task("train", total=steps, loss=float("nan"))
+            task = progress.add_task("train", total=settings.steps, loss=float("nan"), lr=settings.lr, tps=0.0)
+
+            def on_record(record: dict) -> None:
+                if "lr" in record:
+                    progress.update(task, lr=record["lr"], tps=record["tokens_per_s"])
+
             result = run_finetune(
-                backbone, conversations, model_path=model_path, mode=mode, steps=steps, batch_size=batch_size, lr=lr,
-                seed=seed, precision=precision, output=output, fsdp_version=fsdp, device=device,
-                on_step=lambda i, loss: progress.update(task, advance=1, loss=loss),
+                data=conversations, config=settings, on_record=on_record,
+                on_step=lambda step, loss: progress.update(task, completed=step, loss=loss),
             )
     except (LLMBackbonesError, OSError, ValueError) as exc:
         _fail(exc)
     if not is_main:
         return
-    console.print(f"{result.summary}; world size {result.world_size}; loss {result.losses[0]:.4f} -> "
-                  f"{result.losses[-1]:.4f}" + (f"; checkpoint: {result.output}" if result.output else ""),
-                  highlight=False)
-    if metrics_json is not None:
-        metrics = {"losses": result.losses, "world_size": result.world_size, "trainable_params": result.trainable_params}
-        metrics_json.write_text(json.dumps(metrics, indent=2) + "\n")
+    if result.losses:
+        resumed = f" (resumed at step {result.start_step})" if result.start_step else ""
+        trained = f"loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}{resumed}"
+    else:
+        trained = f"nothing to train: the latest checkpoint is already at step {result.start_step}"
+    evals = f"; eval loss {result.eval_losses[-1][1]:.4f}" if result.eval_losses else ""
+    console.print(f"{result.summary}; world size {result.world_size}; {trained}{evals}"
+                  + (f"; checkpoint: {result.output}" if result.output else ""), highlight=False)
+    if settings.metrics_json is not None:
+        metrics = {"losses": result.losses, "world_size": result.world_size, "trainable_params": result.trainable_params,
+                   "start_step": result.start_step, "eval_losses": result.eval_losses, "output": result.output}
+        Path(settings.metrics_json).write_text(json.dumps(metrics, indent=2) + "\n")
 
 
 @app.command()

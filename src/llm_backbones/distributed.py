@@ -7,17 +7,22 @@ the embeddings and the LM head (tied or not) live in the root unit together.
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
 from torch.distributed.fsdp import FullyShardedDataParallel, MixedPrecision, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 
-from llm_backbones.errors import FinetuneError
+from llm_backbones.errors import FinetuneError, LLMBackbonesError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -128,3 +133,61 @@ def all_reduce_sum(value: torch.Tensor, ctx: DistributedContext | None) -> torch
     if ctx is not None and ctx.enabled:
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value
+
+
+def barrier(ctx: DistributedContext | None) -> None:
+    """Wait for every rank (nothing in a single process)."""
+    if ctx is not None and ctx.enabled:
+        dist.barrier()
+
+
+def on_main(ctx: DistributedContext | None, fn: Callable[[], T]) -> T:
+    """Run `fn` on rank 0 only and give every rank its result; an llm-backbones error (or OSError) raised
+    there is raised on every rank, so all ranks fail alike instead of the others hanging."""
+    result: list[Any] = [None]
+    if ctx is None or ctx.is_main:
+        try:
+            result[0] = ("ok", fn())
+        except (LLMBackbonesError, OSError) as exc:
+            if ctx is None or not ctx.enabled:
+                raise
+            result[0] = ("error", exc)
+    if ctx is not None and ctx.enabled:
+        try:
+            dist.broadcast_object_list(result, src=0)
+        except Exception:  # an exception object that does not pickle: send its message
+            if ctx.is_main and result[0][0] == "error":
+                result[0] = ("error", FinetuneError(str(result[0][1])))
+            dist.broadcast_object_list(result, src=0)
+    kind, value = result[0]
+    if kind == "error":
+        raise value
+    return value
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float | None) -> torch.Tensor:
+    """The total gradient norm over all ranks before clipping; the gradients are scaled down to `max_norm`
+    when it is > 0 and the norm exceeds it. Works on FSDP2 (DTensor gradients), FSDP1 and plain modules."""
+    limit = max_norm if max_norm else math.inf
+    if isinstance(model, FullyShardedDataParallel):
+        return model.clip_grad_norm_(limit).detach().cpu()
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
+        return torch.zeros(())
+    total = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if isinstance(total, DTensor):  # FSDP2: each rank holds a partial norm of its shards
+        total = total.full_tensor()
+    if max_norm:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return total.detach().cpu()
+
+
+def all_finite(tensors: list[torch.Tensor], ctx: DistributedContext | None) -> bool:
+    """Whether every element of `tensors` (this rank's shards of them) is finite, on every rank."""
+    bad = torch.zeros((), dtype=torch.long)
+    for tensor in tensors:
+        local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
+        if local.device.type != "meta" and not bool(torch.isfinite(local.detach()).all()):
+            bad += 1
+    device = ctx.device if ctx is not None and ctx.enabled else torch.device("cpu")
+    return int(all_reduce_sum(bad.to(device), ctx)) == 0
