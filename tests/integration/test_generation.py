@@ -61,12 +61,16 @@ def test_mid_size_llama_same_tokens_as_hf(mid_size_llama, static_cache) -> None:
     assert ours_e.tolist() == hf_e.tolist()
 
 
-def test_left_padded_batch_same_tokens_as_hf(mid_size_llama) -> None:
-    ids = torch.randint(3, 4096, (2, 20), generator=torch.Generator().manual_seed(3))
-    mask = torch.ones_like(ids)
-    ids[0, :6], mask[0, :6] = 0, 0  # row 0 is shorter: left padding
-    ours = generate_greedy(mid_size_llama, input_ids=ids, attention_mask=mask, max_new_tokens=8)
-    assert ours.tolist() == hf_greedy(mid_size_llama, 8, input_ids=ids, attention_mask=mask).tolist()
+@pytest.mark.parametrize("static_cache", [False, True])
+def test_left_padded_batch_same_tokens_as_hf(mid_size_llama, static_cache) -> None:
+    g = torch.Generator().manual_seed(3)
+    for pad in (6, 0, 13):  # the static cache is reused (rewound, not zeroed) from one call to the next
+        ids = torch.randint(3, 4096, (2, 20), generator=g)
+        mask = torch.ones_like(ids)
+        ids[0, :pad], mask[0, :pad] = 0, 0  # row 0 is shorter: left padding
+        ours = generate_greedy(mid_size_llama, input_ids=ids, attention_mask=mask, max_new_tokens=8,
+                               static_cache=static_cache)
+        assert ours.tolist() == hf_greedy(mid_size_llama, 8, input_ids=ids, attention_mask=mask).tolist(), pad
 
 
 def test_bad_arguments(mid_size_llama) -> None:
