@@ -9,7 +9,10 @@ checkpoint intact.
 
 `load_backbone(path, **overrides)` rebuilds the backbone through the registry with `model_path=path`,
 computes the same fingerprint from what it built, and raises `FingerprintMismatchError` when they differ
-(another tokenizer, another prompt format, other padding) unless `ignore_fingerprint=True`.
+(another tokenizer, another prompt format, other padding) unless `ignore_fingerprint=True`. The fingerprint
+also holds the sha256 of every weight file and of config.json / generation_config.json; `load_backbone`
+checks them (and that the weights are stored in the recorded dtype) unless `verify=False`, so a flipped byte,
+an edited config or a swapped shard is an error, not a different model.
 """
 
 from __future__ import annotations
@@ -31,20 +34,28 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import PreTrainedTokenizerBase
 
-from llm_backbones.backbones import LLMBackbone, get_llm_backbone_and_tokenizer
+from llm_backbones._redact import HubToken
+from llm_backbones.backbones import LLMBackbone, _loading, get_llm_backbone_and_tokenizer
+from llm_backbones.backbones.base import unreadable_safetensors
 from llm_backbones.errors import (
     CheckpointError,
     FingerprintMismatchError,
     ModelPathError,
     ModelWeightsError,
+    NonFiniteWeightsError,
     OutputPathError,
+    StateDictMismatchError,
 )
 from llm_backbones.registry import get_spec
 
 logger = logging.getLogger(__name__)
 
 FINGERPRINT_FILE = "fingerprint.json"
-FINGERPRINT_VERSION = 1
+# 2: `files` (every file the save wrote) and `file_sha256` (the weights, config.json, generation_config.json).
+FINGERPRINT_VERSION = 2
+# Files whose bytes define the model, hashed at save and checked at load. The tokenizer's files are checked
+# by what they do (`tokenizer_sha256`, the probes), not by their bytes.
+HASHED_FILES = ("config.json", "generation_config.json", _loading.SAFE_INDEX)
 # The conversation rendered into `probe_prompt` with the backbone's prompt builder ("openvla" family).
 PROBE_CONVERSATION: tuple[tuple[str, str], ...] = (
     ("human", "What action should the robot take to pick up the red block?"),
@@ -167,6 +178,76 @@ def compare_fingerprints(saved: dict[str, Any], built: dict[str, Any]) -> dict[s
     return {key: (saved.get(key), built.get(key)) for key in CHECKED_FIELDS if saved.get(key) != built.get(key)}
 
 
+def _hashed(name: str) -> bool:
+    return name in HASHED_FILES or name.endswith(".safetensors")
+
+
+def file_hashes(directory: Path) -> dict[str, str]:
+    """`{name: sha256}` of the files of `directory` that define the model (`HASHED_FILES`, *.safetensors)."""
+    files = sorted(p for p in directory.iterdir() if p.is_file() and _hashed(p.name))
+    return {path.name: digest for path, digest in _loading.sha256_files(files).items()}
+
+
+def verify_files(path: Path, saved: dict[str, Any]) -> None:
+    """Check the files of checkpoint `path` against the hashes its fingerprint recorded (see `file_hashes`).
+
+    A file that is truncated raises `ModelWeightsError`; one whose bytes differ, one that is missing, or a
+    weight/config file the save did not write raises `FingerprintMismatchError` naming it; so do weights
+    stored in another dtype than the fingerprint's `dtype`. Files are hashed in parallel threads.
+    """
+    recorded = saved.get("file_sha256")
+    if recorded is None:
+        logger.warning(
+            "Checkpoint %s has no file hashes (fingerprint_version %s): its weights and config cannot be verified. "
+            "Save it again with this llm-backbones to add them.", path, saved.get("fingerprint_version"),
+        )
+        return
+    file = path / FINGERPRINT_FILE
+    if not isinstance(recorded, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and Path(k).name == k for k, v in recorded.items()
+    ):
+        raise CheckpointError(f"{file} has a malformed file_sha256 ({{file name: sha256}} expected). Save the backbone again.")
+    broken = unreadable_safetensors(path)
+    if broken:
+        raise ModelWeightsError(
+            f"{'; '.join(broken)} cannot be read: it is truncated or corrupted. Copy the checkpoint again, or "
+            "save the backbone again."
+        )
+    present = {p.name for p in path.iterdir() if p.is_file() and _hashed(p.name)}
+    problems: dict[str, tuple[Any, Any]] = {}
+    lines: list[str] = []
+    for name in sorted(present - recorded.keys()):
+        problems[f"file_sha256[{name}]"] = (None, "present")
+        lines.append(f"  - {name}: not written by save_backbone (it would be loaded with the checkpoint)")
+    for name in sorted(recorded.keys() - present):
+        problems[f"file_sha256[{name}]"] = (recorded[name], None)
+        lines.append(f"  - {name}: missing")
+    actual = _loading.sha256_files(
+        _loading.contained(path, name, allow_external=False) for name in sorted(recorded.keys() & present)
+    )
+    for file_path, digest in actual.items():
+        if digest != recorded[file_path.name]:
+            problems[f"file_sha256[{file_path.name}]"] = (recorded[file_path.name], digest)
+            lines.append(
+                f"  - {file_path.name}: sha256 {digest[:16]}..., recorded {recorded[file_path.name][:16]}... "
+                f"({file_path.stat().st_size} bytes)"
+            )
+    if problems:
+        raise FingerprintMismatchError(
+            f"Checkpoint {path} is not what save_backbone wrote:\n" + "\n".join(lines) + "\nA file was modified "
+            "or corrupted after the save (an edit, a bad copy, a disk error). Copy the checkpoint again from a "
+            "good source, or pass verify=False to load it as it is.",
+            problems,
+        )
+    stored = _loading.largest_floating_dtype(sorted(path.glob("*.safetensors")))
+    if isinstance(saved.get("dtype"), str) and stored is not None and saved["dtype"] != stored:
+        raise FingerprintMismatchError(
+            f"{file} records dtype={saved['dtype']!r}, but the weights of {path} are stored in {stored!r}: "
+            f"fingerprint.json was edited. Restore it (dtype {stored!r}); to load in another dtype pass dtype=.",
+            {"dtype": (saved["dtype"], stored)},
+        )
+
+
 def _short(value: Any, limit: int = 90) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -246,7 +327,7 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
             if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
     if _exchange(tmp, target):
-        shutil.rmtree(tmp)  # it now holds the previous checkpoint
+        _remove_previous(tmp)  # it now holds the previous checkpoint
     else:
         # Two renames: between them `target` is missing and the previous checkpoint is at `backup`
         # (load_backbone names it if that moment is ever interrupted).
@@ -257,29 +338,101 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
         except BaseException:
             os.rename(backup, target)
             raise
-        shutil.rmtree(backup)
+        _remove_previous(backup)
     _fsync_dir(target.parent)
 
 
+def _remove_previous(directory: Path) -> None:
+    """Delete the replaced checkpoint; the save has succeeded, so failing to delete it is only a warning."""
+    try:
+        shutil.rmtree(directory)
+    except OSError as exc:
+        logger.warning(
+            "The new checkpoint is in place, but the previous one, now at %s, could not be deleted (%s). Delete "
+            "it by hand.", directory, exc,
+        )
+
+
+def _written_by_us(target: Path) -> set[str] | None:
+    """The file names the save that wrote checkpoint `target` listed, or None for a fingerprint without them."""
+    try:
+        data = json.loads((target / FINGERPRINT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    files = data.get("files") if isinstance(data, dict) else None
+    return {f for f in files if isinstance(f, str)} if isinstance(files, list) else None
+
+
+def _foreign_entries(target: Path) -> list[str]:
+    """Entries of checkpoint `target` that save_backbone did not write there (replacing it would delete them)."""
+    listed = _written_by_us(target)
+    foreign = []
+    for entry in sorted(target.iterdir()):
+        if entry.name == FINGERPRINT_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            foreign.append(entry.name + "/")
+        elif listed is not None and entry.name not in listed:
+            foreign.append(entry.name)
+        elif listed is None and not (entry.name in _loading.CHECKPOINT_FILES or entry.suffix == ".safetensors"):
+            foreign.append(entry.name)  # a fingerprint_version 1 checkpoint: judged by name
+    return foreign
+
+
 def _check_target(path: object) -> Path:
+    """The directory to write: `path`, or where it points if it is a symlink (the link stays and keeps pointing
+    at the new checkpoint). Refuses a file, a folder that is not a checkpoint of save_backbone, a checkpoint
+    that holds files the save did not write, and a folder this user cannot write in."""
     if not isinstance(path, (str, os.PathLike)):
         raise OutputPathError(f"path must be a str or a path, got {type(path).__name__}: {path!r:.80}.")
     target = Path(path).expanduser().absolute()
-    if target.exists() and not target.is_dir():
-        raise OutputPathError(
-            f"{target} exists and is a file; a checkpoint is a directory. Choose another path or remove the file."
-        )
-    if target.is_dir() and any(target.iterdir()) and not (target / FINGERPRINT_FILE).is_file():
-        raise OutputPathError(
-            f"{target} is a non-empty directory that is not a checkpoint of save_backbone (no "
-            f"{FINGERPRINT_FILE}); refusing to replace it. Choose a new or empty directory, or an existing "
-            "checkpoint to overwrite."
-        )
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError) as exc:
-        raise OutputPathError(f"Cannot create the folder of {target}: {exc}. Choose another path.") from exc
+        if target.is_symlink():
+            real = target.resolve()
+            if not real.is_dir():
+                raise OutputPathError(
+                    f"{target} is a symlink to {real}, which is not a directory. Point the link at a checkpoint "
+                    "directory (or remove it), or choose another path."
+                )
+            logger.info("%s is a symlink: writing the checkpoint at its target %s", target, real)
+            target = real
+        if target.exists() and not target.is_dir():
+            raise OutputPathError(
+                f"{target} exists and is a file; a checkpoint is a directory. Choose another path or remove the file."
+            )
+        if target.is_dir() and any(target.iterdir()):
+            if not (target / FINGERPRINT_FILE).is_file():
+                raise OutputPathError(
+                    f"{target} is a non-empty directory that is not a checkpoint of save_backbone (no "
+                    f"{FINGERPRINT_FILE}); refusing to replace it. Choose a new or empty directory, or an existing "
+                    "checkpoint to overwrite."
+                )
+            foreign = _foreign_entries(target)
+            if foreign:
+                raise OutputPathError(
+                    f"{target} is a checkpoint of save_backbone that also holds {len(foreign)} item(s) it did not "
+                    f"write: {', '.join(foreign[:10])}{' ...' if len(foreign) > 10 else ''}. Replacing the "
+                    "checkpoint would delete them, so it was not replaced. Move them out of the directory, or "
+                    "save to a new path."
+                )
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise OutputPathError(f"Cannot create the folder of {target}: {exc}. Choose another path.") from exc
+    except PermissionError as exc:
+        raise _not_writable(target, exc) from None
+    if not os.access(target.parent, os.W_OK | os.X_OK):
+        raise _not_writable(target, PermissionError(13, "Permission denied", str(target.parent)))
     return target
+
+
+def _not_writable(target: Path, exc: OSError) -> OutputPathError:
+    where = exc.filename or target.parent
+    return OutputPathError(
+        f"Cannot write the checkpoint {target}: permission denied on {where}. save_backbone writes beside the "
+        f"checkpoint and renames into place, so {target.parent} must be writable: choose a directory you can "
+        f"write to, or give this user write access (chmod u+w {str(target.parent)!r})."
+    )
 
 
 def _new_temp_dir(target: Path) -> Path:
@@ -306,6 +459,11 @@ def _write_tokenizer(tokenizer: PreTrainedTokenizerBase, directory: Path) -> Non
 
 
 def _write_fingerprint(fingerprint: dict[str, Any], directory: Path) -> None:
+    fingerprint = {
+        **fingerprint,
+        "files": sorted(p.name for p in directory.iterdir() if p.name != FINGERPRINT_FILE),
+        "file_sha256": file_hashes(directory),
+    }
     text = json.dumps(fingerprint, indent=2, ensure_ascii=False) + "\n"
     (directory / FINGERPRINT_FILE).write_text(text, encoding="utf-8")
 
@@ -317,8 +475,11 @@ def save_backbone(backbone: LLMBackbone, path: str | Path) -> Path:
     The checkpoint is written under a temporary name beside `path` and renamed into place (on Linux an
     atomic exchange with the previous checkpoint), so an interrupted save leaves the previous checkpoint
     intact; a killed save leaves a hidden `.<name>.tmp-*` directory beside it, which the next save names
-    in a warning. An existing `path` is replaced only if it is empty or a checkpoint of `save_backbone`.
-    Returns the checkpoint's path.
+    in a warning. An existing `path` is replaced only if it is empty or a checkpoint of `save_backbone`
+    holding only the files that save wrote (anything else would be deleted: `OutputPathError` names it).
+    A `path` that is a symlink to a checkpoint is written through: the checkpoint is replaced where the link
+    points, and the link stays. The sha256 of the weights and config files go into `fingerprint.json` (one
+    streamed read of what was just written). Returns the checkpoint's path (the link's target for a link).
     """
     if not isinstance(backbone, LLMBackbone):
         raise CheckpointError(
@@ -340,13 +501,19 @@ def save_backbone(backbone: LLMBackbone, path: str | Path) -> Path:
             len(leftovers), target, ", ".join(leftovers),
         )
     fingerprint = backbone_fingerprint(backbone)
-    tmp = _new_temp_dir(target)
+    try:
+        tmp = _new_temp_dir(target)
+    except PermissionError as exc:
+        raise _not_writable(target, exc) from None
     try:
         _write_weights(backbone, tmp)
         _write_tokenizer(backbone.get_tokenizer(), tmp)
         _write_fingerprint(fingerprint, tmp)
         _fsync_tree(tmp)
         _swap_into_place(tmp, target)
+    except PermissionError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _not_writable(target, exc) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -365,7 +532,12 @@ def _interrupted_swap_hint(path: Path) -> str:
 
 
 def load_backbone(
-    path: str | Path, *, ignore_fingerprint: bool = False, **overrides: Any
+    path: str | Path,
+    *,
+    ignore_fingerprint: bool = False,
+    verify: bool = True,
+    strict: bool = True,
+    **overrides: Any,
 ) -> tuple[LLMBackbone, PreTrainedTokenizerBase]:
     """Rebuild a backbone saved by `save_backbone`; returns `(backbone, tokenizer)`.
 
@@ -373,9 +545,13 @@ def load_backbone(
     and `overrides` (`inference_mode=`, `dtype=` and `llm_max_length=` (default: the saved ones),
     `attn_implementation=`, `hf_token=`, `llm_backbone_id=` to build it as another id, ...). Its fingerprint is then compared
     with the saved one: a difference raises `FingerprintMismatchError`, or is logged as a warning with
-    `ignore_fingerprint=True`. With `inference_mode=True` the weights are loaded from the safetensors files
-    into the meta-built model (no random init).
+    `ignore_fingerprint=True`. Then, unless `verify=False`, the sha256 of the weights and config files and the
+    weights' dtype are checked against the fingerprint (`verify_files`). With `inference_mode=True` the
+    weights are loaded from the safetensors files into the meta-built model (no random init), after those
+    checks. `strict` as for `HFCausalLLMBackbone` (every parameter from the file, nothing left over, no NaN).
     """
+    if "hf_token" in overrides:  # first: no frame of the load holds the plain token
+        overrides["hf_token"] = HubToken.wrap(overrides["hf_token"])
     if not isinstance(path, (str, os.PathLike)):
         raise ModelPathError(f"path must be a str or a path, got {type(path).__name__}: {path!r:.80}.")
     checkpoint = Path(path).expanduser()
@@ -389,7 +565,13 @@ def load_backbone(
             "load_backbone takes no model_path=: the checkpoint directory is the model path. To build an id "
             "from another directory use get_llm_backbone_and_tokenizer(<id>, model_path=...)."
         )
-    saved = read_fingerprint(checkpoint)
+    try:
+        saved = read_fingerprint(checkpoint)
+    except PermissionError:
+        raise ModelPathError(
+            f"Checkpoint {checkpoint} cannot be read (permission denied). Give this user read access "
+            f"(chmod -R u+rX {str(checkpoint)!r}) or copy the checkpoint somewhere readable."
+        ) from None
     backbone_id = overrides.pop("llm_backbone_id", saved["backbone_id"])
     if "dtype" not in overrides and isinstance(saved.get("dtype"), str):
         dtype = getattr(torch, saved["dtype"], None)
@@ -397,39 +579,90 @@ def load_backbone(
             overrides["dtype"] = dtype
     if "llm_max_length" not in overrides and isinstance(saved.get("llm_max_length"), int):
         overrides["llm_max_length"] = saved["llm_max_length"]
-    backbone, tokenizer = get_llm_backbone_and_tokenizer(backbone_id, model_path=checkpoint, **overrides)
+    backbone, tokenizer = get_llm_backbone_and_tokenizer(
+        backbone_id, model_path=checkpoint, strict=strict, **overrides
+    )
     _verify(checkpoint, saved, backbone_fingerprint(backbone), ignore=ignore_fingerprint)
+    if verify:
+        verify_files(checkpoint, saved)
     if any(p.device.type == "meta" for p in backbone.parameters()):
-        load_weights_into(backbone, checkpoint)
+        load_weights_into(
+            backbone, checkpoint, strict=strict, allow_external_files=overrides.get("allow_external_files", False)
+        )
     return backbone, tokenizer
 
 
-def load_weights_into(backbone: LLMBackbone, directory: Path) -> None:
-    """Load the safetensors weights of `directory` into a backbone built on the meta device."""
-    files = sorted(Path(directory).glob("*.safetensors"))
+def load_weights_into(
+    backbone: LLMBackbone, directory: Path, *, strict: bool = True, allow_external_files: bool = False
+) -> None:
+    """Load the safetensors weights of `directory` into a backbone built on the meta device.
+
+    Strict as `from_pretrained` is in this library: every parameter comes from the files (tied weights
+    aside), no tensor is left over (`StateDictMismatchError`, a warning with `strict=False`, which then
+    leaves the missing parameters on the meta device), shapes match config.json's (`ModelWeightsError`), no
+    parameter holds NaN/inf (`NonFiniteWeightsError`). Files outside `directory` are refused
+    (`UnsafeFileError`) unless `allow_external_files`.
+    """
+    directory = Path(directory)
+    files = sorted(directory.glob("*.safetensors"))
     if not files:
         raise ModelPathError(f"{directory} has no *.safetensors weights. Save the backbone again.")
     state: dict[str, torch.Tensor] = {}
+    origin: dict[str, Path] = {}
     for file in files:
+        _loading.readable(_loading.contained(directory, file.name, allow_external=allow_external_files), "The weight file")
         try:
-            state.update(load_file(str(file)))
+            tensors = load_file(str(file))
         except SafetensorError as exc:
             raise ModelWeightsError(
                 f"{file} ({file.stat().st_size} bytes) cannot be read ({exc}): it is truncated or corrupted. "
                 "Copy the checkpoint again, or save the backbone again."
             ) from exc
-    dtypes = {name: p.dtype for name, p in backbone.llm.named_parameters()}
-    state = {f"llm.{k}": v.to(dtypes[k]) if k in dtypes and v.is_floating_point() else v for k, v in state.items()}
-    try:  # the backbone's own load_state_dict: assigns onto the meta-built model and re-ties embeddings
-        result = backbone.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # size mismatch between the weights and config.json
+        state.update(tensors)
+        origin.update(dict.fromkeys(tensors, file))
+    params = dict(backbone.llm.named_parameters())
+    own = backbone.llm.state_dict(keep_vars=True)
+    wrong = [
+        f"{k} is {list(v.shape)} in {origin[k].name}, the architecture needs {list(own[k].shape)}"
+        for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    if wrong:
         raise ModelWeightsError(
-            f"The weights in {directory} do not fit the architecture of its config.json: {exc}"
-        ) from exc
-    still_meta = [name for name, p in backbone.llm.named_parameters() if p.device.type == "meta"]
-    unexpected = [k.removeprefix("llm.") for k in result.unexpected_keys]
-    if still_meta or unexpected:
-        raise ModelWeightsError(
-            f"The weights in {directory} do not match the model: missing {still_meta[:5]}, unexpected "
-            f"{unexpected[:5]}. The safetensors files and config.json come from different models."
+            f"The weights in {directory} do not fit the architecture of its config.json: {'; '.join(wrong[:5])}"
+            f"{' ...' if len(wrong) > 5 else ''}. The safetensors files and config.json come from different "
+            "models (or config.json was edited): restore the checkpoint's own files, or save the backbone again."
         )
+    found = _loading.first_non_finite((k, v) for k, v in state.items() if k in params)
+    if found is not None:
+        name, tensor = found
+        message = (
+            f"Weight {name} in {origin[name]} holds {_loading.describe_non_finite(tensor)}: the checkpoint is "
+            "corrupted or was saved from a diverged run."
+        )
+        if strict:
+            raise NonFiniteWeightsError(
+                message + " Restore it from a good copy (or an earlier checkpoint); strict=False loads it anyway.",
+                tensor=name,
+                file=str(origin[name]),
+            )
+        logger.warning("%s Loading anyway (strict=False).", message)
+    dtypes = {name: p.dtype for name, p in params.items()}
+    state = {f"llm.{k}": v.to(dtypes[k]) if k in dtypes and v.is_floating_point() else v for k, v in state.items()}
+    # the backbone's own load_state_dict: assigns onto the meta-built model and re-ties embeddings
+    result = backbone.load_state_dict(state, strict=False)
+    still_meta = [name for name, p in backbone.llm.named_parameters() if p.device.type == "meta"]
+    unexpected = sorted(k.removeprefix("llm.") for k in result.unexpected_keys)
+    if still_meta or unexpected:
+        message = (
+            f"The weights in {directory} do not match the model: {len(still_meta)} missing {still_meta[:10]}, "
+            f"{len(unexpected)} unexpected {unexpected[:10]}. The safetensors files and config.json come from "
+            "different models, or a tensor was renamed or dropped."
+        )
+        if strict:
+            raise StateDictMismatchError(
+                message + " Restore the checkpoint's files, or pass strict=False to load what matches (the missing "
+                "parameters then stay on the meta device until you load them).",
+                still_meta,
+                unexpected,
+            )
+        logger.warning("%s Loading anyway (strict=False): the missing parameters stay on the meta device.", message)

@@ -2,7 +2,8 @@
 
 The package ships its config and tokenizer (`assets/<name>/`). Its weights are made once from a fixed
 seed and written, atomically, into a cache directory as an ordinary HF checkpoint, so the backbone then
-loads through the same `from_pretrained` path as any hub model.
+loads through the same `from_pretrained` path as any hub model. Making them leaves the caller's random state
+as it was, and is safe from several threads or processes at once.
 """
 
 from __future__ import annotations
@@ -12,19 +13,26 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from llm_backbones.errors import ModelPathError
+from llm_backbones.errors import ModelPathError, OutputPathError
 
 logger = logging.getLogger(__name__)
 
 ASSETS_DIR = Path(__file__).parent / "assets"
 WEIGHTS_SEED = 0
 _FILES = ("config.json", "tokenizer.json", "tokenizer_config.json")
+
+# Held while transformers constructs a model. It swaps process-wide state meanwhile (torch's default dtype,
+# torch.nn.init's functions, PreTrainedModel.init_weights) and restores it after, so two constructions in two
+# threads must not interleave, or the restores run out of order and leave the swapped state behind. Every
+# backbone build holds it too (`llm_backbones.backbones.base`).
+MODEL_BUILD_LOCK = threading.RLock()
 
 
 def cache_root() -> Path:
@@ -49,12 +57,29 @@ def embedded_model_dir(name: str) -> Path:
     target = cache_root() / f"{name}-{digest.hexdigest()[:12]}"
     if (target / "model.safetensors").is_file():
         return target
+    with MODEL_BUILD_LOCK:
+        if (target / "model.safetensors").is_file():  # another thread made it meanwhile
+            return target
+        try:
+            _create(src, target)
+        except PermissionError as exc:
+            raise OutputPathError(
+                f"Cannot create the weights of embedded model {name!r} in the cache {target.parent}: permission "
+                f"denied ({exc.filename or target.parent}). Point LLM_BACKBONES_CACHE at a writable directory "
+                "(e.g. `export LLM_BACKBONES_CACHE=/tmp/llm_backbones`), or make the cache writable."
+            ) from None
+    logger.info("Created the weights of embedded model %s in %s (seed %d)", name, target, WEIGHTS_SEED)
+    return target
+
+
+def _create(src: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         config = AutoConfig.from_pretrained(src)
-        torch.manual_seed(WEIGHTS_SEED)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
+            torch.manual_seed(WEIGHTS_SEED)
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         # Written directly, not with save_pretrained: under torchrun, transformers writes weights on rank 0
         # only, and every rank may be the one creating the cache.
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
@@ -68,5 +93,3 @@ def embedded_model_dir(name: str) -> Path:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("Created the weights of embedded model %s in %s (seed %d)", name, target, WEIGHTS_SEED)
-    return target

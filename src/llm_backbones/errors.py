@@ -159,3 +159,32 @@ class NonFiniteLossError(FinetuneError):
     def __init__(self, message: str, *, step: int, what: str, value: float) -> None:
         super().__init__(message)
         self.step, self.what, self.value = step, what, value
+
+
+class UnsafeFileError(LLMBackbonesError, ValueError):
+    """A file the loader refuses to open: a pickle (`pytorch_model.bin`, `*.pt`) named by a weights index while
+    `allow_pickle` is off, or a file outside the checkpoint directory (an index naming `../x.safetensors` or an
+    absolute path, a symlink pointing elsewhere) while `allow_external_files` is off.
+
+    `path` is the file as named, `reason` says which of the two it is ("pickle" or "outside").
+    """
+
+    def __init__(self, message: str, *, path: str, reason: str) -> None:
+        super().__init__(message)
+        self.path, self.reason = path, reason
+
+
+class NonFiniteWeightsError(ModelWeightsError):
+    """A weight tensor holding NaN or infinite values (a corrupted or diverged checkpoint).
+
+    `tensor` is its name, `file` the file it was read from (or the checkpoint's source where not known).
+    """
+
+    def __init__(self, message: str, *, tensor: str, file: str) -> None:
+        super().__init__(message)
+        self.tensor, self.file = tensor, file
+
+
+class TokenizerFileError(LLMBackbonesError, ValueError):
+    """A tokenizer file that cannot be used: not JSON, nested deeper than any real tokenizer, larger than the size
+    limit, or without the sections a tokenizer.json has (`model`, `added_tokens`)."""

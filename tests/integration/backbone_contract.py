@@ -184,9 +184,16 @@ class BackboneContract:
         supervised = [i for i, label in zip(ids, labels, strict=True) if label != IGNORE_INDEX]
         assert supervised.count(case.reply_end_id) == 2  # each reply's end token is learned
         assert self.FAMILY.pad_id not in ids  # the PAD token never appears in a real sequence
-        prompt = tokenize_prompt(tokenizer, backbone.prompt_builder_fn, CONVERSATION[:3], model_family="openvla")
+        # the rule: the generation prompt is the training sequence up to the reply's first supervised token
+        reply = CONVERSATION[3].get("value", CONVERSATION[3].get("content"))
+        prompt = tokenize_prompt(
+            tokenizer, backbone.prompt_builder_fn, CONVERSATION[:3], model_family="openvla", reply=reply
+        )
         assert ids[: len(prompt)] == prompt.tolist()
         assert labels[len(prompt) - 1] == IGNORE_INDEX and labels[len(prompt)] != IGNORE_INDEX
+        rendered = tokenize_prompt(tokenizer, backbone.prompt_builder_fn, CONVERSATION[:3], model_family="openvla")
+        assert prompt.tolist()[: len(rendered)] == rendered.tolist()  # at most a separator token longer
+        assert len(prompt) - len(rendered) <= 1
 
     def test_attention_on_cpu(self, built) -> None:
         _, backbone, _ = built

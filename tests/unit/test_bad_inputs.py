@@ -58,6 +58,8 @@ from llm_backbones.errors import (
     LLMBackbonesError,
     ModelPathError,
     ModelWeightsError,
+    NonFiniteLossError,
+    NonFiniteWeightsError,
     NormStatsError,
     OutputPathError,
     PromptFormatError,
@@ -66,7 +68,9 @@ from llm_backbones.errors import (
     StateDictMismatchError,
     TokenizationError,
     TokenizerContractError,
+    TokenizerFileError,
     UnknownBackboneError,
+    UnsafeFileError,
     VLACheckpointError,
 )
 from llm_backbones.finetune import apply_finetune_mode, run_finetune
@@ -584,6 +588,8 @@ CHECKPOINTS = rows(
 )
 
 FINETUNING = rows(
+    Bad("finetune-lr-diverges", lambda e: run_finetune("llama2-tiny-pure", [ONE_TURN], steps=4, lr=1e30,
+        max_grad_norm=0, batch_size=1), NonFiniteLossError, ("Step 2", "nan", "not finite", "Lower --lr", "--resume")),
     Bad("finetune-mode-unknown", lambda e: apply_finetune_mode(e.meta_backbone, "head-only"), FinetuneError,
         ("'head-only'", "accepted: frozen, full, last-layer, lora")),
     Bad("finetune-precision-fp16", lambda e: run_finetune("llama2-tiny-pure", [], precision="fp16", device="cpu"),
@@ -632,6 +638,197 @@ VLA = rows(
 )
 
 CASES = IDS + PROMPTS + CONVERSATIONS + ACTIONS + SHAPES + LOADING + CHECKPOINTS + FINETUNING + VLA
+
+
+# === Issue 13 ("Nothing silent"): strict weights, safetensors only, contained paths, config and tokenizer
+# sanity, permissions, checkpoint overwrite and file hashes ===
+def _edit_tensors(change: Callable[[dict], None]) -> Callable[[Path], None]:
+    def edit(path: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(path / "model.safetensors")
+        change(state)
+        save_file(state, path / "model.safetensors", metadata={"format": "pt"})
+
+    return edit
+
+
+def _poison(name: str, value: float) -> Callable[[dict], None]:
+    def change(state: dict) -> None:
+        state[name] = state[name].clone()
+        state[name].view(-1)[7] = value
+
+    return change
+
+
+def _index_naming(shard: str, *, pickle: bool = False) -> Callable[[Path], None]:
+    """Replace model.safetensors by an index whose weight_map names `shard` (written where it points)."""
+
+    def edit(path: Path) -> None:
+        from safetensors.torch import load_file
+
+        state = load_file(path / "model.safetensors")
+        target = (path / shard).resolve()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if pickle:
+            torch.save(state, target)
+            (path / "model.safetensors").unlink()
+        else:
+            (path / "model.safetensors").rename(target)
+        index = {"metadata": {}, "weight_map": dict.fromkeys(state, shard)}
+        (path / "model.safetensors.index.json").write_text(json.dumps(index))
+
+    return edit
+
+
+def _weights_symlinked_outside(path: Path) -> None:
+    outside = path.parent / f"{path.name}-elsewhere"
+    outside.mkdir()
+    (path / "model.safetensors").rename(outside / "model.safetensors")
+    (path / "model.safetensors").symlink_to(outside / "model.safetensors")
+
+
+def _pickle_with_objects(path: Path) -> None:
+    import argparse
+
+    from safetensors.torch import load_file
+
+    state = load_file(path / "model.safetensors")
+    torch.save({**state, "args": argparse.Namespace(lr=1e-4)}, path / "pytorch_model.bin")
+    (path / "model.safetensors").unlink()
+
+
+def _flip_byte(fraction: float) -> Callable[[Path], None]:
+    def edit(path: Path) -> None:
+        weights = path / "model.safetensors"
+        data = bytearray(weights.read_bytes())
+        data[int(len(data) * fraction)] ^= 0x01  # a low mantissa bit: still a finite number
+        weights.write_bytes(bytes(data))
+
+    return edit
+
+
+def _denied(path_of: Callable[[Env], Path], mode: int, call: Callable[[Env], object]) -> Callable[[Env], object]:
+    """Run `call` as a user without `mode` access to `path_of(e)` (simulated: the suite may run as root)."""
+    import os
+
+    def run(e: Env) -> object:
+        denied, real = str(path_of(e)), os.access
+
+        def access(path, want, *args, **kwargs):
+            return False if str(path) == denied and want & mode else real(path, want, *args, **kwargs)
+
+        with mock.patch("os.access", access):
+            return call(e)
+
+    return run
+
+
+def _cache_unwritable(e: Env) -> object:
+    import os
+
+    cache = e.root / "read-only-cache"
+    denied = PermissionError(13, "Permission denied", str(cache))
+    with mock.patch.dict(os.environ, {"LLM_BACKBONES_CACHE": str(cache)}), \
+            mock.patch("llm_backbones.embedded.tempfile.mkdtemp", side_effect=denied):
+        return get_llm_backbone_and_tokenizer("llama2-tiny-pure")
+
+
+def _dangling_link(e: Env) -> Path:
+    link = e.root / "link-to-nothing"
+    if not link.is_symlink():
+        link.symlink_to(e.root / "nothing-here")
+    return link
+
+
+NOTHING_SILENT = rows(
+    # strict weights
+    Bad("weights-missing-lm-head", tiny_load(lambda e: e.model_dir(
+        "no-lm-head", _edit_tensors(lambda s: s.pop("lm_head.weight")))), StateDictMismatchError,
+        ("no-lm-head/model.safetensors", "1 missing ['lm_head.weight']", "randomly initialised", "strict=False")),
+    Bad("weights-renamed-tensor", tiny_load(lambda e: e.model_dir(
+        "renamed", _edit_tensors(lambda s: s.update({"model.norm.w": s.pop("model.norm.weight")})))),
+        StateDictMismatchError, ("1 missing ['model.norm.weight']", "1 unexpected ['model.norm.w']", "renamed")),
+    Bad("weights-wrong-shape", tiny_load(lambda e: e.model_dir(
+        "wrong-shape", _edit_tensors(lambda s: s.update({"model.norm.weight": torch.ones(3, 3)})))), ModelWeightsError,
+        ("model.norm.weight is [3, 3] in", "wrong-shape/model.safetensors", "needs [128]", "restore the checkpoint's own config.json")),
+    Bad("weights-nan", tiny_load(lambda e: e.model_dir(
+        "nan", _edit_tensors(_poison("model.layers.1.mlp.up_proj.weight", float("nan"))))), NonFiniteWeightsError,
+        ("model.layers.1.mlp.up_proj.weight", "1 NaN and 0 infinite", "nan/model.safetensors", "Restore the file")),
+    Bad("load-missing-tensor-inference-mode", lambda e: load_backbone(e.checkpoint_copy(
+        "ck-no-norm", _edit_tensors(lambda s: s.pop("model.norm.weight"))), inference_mode=True, verify=False),
+        StateDictMismatchError, ("1 missing ['model.norm.weight']", "strict=False", "meta device")),
+    Bad("load-inf-inference-mode", lambda e: load_backbone(e.checkpoint_copy(
+        "ck-inf", _edit_tensors(_poison("lm_head.weight", float("inf")))), inference_mode=True, verify=False),
+        NonFiniteWeightsError, ("lm_head.weight", "0 NaN and 1 infinite", "ck-inf/model.safetensors")),
+    # safetensors only, contained paths
+    Bad("index-names-a-pickle", tiny_load(lambda e: e.model_dir(
+        "index-pickle", _index_naming("pytorch_model.bin", pickle=True))), UnsafeFileError,
+        ("model.safetensors.index.json names the weight file 'pytorch_model.bin'", "not a safetensors file",
+         "was not opened", "allow_pickle=True")),
+    Bad("index-names-weights-pt", tiny_load(lambda e: e.model_dir(
+        "index-pt", _index_naming("weights.pt", pickle=True))), UnsafeFileError, ("'weights.pt'", "not a safetensors file")),
+    Bad("index-names-a-file-outside", tiny_load(lambda e: e.model_dir(
+        "index-outside", _index_naming("../elsewhere/x.safetensors"))), UnsafeFileError,
+        ("names '../elsewhere/x.safetensors'", "elsewhere/x.safetensors", "outside the checkpoint directory",
+         "allow_external_files=True")),
+    Bad("weights-symlink-outside", tiny_load(lambda e: e.model_dir("linked", _weights_symlinked_outside)),
+        UnsafeFileError, ("linked/model.safetensors is a symlink", "linked-elsewhere/model.safetensors",
+                          "outside the checkpoint directory", "allow_external_files=True")),
+    Bad("pickle-of-objects-with-allow-pickle", tiny_load(lambda e: e.model_dir("pickle-objects", _pickle_with_objects),
+        allow_pickle=True), ModelWeightsError,
+        ("pickle-objects/pytorch_model.bin", "torch.load(weights_only=True)", "argparse.Namespace", "convert it once")),
+    # config.json and tokenizer files, before anything is built
+    Bad("config-heads-zero", tiny_load(lambda e: e.model_dir("heads-0", config_update(num_attention_heads=0))),
+        ConfigMismatchError, ("heads-0/config.json", "num_attention_heads=0", "at least 1", "Fix it in")),
+    Bad("config-heads-not-dividing", tiny_load(lambda e: e.model_dir("heads-3", config_update(num_attention_heads=3))),
+        ConfigMismatchError, ("num_attention_heads=3 does not divide hidden_size=128", "explicit head_dim")),
+    Bad("config-size-a-string", tiny_load(lambda e: e.model_dir("hidden-str", config_update(hidden_size="128"))),
+        ConfigMismatchError, ("hidden_size='128'", "an integer is needed, got str")),
+    Bad("config-size-a-float", tiny_load(lambda e: e.model_dir("hidden-float", config_update(hidden_size=128.0))),
+        ConfigMismatchError, ("hidden_size=128.0", "got float")),
+    Bad("config-size-negative", tiny_load(lambda e: e.model_dir("ffn-neg", config_update(intermediate_size=-344))),
+        ConfigMismatchError, ("intermediate_size=-344", "at least 1")),
+    Bad("config-vocab-10**12", tiny_load(lambda e: e.model_dir("vocab-huge", config_update(vocab_size=10**12))),
+        ConfigMismatchError, ("vocab_size=1000000000000", "at most 4,194,304")),
+    Bad("config-layers-10**6", tiny_load(lambda e: e.model_dir("layers-huge", config_update(num_hidden_layers=10**6)),
+        inference_mode=True), ConfigMismatchError, ("num_hidden_layers=1000000", "at most 1,024")),
+    Bad("config-field-rejected-by-transformers", tiny_load(lambda e: e.model_dir(
+        "eps-str", config_update(rms_norm_eps="abc"))), ConfigMismatchError,
+        ("eps-str/config.json", "is rejected by transformers", "'rms_norm_eps' expected float, got str", "Fix the field")),
+    Bad("tokenizer-json-empty-object", tiny_load(lambda e: e.model_dir("tok-empty", write("tokenizer.json", "{}"))),
+        TokenizerFileError, ("tok-empty/tokenizer.json", "lacks 'model', 'added_tokens'", "Restore it")),
+    Bad("tokenizer-json-deeply-nested", tiny_load(lambda e: e.model_dir(
+        "tok-deep", write("tokenizer.json", "[" * 100_000 + "]" * 100_000))), TokenizerFileError,
+        ("tok-deep/tokenizer.json", "nests JSON deeper than 64")),
+    Bad("tokenizer-json-huge", tiny_load(lambda e: e.model_dir(
+        "tok-huge", write("tokenizer.json", b" " * (64 * 2**20 + 1)))), TokenizerFileError,
+        ("tok-huge/tokenizer.json", "above 64 MiB are refused")),
+    # permissions
+    Bad("model-path-unreadable", _denied(lambda e: e.tiny, 4, tiny_load(lambda e: e.tiny)), ModelPathError,
+        ("cannot be read (permission denied)", "chmod -R u+rX"), FileNotFoundError),
+    Bad("save-into-a-read-only-folder", _denied(lambda e: e.folder("read-only"), 2,
+        lambda e: save_backbone(e.backbone, e.folder("read-only") / "ckpt")), OutputPathError,
+        ("read-only/ckpt", "permission denied", "chmod u+w"), FileNotFoundError),
+    Bad("embedded-cache-unwritable", _cache_unwritable, OutputPathError,
+        ("embedded model 'llama2-tiny'", "read-only-cache", "permission denied", "LLM_BACKBONES_CACHE"), FileNotFoundError),
+    # save_backbone over what it did not write
+    Bad("save-over-a-checkpoint-with-foreign-files", lambda e: save_backbone(
+        e.backbone, e.checkpoint_copy("ck-foreign", write("notes.txt", "mine"))), OutputPathError,
+        ("ck-foreign", "1 item(s) it did not write: notes.txt", "would delete them"), FileNotFoundError),
+    Bad("save-through-a-dangling-symlink", lambda e: save_backbone(e.backbone, _dangling_link(e)), OutputPathError,
+        ("link-to-nothing is a symlink to", "nothing-here", "not a directory"), FileNotFoundError),
+    # file hashes in the fingerprint
+    Bad("load-flipped-weight-byte", lambda e: load_backbone(e.checkpoint_copy("ck-flipped", _flip_byte(0.6)),
+        inference_mode=True), FingerprintMismatchError,
+        ("ck-flipped", "model.safetensors: sha256", "modified or corrupted after the save", "verify=False")),
+    Bad("load-edited-config", lambda e: load_backbone(e.checkpoint_copy("ck-eps", config_update(rms_norm_eps=1e-6)),
+        inference_mode=True), FingerprintMismatchError, ("config.json: sha256", "verify=False")),
+    Bad("load-edited-fingerprint-dtype", lambda e: load_backbone(e.checkpoint_copy(
+        "ck-dtype", fingerprint_update(dtype="float16")), inference_mode=True), FingerprintMismatchError,
+        ("dtype='float16'", "stored in 'float32'", "fingerprint.json was edited")),
+)
+CASES += NOTHING_SILENT
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from transformers import PreTrainedTokenizerBase
 
 from llm_backbones.backbones.base import HFCausalLLMBackbone, LLMBackbone, select_attn_implementation
 from llm_backbones.backbones.llama2 import LLaMa2LLMBackbone
+from llm_backbones._redact import HubToken
 from llm_backbones.registry import get_spec, registered_ids, registry_write_error
 
 # A family gets its own class only where its code (or its constructor defaults) truly differ. Mistral, Phi-2,
@@ -54,8 +55,11 @@ def get_llm_backbone_and_tokenizer(
     """Build the backbone of a registered id; returns `(backbone, backbone.get_tokenizer())`.
 
     `kwargs` go to the backbone constructor: `model_path=`, `attn_implementation=`, `dtype=`,
-    `use_flash_attention_2=`, `trust_remote_code=`.
+    `use_flash_attention_2=`, `trust_remote_code=`, `allow_pickle=`, `strict=` (every weight from the file),
+    `allow_external_files=` (files outside `model_path`). `hf_token` may be a str or a `HubToken`; it is
+    wrapped at once, so no frame of the load holds the plain token.
     """
+    hf_token = HubToken.wrap(hf_token)
     entry = LLM_BACKBONES[llm_backbone_id]
     backbone = entry["cls"](
         llm_backbone_id,

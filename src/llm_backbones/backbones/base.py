@@ -10,6 +10,8 @@ import contextlib
 import json
 import logging
 import os
+import pickle
+import threading
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,21 +33,34 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.utils import cached_file
 
-from llm_backbones._redact import redacting
-from llm_backbones.embedded import embedded_model_dir
+from llm_backbones._redact import HubToken, redacting
+from llm_backbones.backbones import _loading
+from llm_backbones.embedded import MODEL_BUILD_LOCK, embedded_model_dir
 from llm_backbones.fused_loss import chunked_causal_lm_loss
 from llm_backbones.generation import CACHE_KEYWORD, generate_greedy
 from llm_backbones.errors import (
     ConfigMismatchError,
     ModelPathError,
     ModelWeightsError,
+    NonFiniteWeightsError,
     PromptFormatError,
     RemoteCodeError,
+    StateDictMismatchError,
     TokenizerContractError,
+    UnsafeFileError,
 )
 from llm_backbones.prompting import PromptBuilder
 from llm_backbones.registry import BackboneSpec, get_spec
+
+try:  # huggingface_hub's validation error of transformers' typed configs (transformers >= 5.x)
+    from huggingface_hub.errors import StrictDataclassError as _StrictDataclassError
+except ImportError:  # pragma: no cover - an older huggingface_hub
+
+    class _StrictDataclassError(Exception):  # type: ignore[no-redef]
+        pass
+
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +75,16 @@ PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl"})
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _unpickler_reason(exc: BaseException) -> str:
+    """The one line of torch's weights-only refusal that says what it refused."""
+    text = " ".join(str(exc).split())
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        reason = text.split(marker, 1)[1].split(" Please use", 1)[0].split(" Check the documentation", 1)[0]
+        return f"{marker}{reason}".strip()[:200]
+    return _first_line(exc)[:200] if not isinstance(exc, EOFError) else "the file ends early"
 
 
 def unreadable_safetensors(directory: Path) -> list[str]:
@@ -203,26 +228,38 @@ def select_attn_implementation(
     return choice
 
 
+# One model construction at a time. While transformers builds or loads a model it swaps process-wide state
+# (torch's default dtype, torch.nn.init's functions, PreTrainedModel.init_weights / tie_weights) and restores
+# it afterwards, and `_parameters_on_meta` wraps nn.Module.register_parameter. Builds in several threads would
+# interleave those swaps and restore them out of order (leaving, say, every later nn.Linear on the meta
+# device or torch.nn.init disabled for good), so constructing the model holds this lock (the one the embedded
+# model's creation holds); reading the config and the tokenizer does not.
+_BUILD_LOCK = MODEL_BUILD_LOCK
+
+
 @contextlib.contextmanager
 def _parameters_on_meta() -> Iterator[None]:
-    """Create every nn.Parameter on the meta device while buffers stay real.
+    """Create every nn.Parameter of the calling thread on the meta device while buffers stay real.
 
     A model built under it costs neither memory nor random-init time; its non-persistent buffers (RoPE
     frequencies), which no checkpoint holds, are computed for real. `load_state_dict(assign=True)`
-    then brings the weights.
+    then brings the weights. Thread-safe: it holds `_BUILD_LOCK`, parameters that other threads create
+    meanwhile stay where they are, and nn.Module.register_parameter is the original again when it ends.
     """
-    register = nn.Module.register_parameter
+    with _BUILD_LOCK:
+        register = nn.Module.register_parameter
+        owner = threading.get_ident()
 
-    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        if param is not None and param.device.type != "meta":
-            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-        register(module, name, param)
+        def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+            if param is not None and param.device.type != "meta" and threading.get_ident() == owner:
+                param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+            register(module, name, param)
 
-    nn.Module.register_parameter = register_on_meta
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = register
+        nn.Module.register_parameter = register_on_meta
+        try:
+            yield
+        finally:
+            nn.Module.register_parameter = register
 
 
 class HFCausalLLMBackbone(LLMBackbone):
@@ -234,7 +271,9 @@ class HFCausalLLMBackbone(LLMBackbone):
             the registry entry.
         llm_max_length: the tokenizer's `model_max_length`.
         hf_token: hub token, passed to the hub only (never to a local directory), never stored, and kept
-            out of log lines and exception messages while loading.
+            out of log lines, exception messages and the local variables of the loading frames (it travels
+            as a `HubToken`, whose repr is redacted, so a traceback printed with its locals does not show
+            it).
         inference_mode: build the architecture on the meta device from the config only (no weights, no
             random init); load trained weights with `load_state_dict`. `use_cache=True`.
         use_flash_attention_2: prefer flash-attention-2 where it can run (see
@@ -243,8 +282,20 @@ class HFCausalLLMBackbone(LLMBackbone):
         dtype: the dtype of the loaded weights (default float32, as the original).
         trust_remote_code: passed to HF only when the caller sets it; a checkpoint that needs its own code
             raises `RemoteCodeError` otherwise.
-        allow_pickle: also accept pickle weights (`pytorch_model.bin`), with a warning; by default weights
-            load from safetensors only, since unpickling an untrusted file can run code.
+        allow_pickle: also accept pickle weights (`pytorch_model.bin`), with a warning, loaded with
+            `torch.load(weights_only=True)` (tensors and plain containers only: a pickle of other objects
+            raises `ModelWeightsError`). By default weights load from safetensors only, since unpickling an
+            untrusted file can run code: a pickle that an index names is refused before it is opened
+            (`UnsafeFileError`).
+        strict: every parameter of the architecture comes from the weights (tied ones aside), none of their
+            tensors is left over, and none holds NaN/inf; else `StateDictMismatchError` (listing `missing`
+            and `unexpected`) or `NonFiniteWeightsError`. `strict=False` turns those into warnings (missing
+            parameters are then freshly initialised). Shapes that differ from config.json's always raise
+            `ModelWeightsError`.
+        allow_external_files: every file read from a local `model_path` (config, tokenizer, weights, the
+            shards an index names) must resolve inside it, symlinks followed (a hub-cache snapshot's links
+            into its own blob store count as inside); else `UnsafeFileError`. True lifts that check. Hub
+            paths are downloaded by huggingface_hub into its cache and are not checked.
     """
 
     def __init__(
@@ -254,7 +305,7 @@ class HFCausalLLMBackbone(LLMBackbone):
         llm_cls: type[PreTrainedModel] | None = None,
         hf_hub_path: str | None = None,
         llm_max_length: int = 2048,
-        hf_token: str | None = None,
+        hf_token: str | HubToken | None = None,
         inference_mode: bool = False,
         use_flash_attention_2: bool = False,
         *,
@@ -263,7 +314,10 @@ class HFCausalLLMBackbone(LLMBackbone):
         dtype: torch.dtype | None = None,
         trust_remote_code: bool = False,
         allow_pickle: bool = False,
+        strict: bool = True,
+        allow_external_files: bool = False,
     ) -> None:
+        hf_token = HubToken.wrap(hf_token)  # first: from here on no frame of the load holds the plain token
         super().__init__(llm_backbone_id)
         self.fused_loss = False
         overrides = {"family": llm_family, "llm_cls": llm_cls, "hf_hub_path": hf_hub_path}
@@ -289,23 +343,30 @@ class HFCausalLLMBackbone(LLMBackbone):
                 dtype=dtype if dtype is not None else torch.float32,
                 trust_remote_code=trust_remote_code,
                 allow_pickle=allow_pickle,
+                strict=strict,
+                allow_external_files=allow_external_files,
             )
 
     def _build(
         self,
         model_path: str | Path | None,
-        hf_token: str | None,
+        hf_token: HubToken | bool | None,
         *,
         attn_implementation: str | None,
         use_flash_attention_2: bool,
         dtype: torch.dtype,
         trust_remote_code: bool,
         allow_pickle: bool,
+        strict: bool = True,
+        allow_external_files: bool = False,
     ) -> None:
         source, local = self._resolve_source(model_path)
+        if local:  # before any file is read: each lies inside model_path and can be read
+            _loading.check_local_files(Path(source), allow_external=allow_external_files)
         hub_kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
         if not local and hf_token is not None:
-            hub_kwargs["token"] = hf_token  # only the hub needs it; a local directory never sees it
+            # Only the hub needs it (a local directory never sees it), as a str whose repr is redacted.
+            hub_kwargs["token"] = hf_token.for_hub() if isinstance(hf_token, HubToken) else hf_token
         config = self._load_config(source, local, hub_kwargs)
         expected = self.spec.llm_cls.config_class.model_type
         if config.model_type != expected:
@@ -316,29 +377,39 @@ class HFCausalLLMBackbone(LLMBackbone):
                 "of that checkpoint's family."
             )
 
+        # The weight files, checked (inside model_path, safetensors unless allowed) before anything is loaded.
+        files = None if self.inference_mode else self._weight_files(
+            source, local, config, hub_kwargs, allow_pickle=allow_pickle, allow_external_files=allow_external_files
+        )
+
         # [Contract] fast tokenizer, right padding (training collates right-padded batches).
+        if local:
+            _loading.check_tokenizer_files(Path(source))
         self.tokenizer = self._load_tokenizer(source, local, hub_kwargs)
         self._check_bos_contract()
         # A checkpoint saved after this (save_backbone) already has the PAD token: no second one, no resize.
         self._set_pad_token(source)
 
         attn = select_attn_implementation(attn_implementation, use_flash_attention_2, self.spec.llm_cls, dtype)
-        if self.inference_mode:
-            # Size the embeddings the way the trained checkpoint was resized (same rule as below).
-            config.vocab_size = self._embedding_rows(config.vocab_size)
-            with _parameters_on_meta():
-                self.llm = self.spec.llm_cls._from_config(config, attn_implementation=attn, dtype=dtype)
-        else:
-            self.llm = self._load_weights(
-                source, local, config, hub_kwargs, attn=attn, dtype=dtype, allow_pickle=allow_pickle
-            )
-            rows = self.llm.get_input_embeddings().weight.shape[0]
-            if self._embedding_rows(rows) != rows:
-                # [Contract] mean-initialised new rows, rows padded to a multiple of 64 (tensor cores). HF
-                # re-ties a tied LM head to the resized input embedding.
-                self.llm.resize_token_embeddings(
-                    len(self.tokenizer), pad_to_multiple_of=self.spec.pad_to_multiple_of
+        with _BUILD_LOCK:  # transformers swaps process-wide state while it builds a model (see _BUILD_LOCK)
+            if self.inference_mode:
+                # Size the embeddings the way the trained checkpoint was resized (same rule as below).
+                config.vocab_size = self._embedding_rows(config.vocab_size)
+                with _parameters_on_meta():
+                    self.llm = self.spec.llm_cls._from_config(config, attn_implementation=attn, dtype=dtype)
+            else:
+                self.llm = self._load_weights(
+                    source, local, config, hub_kwargs, attn=attn, dtype=dtype, allow_pickle=allow_pickle,
+                    strict=strict, allow_external_files=allow_external_files, files=files,
                 )
+                rows = self.llm.get_input_embeddings().weight.shape[0]
+                if self._embedding_rows(rows) != rows:
+                    # [Contract] mean-initialised new rows, rows padded to a multiple of 64 (tensor cores). HF
+                    # re-ties a tied LM head to the resized input embedding.
+                    self.llm.resize_token_embeddings(
+                        len(self.tokenizer), pad_to_multiple_of=self.spec.pad_to_multiple_of
+                    )
+        hub_kwargs.pop("token", None)  # the last hub call is done: drop it
         self.llm.config.pad_token_id = self.tokenizer.pad_token_id
         self.llm.config.use_cache = True
         self._force_greedy_generation(source)
@@ -385,12 +456,22 @@ class HFCausalLLMBackbone(LLMBackbone):
                     "Pass the local directory of an HF-format checkpoint."
                 )
             path = Path(model_path).expanduser()
-            if not path.is_dir():
+            try:
+                is_dir = path.is_dir()
+                if is_dir and not os.access(path, os.R_OK | os.X_OK):
+                    raise PermissionError(path)
+                has_config = is_dir and (path / "config.json").is_file()
+            except PermissionError:
+                raise ModelPathError(
+                    f"model_path={str(path)!r} cannot be read (permission denied). Give this user access "
+                    f"(chmod -R u+rX {str(path)!r}) or copy the checkpoint somewhere readable."
+                ) from None
+            if not is_dir:
                 raise ModelPathError(
                     f"model_path={str(model_path)!r} is not a directory. Pass the local directory of an "
                     "HF-format checkpoint (config.json, tokenizer files, *.safetensors)."
                 )
-            if not (path / "config.json").is_file():
+            if not has_config:
                 raise ModelPathError(
                     f"model_path={str(path)!r} has no config.json, so it is not an HF-format checkpoint. "
                     "Point it at the directory that holds config.json (e.g. the output of save_pretrained)."
@@ -413,20 +494,34 @@ class HFCausalLLMBackbone(LLMBackbone):
             config_file = Path(source) / "config.json"
             try:
                 raw = json.loads(config_file.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
                 raise ConfigMismatchError(
-                    f"{config_file} is not valid JSON ({exc}): the file is corrupted or truncated. Restore it "
-                    "from the original checkpoint (or save the model again with save_pretrained)."
-                ) from exc
-            except OSError as exc:  # permissions, a directory named config.json, ...
+                    f"{config_file} is not valid JSON ({str(exc)[:160]}): the file is corrupted or truncated. "
+                    "Restore it from the original checkpoint (or save the model again with save_pretrained)."
+                ) from None
+            except PermissionError:
+                raise ModelPathError(
+                    f"{config_file} cannot be read (permission denied). Give this user read access (chmod u+r) "
+                    "or copy the checkpoint somewhere readable."
+                ) from None
+            except OSError as exc:  # a directory named config.json, ...
                 raise ConfigMismatchError(f"{config_file} cannot be read ({exc}). Check the file.") from exc
             if not isinstance(raw, dict):
                 raise ConfigMismatchError(
                     f"{config_file} holds a JSON {type(raw).__name__}, not an object of config fields. "
                     "Restore it from the original checkpoint."
                 )
+            # Before transformers divides by a head count or a model allocates a size.
+            _loading.check_config_sizes(raw, str(config_file))
+        where = f"{source}/config.json" if local else f"the config of {source!r}"
         try:
-            return AutoConfig.from_pretrained(source, **hub_kwargs)
+            config = AutoConfig.from_pretrained(source, **hub_kwargs)
+        except (ZeroDivisionError, TypeError, _StrictDataclassError) as exc:  # a field transformers' config rejects
+            raise ConfigMismatchError(
+                f"{where} is rejected by transformers ({' '.join(str(exc).split())[:240]}). Fix the field it "
+                "names (the base model's config.json has the right value), or point model_path at the "
+                "checkpoint's own directory."
+            ) from exc
         except ValueError as exc:  # transformers: unknown model_type, custom code refused
             if "auto_map" in raw and not hub_kwargs["trust_remote_code"]:
                 raise RemoteCodeError(
@@ -436,7 +531,6 @@ class HFCausalLLMBackbone(LLMBackbone):
                     "checkpoint of a built-in architecture."
                 ) from exc
             expected = self.spec.llm_cls.config_class.model_type
-            where = f"{source}/config.json" if local else f"the config of {source!r}"
             raise ConfigMismatchError(
                 f"{where} has model_type {raw.get('model_type', '<missing>')!r}, which transformers cannot "
                 f"build ({_first_line(exc)}). Backbone {self.identifier!r} needs a "
@@ -446,6 +540,11 @@ class HFCausalLLMBackbone(LLMBackbone):
             if local:
                 raise ConfigMismatchError(f"{source}/config.json cannot be read: {exc}") from exc
             raise self._hub_error(source, "config", exc) from exc
+        if not local:  # a hub config, checked as a local one was before transformers read it
+            _loading.check_config_sizes(
+                {k: v for k, v in config.to_dict().items() if k in _loading.CONFIG_SIZE_BOUNDS}, where
+            )
+        return config
 
     def _load_tokenizer(self, source: str, local: bool, hub_kwargs: dict[str, Any]) -> PreTrainedTokenizerBase:
         kwargs = {"model_max_length": self.llm_max_length, "padding_side": "right", **hub_kwargs}
@@ -481,15 +580,25 @@ class HFCausalLLMBackbone(LLMBackbone):
         attn: str,
         dtype: torch.dtype,
         allow_pickle: bool,
+        strict: bool = True,
+        allow_external_files: bool = False,
+        files: _loading.WeightFiles | None = None,
     ) -> PreTrainedModel:
+        if files is None:
+            files = self._weight_files(
+                source, local, config, hub_kwargs, allow_pickle=allow_pickle, allow_external_files=allow_external_files
+            )
         try:
-            return self.spec.llm_cls.from_pretrained(
+            llm, info = self.spec.llm_cls.from_pretrained(
                 source,
                 config=config,
                 attn_implementation=attn,
                 dtype=dtype,
                 # [Contract] safetensors only: unpickling an untrusted file can run arbitrary code.
                 use_safetensors=None if allow_pickle else True,
+                # [Contract] strict: what is missing, left over or of another shape is reported, and refused below.
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,
                 **hub_kwargs,
             )
         except SafetensorError as exc:
@@ -499,6 +608,15 @@ class HFCausalLLMBackbone(LLMBackbone):
                 f"{'; '.join(bad) if bad else 'a safetensors file'} is truncated or corrupted (an interrupted "
                 "download, copy or save). Copy or download the checkpoint again."
             ) from exc
+        except (pickle.UnpicklingError, EOFError) as exc:  # allow_pickle: torch.load(weights_only=True) refused
+            names = ", ".join(str(f) for f in files.files) or f"the pickle weights of {source}"
+            raise ModelWeightsError(
+                f"{names} cannot be loaded: allow_pickle=True loads pickle weights with "
+                f"torch.load(weights_only=True) only (tensors and plain containers), and it refused the file "
+                f"({_unpickler_reason(exc)}): the file holds other objects, or is truncated or corrupted. Where "
+                "you trust it, convert it once (torch.load(file, weights_only=False), then "
+                "model.save_pretrained(dir) writes model.safetensors); else copy the checkpoint again."
+            ) from None
         except OSError as exc:
             if not local:
                 raise self._hub_error(source, "weights", exc) from exc
@@ -515,6 +633,106 @@ class HFCausalLLMBackbone(LLMBackbone):
                 "model.safetensors (or model.safetensors.index.json and its shards); to build the "
                 "architecture without weights pass inference_mode=True."
             ) from exc
+        self._check_loading_info(info, source, files, strict=strict)
+        self._check_finite(llm, source, files, strict=strict)
+        return llm
+
+    def _weight_files(
+        self, source: str, local: bool, config: PretrainedConfig, hub_kwargs: dict[str, Any], *,
+        allow_pickle: bool, allow_external_files: bool,
+    ) -> _loading.WeightFiles:
+        """Every weight file `from_pretrained` will open, checked before it opens any (see `_loading.weight_files`)."""
+        if not local:
+            return self._hub_weight_files(source, hub_kwargs, allow_pickle=allow_pickle)
+        return _loading.weight_files(
+            Path(source), getattr(config, "transformers_weights", None),
+            allow_pickle=allow_pickle, allow_external=allow_external_files,
+        )
+
+    def _hub_weight_files(self, source: str, hub_kwargs: dict[str, Any], *, allow_pickle: bool) -> _loading.WeightFiles:
+        """For a hub path without `allow_pickle`: the shard names of its model.safetensors.index.json, refused
+        unless they are safetensors files of the repository, before transformers downloads or opens one."""
+        if allow_pickle:
+            return _loading.WeightFiles()
+        try:
+            index = cached_file(
+                source, _loading.SAFE_INDEX, token=hub_kwargs.get("token"),
+                _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False,
+                _raise_exceptions_for_gated_repo=False,
+            )
+        except Exception:  # noqa: BLE001 - from_pretrained then reports what is wrong with the hub path
+            return _loading.WeightFiles()
+        if index is None:
+            return _loading.WeightFiles()
+        index = Path(index)
+        weight_map = _loading.read_index(index)
+        for name in sorted(set(map(str, weight_map.values()))):
+            parts = Path(name).parts
+            if not name.endswith(".safetensors") or Path(name).is_absolute() or ".." in parts:
+                raise UnsafeFileError(
+                    f"The weights index of the hub path {source!r} names {name!r}, which is not a safetensors "
+                    "file of the repository; it was not downloaded or opened. llm-backbones loads safetensors "
+                    "only (unpickling can run code): use a repository revision with safetensors shards, or pass "
+                    "allow_pickle=True to load pickles with torch.load(weights_only=True).",
+                    path=name,
+                    reason="pickle" if not name.endswith(".safetensors") else "outside",
+                )
+        return _loading.WeightFiles([], index, {str(k): str(v) for k, v in weight_map.items()})
+
+    def _check_loading_info(
+        self, info: Mapping[str, Any], source: str, files: _loading.WeightFiles, *, strict: bool
+    ) -> None:
+        """Refuse weights of other shapes; refuse (or with `strict=False` log) missing or left-over tensors."""
+        mismatched = sorted(info.get("mismatched_keys") or (), key=lambda item: item[0])
+        if mismatched:
+            shown = "; ".join(
+                f"{name} is {list(saved)} in {files.file_of(name)}, the architecture needs {list(built)}"
+                for name, saved, built in mismatched[:5]
+            )
+            raise ModelWeightsError(
+                f"The weights of {source} do not fit the architecture its config.json describes "
+                f"({len(mismatched)} tensors): {shown}{' ...' if len(mismatched) > 5 else ''}. config.json and the "
+                "weights come from different models (or config.json was edited): restore the checkpoint's own "
+                "config.json, or point model_path at the checkpoint these weights belong to."
+            )
+        missing = sorted(info.get("missing_keys") or ())
+        unexpected = sorted(info.get("unexpected_keys") or ())
+        if not missing and not unexpected:
+            return
+        where = ", ".join(str(f) for f in files.files[:3]) or source
+        message = (
+            f"The weights of {where} do not match the {self.spec.llm_cls.__name__} architecture of "
+            f"{self.identifier!r}: {len(missing)} missing {missing[:10]}{' ...' if len(missing) > 10 else ''}, "
+            f"{len(unexpected)} unexpected {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}. A missing "
+            "tensor would be randomly initialised and an unexpected one dropped (a renamed tensor is both)."
+        )
+        if strict:
+            raise StateDictMismatchError(
+                message + " Point model_path at the complete checkpoint of this architecture, or pass "
+                "strict=False to accept it (e.g. to train a new head).",
+                missing,
+                unexpected,
+            )
+        logger.warning("%s Loading anyway (strict=False): the missing tensors are freshly initialised.", message)
+
+    def _check_finite(self, llm: nn.Module, source: str, files: _loading.WeightFiles, *, strict: bool) -> None:
+        found = _loading.first_non_finite(llm.named_parameters())
+        if found is None:
+            return
+        name, tensor = found
+        file = files.file_of(name) if files.files or files.weight_map else source
+        message = (
+            f"Weight {name} of {source} holds {_loading.describe_non_finite(tensor)} (read from {file}): the "
+            "checkpoint is corrupted or comes from a diverged run."
+        )
+        if strict:
+            raise NonFiniteWeightsError(
+                message + " Restore the file from the original checkpoint (or an earlier training checkpoint); "
+                "strict=False loads it anyway, with a warning.",
+                tensor=name,
+                file=file,
+            )
+        logger.warning("%s Loading anyway (strict=False).", message)
 
     def _set_pad_token(self, source: str) -> None:
         """Apply the spec's pad policy (see `BackboneSpec`): add `pad_token`, or reuse a reserved one."""
@@ -674,13 +892,38 @@ class HFCausalLLMBackbone(LLMBackbone):
         max_new_tokens: int = 8,
         **kwargs: Any,
     ) -> torch.Tensor:
-        """Fast fixed-length greedy decoding (`llm_backbones.generation.generate_greedy`); new ids only."""
+        """Fast fixed-length greedy decoding (`llm_backbones.generation.generate_greedy`); new ids only.
+
+        Eager by default; compiled after `prepare_for_generation` (or with `compiled=True`).
+        """
         return generate_greedy(
             self.llm,
             input_ids=input_ids,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             max_new_tokens=max_new_tokens,
+            **kwargs,
+        )
+
+    def prepare_for_generation(
+        self,
+        *,
+        batch_sizes: int | Sequence[int] = (1,),
+        max_prompt_length: int,
+        max_new_tokens: int = 8,
+        **kwargs: Any,
+    ) -> Any:
+        """Compile greedy generation ahead of time (`llm_backbones.generation.prepare_for_generation`).
+
+        Prompts are left-padded to a few lengths up to `max_prompt_length`, and the prefill and decode step
+        compiled (CUDA graphs on CUDA) for each of `batch_sizes`, so that later `generate_greedy` /
+        `generate_actions` calls of a prepared shape never compile (a robot's control loop). Opt-in; returns
+        the `PreparedGeneration`.
+        """
+        from llm_backbones.generation import prepare_for_generation
+
+        return prepare_for_generation(
+            self.llm, batch_sizes=batch_sizes, max_prompt_length=max_prompt_length, max_new_tokens=max_new_tokens,
             **kwargs,
         )
 

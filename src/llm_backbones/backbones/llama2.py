@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from llm_backbones._redact import HubToken
 from llm_backbones.backbones.base import HFCausalLLMBackbone
 from llm_backbones.registry import LLAMA2_MODELS
 
@@ -23,6 +24,7 @@ class LLaMa2LLMBackbone(HFCausalLLMBackbone):
         use_flash_attention_2: bool = True,
         **kwargs: Any,
     ) -> None:
+        hf_token = HubToken.wrap(hf_token)  # this frame never holds the plain token (tracebacks with locals)
         super().__init__(
             llm_backbone_id,
             llm_max_length=llm_max_length,

@@ -1,0 +1,407 @@
+"""What the loaders check before and after they open a checkpoint's files.
+
+Before: every file a local checkpoint is read from lies inside its directory (`contained`), the weights are
+safetensors unless pickle is allowed (`weight_files`, which reads a shard index without opening a shard),
+config.json's sizes are integers a real model could have (`check_config_sizes`), the tokenizer files are
+JSON of a plausible size and depth (`check_tokenizer_files`). After: no weight is NaN or infinite
+(`first_non_finite`). And `sha256_files`, the streamed hashes `save_backbone` records and `load_backbone`
+checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from llm_backbones.errors import (
+    ConfigMismatchError,
+    ModelPathError,
+    ModelWeightsError,
+    TokenizerFileError,
+    UnsafeFileError,
+)
+
+SAFE_WEIGHTS = "model.safetensors"
+SAFE_INDEX = "model.safetensors.index.json"
+PICKLE_WEIGHTS = "pytorch_model.bin"
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+# Files of an HF-format directory that the loaders (or transformers, for them) may open, weights aside.
+CHECKPOINT_FILES: tuple[str, ...] = (
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "added_tokens.json", "tokenizer.model", "spiece.model", "vocab.json", "merges.txt", "vocab.txt",
+    "chat_template.jinja", "chat_template.json", SAFE_INDEX, PICKLE_INDEX,
+)
+
+# Upper bounds of config.json's sizes: generous for every released model (Llama-3.1-405B: hidden 16384,
+# 126 layers, 128 heads, intermediate 53248; Gemma-3: vocabulary 262144; Llama-4 Scout: 10M positions), small
+# enough that a typo (10**12) fails at once instead of allocating for minutes.
+CONFIG_SIZE_BOUNDS: dict[str, int] = {
+    "vocab_size": 2**22,
+    "hidden_size": 65536,
+    "intermediate_size": 2**20,
+    "num_hidden_layers": 1024,
+    "num_attention_heads": 1024,
+    "num_key_value_heads": 1024,
+    "head_dim": 4096,
+    "max_position_embeddings": 2**26,
+}
+TOKENIZER_FILE_MAX_BYTES = 64 * 2**20  # the largest real tokenizer.json (Gemma-3's) has 33 MiB
+TOKENIZER_JSON_MAX_DEPTH = 64  # real ones nest about 6 deep; the tokenizers library stops at 128
+HASH_CHUNK_BYTES = 8 * 2**20
+
+
+# === Files: inside the checkpoint, safetensors unless pickle is allowed ===
+def allowed_roots(directory: Path) -> tuple[Path, ...]:
+    """Where the files of `directory` may lie: the directory itself (symlinks resolved), and for a hub-cache
+    snapshot (`models--org--name/snapshots/<rev>`) that repository's blob store, where its files point."""
+    root = directory.resolve()
+    roots = [root]
+    if root.parent.name == "snapshots" and root.parent.parent.name.startswith(("models--", "datasets--")):
+        roots.append(root.parent.parent / "blobs")
+    return tuple(roots)
+
+
+def contained(directory: Path, name: str, *, allow_external: bool, named_by: str | None = None) -> Path:
+    """`directory / name`, refused (`UnsafeFileError`) when it resolves outside the checkpoint directory.
+
+    Symlinks are followed to their target before the check, so a link pointing elsewhere is refused as a
+    `../` name is. `named_by` is the file that named `name` (an index), for the message.
+    """
+    path = directory / name
+    if allow_external:
+        return path
+    target = path.resolve()
+    roots = allowed_roots(directory)
+    if any(target == root or target.is_relative_to(root) for root in roots):
+        return path
+    how = f"{named_by} names {name!r}, which" if named_by else f"{path} is a symlink that"
+    raise UnsafeFileError(
+        f"{how} resolves to {target}, outside the checkpoint directory {roots[0]}. llm-backbones opens only "
+        "files inside model_path, so a checkpoint cannot make it read other files. Copy the file into the "
+        "directory (or fix the index), or pass allow_external_files=True if you trust where it points.",
+        path=str(path),
+        reason="outside",
+    )
+
+
+def readable(path: Path, what: str) -> Path:
+    """`path` if this process may read it, else `ModelPathError` naming it and the fix."""
+    if not os.access(path, os.R_OK):
+        raise ModelPathError(
+            f"{what} {path} cannot be read (permission denied). Give this user read access (chmod u+r, or "
+            "chmod -R u+rX on the directory) or copy the checkpoint somewhere readable."
+        )
+    return path
+
+
+def check_local_files(directory: Path, *, allow_external: bool) -> None:
+    """Every file of `CHECKPOINT_FILES` present in `directory` lies inside it and can be read."""
+    for name in CHECKPOINT_FILES:
+        path = directory / name
+        if path.is_symlink() or path.exists():
+            readable(contained(directory, name, allow_external=allow_external), "The checkpoint file")
+
+
+@dataclass
+class WeightFiles:
+    """The weight files transformers will open for a local directory, checked before any is opened.
+
+    `weight_map` is the index's `{tensor: file name}` (empty for a single file).
+    """
+
+    files: list[Path] = field(default_factory=list)
+    index: Path | None = None
+    weight_map: dict[str, str] = field(default_factory=dict)
+
+    def file_of(self, tensor: str) -> str:
+        if tensor in self.weight_map and self.index is not None:
+            return str(self.index.parent / self.weight_map[tensor])
+        return str(self.files[0]) if len(self.files) == 1 else str(self.index or "the checkpoint")
+
+
+def _is_safetensors(name: str) -> bool:
+    return name.endswith(".safetensors")
+
+
+def _check_weight_name(
+    directory: Path, name: object, *, named_by: Path | None, allow_pickle: bool, allow_external: bool
+) -> Path:
+    where = str(named_by) if named_by is not None else str(directory / "config.json")
+    if not isinstance(name, str) or not name:
+        raise ModelWeightsError(
+            f"{where} names the weight file {name!r}; file names must be non-empty strings. The index is "
+            "damaged: restore it from the original checkpoint."
+        )
+    if not allow_pickle and not _is_safetensors(name):
+        raise UnsafeFileError(
+            f"{where} names the weight file {name!r}, which is not a safetensors file. llm-backbones opens "
+            "safetensors weights only (unpickling a file can run code), so it was not opened. Convert the "
+            "checkpoint to safetensors where you trust it (model.save_pretrained(dir)), or pass "
+            "allow_pickle=True to load it with torch.load(weights_only=True).",
+            path=str(directory / name),
+            reason="pickle",
+        )
+    path = contained(directory, name, allow_external=allow_external, named_by=where)
+    if not path.is_file():
+        raise ModelWeightsError(
+            f"{where} names the weight file {name!r}, which is missing from {directory}. Copy or download the "
+            "checkpoint again (all shards)."
+        )
+    return readable(path, "The weight file")
+
+
+def read_index(index: Path) -> dict[str, str]:
+    try:
+        data = json.loads(readable(index, "The weights index").read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise ModelWeightsError(
+            f"{index} is not valid JSON ({str(exc)[:120]}): the index is truncated or corrupted. Restore it from "
+            "the original checkpoint."
+        ) from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map or not isinstance(data.get("metadata", {}), dict):
+        raise ModelWeightsError(
+            f"{index} has no weight_map ({{tensor name: shard file}}) and metadata object, so it is not a "
+            "shard index. Restore it from the original checkpoint."
+        )
+    if "metadata" not in data:  # transformers reads it unconditionally
+        raise ModelWeightsError(
+            f"{index} has no 'metadata' object (transformers needs one, e.g. {{\"total_size\": ...}}). Restore "
+            "the index from the original checkpoint."
+        )
+    return weight_map
+
+
+def weight_files(
+    directory: Path, explicit: object = None, *, allow_pickle: bool, allow_external: bool
+) -> WeightFiles:
+    """The weight files of `directory` that `from_pretrained` will open, each checked before any is opened.
+
+    Follows transformers' own choice: `explicit` (config.json's `transformers_weights`), else model.safetensors, else
+    model.safetensors.index.json and its shards; with `allow_pickle` also pytorch_model.bin and its index.
+    Every file must lie inside `directory` (unless `allow_external`) and, unless `allow_pickle`, be
+    safetensors. Returns an empty `WeightFiles` when there are none (the loader then says so).
+    """
+    candidates: list[str] = (
+        [explicit] if isinstance(explicit, str) and explicit
+        else [SAFE_WEIGHTS, SAFE_INDEX] + ([PICKLE_WEIGHTS, PICKLE_INDEX] if allow_pickle else [])
+    )
+    for name in candidates:
+        path = directory / name
+        if not (path.is_file() or (name == explicit and path.is_symlink())):
+            continue
+        if name.endswith(".index.json"):
+            index = readable(contained(directory, name, allow_external=allow_external), "The weights index")
+            weight_map = read_index(index)
+            files: dict[str, Path] = {}
+            for shard in weight_map.values():
+                if not isinstance(shard, str) or shard not in files:
+                    files[str(shard)] = _check_weight_name(
+                        directory, shard, named_by=index, allow_pickle=allow_pickle, allow_external=allow_external
+                    )
+            return WeightFiles(sorted(files.values()), index, {str(k): str(v) for k, v in weight_map.items()})
+        named_by = directory / "config.json" if name == explicit else None
+        file = (
+            _check_weight_name(directory, name, named_by=named_by, allow_pickle=allow_pickle,
+                               allow_external=allow_external)
+            if named_by is not None
+            else readable(contained(directory, name, allow_external=allow_external), "The weight file")
+        )
+        return WeightFiles([file])
+    return WeightFiles()
+
+
+# === config.json: sizes a real model could have ===
+def _bad_size(value: object, bound: int) -> str | None:
+    """Why `value` is not a size from 1 to `bound`, or None."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"an integer is needed, got {type(value).__name__} {value!r:.40}"
+    if value < 1:
+        return "it must be at least 1"
+    if value > bound:
+        return f"it must be at most {bound:,} (no real model comes near)"
+    return None
+
+
+def check_config_sizes(raw: Mapping[str, Any], where: str) -> None:
+    """`ConfigMismatchError` naming file, field, value and fix for a size no real model has (see
+    `CONFIG_SIZE_BOUNDS`), or attention heads that do not divide the hidden size / each other. Runs on the raw
+    JSON, before transformers builds a config (which divides by them) or a model (which allocates them)."""
+    fix = (
+        f"Fix it in {where} (the base model's config.json has the right value), or point model_path at the "
+        "checkpoint's own directory."
+    )
+    for name, bound in CONFIG_SIZE_BOUNDS.items():
+        value = raw.get(name)
+        if value is None:
+            continue
+        why = _bad_size(value, bound)
+        if why:
+            raise ConfigMismatchError(f"{where}: {name}={value!r:.60} is not accepted: {why}. {fix}")
+    heads, hidden, kv = raw.get("num_attention_heads"), raw.get("hidden_size"), raw.get("num_key_value_heads")
+    if heads is not None and hidden is not None and raw.get("head_dim") is None and hidden % heads:
+        raise ConfigMismatchError(
+            f"{where}: num_attention_heads={heads} does not divide hidden_size={hidden} (each head has "
+            f"hidden_size / num_attention_heads dimensions; accepted: a divisor such as "
+            f"{', '.join(str(d) for d in _divisors_near(hidden, heads))}, or an explicit head_dim). {fix}"
+        )
+    if heads is not None and kv is not None and heads % kv:
+        raise ConfigMismatchError(
+            f"{where}: num_key_value_heads={kv} does not divide num_attention_heads={heads} (grouped-query "
+            f"attention shares each key/value head among a whole number of query heads). {fix}"
+        )
+
+
+def _divisors_near(n: int, target: int, k: int = 3) -> list[int]:
+    divisors = [d for d in range(1, min(n, 4096) + 1) if n % d == 0]
+    return sorted(sorted(divisors, key=lambda d: (abs(d - target), d))[:k])
+
+
+# === Tokenizer files: JSON of a plausible size and depth ===
+def _json_depth_exceeds(value: object, limit: int) -> bool:
+    """Whether parsed JSON nests more than `limit` containers deep (level by level: ~0.07 s for LLaMA's)."""
+    level, depth = [value], 1
+    while level:
+        if depth > limit:
+            return True
+        deeper: list[object] = []
+        for item in level:
+            children = item.values() if type(item) is dict else item
+            deeper.extend([c for c in children if type(c) is dict or type(c) is list])
+        level, depth = deeper, depth + 1
+    return False
+
+
+def check_tokenizer_files(directory: Path) -> None:
+    """`TokenizerFileError` naming the file for a tokenizer.json / tokenizer_config.json that is larger than
+    `TOKENIZER_FILE_MAX_BYTES`, not JSON, nested deeper than `TOKENIZER_JSON_MAX_DEPTH`, or (tokenizer.json)
+    without the `model` and `added_tokens` sections every serialized tokenizer has."""
+    fix = "Restore it from the base model (AutoTokenizer.from_pretrained(<base>).save_pretrained(model_path))."
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        file = directory / name
+        if not file.is_file():
+            continue
+        size = readable(file, "The tokenizer file").stat().st_size
+        if size > TOKENIZER_FILE_MAX_BYTES:
+            raise TokenizerFileError(
+                f"{file} has {size / 2**20:,.0f} MiB; tokenizer files above {TOKENIZER_FILE_MAX_BYTES // 2**20} "
+                f"MiB are refused (the largest real one, Gemma-3's tokenizer.json, has 33 MiB), so it is not a "
+                f"tokenizer or is corrupted. {fix}"
+            )
+        try:
+            data = json.loads(file.read_bytes())
+        except RecursionError:
+            data, deep = None, True
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            raise TokenizerFileError(f"{file} is not valid JSON ({str(exc)[:120]}). {fix}") from None
+        else:
+            deep = isinstance(data, (dict, list)) and _json_depth_exceeds(data, TOKENIZER_JSON_MAX_DEPTH)
+        if deep:
+            raise TokenizerFileError(
+                f"{file} nests JSON deeper than {TOKENIZER_JSON_MAX_DEPTH} levels (real tokenizer files nest "
+                f"about 6), so it is not a tokenizer or is corrupted. {fix}"
+            )
+        if not isinstance(data, dict):
+            raise TokenizerFileError(f"{file} holds a JSON {type(data).__name__}, not an object. {fix}")
+        if name == "tokenizer.json":
+            lacking = [
+                key for key, kind in (("model", dict), ("added_tokens", list)) if not isinstance(data.get(key), kind)
+            ]
+            if lacking:
+                raise TokenizerFileError(
+                    f"{file} lacks {', '.join(repr(k) for k in lacking)} (found keys {sorted(data)[:8]}), which "
+                    f"every tokenizer.json has (a `model` object and an `added_tokens` list). {fix}"
+                )
+
+
+# === Weights: finite ===
+def is_finite(tensor: torch.Tensor) -> bool:
+    """Whether every value of `tensor` is finite (True for meta, empty and integer tensors).
+
+    One reduction: a sum is finite exactly when no value is NaN/inf, unless it overflows, in which case the
+    values are checked one by one.
+    """
+    if tensor.device.type == "meta" or not tensor.is_floating_point() or tensor.numel() == 0:
+        return True
+    with torch.no_grad():
+        if bool(torch.isfinite(tensor.sum())):
+            return True
+        return bool(torch.isfinite(tensor).all())
+
+
+def first_non_finite(named: Iterable[tuple[str, torch.Tensor]]) -> tuple[str, torch.Tensor] | None:
+    """The first `(name, tensor)` holding NaN or inf, each tensor checked once (tied weights are one)."""
+    seen: set[int] = set()
+    for name, tensor in named:
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        if not is_finite(tensor):
+            return name, tensor
+    return None
+
+
+def describe_non_finite(tensor: torch.Tensor) -> str:
+    data = tensor.detach()
+    nan = int(torch.isnan(data).sum())
+    inf = int(torch.isinf(data).sum())
+    return f"{nan} NaN and {inf} infinite of {data.numel():,} values"
+
+
+# === Hashes ===
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file, read in `HASH_CHUNK_BYTES` chunks (constant memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_files(paths: Iterable[Path], *, workers: int | None = None) -> dict[Path, str]:
+    """`{path: sha256}`, files hashed in parallel threads (hashlib releases the GIL on large updates)."""
+    paths = list(paths)
+    workers = max(1, min(len(paths), workers or os.cpu_count() or 1))
+    if workers == 1:
+        return {p: sha256_file(p) for p in paths}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return dict(zip(paths, pool.map(sha256_file, paths), strict=True))
+
+
+def largest_floating_dtype(files: Iterable[Path]) -> str | None:
+    """The dtype (e.g. "float32") holding the most bytes across safetensors `files` (their headers only)."""
+    totals: dict[str, int] = {}
+    for file in files:
+        for dtype, size in safetensors_header(file).values():
+            totals[dtype] = totals.get(dtype, 0) + size
+    return max(totals, key=totals.__getitem__) if totals else None
+
+
+def safetensors_header(file: Path) -> dict[str, tuple[str, int]]:
+    """`{tensor: (dtype, bytes)}` of the floating tensors of a safetensors file, from its header (no tensor is
+    read)."""
+    names = {"F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2)}
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            slices = {name: handle.get_slice(name) for name in handle.keys()}
+            result = {}
+            for name, piece in slices.items():
+                if piece.get_dtype() in names:
+                    dtype, width = names[piece.get_dtype()]
+                    result[name] = (dtype, width * math.prod(piece.get_shape()))
+            return result
+    except (SafetensorError, OSError) as exc:
+        raise ModelWeightsError(
+            f"{file} ({file.stat().st_size} bytes) cannot be read ({exc}): it is truncated or corrupted. Copy "
+            "the checkpoint again."
+        ) from exc
