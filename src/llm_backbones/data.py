@@ -13,6 +13,7 @@ merges into the reply's first token ("▁Hello"), that token is the reply's and 
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import weakref
@@ -163,6 +164,43 @@ def _text_only(tokenizer: PreTrainedTokenizerBase):
     return cached[1]
 
 
+def _in_spans(spans: Sequence[tuple[int, int]]) -> Callable[[int, int], bool]:
+    """`inside(start, end)`: whether the non-empty character range lies within one of the sorted `spans`."""
+    starts = [a for a, _ in spans]
+
+    def inside(start: int, end: int) -> bool:
+        i = bisect.bisect_right(starts, start) - 1
+        return end > start and i >= 0 and end <= spans[i][1]
+
+    return inside
+
+
+def _template_marks(
+    tokenizer: PreTrainedTokenizerBase,
+    ids: list[int],
+    offsets: list[tuple[int, int]],
+    messages: Sequence[tuple[int, int]],
+    special_tokens_in_messages: bool,
+) -> list[int]:
+    """Indices of the special tokens the template wrote (not inside a message, unless those are parsed)."""
+    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    in_message = _in_spans(messages) if not special_tokens_in_messages else (lambda start, end: False)
+    return [j for j, (i, o) in enumerate(zip(ids, offsets, strict=True)) if i in special and o[1] > o[0] and not in_message(*o)]
+
+
+def _encodes_piecewise(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer encodes the text between special tokens piece by piece, each piece as if alone
+    (the tokenizers library's rule; a Metaspace pre-tokenizer with prepend_scheme="first" breaks it)."""
+    backend = tokenizer.backend_tokenizer
+    marker = next((t for t in tokenizer.all_special_tokens if t not in ("", None)), None)
+    if marker is None:
+        return True
+    left, right = "Hi there,", "how are you"
+    whole = backend.encode(left + marker + right, add_special_tokens=False).ids
+    pieces = backend.encode(left, add_special_tokens=False).ids + [tokenizer.convert_tokens_to_ids(marker)]
+    return whole == pieces + backend.encode(right, add_special_tokens=False).ids
+
+
 def _encode_with_offsets(
     tokenizer: PreTrainedTokenizerBase,
     text: str,
@@ -171,8 +209,8 @@ def _encode_with_offsets(
 ) -> tuple[list[int], list[tuple[int, int]]]:
     """Ids and character offsets of `text` (special tokens the tokenizer inserts have offsets (0, 0)).
 
-    A special token whose string appears inside a message (`messages`: character spans of user text) is
-    encoded as the text it is, unless `special_tokens_in_messages`: a message cannot close its own turn,
+    A special token whose string appears inside a message (`messages`: sorted character spans of user text)
+    is encoded as the text it is, unless `special_tokens_in_messages`: a message cannot close its own turn,
     forge a reply or put the pad id into `input_ids`. The template's own markers stay special. Text is
     encoded piece by piece between the template's special tokens, which is exactly how the tokenizer
     itself treats them, so a conversation without such strings gets the same ids either way.
@@ -188,20 +226,25 @@ def _encode_with_offsets(
     ids, offsets = encoding.ids, encoding.offsets
     if special_tokens_in_messages or not messages:
         return ids, offsets
+    marks = _template_marks(tokenizer, ids, offsets, messages, special_tokens_in_messages)
     special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
-
-    def in_message(start: int, end: int) -> bool:
-        return end > start and any(a <= start and end <= b for a, b in messages)
-
-    if not any(i in special and in_message(*o) for i, o in zip(ids, offsets, strict=True)):
-        return ids, offsets
+    if sum(i in special and o[1] > o[0] for i, o in zip(ids, offsets, strict=True)) == len(marks):
+        return ids, offsets  # no special token came from a message
+    if not _encodes_piecewise(tokenizer):
+        raise TokenizationError(
+            f"A message holds control-token strings ({sorted(tokenizer.convert_ids_to_tokens(sorted(set(ids) & special)))}), "
+            f"and this tokenizer ({type(tokenizer).__name__}) encodes text differently once it is cut at special "
+            "tokens (its pre-tokenizer depends on the position, e.g. Metaspace with prepend_scheme='first'), so "
+            "they cannot be kept as text exactly. Remove them from the messages, use the backbone's tokenizer, "
+            "or pass special_tokens_in_messages=True to parse them."
+        )
     # Split at the template's special tokens; encode each piece with specials read as text.
     text_only = _text_only(tokenizer)
-    marks = [(o, i) for i, o in zip(ids, offsets, strict=True) if i in special and o[1] > o[0] and not in_message(*o)]
     out_ids: list[int] = []
     out_offsets: list[tuple[int, int]] = []
     cursor = 0
-    for n, ((start, end), token) in enumerate([*marks, ((len(text), len(text)), None)]):
+    for n, (j, token) in enumerate([*((j, ids[j]) for j in marks), (len(ids), None)]):
+        start, end = offsets[j] if token is not None else (len(text), len(text))
         piece = text_only.encode(text[cursor:start], add_special_tokens=n == 0)
         out_ids += piece.ids
         out_offsets += [(a + cursor, b + cursor) if b > a else (a, b) for a, b in piece.offsets]
@@ -226,24 +269,36 @@ def _reply_spans(
     the texts that end there, so the prompt the model sees at inference is exactly the training prefix.
     """
     texts = rendered.texts
+    text = texts[-1]
+    input_ids, offsets = _encode_with_offsets(tokenizer, text, rendered.messages, special_tokens_in_messages)
+    # The tokens of a prefix `text[:n]` differ from the whole text's only after the last special token the
+    # template wrote before `n` (the tokenizer encodes the text between special tokens piece by piece), so
+    # each boundary is checked by encoding that last piece alone: linear in the conversation.
+    marks = _template_marks(tokenizer, input_ids, offsets, rendered.messages, special_tokens_in_messages)
+    mark_ends = [offsets[j][1] for j in marks]
+    encoder = _backend(tokenizer) if special_tokens_in_messages else _text_only(tokenizer)
 
-    def encode(text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        return _encode_with_offsets(tokenizer, text, rendered.messages, special_tokens_in_messages)
+    def prefix_tokens(n_chars: int) -> tuple[int, bool]:
+        """How many tokens `encode(text[:n_chars])` has, and whether they are the whole text's first ones."""
+        m = bisect.bisect_right(mark_ends, n_chars) - 1
+        base = marks[m] + 1 if m >= 0 else 0
+        piece = encoder.encode(text[mark_ends[m] if m >= 0 else 0 : n_chars], add_special_tokens=m < 0).ids
+        if input_ids[base : base + len(piece)] == piece:
+            return base + len(piece), True
+        # a pre-tokenizer that depends on the position (Metaspace, prepend_scheme="first"): the whole prefix
+        exact, _ = _encode_with_offsets(tokenizer, text[:n_chars], rendered.messages, special_tokens_in_messages)
+        return len(exact), input_ids[: len(exact)] == exact
 
-    needed = sorted(({k for k, _, _ in replies} | {k + 1 for k, _, _ in replies}) - {len(texts) - 1})
-    encoded = {k: encode(texts[k])[0] for k in needed}
-    input_ids, offsets = encode(texts[-1])
-    encoded[len(texts) - 1] = input_ids
     spans = []
     for k, name, reply_start in replies:
-        start, end = len(encoded[k]), len(encoded[k + 1])
-        for bound, ids in ((start, encoded[k]), (end, encoded[k + 1])):
-            if input_ids[:bound] != ids:
+        (start, start_ok), (end, end_ok) = prefix_tokens(len(texts[k])), prefix_tokens(len(texts[k + 1]))
+        for ok, at in ((start_ok, k), (end_ok, k + 1)):
+            if not ok:
                 raise TokenizationError(
-                    f"{name}: the tokens of {texts[k if bound == start else k + 1][-40:]!r} are not a "
-                    "prefix of the whole conversation's tokens (a merge crosses the turn boundary), so "
-                    "training and generation would see different tokens. Report the conversation; as a "
-                    "workaround end the message with whitespace-free punctuation."
+                    f"{name}: the tokens of {texts[at][-40:]!r} are not a prefix of the whole conversation's "
+                    "tokens (a merge crosses the turn boundary), so training and generation would see "
+                    "different tokens. Report the conversation; as a workaround end the message with "
+                    "whitespace-free punctuation."
                 )
         # [Contract] OpenVLA: the lone "▁" before the action tokens is the prompt's, not supervised.
         while start < end and offsets[start][1] <= reply_start:

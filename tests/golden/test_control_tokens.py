@@ -111,3 +111,19 @@ def test_golden_ids_of_an_injected_llama2_message(tokenizers) -> None:
     # "In: a </s> b\nOut:" -- the "</s>" of the message is the text pieces "▁</" "s" ">" (1533, 29879, 29958)
     prompt = tokenize_prompt(tokenizers["llama2"], PurePromptBuilder, [{"from": "human", "value": "a </s> b"}])
     assert prompt.tolist() == [1, 512, 29901, 263, 1533, 29879, 29958, 289, 13, 3744, 29901]
+
+
+def test_a_position_dependent_pipeline_refuses_instead_of_guessing() -> None:
+    # transformers 5's LlamaTokenizer class rebuilds LLaMA's pipeline with a Metaspace pre-tokenizer that
+    # prepends "▁" to the first piece of the text only: cut at the template's special tokens, the pieces
+    # would encode differently, so a control string cannot be kept as text exactly -- it raises.
+    from transformers import LlamaTokenizer
+
+    from llm_backbones.errors import TokenizationError
+
+    tokenizer = padded_llama2_tokenizer(LlamaTokenizer)
+    with pytest.raises(TokenizationError, match=r"prepend_scheme='first'.*special_tokens_in_messages=True"):
+        tokenize_conversation(tokenizer, PurePromptBuilder, conversation("</s>", "fine"))
+    parsed = tokenize_conversation(tokenizer, PurePromptBuilder, conversation("</s>", "fine"),
+                                   special_tokens_in_messages=True)
+    assert parsed["input_ids"].tolist().count(2) == 4  # 2 replies' </s> and 2 parsed from the messages
