@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import tempfile
 import time
 from datetime import date

@@ -483,7 +483,6 @@ class Bench:
                     entry[f"{variant}_us"] = round(us, 2)
                     entry[f"{variant}_tb_s"] = round(nbytes / us / 1e6, 2)
                 result[f"batch_{batch}_{name}"] = entry
-                del weights, fused
         return result
 
     def _gpu_time_us(self, fn: Callable[[], Any], replays: int = 20) -> float:

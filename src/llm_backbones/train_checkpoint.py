@@ -33,7 +33,6 @@ import os
 import re
 import secrets
 import shutil
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
+from llm_backbones.checkpoint import _fsync_dir
 from llm_backbones.distributed import DistributedContext, all_finite, barrier
 from llm_backbones.errors import CheckpointError, FinetuneError, OutputPathError
 
@@ -67,16 +67,6 @@ RESUME_FIXED = ("backbone", "mode", "seed", "batch_size", "max_length")
 
 def step_name(step: int) -> str:
     return f"step-{step:08d}"
-
-
-def _fsync_dir(directory: Path) -> None:
-    if sys.platform == "win32":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from shared import hf_greedy
+from shared import mid_size_llama as random_mid_size_llama
 
 from llm_backbones import ActionTokenizer, get_llm_backbone_and_tokenizer
 from llm_backbones.errors import ActionError, InputShapeError
 from llm_backbones.generation import generate_greedy
 
 pytestmark = pytest.mark.integration
-
-
-def hf_greedy(model, n, **inputs) -> torch.Tensor:
-    out = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
-    return out if "inputs_embeds" in inputs else out[:, inputs["input_ids"].shape[1] :]
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +22,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def mid_size_llama():
-    # a mid-size random Llama (GQA, 4 layers, 512 hidden): deeper numerics than the tiny default
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=4096, hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
-        num_key_value_heads=2, max_position_embeddings=1024, attn_implementation="sdpa",
-    )
-    return LlamaForCausalLM(config).eval()
+    return random_mid_size_llama()
 
 
 @pytest.mark.parametrize("static_cache", [False, True])

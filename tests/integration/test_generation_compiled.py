@@ -6,29 +6,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from shared import hf_greedy, mid_size_llama
 from torch._dynamo.utils import counters
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from llm_backbones import get_llm_backbone_and_tokenizer
 from llm_backbones.errors import InputShapeError
 from llm_backbones.generation import generate_greedy, prepare_for_generation, prepared_generation, prompt_buckets
 
 pytestmark = pytest.mark.integration
-
-
-def hf_greedy(model, n, **inputs) -> torch.Tensor:
-    out = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
-    return out if "inputs_embeds" in inputs else out[:, inputs["input_ids"].shape[1] :]
-
-
-def mid_size_llama() -> LlamaForCausalLM:
-    # a mid-size random Llama with GQA (4 layers, 512 hidden, 8 query / 2 key-value heads), fp32
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=4096, hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
-        num_key_value_heads=2, max_position_embeddings=1024, attn_implementation="sdpa",
-    )
-    return LlamaForCausalLM(config).eval()
 
 
 class CountingBackend:

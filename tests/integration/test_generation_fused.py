@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from shared import hf_greedy, mid_size_llama
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from llm_backbones import get_llm_backbone_and_tokenizer
@@ -14,21 +15,6 @@ from llm_backbones.fused_inference import FusedLlamaAttention, fuse_projections
 from llm_backbones.generation import generate_greedy
 
 pytestmark = pytest.mark.integration
-
-
-def hf_greedy(model, n, **inputs) -> torch.Tensor:
-    out = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
-    return out if "inputs_embeds" in inputs else out[:, inputs["input_ids"].shape[1] :]
-
-
-def mid_size_llama() -> LlamaForCausalLM:
-    # a mid-size random Llama with GQA (4 layers, 512 hidden, 8 query / 2 key-value heads), fp32
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=4096, hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
-        num_key_value_heads=2, max_position_embeddings=1024, attn_implementation="sdpa",
-    )
-    return LlamaForCausalLM(config).eval()
 
 
 @pytest.fixture(scope="module")
