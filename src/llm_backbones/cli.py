@@ -267,7 +267,7 @@ def finetune(
     is_main = os.environ.get("RANK", "0") == "0"
     try:
         from llm_backbones.data import load_conversations
-        from llm_backbones.finetune import preflight, run_finetune
+        from llm_backbones.finetune import check_conversations, preflight, run_finetune
         from llm_backbones.training import FinetuneConfig
 
         settings = FinetuneConfig.resolve(config, {k: v for k, v in given.items() if v is not None})
@@ -275,8 +275,9 @@ def finetune(
             _check_output_file(Path(settings.metrics_json), "--metrics-json")
         preflight(settings)  # bad settings, outputs and data files fail here, before the progress bar
         conversations = load_conversations(settings.data)
+        check_conversations(settings.backbone, conversations, repr(str(settings.data)))
         if settings.eval_data is not None:
-            load_conversations(settings.eval_data)
+            check_conversations(settings.backbone, load_conversations(settings.eval_data), repr(str(settings.eval_data)))
         columns = (TextColumn(f"{settings.mode} fine-tuning"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
                    TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("lr {task.fields[lr]:.2e}"),
                    TextColumn("{task.fields[tps]:,.0f} tok/s"), TimeElapsedColumn())

@@ -200,6 +200,9 @@ def run_finetune(
     run = preflight(cfg, in_memory_data=in_memory is not None)
     conversations = in_memory if in_memory is not None else load_conversations(cfg.data)
     eval_conversations = load_conversations(cfg.eval_data) if cfg.eval_data is not None else None
+    check_conversations(cfg.backbone, conversations, "the training data" if cfg.data is None else repr(str(cfg.data)))
+    if eval_conversations is not None:
+        check_conversations(cfg.backbone, eval_conversations, repr(str(cfg.eval_data)))
     ctx = init_distributed(cfg.device)
     try:
         return _train(cfg, ctx, run, conversations, eval_conversations, on_step, on_record)
@@ -225,6 +228,23 @@ def preflight(cfg: FinetuneConfig, *, in_memory_data: bool = False):
     if run is not None:
         run.check(resume=cfg.resume, overwrite=cfg.overwrite)
     return run
+
+
+def check_conversations(backbone_id: str, conversations: list, source: str) -> None:
+    """Render every conversation with the id's prompt builder (no model, no tokenizer): a bad record (empty,
+    assistant first, unknown role, non-string text) is reported with its index before anything is built."""
+    from llm_backbones.data import _seams
+    from llm_backbones.errors import ConversationError, LLMBackbonesError
+    from llm_backbones.registry import prompt_builder_for
+
+    builder = prompt_builder_for(backbone_id)
+    for index, conversation in enumerate(conversations):
+        try:
+            _seams(builder, conversation, "prismatic", None)
+        except LLMBackbonesError as exc:
+            raise ConversationError(
+                f"Conversation {index} of {source} ({len(conversations)} in all): {exc} Fix or drop that record."
+            ) from exc
 
 
 def _prepare_output(cfg: FinetuneConfig, run) -> tuple[Any, dict[str, Any] | None]:

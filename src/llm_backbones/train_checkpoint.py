@@ -110,6 +110,18 @@ class RunDir:
         """Refuse an output that would be written over by mistake; read-only (every rank may call it)."""
         if self.path.exists() and not self.path.is_dir():
             raise OutputPathError(f"--output {str(self.path)!r} is a file; a run writes a folder. Choose another path.")
+        blocking = next((p for p in self.path.parents if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            raise OutputPathError(
+                f"--output {str(self.path)!r} lies under {str(blocking)!r}, which is a file, so the folder cannot be "
+                "made. Choose a path under a folder."
+            )
+        existing = next(p for p in (self.path, *self.path.parents) if p.exists())
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise OutputPathError(
+                f"--output {str(self.path)!r} cannot be written: {str(existing)!r} is not writable by this user. "
+                "Choose a writable folder, or fix its permissions."
+            )
         if not self.path.is_dir() or not any(self.path.iterdir()):
             return
         if not self.holds_run():

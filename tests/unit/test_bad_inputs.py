@@ -865,6 +865,16 @@ CLI_CASES = [
     BadCli("cli-finetune-data-missing",
            lambda e: ["finetune", "--backbone", "llama2-tiny-pure", "--data", str(e.root / "absent.json"), "--device", "cpu"],
            DataFileError, ("absent.json", "does not exist")),
+    BadCli("cli-finetune-assistant-first", lambda e: [
+        "finetune", "--backbone", "llama2-tiny-pure", "--device", "cpu", "--data",
+        str(e.file("gpt-first.json", '[{"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]},'
+                   ' {"conversations": [{"from": "gpt", "value": "x"}, {"from": "human", "value": "y"}]}]'))],
+        ConversationError, ("Conversation 1 of", "gpt-first.json", "(2 in all)", "got role 'gpt'", "Fix or drop that record")),
+    BadCli("cli-finetune-output-under-a-file", lambda e: [
+        "finetune", "--backbone", "llama2-tiny-pure", "--device", "cpu", "--data",
+        str(e.file("one.json", '[{"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]}]')),
+        "--output", str(e.file("plain-file") / "run")],
+        OutputPathError, ("plain-file", "which is a file", "Choose a path under a folder")),
 ]
 
 # Click's own usage errors: exit code 2 with a usage line (not llm-backbones exceptions).
