@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -175,17 +175,8 @@ def _in_spans(spans: Sequence[tuple[int, int]]) -> Callable[[int, int], bool]:
     return inside
 
 
-def _template_marks(
-    tokenizer: PreTrainedTokenizerBase,
-    ids: list[int],
-    offsets: list[tuple[int, int]],
-    messages: Sequence[tuple[int, int]],
-    special_tokens_in_messages: bool,
-) -> list[int]:
-    """Indices of the special tokens the template wrote (not inside a message, unless those are parsed)."""
-    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
-    in_message = _in_spans(messages) if not special_tokens_in_messages else (lambda start, end: False)
-    return [j for j, (i, o) in enumerate(zip(ids, offsets, strict=True)) if i in special and o[1] > o[0] and not in_message(*o)]
+def _special_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    return set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
 
 
 def _encodes_piecewise(tokenizer: PreTrainedTokenizerBase) -> bool:
@@ -201,13 +192,19 @@ def _encodes_piecewise(tokenizer: PreTrainedTokenizerBase) -> bool:
     return whole == pieces + backend.encode(right, add_special_tokens=False).ids
 
 
+class _Encoding(NamedTuple):
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+    marks: list[int]  # indices of the special tokens the template wrote (not a message's text)
+
+
 def _encode_with_offsets(
     tokenizer: PreTrainedTokenizerBase,
     text: str,
     messages: Sequence[tuple[int, int]] = (),
     special_tokens_in_messages: bool = False,
-) -> tuple[list[int], list[tuple[int, int]]]:
-    """Ids and character offsets of `text` (special tokens the tokenizer inserts have offsets (0, 0)).
+) -> _Encoding:
+    """Ids, character offsets (special tokens the tokenizer inserts have (0, 0)) and template marks of `text`.
 
     A special token whose string appears inside a message (`messages`: sorted character spans of user text)
     is encoded as the text it is, unless `special_tokens_in_messages`: a message cannot close its own turn,
@@ -224,12 +221,14 @@ def _encode_with_offsets(
         )
     encoding = backend.encode(text, add_special_tokens=True)
     ids, offsets = encoding.ids, encoding.offsets
+    special = _special_ids(tokenizer)
+    written = [j for j, (i, o) in enumerate(zip(ids, offsets, strict=True)) if i in special and o[1] > o[0]]
     if special_tokens_in_messages or not messages:
-        return ids, offsets
-    marks = _template_marks(tokenizer, ids, offsets, messages, special_tokens_in_messages)
-    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
-    if sum(i in special and o[1] > o[0] for i, o in zip(ids, offsets, strict=True)) == len(marks):
-        return ids, offsets  # no special token came from a message
+        return _Encoding(ids, offsets, written)
+    in_message = _in_spans(messages)
+    marks = [j for j in written if not in_message(*offsets[j])]
+    if len(marks) == len(written):
+        return _Encoding(ids, offsets, marks)  # no special token came from a message
     if not _encodes_piecewise(tokenizer):
         raise TokenizationError(
             f"A message holds control-token strings ({sorted(tokenizer.convert_ids_to_tokens(sorted(set(ids) & special)))}), "
@@ -240,19 +239,19 @@ def _encode_with_offsets(
         )
     # Split at the template's special tokens; encode each piece with specials read as text.
     text_only = _text_only(tokenizer)
-    out_ids: list[int] = []
-    out_offsets: list[tuple[int, int]] = []
+    out = _Encoding([], [], [])
     cursor = 0
     for n, (j, token) in enumerate([*((j, ids[j]) for j in marks), (len(ids), None)]):
         start, end = offsets[j] if token is not None else (len(text), len(text))
         piece = text_only.encode(text[cursor:start], add_special_tokens=n == 0)
-        out_ids += piece.ids
-        out_offsets += [(a + cursor, b + cursor) if b > a else (a, b) for a, b in piece.offsets]
+        out.ids.extend(piece.ids)
+        out.offsets.extend((a + cursor, b + cursor) if b > a else (a, b) for a, b in piece.offsets)
         if token is not None:
-            out_ids.append(token)
-            out_offsets.append((start, end))
+            out.marks.append(len(out.ids))
+            out.ids.append(token)
+            out.offsets.append((start, end))
         cursor = end
-    return out_ids, out_offsets
+    return out
 
 
 def _reply_spans(
@@ -270,11 +269,10 @@ def _reply_spans(
     """
     texts = rendered.texts
     text = texts[-1]
-    input_ids, offsets = _encode_with_offsets(tokenizer, text, rendered.messages, special_tokens_in_messages)
+    input_ids, offsets, marks = _encode_with_offsets(tokenizer, text, rendered.messages, special_tokens_in_messages)
     # The tokens of a prefix `text[:n]` differ from the whole text's only after the last special token the
     # template wrote before `n` (the tokenizer encodes the text between special tokens piece by piece), so
     # each boundary is checked by encoding that last piece alone: linear in the conversation.
-    marks = _template_marks(tokenizer, input_ids, offsets, rendered.messages, special_tokens_in_messages)
     mark_ends = [offsets[j][1] for j in marks]
     encoder = _backend(tokenizer) if special_tokens_in_messages else _text_only(tokenizer)
 
@@ -286,7 +284,7 @@ def _reply_spans(
         if input_ids[base : base + len(piece)] == piece:
             return base + len(piece), True
         # a pre-tokenizer that depends on the position (Metaspace, prepend_scheme="first"): the whole prefix
-        exact, _ = _encode_with_offsets(tokenizer, text[:n_chars], rendered.messages, special_tokens_in_messages)
+        exact = _encode_with_offsets(tokenizer, text[:n_chars], rendered.messages, special_tokens_in_messages).ids
         return len(exact), input_ids[: len(exact)] == exact
 
     spans = []
@@ -407,7 +405,7 @@ def tokenize_prompt(
         )
     if reply is None:
         rendered = _seams(prompt_builder_fn, conversation, model_family, system_prompt)
-        ids, _ = _encode_with_offsets(tokenizer, rendered.texts[-1], rendered.messages, special_tokens_in_messages)
+        ids = _encode_with_offsets(tokenizer, rendered.texts[-1], rendered.messages, special_tokens_in_messages).ids
     else:
         full = [*conversation, {"from": "gpt", "value": reply}]
         rendered = _seams(prompt_builder_fn, full, model_family, system_prompt)
