@@ -16,6 +16,7 @@ from llm_backbones.openvla import LoadedVLA, load_vla_backbone, unnormalize_acti
 from llm_backbones.data import (
     IGNORE_INDEX,
     PaddedCollator,
+    PaddedCollatorForActionPrediction,
     insert_patch_embeddings,
     tokenize_conversation,
     tokenize_prompt,
@@ -65,6 +66,7 @@ __all__ = [
     "ActionTokenizer",
     "IGNORE_INDEX",
     "PaddedCollator",
+    "PaddedCollatorForActionPrediction",
     "insert_patch_embeddings",
     "tokenize_conversation",
     "tokenize_prompt",

@@ -668,3 +668,7 @@ class PaddedCollator:
         if self.pixel_values_dtype is not None and pixels.is_floating_point():
             return pixels.to(self.pixel_values_dtype)
         return pixels
+
+
+# OpenVLA's name (prismatic/util/data_utils.py), so code written for it imports this one unchanged.
+PaddedCollatorForActionPrediction = PaddedCollator

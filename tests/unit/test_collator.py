@@ -31,6 +31,13 @@ def test_openvla_positional_call_shape() -> None:
     assert out["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
 
 
+def test_openvlas_class_name_is_the_same_collator() -> None:
+    from llm_backbones import PaddedCollatorForActionPrediction
+
+    out = PaddedCollatorForActionPrediction(2048, 32000, padding_side="right")(BATCH)
+    assert out["input_ids"].tolist() == [[1, 5, 6, 7], [1, 8, 32000, 32000]]
+
+
 def test_openvla_keyword_call_shape() -> None:
     collate = PaddedCollator(model_max_length=2048, pad_token_id=0, padding_side="right",
                              pixel_values_dtype=torch.bfloat16)
