@@ -57,7 +57,7 @@ def measure(model_dir: Path, which: str) -> dict:
 
 
 def model_dir(root: Path, layers: int) -> Path:
-    from llm_backbones.embedded import ASSETS_DIR
+    from llm_backbones.core.backbones.embedded import ASSETS_DIR
 
     d = root / f"llama2-7b-{layers}layers"
     d.mkdir()

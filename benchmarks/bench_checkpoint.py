@@ -27,11 +27,11 @@ from pathlib import Path
 import torch
 
 from llm_backbones import get_llm_backbone_and_tokenizer, tokenize_conversation
-from llm_backbones.data import PaddedCollator
-from llm_backbones.distributed import DistributedContext
-from llm_backbones.finetune import apply_finetune_mode
-from llm_backbones.train_checkpoint import RunDir, load_checkpoint, publish_checkpoint, write_checkpoint
-from llm_backbones.training import FinetuneConfig, lr_scheduler, optimizer_step
+from llm_backbones.data.examples import PaddedCollator
+from llm_backbones.training.distributed import DistributedContext
+from llm_backbones.training.finetune import apply_finetune_mode
+from llm_backbones.training.checkpoint import RunDir, load_checkpoint, publish_checkpoint, write_checkpoint
+from llm_backbones.training.loop import FinetuneConfig, lr_scheduler, optimizer_step
 
 CONVERSATIONS = [
     [{"from": "human", "value": f"What action should the robot take to {task}?"}, {"from": "gpt", "value": answer}]
@@ -119,7 +119,7 @@ def measure_tiny(device: torch.device, steps: int, repeats: int) -> dict:
 def computed_7b() -> dict:
     tmp = Path(tempfile.mkdtemp())
     (tmp / "config.json").write_text(json.dumps(LLAMA2_7B))
-    assets = Path(__import__("llm_backbones.embedded", fromlist=["ASSETS_DIR"]).ASSETS_DIR) / "llama2-tiny"
+    assets = Path(__import__("llm_backbones.core.backbones.embedded", fromlist=["ASSETS_DIR"]).ASSETS_DIR) / "llama2-tiny"
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (tmp / name).write_bytes((assets / name).read_bytes())
     modes = {}

@@ -20,10 +20,10 @@ from datetime import date
 import torch
 from transformers import AutoTokenizer, LlamaTokenizer
 
-from llm_backbones.actions import ActionTokenizer
-from llm_backbones.data import IGNORE_INDEX, tokenize_conversation
-from llm_backbones.embedded import ASSETS_DIR
-from llm_backbones.prompting import LLaMa2ChatPromptBuilder, PurePromptBuilder, VicunaV15ChatPromptBuilder
+from llm_backbones.data.actions import ActionTokenizer
+from llm_backbones.data.examples import IGNORE_INDEX, tokenize_conversation
+from llm_backbones.core.backbones.embedded import ASSETS_DIR
+from llm_backbones.core.prompting import LLaMa2ChatPromptBuilder, PurePromptBuilder, VicunaV15ChatPromptBuilder
 
 WORDS = "the robot arm picks up a red cup from table and places it in bowl near drawer , . ? 3 blocks".split()
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from llm_backbones.backbones._loading import is_finite, sha256_file, sha256_files
+from llm_backbones.core.backbones.files import is_finite, sha256_file, sha256_files
 
 LLAMA2_7B_BF16_BYTES = 13.5e9
 LLAMA2_7B_SHARDS = 3

@@ -48,9 +48,9 @@ from typing import Any
 import torch
 
 from llm_backbones import get_llm_backbone_and_tokenizer
-from llm_backbones.embedded import ASSETS_DIR
-from llm_backbones.fused_inference import fuse_projections
-from llm_backbones.generation import generate_greedy, prepare_for_generation, prepared_generation
+from llm_backbones.core.backbones.embedded import ASSETS_DIR
+from llm_backbones.runtime.fused_inference import fuse_projections
+from llm_backbones.runtime.generation import generate_greedy, prepare_for_generation, prepared_generation
 
 LLAMA2_7B = {  # meta-llama/Llama-2-7b-hf config.json
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 32000, "hidden_size": 4096,

@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 
 from llm_backbones import get_llm_backbone_and_tokenizer
-from llm_backbones.embedded import ASSETS_DIR
-from llm_backbones.finetune import apply_finetune_mode
+from llm_backbones.core.backbones.embedded import ASSETS_DIR
+from llm_backbones.training.finetune import apply_finetune_mode
 
 LLAMA2_7B = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 32000, "hidden_size": 4096,

@@ -20,7 +20,7 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 @pytest.fixture(scope="session")
 def tiny_llama_dir() -> Path:
     """A local HF-format tiny LLaMA-2 directory (config, real LLaMA-2 tokenizer, safetensors)."""
-    from llm_backbones.embedded import embedded_model_dir
+    from llm_backbones.core.backbones.embedded import embedded_model_dir
 
     return embedded_model_dir("llama2-tiny")
 
@@ -54,7 +54,7 @@ def tiny_family_model(tmp_path_factory: pytest.TempPathFactory):
 
     def get(name: str, **overrides) -> Path:
         if name == "llama2" and not overrides:
-            from llm_backbones.embedded import embedded_model_dir
+            from llm_backbones.core.backbones.embedded import embedded_model_dir
 
             return embedded_model_dir("llama2-tiny")
         key = (name, tuple(sorted(overrides.items())))

@@ -6,8 +6,8 @@ from typing import Any
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from llm_backbones.embedded import ASSETS_DIR
-from llm_backbones.prompting import (
+from llm_backbones.core.backbones.embedded import ASSETS_DIR
+from llm_backbones.core.prompting import (
     LLaMa2ChatPromptBuilder,
     MistralInstructPromptBuilder,
     PhiPromptBuilder,

@@ -1,75 +1,62 @@
 """llm-backbones: the LLM-backbone layer of vision-language-action models.
 
-Nothing runs on import beyond declaring the registry.
+Every name below is imported on first use (PEP 562): `import llm_backbones` loads neither torch nor
+transformers, and reading a name loads only the module that defines it. The layers underneath:
+`core` (registry, prompt formats, backbones), `runtime` (generation, fused kernels), `data` (examples,
+collator, action tokens), `persistence` (save/load, OpenVLA checkpoints), `training` (fine-tuning, FSDP),
+`app` (CLI, demo, info); see the README's architecture section.
 """
 
-from llm_backbones.actions import ActionTokenizer
-from llm_backbones.backbones import (
-    LLM_BACKBONES,
-    HFCausalLLMBackbone,
-    LLaMa2LLMBackbone,
-    LLMBackbone,
-    get_llm_backbone_and_tokenizer,
-)
-from llm_backbones.checkpoint import load_backbone, save_backbone
-from llm_backbones.openvla import LoadedVLA, load_vla_backbone, unnormalize_actions
-from llm_backbones.data import (
-    IGNORE_INDEX,
-    PaddedCollator,
-    PaddedCollatorForActionPrediction,
-    insert_patch_embeddings,
-    tokenize_conversation,
-    tokenize_prompt,
-    vla_example,
-    vla_prompt,
-)
-from llm_backbones.registry import (
-    GEMMA2_MODELS,
-    LLAMA2_MODELS,
-    LLAMA3_MODELS,
-    MISTRAL_MODELS,
-    PHI3_MODELS,
-    PHI_MODELS,
-    QWEN25_MODELS,
-    BackboneSpec,
-    get_spec,
-    prompt_builder_for,
-    register_backbone,
-    registered_ids,
-)
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import Any
 
-__all__ = [
-    "LLMBackbone",
-    "HFCausalLLMBackbone",
-    "LLaMa2LLMBackbone",
-    "LLAMA2_MODELS",
-    "MISTRAL_MODELS",
-    "PHI_MODELS",
-    "LLAMA3_MODELS",
-    "QWEN25_MODELS",
-    "GEMMA2_MODELS",
-    "PHI3_MODELS",
-    "LLM_BACKBONES",
-    "BackboneSpec",
-    "get_llm_backbone_and_tokenizer",
-    "save_backbone",
-    "load_backbone",
-    "load_vla_backbone",
-    "LoadedVLA",
-    "unnormalize_actions",
-    "get_spec",
-    "prompt_builder_for",
-    "register_backbone",
-    "registered_ids",
-    "ActionTokenizer",
-    "IGNORE_INDEX",
-    "PaddedCollator",
-    "PaddedCollatorForActionPrediction",
-    "insert_patch_embeddings",
-    "tokenize_conversation",
-    "tokenize_prompt",
-    "vla_example",
-    "vla_prompt",
-]
+from llm_backbones._version import __version__
+
+# public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(
+        ["LLMBackbone", "HFCausalLLMBackbone"], "llm_backbones.core.backbones.backbone"
+    ),
+    "LLaMa2LLMBackbone": "llm_backbones.core.backbones.llama2",
+    **dict.fromkeys(["LLM_BACKBONES", "get_llm_backbone_and_tokenizer"], "llm_backbones.core.backbones.factory"),
+    **dict.fromkeys(
+        [
+            "LLAMA2_MODELS", "MISTRAL_MODELS", "PHI_MODELS", "LLAMA3_MODELS", "QWEN25_MODELS", "GEMMA2_MODELS",
+            "PHI3_MODELS", "BackboneSpec", "get_spec", "prompt_builder_for", "register_backbone", "registered_ids",
+        ],
+        "llm_backbones.core.registry",
+    ),
+    **dict.fromkeys(["save_backbone", "load_backbone"], "llm_backbones.persistence.checkpoint"),
+    **dict.fromkeys(
+        ["load_vla_backbone", "LoadedVLA", "unnormalize_actions"], "llm_backbones.persistence.openvla"
+    ),
+    "ActionTokenizer": "llm_backbones.data.actions",
+    **dict.fromkeys(
+        [
+            "IGNORE_INDEX", "PaddedCollator", "PaddedCollatorForActionPrediction", "insert_patch_embeddings",
+            "tokenize_conversation", "tokenize_prompt", "vla_example", "vla_prompt",
+        ],
+        "llm_backbones.data.examples",
+    ),
+}
+# subpackages and modules reachable as attributes (`llm_backbones.errors.FinetuneError`) without an import
+_SUBMODULES = frozenset({"errors", "core", "runtime", "data", "persistence", "training", "app"})
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # the next read is a plain lookup
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__, *_SUBMODULES})

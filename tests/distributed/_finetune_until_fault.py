@@ -26,8 +26,8 @@ def stop() -> None:
 
 
 if kind == "step":
-    import llm_backbones.distributed as distributed
-    import llm_backbones.finetune as finetune
+    import llm_backbones.training.distributed as distributed
+    import llm_backbones.training.finetune as finetune
 
     optimizer_step = finetune.optimizer_step
 
@@ -41,7 +41,7 @@ if kind == "step":
 
     finetune.optimizer_step = step_or_stop
 elif kind == "save":
-    import llm_backbones.train_checkpoint as train_checkpoint
+    import llm_backbones.training.checkpoint as train_checkpoint
 
     publish = train_checkpoint._publish
 
@@ -54,6 +54,6 @@ elif kind == "save":
 else:
     raise SystemExit(f"unknown fault {fault!r}; use step:N or save:N")
 
-from llm_backbones.cli import app  # noqa: E402
+from llm_backbones.app.cli import app  # noqa: E402
 
 app(args, prog_name="llm-backbones")

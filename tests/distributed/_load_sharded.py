@@ -8,7 +8,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from llm_backbones import get_llm_backbone_and_tokenizer
-from llm_backbones.distributed import init_distributed, load_full_state_dict, shard_fsdp2, wrap_fsdp1
+from llm_backbones.training.distributed import init_distributed, load_full_state_dict, shard_fsdp2, wrap_fsdp1
 
 checkpoint, version, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 ctx = init_distributed("cpu")

@@ -35,10 +35,10 @@ def run_cli(tmp: Path, name: str, nproc: int, *extra: str) -> tuple[dict, Path]:
     out, metrics = tmp / name, tmp / f"{name}.json"
     args = ["finetune", "--backbone", "llama2-tiny-pure", "--data", str(data), "--steps", "4", "--batch-size", "4",
             "--lr", "1e-3", "--precision", "fp32", "--device", "cpu", "--output", str(out), "--metrics-json", str(metrics), *extra]
-    launcher = [sys.executable, "-m", "llm_backbones.cli"]
+    launcher = [sys.executable, "-m", "llm_backbones.app.cli"]
     if nproc > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                    "--master_port", str(29500 + os.getpid() % 1000), "-m", "llm_backbones.cli"]
+                    "--master_port", str(29500 + os.getpid() % 1000), "-m", "llm_backbones.app.cli"]
     proc = subprocess.run([*launcher, *args], capture_output=True, text=True, timeout=300, env=dict(os.environ))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(metrics.read_text()), out

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from llm_backbones import get_llm_backbone_and_tokenizer
-from llm_backbones.finetune import run_finetune
-from llm_backbones.training import read_records
+from llm_backbones.training.finetune import run_finetune
+from llm_backbones.training.loop import read_records
 
 pytestmark = pytest.mark.distributed
 

@@ -16,8 +16,8 @@ from family_assets import write_converted_tokenizer, write_gemma2_standin
 from shared import padded_llama2_tokenizer
 from transformers import AutoTokenizer
 
-from llm_backbones.data import IGNORE_INDEX, tokenize_conversation, tokenize_prompt, vla_prompt
-from llm_backbones.prompting import (
+from llm_backbones.data.examples import IGNORE_INDEX, tokenize_conversation, tokenize_prompt, vla_prompt
+from llm_backbones.core.prompting import (
     Gemma2InstructPromptBuilder,
     Gemma2PurePromptBuilder,
     Llama3InstructPromptBuilder,

@@ -29,9 +29,9 @@ import pytest
 import torch
 from shared import padded_llama2_tokenizer
 
-from llm_backbones.data import tokenize_conversation, tokenize_prompt
+from llm_backbones.data.examples import tokenize_conversation, tokenize_prompt
 from llm_backbones.errors import TokenizationError
-from llm_backbones.prompting import LLaMa2ChatPromptBuilder, PurePromptBuilder, VicunaV15ChatPromptBuilder
+from llm_backbones.core.prompting import LLaMa2ChatPromptBuilder, PurePromptBuilder, VicunaV15ChatPromptBuilder
 
 # =====================================================================================================
 # Shared conversations

@@ -13,8 +13,8 @@ import pytest
 from family_assets import write_converted_tokenizer
 from transformers import AutoTokenizer
 
-from llm_backbones.data import IGNORE_INDEX, tokenize_conversation, tokenize_prompt
-from llm_backbones.prompting import (
+from llm_backbones.data.examples import IGNORE_INDEX, tokenize_conversation, tokenize_prompt
+from llm_backbones.core.prompting import (
     Llama3InstructPromptBuilder,
     Llama3PurePromptBuilder,
     Phi35InstructPromptBuilder,

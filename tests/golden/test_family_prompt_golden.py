@@ -19,7 +19,7 @@ from __future__ import annotations
 import pytest
 
 from llm_backbones.errors import ConversationError, PromptFormatError
-from llm_backbones.prompting import (
+from llm_backbones.core.prompting import (
     Gemma2InstructPromptBuilder,
     Gemma2PurePromptBuilder,
     LLaMa2ChatPromptBuilder,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer, LlamaTokenizerFast
 
-from llm_backbones.embedded import ASSETS_DIR
+from llm_backbones.core.backbones.embedded import ASSETS_DIR
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -21,9 +21,9 @@ import torch
 from shared import padded_llama2_tokenizer
 
 from llm_backbones import ActionTokenizer
-from llm_backbones.data import IGNORE_INDEX, tokenize_prompt, vla_example, vla_prompt
+from llm_backbones.data.examples import IGNORE_INDEX, tokenize_prompt, vla_example, vla_prompt
 from llm_backbones.errors import ActionError
-from llm_backbones.prompting import PurePromptBuilder
+from llm_backbones.core.prompting import PurePromptBuilder
 
 # Each value lies inside the bin whose token id is written beside it: id = 32000 - d where
 # -1 + (d - 1) * 2/255 <= a < -1 + d * 2/255.

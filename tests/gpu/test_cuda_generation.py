@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from llm_backbones.generation import generate_greedy, prepare_for_generation
+from llm_backbones.runtime.generation import generate_greedy, prepare_for_generation
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

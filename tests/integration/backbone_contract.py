@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from llm_backbones import LLM_BACKBONES, get_llm_backbone_and_tokenizer, get_spec
-from llm_backbones.data import IGNORE_INDEX, tokenize_conversation, tokenize_prompt
-from llm_backbones.prompting import PromptBuilder
+from llm_backbones.data.examples import IGNORE_INDEX, tokenize_conversation, tokenize_prompt
+from llm_backbones.core.prompting import PromptBuilder
 
 CONVERSATION = [
     {"from": "human", "value": "<image>\nWhat action should the robot take to open the drawer?"},

@@ -19,7 +19,7 @@ from shared import padded_llama2_tokenizer
 from transformers import LlamaTokenizer
 
 import llm_backbones
-from llm_backbones import checkpoint as checkpoint_module
+from llm_backbones.persistence import checkpoint as checkpoint_module
 from llm_backbones import get_llm_backbone_and_tokenizer, load_backbone, save_backbone
 from llm_backbones.errors import FingerprintMismatchError, ModelPathError
 
@@ -200,7 +200,8 @@ CHILD = r"""
 import sys, time
 from pathlib import Path
 import torch
-from llm_backbones import checkpoint, load_backbone
+from llm_backbones import load_backbone
+from llm_backbones.persistence import checkpoint
 
 path, mode = sys.argv[1], sys.argv[2]
 backbone, _ = load_backbone(path)

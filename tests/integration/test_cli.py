@@ -10,7 +10,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from llm_backbones.cli import app
+from llm_backbones.app.cli import app
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
@@ -101,7 +101,7 @@ def test_prompt_bad_files(tmp_path) -> None:
 def test_real_subprocess_entry_point() -> None:
     env = dict(os.environ)
     proc = subprocess.run(
-        [sys.executable, "-m", "llm_backbones.cli", "list", "--json"], capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, "-m", "llm_backbones.app.cli", "list", "--json"], capture_output=True, text=True, env=env, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
     assert "llama2-13b-pure" in {row["id"] for row in json.loads(proc.stdout)}
@@ -132,7 +132,7 @@ def test_list_json_has_every_family() -> None:
 def test_list_table_shows_new_columns(monkeypatch) -> None:
     from rich.console import Console
 
-    from llm_backbones import cli
+    from llm_backbones.app import cli
 
     monkeypatch.setattr(cli, "console", Console(width=250))  # a wide terminal: no folded cells
     result = runner.invoke(app, ["list"])

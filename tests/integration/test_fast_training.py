@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from llm_backbones import PaddedCollator, get_llm_backbone_and_tokenizer, tokenize_conversation
-from llm_backbones.fused_loss import chunked_causal_lm_loss
+from llm_backbones.runtime.fused_loss import chunked_causal_lm_loss
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,8 @@ import torch
 
 from llm_backbones import PaddedCollator, get_llm_backbone_and_tokenizer, tokenize_conversation
 from llm_backbones.errors import FinetuneError
-from llm_backbones.finetune import apply_finetune_mode, global_batch_indices, train_steps
-from llm_backbones.lora import default_target_modules, merge_lora
+from llm_backbones.training.finetune import apply_finetune_mode, global_batch_indices, train_steps
+from llm_backbones.training.lora import default_target_modules, merge_lora
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from transformers import Gemma2ForCausalLM
 from transformers.models.gemma2.modeling_gemma2 import Gemma2DecoderLayer
 
 from llm_backbones import HFCausalLLMBackbone
-from llm_backbones.prompting import Gemma2InstructPromptBuilder, Gemma2PurePromptBuilder
+from llm_backbones.core.prompting import Gemma2InstructPromptBuilder, Gemma2PurePromptBuilder
 
 pytestmark = pytest.mark.integration
 

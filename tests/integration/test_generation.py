@@ -9,7 +9,7 @@ from shared import mid_size_llama as random_mid_size_llama
 
 from llm_backbones import ActionTokenizer, get_llm_backbone_and_tokenizer
 from llm_backbones.errors import ActionError, InputShapeError
-from llm_backbones.generation import generate_greedy
+from llm_backbones.runtime.generation import generate_greedy
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from torch._dynamo.utils import counters
 
 from llm_backbones import get_llm_backbone_and_tokenizer
 from llm_backbones.errors import InputShapeError
-from llm_backbones.generation import generate_greedy, prepare_for_generation, prepared_generation, prompt_buckets
+from llm_backbones.runtime.generation import generate_greedy, prepare_for_generation, prepared_generation, prompt_buckets
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 from llm_backbones import get_llm_backbone_and_tokenizer
 from llm_backbones.errors import ConfigMismatchError, ModelWeightsError
-from llm_backbones.fused_inference import FusedLlamaAttention, fuse_projections
-from llm_backbones.generation import generate_greedy
+from llm_backbones.runtime.fused_inference import FusedLlamaAttention, fuse_projections
+from llm_backbones.runtime.generation import generate_greedy
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from transformers import LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from llm_backbones import LLAMA2_MODELS, LLaMa2LLMBackbone, get_llm_backbone_and_tokenizer
-from llm_backbones.prompting import LLaMa2ChatPromptBuilder, PurePromptBuilder, VicunaV15ChatPromptBuilder
+from llm_backbones.core.prompting import LLaMa2ChatPromptBuilder, PurePromptBuilder, VicunaV15ChatPromptBuilder
 
 pytestmark = pytest.mark.integration
 

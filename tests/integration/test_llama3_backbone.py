@@ -10,7 +10,7 @@ from transformers import LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from llm_backbones import HFCausalLLMBackbone
-from llm_backbones.prompting import Llama3InstructPromptBuilder, Llama3PurePromptBuilder
+from llm_backbones.core.prompting import Llama3InstructPromptBuilder, Llama3PurePromptBuilder
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from transformers import MistralForCausalLM
 from transformers.models.mistral.modeling_mistral import MistralDecoderLayer
 
 from llm_backbones import HFCausalLLMBackbone
-from llm_backbones.prompting import MistralInstructPromptBuilder, PurePromptBuilder
+from llm_backbones.core.prompting import MistralInstructPromptBuilder, PurePromptBuilder
 
 pytestmark = pytest.mark.integration
 

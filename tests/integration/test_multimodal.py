@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from llm_backbones import get_llm_backbone_and_tokenizer
-from llm_backbones.data import IGNORE_INDEX, PaddedCollator, insert_patch_embeddings, tokenize_conversation
+from llm_backbones.data.examples import IGNORE_INDEX, PaddedCollator, insert_patch_embeddings, tokenize_conversation
 
 pytestmark = pytest.mark.integration
 

@@ -29,7 +29,7 @@ from llm_backbones.errors import (
     UnknownBackboneError,
     VLACheckpointError,
 )
-from llm_backbones.openvla import LoadedVLA, load_vla_backbone
+from llm_backbones.persistence.openvla import LoadedVLA, load_vla_backbone
 
 pytestmark = pytest.mark.integration
 
@@ -195,7 +195,7 @@ def test_hf_layout_loads_every_llm_tensor_and_nothing_else(tiny, tmp_path, caplo
     tokenizer, shapes = tiny
     llm = random_llm(shapes, seed=1, dtype=torch.bfloat16)
     directory = write_hf_openvla(tmp_path / "openvla-tiny", tokenizer, llm)
-    with caplog.at_level("INFO", logger="llm_backbones.openvla"):
+    with caplog.at_level("INFO", logger="llm_backbones.persistence.openvla"):
         loaded = load_vla_backbone(directory)
     assert (loaded.layout, loaded.llm_backbone_id, loaded.source) == ("openvla-hf", TINY, directory)
     assert_llm_equal(loaded, llm)  # bf16 as stored: the default dtype is the checkpoint's
@@ -203,7 +203,7 @@ def test_hf_layout_loads_every_llm_tensor_and_nothing_else(tiny, tmp_path, caplo
     assert loaded.unused_tensors == tuple(sorted(HF_VISION))
     assert loaded.norm_stats == NORM_STATS
     assert not loaded.backbone.training and not any(p.requires_grad for p in loaded.backbone.parameters())
-    [line] = [r.getMessage() for r in caplog.records if r.name == "llm_backbones.openvla"]
+    [line] = [r.getMessage() for r in caplog.records if r.name == "llm_backbones.persistence.openvla"]
     for name in HF_VISION:
         assert name in line
 
@@ -307,7 +307,7 @@ def test_prismatic_run_dir_loads_the_latest_step(tiny, tmp_path, caplog) -> None
     tokenizer, shapes = tiny
     early, late = random_llm(shapes, 11, torch.float32), random_llm(shapes, 12, torch.float32)
     run = write_prismatic_run(tmp_path / "run", {5000: early, 10000: late})
-    with caplog.at_level("INFO", logger="llm_backbones.openvla"):
+    with caplog.at_level("INFO", logger="llm_backbones.persistence.openvla"):
         loaded = load_vla_backbone(run)
     assert loaded.source.name == "step-010000-epoch-01-loss=0.10000.pt" and loaded.layout == "prismatic"
     assert_llm_equal(loaded, late)
@@ -317,7 +317,7 @@ def test_prismatic_run_dir_loads_the_latest_step(tiny, tmp_path, caplog) -> None
         "vision_backbone.dino_featurizer.pos_embed", "vision_backbone.siglip_featurizer.patch_embed.proj.bias",
     )
     assert loaded.norm_stats == NORM_STATS
-    [line] = [r.getMessage() for r in caplog.records if r.name == "llm_backbones.openvla"]
+    [line] = [r.getMessage() for r in caplog.records if r.name == "llm_backbones.persistence.openvla"]
     assert "vision_backbone.dino_featurizer.pos_embed" in line and "projector.projector.0.weight" in line
     assert_action_round_trip(loaded)
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from llm_backbones import ActionTokenizer, get_llm_backbone_and_tokenizer
-from llm_backbones.data import IGNORE_INDEX, insert_patch_embeddings, vla_prompt
+from llm_backbones.data.examples import IGNORE_INDEX, insert_patch_embeddings, vla_prompt
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from transformers import PhiForCausalLM
 from transformers.models.phi.modeling_phi import PhiDecoderLayer
 
 from llm_backbones import HFCausalLLMBackbone
-from llm_backbones.prompting import PhiPromptBuilder
+from llm_backbones.core.prompting import PhiPromptBuilder
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ from transformers import Qwen2ForCausalLM
 from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
 
 from llm_backbones import HFCausalLLMBackbone
-from llm_backbones.prompting import Qwen25InstructPromptBuilder, Qwen25PurePromptBuilder
+from llm_backbones.core.prompting import Qwen25InstructPromptBuilder, Qwen25PurePromptBuilder
 
 pytestmark = pytest.mark.integration
 

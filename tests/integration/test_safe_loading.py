@@ -18,7 +18,7 @@ from transformers import LlamaForCausalLM
 
 from llm_backbones import get_llm_backbone_and_tokenizer, load_backbone, save_backbone
 from llm_backbones._redact import REDACTED, redacting
-from llm_backbones.backbones import base
+from llm_backbones.core.backbones import loading as base
 from llm_backbones.errors import LLMBackbonesError, ModelPathError
 
 pytestmark = pytest.mark.integration

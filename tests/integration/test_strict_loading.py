@@ -27,8 +27,9 @@ from transformers import LlamaForCausalLM
 
 from llm_backbones import get_llm_backbone_and_tokenizer, load_backbone, save_backbone
 from llm_backbones._redact import REDACTED
-from llm_backbones.backbones import HFCausalLLMBackbone, base
-from llm_backbones.checkpoint import FINGERPRINT_FILE, read_fingerprint, verify_files
+from llm_backbones.core.backbones import loading as base
+from llm_backbones.core.backbones.backbone import HFCausalLLMBackbone
+from llm_backbones.persistence.checkpoint import FINGERPRINT_FILE, read_fingerprint, verify_files
 from llm_backbones.errors import (
     FingerprintMismatchError,
     LLMBackbonesError,

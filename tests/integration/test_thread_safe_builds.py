@@ -18,7 +18,7 @@ from torch import nn
 
 from llm_backbones import get_llm_backbone_and_tokenizer
 from llm_backbones._redact import REDACTED, redacting
-from llm_backbones.backbones.base import _parameters_on_meta
+from llm_backbones.core.backbones.loading import _parameters_on_meta
 
 pytestmark = pytest.mark.integration
 

@@ -15,11 +15,11 @@ import torch
 from typer.testing import CliRunner
 
 from llm_backbones import get_llm_backbone_and_tokenizer, tokenize_conversation
-from llm_backbones.cli import app
-from llm_backbones.distributed import clip_grad_norm
+from llm_backbones.app.cli import app
+from llm_backbones.training.distributed import clip_grad_norm
 from llm_backbones.errors import FinetuneError, NonFiniteLossError, OutputPathError
-from llm_backbones.finetune import run_finetune
-from llm_backbones.training import (
+from llm_backbones.training.finetune import run_finetune
+from llm_backbones.training.loop import (
     DataOrder,
     FinetuneConfig,
     global_batch_indices,
@@ -173,7 +173,7 @@ def test_max_length_truncates_every_example(base) -> None:
 
 
 def test_fast_computes_the_loss_without_logits_and_equally(base, monkeypatch) -> None:
-    import llm_backbones.backbones.base as backbone_base
+    import llm_backbones.core.backbones.backbone as backbone_base
 
     calls = []
     fused = backbone_base.chunked_causal_lm_loss

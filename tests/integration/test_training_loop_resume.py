@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from llm_backbones.finetune import run_finetune
-from llm_backbones.training import read_records
+from llm_backbones.training.finetune import run_finetune
+from llm_backbones.training.loop import read_records
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from shared import padded_llama2_tokenizer
 
-from llm_backbones.actions import ActionTokenizer
+from llm_backbones.data.actions import ActionTokenizer
 
 
 @pytest.fixture(scope="module")

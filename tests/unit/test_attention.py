@@ -6,7 +6,7 @@ import logging
 
 from transformers import Gemma2ForCausalLM, LlamaForCausalLM
 
-from llm_backbones.backbones import select_attn_implementation
+from llm_backbones.core.backbones.loading import select_attn_implementation
 
 
 def test_sdpa_by_default() -> None:

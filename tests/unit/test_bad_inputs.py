@@ -44,7 +44,7 @@ from llm_backbones import (
     tokenize_prompt,
     vla_example,
 )
-from llm_backbones.cli import app
+from llm_backbones.app.cli import app
 from llm_backbones.errors import (
     ActionError,
     CheckpointError,
@@ -73,9 +73,9 @@ from llm_backbones.errors import (
     UnsafeFileError,
     VLACheckpointError,
 )
-from llm_backbones.finetune import apply_finetune_mode, run_finetune
-from llm_backbones.generation import generate_greedy
-from llm_backbones.prompting import (
+from llm_backbones.training.finetune import apply_finetune_mode, run_finetune
+from llm_backbones.runtime.generation import generate_greedy
+from llm_backbones.core.prompting import (
     LLaMa2ChatPromptBuilder,
     MistralInstructPromptBuilder,
     PhiPromptBuilder,
@@ -730,7 +730,7 @@ def _cache_unwritable(e: Env) -> object:
     cache = e.root / "read-only-cache"
     denied = PermissionError(13, "Permission denied", str(cache))
     with mock.patch.dict(os.environ, {"LLM_BACKBONES_CACHE": str(cache)}), \
-            mock.patch("llm_backbones.embedded.tempfile.mkdtemp", side_effect=denied):
+            mock.patch("llm_backbones.core.backbones.embedded.tempfile.mkdtemp", side_effect=denied):
         return get_llm_backbone_and_tokenizer("llama2-tiny-pure")
 
 

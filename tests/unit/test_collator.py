@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llm_backbones.data import IGNORE_INDEX, PaddedCollator
+from llm_backbones.data.examples import IGNORE_INDEX, PaddedCollator
 from llm_backbones.errors import InputShapeError
 
 

@@ -14,7 +14,7 @@ from transformers import LlamaForCausalLM, MistralForCausalLM
 
 from llm_backbones import LLAMA2_MODELS, MISTRAL_MODELS, get_spec, registered_ids
 from llm_backbones.errors import ActionError, NormStatsError, RegistryError
-from llm_backbones.openvla import (
+from llm_backbones.persistence.openvla import (
     PRISMATIC_MODEL_LLMS,
     check_unnorm_key,
     get_action_stats,

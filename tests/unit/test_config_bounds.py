@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from llm_backbones.backbones._loading import (
+from llm_backbones.core.backbones.files import (
     CONFIG_SIZE_BOUNDS,
     TOKENIZER_FILE_MAX_BYTES,
     check_config_sizes,
     check_tokenizer_files,
 )
-from llm_backbones.embedded import ASSETS_DIR
+from llm_backbones.core.backbones.embedded import ASSETS_DIR
 from llm_backbones.errors import ConfigMismatchError, TokenizerFileError
 
 # The sizes of real models, from their config.json on the hub (text model of Llama-4).

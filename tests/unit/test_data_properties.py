@@ -10,7 +10,7 @@ from shared import PRISMATIC_BUILDERS as BUILDERS
 from shared import padded_llama2_tokenizer
 from transformers import LlamaTokenizer
 
-from llm_backbones.data import IGNORE_INDEX, PaddedCollator, tokenize_conversation, tokenize_prompt
+from llm_backbones.data.examples import IGNORE_INDEX, PaddedCollator, tokenize_conversation, tokenize_prompt
 
 _TOKENIZER = padded_llama2_tokenizer()
 # What transformers 5's LlamaTokenizer class builds from the same vocabulary (Metaspace, prepend "first"):
@@ -87,7 +87,7 @@ def test_collator_without_multiple_and_empty_batch() -> None:
 @given(texts=st.lists(messages, min_size=1, max_size=4))
 def test_direct_encoding_equals_the_tokenizer_call(texts) -> None:
     # the fast path (the Rust tokenizer, called directly) gives exactly what `tokenizer(prompt)` gives
-    from llm_backbones.data import _encode_with_offsets
+    from llm_backbones.data.examples import _encode_with_offsets
 
     for tokenizer in (_TOKENIZER, _METASPACE_TOKENIZER):
         assert [_encode_with_offsets(tokenizer, t)[0] for t in texts] == [tokenizer(t).input_ids for t in texts]

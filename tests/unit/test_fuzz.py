@@ -19,8 +19,8 @@ from hypothesis.extra import numpy as hnp
 from shared import PRISMATIC_BUILDERS as BUILDERS
 from shared import padded_llama2_tokenizer
 
-from llm_backbones.actions import ActionTokenizer
-from llm_backbones.data import IGNORE_INDEX, tokenize_conversation, tokenize_prompt
+from llm_backbones.data.actions import ActionTokenizer
+from llm_backbones.data.examples import IGNORE_INDEX, tokenize_conversation, tokenize_prompt
 from llm_backbones.errors import ActionError, ConversationError, PromptFormatError, TokenizationError
 
 TOKENIZER = padded_llama2_tokenizer()

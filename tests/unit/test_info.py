@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from llm_backbones.info import backbone_info
-from llm_backbones.registry import get_spec, registered_ids
+from llm_backbones.app.info import backbone_info
+from llm_backbones.core.registry import get_spec, registered_ids
 
 
 def card_size(text: str) -> float:

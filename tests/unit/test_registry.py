@@ -19,10 +19,10 @@ from llm_backbones import (
     prompt_builder_for,
     register_backbone,
     registered_ids,
-    registry,
 )
+from llm_backbones.core import registry
 from llm_backbones.errors import UnknownBackboneError
-from llm_backbones.prompting import LLaMa2ChatPromptBuilder, PurePromptBuilder, VicunaV15ChatPromptBuilder
+from llm_backbones.core.prompting import LLaMa2ChatPromptBuilder, PurePromptBuilder, VicunaV15ChatPromptBuilder
 
 
 @pytest.fixture

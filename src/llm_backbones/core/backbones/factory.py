@@ -7,10 +7,10 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from llm_backbones.backbones.base import HFCausalLLMBackbone, LLMBackbone, select_attn_implementation
-from llm_backbones.backbones.llama2 import LLaMa2LLMBackbone
+from llm_backbones.core.backbones.backbone import HFCausalLLMBackbone, LLMBackbone
+from llm_backbones.core.backbones.llama2 import LLaMa2LLMBackbone
 from llm_backbones._redact import HubToken
-from llm_backbones.registry import get_spec, registered_ids, registry_write_error
+from llm_backbones.core.registry import get_spec, registered_ids, registry_write_error
 
 # A family gets its own class only where its code (or its constructor defaults) truly differ. Mistral, Phi-2,
 # Llama-3.x, Qwen2.5, Gemma-2 and Phi-3.5 need none: pad policy, BOS policy, prompt format and layer class
@@ -80,5 +80,4 @@ __all__ = [
     "FAMILY_BACKBONE_CLASSES",
     "backbone_class_for",
     "get_llm_backbone_and_tokenizer",
-    "select_attn_implementation",
 ]

@@ -1,7 +1,8 @@
-"""The backbone interface (`LLMBackbone`) and its one HF implementation (`HFCausalLLMBackbone`).
+"""How a backbone's HF model and tokenizer are built: from a local directory, the embedded default or the hub.
 
-`HFCausalLLMBackbone` does everything the original's family subclasses did (PAD token, embedding
-resize, prompt builder, layer class, dtype, last-layer modules), driven by the id's registry entry.
+`HFLoader` reads config.json, the tokenizer and the weights of one registry entry, with every check of
+`files` before a file is opened and strict checks after; `select_attn_implementation` picks the attention
+kernel; `as_llama_tokenizer_fast` gives a tokenizer loaded as written the class OpenVLA checks for.
 """
 
 from __future__ import annotations
@@ -12,18 +13,13 @@ import logging
 import os
 import pickle
 import threading
-import warnings
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import replace
-from functools import partial
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoTokenizer,
@@ -32,27 +28,22 @@ from transformers import (
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
-from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import cached_file
 
-from llm_backbones._redact import HubToken, redacting
-from llm_backbones.backbones import _loading
-from llm_backbones.embedded import MODEL_BUILD_LOCK, embedded_model_dir
-from llm_backbones.fused_loss import chunked_causal_lm_loss
-from llm_backbones.generation import CACHE_KEYWORD, generate_greedy
+from llm_backbones._redact import HubToken
+from llm_backbones.core.backbones import files as _files
+from llm_backbones.core.backbones.embedded import MODEL_BUILD_LOCK, embedded_model_dir
+from llm_backbones.core.registry import BackboneSpec
 from llm_backbones.errors import (
     ConfigMismatchError,
     ModelPathError,
     ModelWeightsError,
     NonFiniteWeightsError,
-    PromptFormatError,
     RemoteCodeError,
     StateDictMismatchError,
     TokenizerContractError,
     UnsafeFileError,
 )
-from llm_backbones.prompting import PromptBuilder
-from llm_backbones.registry import BackboneSpec, get_spec
 
 try:  # huggingface_hub's validation error of transformers' typed configs (transformers >= 5.x)
     from huggingface_hub.errors import StrictDataclassError as _StrictDataclassError
@@ -87,18 +78,6 @@ def _unpickler_reason(exc: BaseException) -> str:
     return _first_line(exc)[:200] if not isinstance(exc, EOFError) else "the file ends early"
 
 
-def unreadable_safetensors(directory: Path) -> list[str]:
-    """`"<file> (<n> bytes)"` for each *.safetensors file of `directory` whose header or extent is broken."""
-    bad = []
-    for file in sorted(directory.glob("*.safetensors")):
-        try:
-            with safe_open(str(file), framework="pt") as handle:
-                list(handle.keys())
-        except Exception:  # SafetensorError, OSError: either way the file cannot be used
-            bad.append(f"{file} ({file.stat().st_size} bytes)")
-    return bad
-
-
 def as_llama_tokenizer_fast(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
     """The same tokenizer, pipeline untouched, as an instance of `LlamaTokenizerFast`.
 
@@ -125,69 +104,6 @@ def as_llama_tokenizer_fast(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTok
     tokenizer.add_prefix_space, tokenizer.legacy = True, False
     tokenizer.use_default_system_prompt = False
     return tokenizer
-
-
-class LLMBackbone(nn.Module, ABC):
-    """A causal LLM as the language half of a VLM/VLA: model, tokenizer, prompt format, FSDP unit."""
-
-    def __init__(self, llm_backbone_id: str) -> None:
-        super().__init__()
-        self.identifier = llm_backbone_id
-        # Set by subclasses
-        self.llm: PreTrainedModel
-        self.tokenizer: PreTrainedTokenizerBase
-
-    def get_tokenizer(self) -> PreTrainedTokenizerBase:
-        return self.tokenizer
-
-    @abstractmethod
-    def get_fsdp_wrapping_policy(self) -> Callable: ...
-
-    @abstractmethod
-    def enable_gradient_checkpointing(self) -> None: ...
-
-    @abstractmethod
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        past_key_values: Any = None,
-        inputs_embeds: torch.FloatTensor | None = None,
-        labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> CausalLMOutputWithPast:
-        """Run the wrapped LLM; same signature and result as the HF model's forward."""
-
-    @abstractmethod
-    def embed_input_ids(self, input_ids: torch.LongTensor) -> torch.Tensor: ...
-
-    @property
-    @abstractmethod
-    def prompt_builder_fn(self) -> type[PromptBuilder]: ...
-
-    @property
-    @abstractmethod
-    def transformer_layer_cls(self) -> type[nn.Module]: ...
-
-    @property
-    @abstractmethod
-    def half_precision_dtype(self) -> torch.dtype: ...
-
-    @property
-    @abstractmethod
-    def last_layer_finetune_modules(self) -> Sequence[nn.Module]: ...
-
-    @property
-    def embed_dim(self) -> int:
-        return self.llm.config.hidden_size
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.tokenizer.pad_token_id
 
 
 def select_attn_implementation(
@@ -262,92 +178,16 @@ def _parameters_on_meta() -> Iterator[None]:
             nn.Module.register_parameter = register
 
 
-class HFCausalLLMBackbone(LLMBackbone):
-    """A backbone over any HF causal LM, configured by its registry entry.
+class HFLoader:
+    """Builds the HF model and tokenizer of one registry entry (see `HFCausalLLMBackbone` for the options)."""
 
-    Args:
-        llm_backbone_id: a registered id (see `llm_backbones.registry`).
-        llm_family, llm_cls, hf_hub_path: the original's explicit arguments; when given they override
-            the registry entry.
-        llm_max_length: the tokenizer's `model_max_length`.
-        hf_token: hub token, passed to the hub only (never to a local directory), never stored, and kept
-            out of log lines, exception messages and the local variables of the loading frames (it travels
-            as a `HubToken`, whose repr is redacted, so a traceback printed with its locals does not show
-            it).
-        inference_mode: build the architecture on the meta device from the config only (no weights, no
-            random init); load trained weights with `load_state_dict`. `use_cache=True`.
-        use_flash_attention_2: prefer flash-attention-2 where it can run (see
-            `select_attn_implementation`); `attn_implementation=` overrides.
-        model_path: a local HF-format directory that replaces the hub path.
-        dtype: the dtype of the loaded weights (default float32, as the original).
-        trust_remote_code: passed to HF only when the caller sets it; a checkpoint that needs its own code
-            raises `RemoteCodeError` otherwise.
-        allow_pickle: also accept pickle weights (`pytorch_model.bin`), with a warning, loaded with
-            `torch.load(weights_only=True)` (tensors and plain containers only: a pickle of other objects
-            raises `ModelWeightsError`). By default weights load from safetensors only, since unpickling an
-            untrusted file can run code: a pickle that an index names is refused before it is opened
-            (`UnsafeFileError`).
-        strict: every parameter of the architecture comes from the weights (tied ones aside), none of their
-            tensors is left over, and none holds NaN/inf; else `StateDictMismatchError` (listing `missing`
-            and `unexpected`) or `NonFiniteWeightsError`. `strict=False` turns those into warnings (missing
-            parameters are then freshly initialised). Shapes that differ from config.json's always raise
-            `ModelWeightsError`.
-        allow_external_files: every file read from a local `model_path` (config, tokenizer, weights, the
-            shards an index names) must resolve inside it, symlinks followed (a hub-cache snapshot's links
-            into its own blob store count as inside); else `UnsafeFileError`. True lifts that check. Hub
-            paths are downloaded by huggingface_hub into its cache and are not checked.
-    """
-
-    def __init__(
-        self,
-        llm_backbone_id: str,
-        llm_family: str | None = None,
-        llm_cls: type[PreTrainedModel] | None = None,
-        hf_hub_path: str | None = None,
-        llm_max_length: int = 2048,
-        hf_token: str | HubToken | None = None,
-        inference_mode: bool = False,
-        use_flash_attention_2: bool = False,
-        *,
-        model_path: str | Path | None = None,
-        attn_implementation: str | None = None,
-        dtype: torch.dtype | None = None,
-        trust_remote_code: bool = False,
-        allow_pickle: bool = False,
-        strict: bool = True,
-        allow_external_files: bool = False,
-    ) -> None:
-        hf_token = HubToken.wrap(hf_token)  # first: from here on no frame of the load holds the plain token
-        super().__init__(llm_backbone_id)
-        self.fused_loss = False
-        overrides = {"family": llm_family, "llm_cls": llm_cls, "hf_hub_path": hf_hub_path}
-        self.spec: BackboneSpec = replace(
-            get_spec(llm_backbone_id), **{k: v for k, v in overrides.items() if v is not None}
-        )
-        self.llm_family, self.hf_hub_path = self.spec.family, self.spec.hf_hub_path
+    def __init__(self, spec: BackboneSpec, identifier: str, *, llm_max_length: int, inference_mode: bool) -> None:
+        self.spec, self.identifier = spec, identifier
         self.llm_max_length, self.inference_mode = llm_max_length, inference_mode
-        if allow_pickle:
-            warnings.warn(
-                f"allow_pickle=True for {llm_backbone_id!r}: weights may load from pickle files "
-                "(pytorch_model.bin), and unpickling an untrusted file can run arbitrary code. Convert the "
-                "checkpoint to safetensors (model.save_pretrained(dir)) and drop allow_pickle.",
-                UserWarning,
-                stacklevel=2,
-            )
-        with redacting(hf_token):
-            self._build(
-                model_path,
-                hf_token,
-                attn_implementation=attn_implementation,
-                use_flash_attention_2=use_flash_attention_2,
-                dtype=dtype if dtype is not None else torch.float32,
-                trust_remote_code=trust_remote_code,
-                allow_pickle=allow_pickle,
-                strict=strict,
-                allow_external_files=allow_external_files,
-            )
+        self.llm: PreTrainedModel
+        self.tokenizer: PreTrainedTokenizerBase
 
-    def _build(
+    def load(
         self,
         model_path: str | Path | None,
         hf_token: HubToken | bool | None,
@@ -359,10 +199,11 @@ class HFCausalLLMBackbone(LLMBackbone):
         allow_pickle: bool,
         strict: bool = True,
         allow_external_files: bool = False,
-    ) -> None:
+    ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        """The model and tokenizer (PAD set, embeddings sized, greedy generation forced)."""
         source, local = self._resolve_source(model_path)
         if local:  # before any file is read: each lies inside model_path and can be read
-            _loading.check_local_files(Path(source), allow_external=allow_external_files)
+            _files.check_local_files(Path(source), allow_external=allow_external_files)
         hub_kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
         if not local and hf_token is not None:
             # Only the hub needs it (a local directory never sees it), as a str whose repr is redacted.
@@ -384,7 +225,7 @@ class HFCausalLLMBackbone(LLMBackbone):
 
         # [Contract] fast tokenizer, right padding (training collates right-padded batches).
         if local:
-            _loading.check_tokenizer_files(Path(source))
+            _files.check_tokenizer_files(Path(source))
         self.tokenizer = self._load_tokenizer(source, local, hub_kwargs)
         self._check_bos_contract()
         # A checkpoint saved after this (save_backbone) already has the PAD token: no second one, no resize.
@@ -413,11 +254,11 @@ class HFCausalLLMBackbone(LLMBackbone):
         self.llm.config.pad_token_id = self.tokenizer.pad_token_id
         self.llm.config.use_cache = True
         self._force_greedy_generation(source)
-        if not self.inference_mode:
-            self.set_training_flags()
+        return self.llm, self.tokenizer
 
     # Settings that only matter when sampling; reset at load (HF's defaults apply if a caller samples).
     SAMPLING_SETTINGS: tuple[str, ...] = ("temperature", "top_p")
+
 
     def _force_greedy_generation(self, source: str) -> None:
         """[Contract] greedy decoding unless the caller asks for sampling, as the original (it passed
@@ -436,15 +277,6 @@ class HFCausalLLMBackbone(LLMBackbone):
         config.do_sample = False
         for name in self.SAMPLING_SETTINGS:
             setattr(config, name, None)
-
-    def set_training_flags(self) -> None:
-        """The seed's training-mode settings (also for a backbone built on the meta device that will be
-        trained, e.g. on the ranks that receive their FSDP shards from rank 0)."""
-        self.inference_mode = False
-        # [Contract] the KV cache only helps generation; in training it costs memory.
-        self.llm.config.use_cache = False
-        # [Contract] with frozen embeddings, gradient checkpointing needs inputs that require grad.
-        self.llm.enable_input_require_grads()
 
     # === Loading ===
     def _resolve_source(self, model_path: str | Path | None) -> tuple[str, bool]:
@@ -512,7 +344,7 @@ class HFCausalLLMBackbone(LLMBackbone):
                     "Restore it from the original checkpoint."
                 )
             # Before transformers divides by a head count or a model allocates a size.
-            _loading.check_config_sizes(raw, str(config_file))
+            _files.check_config_sizes(raw, str(config_file))
         where = f"{source}/config.json" if local else f"the config of {source!r}"
         try:
             config = AutoConfig.from_pretrained(source, **hub_kwargs)
@@ -541,8 +373,8 @@ class HFCausalLLMBackbone(LLMBackbone):
                 raise ConfigMismatchError(f"{source}/config.json cannot be read: {exc}") from exc
             raise self._hub_error(source, "config", exc) from exc
         if not local:  # a hub config, checked as a local one was before transformers read it
-            _loading.check_config_sizes(
-                {k: v for k, v in config.to_dict().items() if k in _loading.CONFIG_SIZE_BOUNDS}, where
+            _files.check_config_sizes(
+                {k: v for k, v in config.to_dict().items() if k in _files.CONFIG_SIZE_BOUNDS}, where
             )
         return config
 
@@ -582,7 +414,7 @@ class HFCausalLLMBackbone(LLMBackbone):
         allow_pickle: bool,
         strict: bool = True,
         allow_external_files: bool = False,
-        files: _loading.WeightFiles | None = None,
+        files: _files.WeightFiles | None = None,
     ) -> PreTrainedModel:
         if files is None:
             files = self._weight_files(
@@ -602,7 +434,7 @@ class HFCausalLLMBackbone(LLMBackbone):
                 **hub_kwargs,
             )
         except SafetensorError as exc:
-            bad = unreadable_safetensors(Path(source)) if local else []
+            bad = _files.unreadable_safetensors(Path(source)) if local else []
             raise ModelWeightsError(
                 f"The weights of {source} cannot be read ({exc}): "
                 f"{'; '.join(bad) if bad else 'a safetensors file'} is truncated or corrupted (an interrupted "
@@ -640,32 +472,32 @@ class HFCausalLLMBackbone(LLMBackbone):
     def _weight_files(
         self, source: str, local: bool, config: PretrainedConfig, hub_kwargs: dict[str, Any], *,
         allow_pickle: bool, allow_external_files: bool,
-    ) -> _loading.WeightFiles:
-        """Every weight file `from_pretrained` will open, checked before it opens any (see `_loading.weight_files`)."""
+    ) -> _files.WeightFiles:
+        """Every weight file `from_pretrained` will open, checked before it opens any (see `_files.weight_files`)."""
         if not local:
             return self._hub_weight_files(source, hub_kwargs, allow_pickle=allow_pickle)
-        return _loading.weight_files(
+        return _files.weight_files(
             Path(source), getattr(config, "transformers_weights", None),
             allow_pickle=allow_pickle, allow_external=allow_external_files,
         )
 
-    def _hub_weight_files(self, source: str, hub_kwargs: dict[str, Any], *, allow_pickle: bool) -> _loading.WeightFiles:
+    def _hub_weight_files(self, source: str, hub_kwargs: dict[str, Any], *, allow_pickle: bool) -> _files.WeightFiles:
         """For a hub path without `allow_pickle`: the shard names of its model.safetensors.index.json, refused
         unless they are safetensors files of the repository, before transformers downloads or opens one."""
         if allow_pickle:
-            return _loading.WeightFiles()
+            return _files.WeightFiles()
         try:
             index = cached_file(
-                source, _loading.SAFE_INDEX, token=hub_kwargs.get("token"),
+                source, _files.SAFE_INDEX, token=hub_kwargs.get("token"),
                 _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False,
                 _raise_exceptions_for_gated_repo=False,
             )
         except Exception:  # noqa: BLE001 - from_pretrained then reports what is wrong with the hub path
-            return _loading.WeightFiles()
+            return _files.WeightFiles()
         if index is None:
-            return _loading.WeightFiles()
+            return _files.WeightFiles()
         index = Path(index)
-        weight_map = _loading.read_index(index)
+        weight_map = _files.read_index(index)
         for name in sorted(set(map(str, weight_map.values()))):
             parts = Path(name).parts
             if not name.endswith(".safetensors") or Path(name).is_absolute() or ".." in parts:
@@ -677,10 +509,10 @@ class HFCausalLLMBackbone(LLMBackbone):
                     path=name,
                     reason="pickle" if not name.endswith(".safetensors") else "outside",
                 )
-        return _loading.WeightFiles([], index, {str(k): str(v) for k, v in weight_map.items()})
+        return _files.WeightFiles([], index, {str(k): str(v) for k, v in weight_map.items()})
 
     def _check_loading_info(
-        self, info: Mapping[str, Any], source: str, files: _loading.WeightFiles, *, strict: bool
+        self, info: Mapping[str, Any], source: str, files: _files.WeightFiles, *, strict: bool
     ) -> None:
         """Refuse weights of other shapes; refuse (or with `strict=False` log) missing or left-over tensors."""
         mismatched = sorted(info.get("mismatched_keys") or (), key=lambda item: item[0])
@@ -715,14 +547,14 @@ class HFCausalLLMBackbone(LLMBackbone):
             )
         logger.warning("%s Loading anyway (strict=False): the missing tensors are freshly initialised.", message)
 
-    def _check_finite(self, llm: nn.Module, source: str, files: _loading.WeightFiles, *, strict: bool) -> None:
-        found = _loading.first_non_finite(llm.named_parameters())
+    def _check_finite(self, llm: nn.Module, source: str, files: _files.WeightFiles, *, strict: bool) -> None:
+        found = _files.first_non_finite(llm.named_parameters())
         if found is None:
             return
         name, tensor = found
         file = files.file_of(name) if files.files or files.weight_map else source
         message = (
-            f"Weight {name} of {source} holds {_loading.describe_non_finite(tensor)} (read from {file}): the "
+            f"Weight {name} of {source} holds {_files.describe_non_finite(tensor)} (read from {file}): the "
             "checkpoint is corrupted or comes from a diverged run."
         )
         if strict:
@@ -766,219 +598,3 @@ class HFCausalLLMBackbone(LLMBackbone):
                 f"adds_bos={self.spec.adds_bos}. Check that model_path holds this family's tokenizer, or "
                 "register the id with the right adds_bos."
             )
-
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
-        """As `nn.Module.load_state_dict`; on a meta-built (inference-mode) backbone the tensors are
-        assigned, not copied, so weights land without a random init ever happening.
-
-        The backbone keeps its dtypes, as copying would: a bfloat16 state dict loaded into a float32
-        backbone gives float32 parameters (each floating tensor is cast to its parameter's dtype before it
-        is assigned).
-        Pass `assign=True` to take the state dict's tensors as they are (their dtype, no cast).
-        """
-        if not assign and any(p.device.type == "meta" for p in self.parameters()):
-            own = self.state_dict(keep_vars=True)
-            state_dict = {
-                key: value.to(own[key].dtype)
-                if key in own and isinstance(value, torch.Tensor) and value.is_floating_point()
-                and own[key].is_floating_point()
-                else value
-                for key, value in state_dict.items()
-            }
-            assign = True
-        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
-        if assign and getattr(self.llm.config, "tie_word_embeddings", False):
-            self.llm.tie_weights()
-        return result
-
-    # === Interface ===
-    def get_fsdp_wrapping_policy(self) -> Callable:
-        """FSDP1 auto-wrap policy: one unit per decoder layer (`transformer_layer_cls`)."""
-        return partial(transformer_auto_wrap_policy, transformer_layer_cls={self.transformer_layer_cls})
-
-    def enable_gradient_checkpointing(self) -> None:
-        """Recompute each decoder layer's activations in backward (non-reentrant: composes with FSDP and
-        frozen parameters). transformers renamed the switch to `activation_checkpointing_enable`."""
-        kwargs = {"use_reentrant": False}
-        if hasattr(self.llm, "activation_checkpointing_enable"):
-            self.llm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-
-    def embed_input_ids(self, input_ids: torch.LongTensor) -> torch.Tensor:
-        return self.llm.get_input_embeddings()(input_ids)
-
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        past_key_values: Any = None,
-        inputs_embeds: torch.FloatTensor | None = None,
-        labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> CausalLMOutputWithPast:
-        if self.fused_loss and labels is not None and not output_attentions and return_dict is not False:
-            return self._forward_fused_loss(
-                input_ids, attention_mask, position_ids, inputs_embeds, labels, output_hidden_states
-            )
-        # Only what the caller set is passed on, so HF's own defaults (and its renamed or deprecated
-        # keywords across 5.x releases) apply exactly as when calling the model directly.
-        given = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "position_ids": position_ids,
-            CACHE_KEYWORD: past_key_values,
-            "inputs_embeds": inputs_embeds,
-            "labels": labels,
-            "use_cache": use_cache,
-            "output_attentions": output_attentions,
-            "output_hidden_states": output_hidden_states,
-            "return_dict": return_dict,
-        }
-        return self.llm(**{k: v for k, v in given.items() if v is not None})
-
-    def enable_fast_training(self, *, fused_loss: bool = True, compile_layers: bool | None = None) -> None:
-        """Faster forward+backward at equal loss.
-
-        `fused_loss`: with labels, the loss is computed chunk by chunk from the last hidden states and the
-        full logits are never materialised (`logits` is then None in the output). `compile_layers`:
-        `torch.compile` each decoder layer (fuses RMSNorm, RoPE, SwiGLU); default on where CUDA is
-        available, off on CPU where compilation costs more than it saves.
-        """
-        self.fused_loss = fused_loss
-        if compile_layers is None:
-            compile_layers = torch.cuda.is_available()
-        if compile_layers:
-            for layer in self.llm.get_decoder().layers:
-                layer.compile()
-
-    def _forward_fused_loss(
-        self, input_ids, attention_mask, position_ids, inputs_embeds, labels, output_hidden_states
-    ) -> CausalLMOutputWithPast:
-        given = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "position_ids": position_ids,
-            "inputs_embeds": inputs_embeds,
-            "use_cache": False,
-            "output_hidden_states": output_hidden_states,
-        }
-        out = self.llm.get_decoder()(**{k: v for k, v in given.items() if v is not None})
-        head = self.llm.get_output_embeddings()
-        loss = chunked_causal_lm_loss(
-            out.last_hidden_state,
-            head.weight,
-            labels,
-            lm_head_bias=head.bias,
-            logit_softcap=getattr(self.llm.config, "final_logit_softcapping", None),
-        )
-        return CausalLMOutputWithPast(loss=loss, logits=None, hidden_states=out.hidden_states)
-
-    # === Generation ===
-    def generate(self, **kwargs: Any) -> torch.Tensor:
-        """HF `generate` of the wrapped model (sampling, beams, stop strings: everything HF offers)."""
-        return self.llm.generate(**kwargs)
-
-    def generate_greedy(
-        self,
-        *,
-        input_ids: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        max_new_tokens: int = 8,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        """Fast fixed-length greedy decoding (`llm_backbones.generation.generate_greedy`); new ids only.
-
-        Eager by default; compiled after `prepare_for_generation` (or with `compiled=True`).
-        """
-        return generate_greedy(
-            self.llm,
-            input_ids=input_ids,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            max_new_tokens=max_new_tokens,
-            **kwargs,
-        )
-
-    def prepare_for_generation(
-        self,
-        *,
-        batch_sizes: int | Sequence[int] = (1,),
-        max_prompt_length: int,
-        max_new_tokens: int = 8,
-        **kwargs: Any,
-    ) -> Any:
-        """Compile greedy generation ahead of time (`llm_backbones.generation.prepare_for_generation`).
-
-        Prompts are left-padded to a few lengths up to `max_prompt_length`, and the prefill and decode step
-        compiled (CUDA graphs on CUDA) for each of `batch_sizes`, so that later `generate_greedy` /
-        `generate_actions` calls of a prepared shape never compile (a robot's control loop). Opt-in; returns
-        the `PreparedGeneration`.
-        """
-        from llm_backbones.generation import prepare_for_generation
-
-        return prepare_for_generation(
-            self.llm, batch_sizes=batch_sizes, max_prompt_length=max_prompt_length, max_new_tokens=max_new_tokens,
-            **kwargs,
-        )
-
-    def generate_actions(
-        self,
-        action_tokenizer: Any,
-        *,
-        input_ids: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        action_dim: int = 7,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        """Greedy-generate exactly `action_dim` tokens per row and decode them: `[B, action_dim]` (float64
-        bin centres), as OpenVLA's `predict_action` does before un-normalizing.
-
-        The prompt must end where the actions begin (`vla_prompt`, or `tokenize_prompt(..., reply=...)`:
-        on LLaMA-2 with the "▁" the model saw before its actions), so no decode step is spent on a
-        separator. A generated token that is not an action token raises `ActionError`.
-        """
-        new = self.generate_greedy(
-            input_ids=input_ids,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            max_new_tokens=action_dim,
-            **kwargs,
-        )
-        return action_tokenizer.decode(new)
-
-    @property
-    def prompt_builder_fn(self) -> type[PromptBuilder]:
-        builder = self.spec.prompt_builder
-        if builder is None:
-            raise PromptFormatError(f"No PromptBuilder defined for LLM Backbone `{self.identifier}`")
-        return builder
-
-    @property
-    def transformer_layer_cls(self) -> type[nn.Module]:
-        return self.spec.layer_cls
-
-    @property
-    def half_precision_dtype(self) -> torch.dtype:
-        return self.spec.half_precision_dtype
-
-    @property
-    def last_layer_finetune_modules(self) -> Sequence[nn.Module]:
-        """Input embeddings, the last decoder layer and the LM head, each module and each parameter once.
-
-        With tied embeddings (Llama-3.2, Qwen2.5 0.5B-3B, Gemma-2) the LM head's weight *is* the input
-        embedding, so the head is not listed again: `(embed_tokens, layers[-1])`. Its weight trains through
-        `embed_tokens`, and an optimizer built from these modules' parameters sees every tensor once.
-        """
-        from llm_backbones.finetune import last_layer_modules
-
-        return last_layer_modules(self.llm)
-
-    def extra_repr(self) -> str:
-        return f"id={self.identifier!r}, family={self.llm_family!r}, inference_mode={self.inference_mode}"

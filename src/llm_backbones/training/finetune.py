@@ -23,8 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from llm_backbones.core.backbones.backbone import count_parameters, last_layer_modules
 from llm_backbones.errors import FinetuneError
-from llm_backbones.training import (
+from llm_backbones.training.loop import (
     FINETUNE_MODES,
     DataOrder,
     FinetuneConfig,
@@ -42,9 +43,7 @@ __all__ = [
     "TrainableSummary",
     "apply_finetune_mode",
     "causal_lm_loss_sum",
-    "count_parameters",
     "global_batch_indices",
-    "last_layer_modules",
     "run_finetune",
     "train_steps",
     "trainable_counts_by_mode",
@@ -62,36 +61,9 @@ class TrainableSummary:
         return f"{self.mode}: {self.trainable:,} of {self.total:,} parameters trainable ({share:.2f}%)"
 
 
-def count_parameters(module: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts, each shared tensor counted once."""
-    seen: dict[int, nn.Parameter] = {}
-    for p in module.parameters():
-        seen.setdefault(id(p), p)
-    total = sum(p.numel() for p in seen.values())
-    trainable = sum(p.numel() for p in seen.values() if p.requires_grad)
-    return trainable, total
-
-
-def last_layer_modules(llm: nn.Module) -> tuple[nn.Module, ...]:
-    """Input embeddings, the last decoder layer and the LM head of an HF causal LM, each module and each
-    parameter once (a tied LM head, whose weight *is* the input embedding, is not listed again)."""
-    candidates = (llm.get_input_embeddings(), llm.get_decoder().layers[-1], llm.get_output_embeddings())
-    unique: list[nn.Module] = []
-    seen: set[int] = set()
-    for module in candidates:
-        if module is None or any(module is m for m in unique):
-            continue
-        params = {id(p) for p in module.parameters()}
-        if unique and params and params <= seen:  # tied head: nothing of its own to add
-            continue
-        unique.append(module)
-        seen |= params
-    return tuple(unique)
-
-
 def trainable_counts_by_mode(llm: nn.Module) -> dict[str, TrainableSummary]:
     """What each mode would train on `llm` (e.g. built on the meta device); `llm` is consumed (LoRA wraps it)."""
-    from llm_backbones.lora import with_lora
+    from llm_backbones.training.lora import with_lora
 
     counts = {}
     for mode in ("frozen", "full", "last-layer"):
@@ -109,7 +81,7 @@ def apply_finetune_mode(backbone, mode: str, **lora_kwargs) -> TrainableSummary:
     if mode not in FINETUNE_MODES:
         raise FinetuneError(f"Unknown fine-tune mode {mode!r}; accepted: {', '.join(FINETUNE_MODES)}.")
     if mode == "lora":
-        from llm_backbones.lora import apply_lora  # peft is imported only when LoRA is asked for
+        from llm_backbones.training.lora import apply_lora  # peft is imported only when LoRA is asked for
 
         apply_lora(backbone, **lora_kwargs)
     else:
@@ -186,8 +158,8 @@ def run_finetune(
     continues from the latest complete checkpoint with the losses an uninterrupted run would have had.
     `on_step(step, loss)` (1-based step) and `on_record(record)` (each metrics record) run on rank 0.
     """
-    from llm_backbones.data import load_conversations
-    from llm_backbones.distributed import init_distributed
+    from llm_backbones.data.examples import load_conversations
+    from llm_backbones.training.distributed import init_distributed
 
     if backbone_id is not None:
         options["backbone"] = backbone_id
@@ -217,7 +189,7 @@ def run_finetune(
 def preflight(cfg: FinetuneConfig, *, in_memory_data: bool = False):
     """Every check that needs no model and no process group: the settings, and an `output` that would be
     written over by mistake. Each rank runs it before joining, so all fail alike. Returns the `RunDir`."""
-    from llm_backbones.train_checkpoint import RunDir
+    from llm_backbones.training.checkpoint import RunDir
 
     cfg.validate(int(os.environ.get("WORLD_SIZE", "1")))
     if cfg.backbone is None:
@@ -233,9 +205,9 @@ def preflight(cfg: FinetuneConfig, *, in_memory_data: bool = False):
 def check_conversations(backbone_id: str, conversations: list, source: str) -> None:
     """Render every conversation with the id's prompt builder (no model, no tokenizer): a bad record (empty,
     assistant first, unknown role, non-string text) is reported with its index before anything is built."""
-    from llm_backbones.data import _seams
+    from llm_backbones.data.examples import _seams
     from llm_backbones.errors import ConversationError, LLMBackbonesError
-    from llm_backbones.registry import prompt_builder_for
+    from llm_backbones.core.registry import prompt_builder_for
 
     builder = prompt_builder_for(backbone_id)
     for index, conversation in enumerate(conversations):
@@ -250,7 +222,7 @@ def check_conversations(backbone_id: str, conversations: list, source: str) -> N
 def _prepare_output(cfg: FinetuneConfig, run) -> tuple[Any, dict[str, Any] | None]:
     """Rank 0: clear (`--overwrite`), drop interrupted writes, find the checkpoint to resume and check its
     settings, write `run_config.json`. Returns (checkpoint folder or None, its meta)."""
-    from llm_backbones.train_checkpoint import check_resume_settings, read_meta
+    from llm_backbones.training.checkpoint import check_resume_settings, read_meta
 
     if cfg.overwrite and run.holds_run():
         logger.warning("--overwrite: deleting the previous run in %s", run.path)
@@ -277,11 +249,11 @@ def _prepare_output(cfg: FinetuneConfig, run) -> tuple[Any, dict[str, Any] | Non
 
 
 def _train(cfg: FinetuneConfig, ctx, run, conversations, eval_conversations, on_step, on_record) -> FinetuneResult:
-    from llm_backbones.backbones import get_llm_backbone_and_tokenizer
-    from llm_backbones.data import PaddedCollator, tokenize_conversation
-    from llm_backbones.distributed import all_finite, full_state_dict, on_main, shard_fsdp2_from_rank0, wrap_fsdp1
+    from llm_backbones.core.backbones.factory import get_llm_backbone_and_tokenizer
+    from llm_backbones.data.examples import PaddedCollator, tokenize_conversation
+    from llm_backbones.training.distributed import all_finite, full_state_dict, on_main, shard_fsdp2_from_rank0, wrap_fsdp1
     from llm_backbones.errors import CheckpointError
-    from llm_backbones.train_checkpoint import (
+    from llm_backbones.training.checkpoint import (
         STAGED_EXPORT,
         discard_checkpoint,
         load_checkpoint,
@@ -289,7 +261,7 @@ def _train(cfg: FinetuneConfig, ctx, run, conversations, eval_conversations, on_
         publish_export,
         write_checkpoint,
     )
-    from llm_backbones.training import MetricsLog, evaluate, lr_factor, lr_scheduler, peak_memory_bytes, rank_micro_batches
+    from llm_backbones.training.loop import MetricsLog, evaluate, lr_factor, lr_scheduler, peak_memory_bytes, rank_micro_batches
 
     checkpoint, meta = on_main(ctx, lambda: _prepare_output(cfg, run)) if run is not None else (None, None)
     precision = cfg.precision or ("bf16" if ctx.device.type == "cuda" else "fp32")
@@ -428,9 +400,9 @@ def _train(cfg: FinetuneConfig, ctx, run, conversations, eval_conversations, on_
 def _export(backbone_id, model_path, mode, backbone, state, output):
     """Write a `save_backbone` checkpoint (LoRA merged, fingerprinted, atomic) that
     `get_llm_backbone_and_tokenizer(id, model_path=OUTPUT)` and `load_backbone(OUTPUT)` load."""
-    from llm_backbones.backbones import get_llm_backbone_and_tokenizer
-    from llm_backbones.checkpoint import save_backbone
-    from llm_backbones.lora import apply_lora, merge_lora
+    from llm_backbones.core.backbones.factory import get_llm_backbone_and_tokenizer
+    from llm_backbones.persistence.checkpoint import save_backbone
+    from llm_backbones.training.lora import apply_lora, merge_lora
 
     if state is not None:  # sharded training: rebuild an unsharded copy (meta device) and assign the weights
         backbone, _ = get_llm_backbone_and_tokenizer(backbone_id, model_path=model_path, inference_mode=True)

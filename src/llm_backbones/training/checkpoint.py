@@ -45,8 +45,8 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-from llm_backbones.checkpoint import _fsync_dir
-from llm_backbones.distributed import DistributedContext, all_finite, barrier
+from llm_backbones.persistence.checkpoint import _fsync_dir
+from llm_backbones.training.distributed import DistributedContext, all_finite, barrier
 from llm_backbones.errors import CheckpointError, FinetuneError, OutputPathError
 
 logger = logging.getLogger(__name__)

@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from llm_backbones.data import IGNORE_INDEX
 
+
+# The label value the loss skips (prompt tokens, padding): torch's cross-entropy default, as HF uses it.
+IGNORE_INDEX = -100
 
 def _chunk_loss_sum(
     hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor, softcap: float | None

@@ -32,7 +32,7 @@ from transformers.models.phi3.modeling_phi3 import Phi3DecoderLayer
 from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
 
 from llm_backbones.errors import InvalidSpecError, RegistryError, UnknownBackboneError
-from llm_backbones.prompting import (
+from llm_backbones.core.prompting import (
     Gemma2InstructPromptBuilder,
     Gemma2PurePromptBuilder,
     LLaMa2ChatPromptBuilder,

@@ -392,7 +392,7 @@ def prepare_for_generation(
     `{"coordinate_descent_tuning": True}` (batch-1 matrix-vector products as tuned Triton reductions, as
     gpt-fast does; longer compilation).
     `fuse_projections=True` first fuses q/k/v and gate/up into one GEMM each, in place
-    (`llm_backbones.fused_inference.fuse_projections`: inference only).
+    (`llm_backbones.runtime.fused_inference.fuse_projections`: inference only).
     Returns the `PreparedGeneration` (its `seconds`, `buckets`, `batch_sizes`).
     """
     _check_static_attention(model, "Compiled generation")
@@ -409,7 +409,7 @@ def prepare_for_generation(
     else:
         chosen = prompt_buckets(max_prompt_length, min_prompt_length, bucket_size)
     if fuse_projections:
-        from llm_backbones.fused_inference import fuse_projections as fuse
+        from llm_backbones.runtime.fused_inference import fuse_projections as fuse
 
         fuse(model)
     param = next(model.parameters())
@@ -524,3 +524,31 @@ def generate_greedy(
     graphs = device.type == "cuda"
     decode = _compiled(decode_one_token, "inductor", False, _inductor_options("reduce-overhead" if graphs else None))
     return _static_loop(model, cache, slots, inputs_embeds, mask, max_new_tokens, decode_step=decode, graphs=graphs)
+
+
+def generate_actions(
+    model: PreTrainedModel,
+    action_tokenizer: Any,
+    *,
+    input_ids: torch.Tensor | None = None,
+    inputs_embeds: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    action_dim: int = 7,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """Greedy-generate exactly `action_dim` tokens per row and decode them: `[B, action_dim]` (float64
+    bin centres), as OpenVLA's `predict_action` does before un-normalizing.
+
+    The prompt must end where the actions begin (`vla_prompt`, or `tokenize_prompt(..., reply=...)`:
+    on LLaMA-2 with the "▁" the model saw before its actions), so no decode step is spent on a
+    separator. A generated token that is not an action token raises `ActionError`.
+    """
+    new = generate_greedy(
+        model,
+        input_ids=input_ids,
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        max_new_tokens=action_dim,
+        **kwargs,
+    )
+    return action_tokenizer.decode(new)

@@ -1,6 +1,6 @@
 """Prompt formats (data) and the one builder that renders them; Prismatic's class names exported."""
 
-from llm_backbones.prompting.builder import (
+from llm_backbones.core.prompting.builder import (
     Gemma2InstructPromptBuilder,
     Gemma2PurePromptBuilder,
     LLaMa2ChatPromptBuilder,
@@ -15,7 +15,7 @@ from llm_backbones.prompting.builder import (
     Qwen25PurePromptBuilder,
     VicunaV15ChatPromptBuilder,
 )
-from llm_backbones.prompting.formats import OFFICIAL_FORMATS, PRISMATIC_FORMATS, PromptFormat
+from llm_backbones.core.prompting.formats import OFFICIAL_FORMATS, PRISMATIC_FORMATS, PromptFormat
 
 __all__ = [
     "PromptBuilder",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from llm_backbones.errors import ConversationError, PromptFormatError, closest
-from llm_backbones.prompting.formats import OFFICIAL_FORMATS, PRISMATIC_FORMATS, PromptFormat
+from llm_backbones.core.prompting.formats import OFFICIAL_FORMATS, PRISMATIC_FORMATS, PromptFormat
 
 ROLE_ALIASES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt"}
 _ALIAS_OF = {"human": "user", "gpt": "assistant"}
@@ -56,7 +56,7 @@ class PromptBuilder:
         if not isinstance(prompt_format, PromptFormat):
             raise PromptFormatError(
                 f"prompt_format must be a PromptFormat, got {type(prompt_format).__name__}. Build one with "
-                "llm_backbones.prompting.PromptFormat(...), or use a named builder."
+                "llm_backbones.core.prompting.PromptFormat(...), or use a named builder."
             )
         if not isinstance(model_family, str):
             raise PromptFormatError(

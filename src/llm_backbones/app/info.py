@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from llm_backbones.finetune import trainable_counts_by_mode
-from llm_backbones.registry import BackboneSpec, get_spec
+from llm_backbones.training.finetune import trainable_counts_by_mode
+from llm_backbones.core.registry import BackboneSpec, get_spec
 
 
 def backbone_info(backbone_id: str, model_path: str | Path | None = None) -> dict[str, Any]:
@@ -74,7 +74,7 @@ def _local_facts(spec: BackboneSpec, model_path: str | Path | None) -> dict[str,
 
     from transformers import AutoTokenizer
 
-    from llm_backbones.embedded import ASSETS_DIR
+    from llm_backbones.core.backbones.embedded import ASSETS_DIR
     from llm_backbones.errors import ModelPathError
 
     path = Path(model_path) if model_path is not None else ASSETS_DIR / spec.embedded

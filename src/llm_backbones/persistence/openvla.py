@@ -40,8 +40,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from transformers import PreTrainedTokenizerBase
 
-from llm_backbones.actions import ActionTokenizer
-from llm_backbones.backbones import HFCausalLLMBackbone, get_llm_backbone_and_tokenizer
+from llm_backbones.data.actions import ActionTokenizer
+from llm_backbones.core.backbones.backbone import HFCausalLLMBackbone
+from llm_backbones.core.backbones.factory import get_llm_backbone_and_tokenizer
 from llm_backbones.errors import (
     ActionError,
     ModelPathError,
@@ -51,7 +52,7 @@ from llm_backbones.errors import (
     VLACheckpointError,
     closest,
 )
-from llm_backbones.registry import get_spec
+from llm_backbones.core.registry import get_spec
 
 logger = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from llm_backbones.actions import ActionTokenizer
-from llm_backbones.data import PaddedCollator, vla_example, vla_prompt
+from llm_backbones.data.actions import ActionTokenizer
+from llm_backbones.data.examples import PaddedCollator, vla_example, vla_prompt
 from llm_backbones.errors import ActionError
-from llm_backbones.finetune import apply_finetune_mode, train_steps
+from llm_backbones.training.finetune import apply_finetune_mode, train_steps
 
 INSTRUCTIONS = (
     "pick up the red block",

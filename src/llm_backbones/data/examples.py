@@ -26,11 +26,11 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from llm_backbones.errors import ConversationError, DataFileError, InputShapeError, TokenizationError
-from llm_backbones.prompting import PromptBuilder
+from llm_backbones.core.prompting import PromptBuilder
+from llm_backbones.runtime.fused_loss import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 Conversation = Sequence[Mapping[str, Any]]
 
 

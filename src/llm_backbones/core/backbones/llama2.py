@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from llm_backbones._redact import HubToken
-from llm_backbones.backbones.base import HFCausalLLMBackbone
-from llm_backbones.registry import LLAMA2_MODELS
+from llm_backbones.core.backbones.backbone import HFCausalLLMBackbone
+from llm_backbones.core.registry import LLAMA2_MODELS
 
 
 class LLaMa2LLMBackbone(HFCausalLLMBackbone):

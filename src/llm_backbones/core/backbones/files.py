@@ -405,3 +405,15 @@ def safetensors_header(file: Path) -> dict[str, tuple[str, int]]:
             f"{file} ({file.stat().st_size} bytes) cannot be read ({exc}): it is truncated or corrupted. Copy "
             "the checkpoint again."
         ) from exc
+
+
+def unreadable_safetensors(directory: Path) -> list[str]:
+    """`"<file> (<n> bytes)"` for each *.safetensors file of `directory` whose header or extent is broken."""
+    bad = []
+    for file in sorted(directory.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                list(handle.keys())
+        except Exception:  # SafetensorError, OSError: either way the file cannot be used
+            bad.append(f"{file} ({file.stat().st_size} bytes)")
+    return bad

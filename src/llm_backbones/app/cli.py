@@ -40,7 +40,7 @@ def _fail(exc: Exception) -> None:
 
 
 def _registry_rows() -> list[dict[str, str]]:
-    from llm_backbones.registry import get_spec, registered_ids
+    from llm_backbones.core.registry import get_spec, registered_ids
 
     rows = []
     for backbone_id in registered_ids():
@@ -85,7 +85,7 @@ def info(
 ) -> None:
     """Everything about one id, offline: vocabulary before/after PAD, rows, special ids, layer, dtype,
     and the parameters each fine-tune mode trains."""
-    from llm_backbones.info import backbone_info
+    from llm_backbones.app.info import backbone_info
 
     try:
         facts = backbone_info(backbone, model_path)
@@ -158,7 +158,7 @@ def _demo(backbone_id: str, model_path: Path | None, device: str, steps: int, me
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from llm_backbones import get_llm_backbone_and_tokenizer
-    from llm_backbones.demo import run_vla_demo
+    from llm_backbones.app.demo import run_vla_demo
 
     if device not in ("cpu", "cuda"):
         raise typer.BadParameter(f"--device must be cpu or cuda, got {device!r}.")
@@ -266,9 +266,9 @@ def finetune(
     }
     is_main = os.environ.get("RANK", "0") == "0"
     try:
-        from llm_backbones.data import load_conversations
-        from llm_backbones.finetune import check_conversations, preflight, run_finetune
-        from llm_backbones.training import FinetuneConfig
+        from llm_backbones.data.examples import load_conversations
+        from llm_backbones.training.finetune import check_conversations, preflight, run_finetune
+        from llm_backbones.training.loop import FinetuneConfig
 
         settings = FinetuneConfig.resolve(config, {k: v for k, v in given.items() if v is not None})
         if settings.metrics_json is not None:
@@ -329,14 +329,14 @@ def prompt(
 def _prompt(backbone_id, path, tokens, model_path, model_family, prismatic_compat) -> None:
     from rich.text import Text
 
-    from llm_backbones.data import (
+    from llm_backbones.data.examples import (
         IGNORE_INDEX,
         load_conversations,
         normalize_conversation,
         tokenize_conversation,
         tokenize_prompt,
     )
-    from llm_backbones.registry import prompt_builder_for
+    from llm_backbones.core.registry import prompt_builder_for
 
     builder_cls = prompt_builder_for(backbone_id)
 

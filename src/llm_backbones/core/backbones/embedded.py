@@ -24,14 +24,14 @@ from llm_backbones.errors import ModelPathError, OutputPathError
 
 logger = logging.getLogger(__name__)
 
-ASSETS_DIR = Path(__file__).parent / "assets"
+ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
 WEIGHTS_SEED = 0
 _FILES = ("config.json", "tokenizer.json", "tokenizer_config.json")
 
 # Held while transformers constructs a model. It swaps process-wide state meanwhile (torch's default dtype,
 # torch.nn.init's functions, PreTrainedModel.init_weights) and restores it after, so two constructions in two
 # threads must not interleave, or the restores run out of order and leave the swapped state behind. Every
-# backbone build holds it too (`llm_backbones.backbones.base`).
+# backbone build holds it too (`llm_backbones.core.backbones.backbone`).
 MODEL_BUILD_LOCK = threading.RLock()
 
 

@@ -35,8 +35,10 @@ from safetensors.torch import load_file
 from transformers import PreTrainedTokenizerBase
 
 from llm_backbones._redact import HubToken
-from llm_backbones.backbones import LLMBackbone, _loading, get_llm_backbone_and_tokenizer
-from llm_backbones.backbones.base import unreadable_safetensors
+from llm_backbones.core.backbones import files as _files
+from llm_backbones.core.backbones.backbone import LLMBackbone
+from llm_backbones.core.backbones.factory import get_llm_backbone_and_tokenizer
+from llm_backbones.core.backbones.files import unreadable_safetensors
 from llm_backbones.errors import (
     CheckpointError,
     FingerprintMismatchError,
@@ -46,7 +48,7 @@ from llm_backbones.errors import (
     OutputPathError,
     StateDictMismatchError,
 )
-from llm_backbones.registry import get_spec
+from llm_backbones.core.registry import get_spec
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ FINGERPRINT_FILE = "fingerprint.json"
 FINGERPRINT_VERSION = 2
 # Files whose bytes define the model, hashed at save and checked at load. The tokenizer's files are checked
 # by what they do (`tokenizer_sha256`, the probes), not by their bytes.
-HASHED_FILES = ("config.json", "generation_config.json", _loading.SAFE_INDEX)
+HASHED_FILES = ("config.json", "generation_config.json", _files.SAFE_INDEX)
 # The conversation rendered into `probe_prompt` with the backbone's prompt builder ("openvla" family).
 PROBE_CONVERSATION: tuple[tuple[str, str], ...] = (
     ("human", "What action should the robot take to pick up the red block?"),
@@ -107,7 +109,7 @@ def backbone_fingerprint(backbone: LLMBackbone) -> dict[str, Any]:
     """The fingerprint `save_backbone` writes and `load_backbone` checks (see `CHECKED_FIELDS`)."""
     import transformers
 
-    from llm_backbones import __version__
+    from llm_backbones._version import __version__
 
     tokenizer = backbone.get_tokenizer()
     builder = backbone.prompt_builder_fn("openvla")
@@ -185,7 +187,7 @@ def _hashed(name: str) -> bool:
 def file_hashes(directory: Path) -> dict[str, str]:
     """`{name: sha256}` of the files of `directory` that define the model (`HASHED_FILES`, *.safetensors)."""
     files = sorted(p for p in directory.iterdir() if p.is_file() and _hashed(p.name))
-    return {path.name: digest for path, digest in _loading.sha256_files(files).items()}
+    return {path.name: digest for path, digest in _files.sha256_files(files).items()}
 
 
 def verify_files(path: Path, saved: dict[str, Any]) -> None:
@@ -222,8 +224,8 @@ def verify_files(path: Path, saved: dict[str, Any]) -> None:
     for name in sorted(recorded.keys() - present):
         problems[f"file_sha256[{name}]"] = (recorded[name], None)
         lines.append(f"  - {name}: missing")
-    actual = _loading.sha256_files(
-        _loading.contained(path, name, allow_external=False) for name in sorted(recorded.keys() & present)
+    actual = _files.sha256_files(
+        _files.contained(path, name, allow_external=False) for name in sorted(recorded.keys() & present)
     )
     for file_path, digest in actual.items():
         if digest != recorded[file_path.name]:
@@ -239,7 +241,7 @@ def verify_files(path: Path, saved: dict[str, Any]) -> None:
             "good source, or pass verify=False to load it as it is.",
             problems,
         )
-    stored = _loading.largest_floating_dtype(sorted(path.glob("*.safetensors")))
+    stored = _files.largest_floating_dtype(sorted(path.glob("*.safetensors")))
     if isinstance(saved.get("dtype"), str) and stored is not None and saved["dtype"] != stored:
         raise FingerprintMismatchError(
             f"{file} records dtype={saved['dtype']!r}, but the weights of {path} are stored in {stored!r}: "
@@ -374,7 +376,7 @@ def _foreign_entries(target: Path) -> list[str]:
             foreign.append(entry.name + "/")
         elif listed is not None and entry.name not in listed:
             foreign.append(entry.name)
-        elif listed is None and not (entry.name in _loading.CHECKPOINT_FILES or entry.suffix == ".safetensors"):
+        elif listed is None and not (entry.name in _files.CHECKPOINT_FILES or entry.suffix == ".safetensors"):
             foreign.append(entry.name)  # a fingerprint_version 1 checkpoint: judged by name
     return foreign
 
@@ -610,7 +612,7 @@ def load_weights_into(
     state: dict[str, torch.Tensor] = {}
     origin: dict[str, Path] = {}
     for file in files:
-        _loading.readable(_loading.contained(directory, file.name, allow_external=allow_external_files), "The weight file")
+        _files.readable(_files.contained(directory, file.name, allow_external=allow_external_files), "The weight file")
         try:
             tensors = load_file(str(file))
         except SafetensorError as exc:
@@ -632,11 +634,11 @@ def load_weights_into(
             f"{' ...' if len(wrong) > 5 else ''}. The safetensors files and config.json come from different "
             "models (or config.json was edited): restore the checkpoint's own files, or save the backbone again."
         )
-    found = _loading.first_non_finite((k, v) for k, v in state.items() if k in params)
+    found = _files.first_non_finite((k, v) for k, v in state.items() if k in params)
     if found is not None:
         name, tensor = found
         message = (
-            f"Weight {name} in {origin[name]} holds {_loading.describe_non_finite(tensor)}: the checkpoint is "
+            f"Weight {name} in {origin[name]} holds {_files.describe_non_finite(tensor)}: the checkpoint is "
             "corrupted or was saved from a diverged run."
         )
         if strict:

@@ -2,7 +2,7 @@
 the data order, one optimizer step (gradient accumulation, clipping, non-finite checks), evaluation, and
 metrics (a JSONL file, TensorBoard when it is installed).
 
-`llm_backbones.finetune.run_finetune` puts them together with the checkpoints of `train_checkpoint`.
+`llm_backbones.training.finetune.run_finetune` puts them together with the checkpoints of `train_checkpoint`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from llm_backbones.data import IGNORE_INDEX
+from llm_backbones.data.examples import IGNORE_INDEX
 from llm_backbones.errors import FinetuneError, NonFiniteLossError, closest
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class FinetuneConfig:
         """The settings of one invocation, each layer over the one before: the defaults; with `resume`, the
         run's own `run_config.json` in `output` (so `--output DIR --resume` alone continues a run); the
         `config_file`; then `given` (the flags on the command line)."""
-        from llm_backbones.train_checkpoint import RUN_CONFIG
+        from llm_backbones.training.checkpoint import RUN_CONFIG
 
         given = dict(given or {})
         file_values = read_config_file(config_file) if config_file is not None else {}
@@ -385,7 +385,7 @@ def optimizer_step(
     one process does on the whole batch. A non-finite loss or gradient norm raises `NonFiniteLossError`
     before the weights change.
     """
-    from llm_backbones.distributed import all_reduce_sum, clip_grad_norm
+    from llm_backbones.training.distributed import all_reduce_sum, clip_grad_norm
 
     world_size = ctx.world_size if ctx is not None else 1
     counts = torch.zeros(2, dtype=torch.long)
@@ -437,7 +437,7 @@ def evaluate(
     """The mean next-token loss over every supervised token of `examples`, split across ranks. Every rank
     runs the same number of forward passes (FSDP gathers weights collectively); a rank left without
     examples in the last round runs one with no supervised token."""
-    from llm_backbones.distributed import all_reduce_sum
+    from llm_backbones.training.distributed import all_reduce_sum
 
     world_size, rank = (ctx.world_size, ctx.rank) if ctx is not None else (1, 0)
     per_round = micro_batch_size * world_size

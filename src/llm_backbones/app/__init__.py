@@ -1,0 +1,1 @@
+"""App layer: the command line, the demo, and `info`."""

@@ -1,0 +1,1 @@
+"""Backbones: the interface, the one HF implementation, how it is loaded, and the embedded default."""

@@ -1,0 +1,1 @@
+"""Data layer: training examples with label masks, the collator, and action tokens."""

@@ -1,0 +1,1 @@
+"""Persistence layer: saving and loading backbones, and reading OpenVLA checkpoints."""

@@ -1,0 +1,1 @@
+"""Runtime layer: greedy generation, fused projections and the chunked loss, over plain HF models."""
