@@ -32,6 +32,17 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(
         ["load_vla_backbone", "LoadedVLA", "unnormalize_actions"], "llm_backbones.persistence.openvla"
     ),
+    **dict.fromkeys(
+        [
+            "PromptBuilder", "PromptBuilderFactory", "PromptFormat", "PROMPT_FORMATS", "builder_for",
+            "get_prompt_format", "register_prompt_format", "PurePromptBuilder", "LLaMa2ChatPromptBuilder",
+            "VicunaV15ChatPromptBuilder", "MistralInstructPromptBuilder", "PhiPromptBuilder",
+            "Llama3PurePromptBuilder", "Llama3InstructPromptBuilder", "Qwen25PurePromptBuilder",
+            "Qwen25InstructPromptBuilder", "Gemma2PurePromptBuilder", "Gemma2InstructPromptBuilder",
+            "Phi35InstructPromptBuilder",
+        ],
+        "llm_backbones.core.prompting",
+    ),
     "ActionTokenizer": "llm_backbones.data.actions",
     **dict.fromkeys(
         [

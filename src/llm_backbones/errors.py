@@ -33,7 +33,7 @@ class UnknownBackboneError(LLMBackbonesError, ValueError, KeyError):
         super().__init__(
             f"Unknown LLM backbone id {backbone_id!r} (not in the {scope}).{hint} "
             f"Known ids: {', '.join(known)}. To add one, register it once: "
-            "`llm_backbones.register_backbone(llm_backbones.BackboneSpec(backbone_id=..., family=..., ...))`."
+            "`llm_backbones.register_backbone(llm_backbones.BackboneSpec(backbone_id=..., llm_family=..., ...))`."
         )
         self.backbone_id = backbone_id
         self.closest = close

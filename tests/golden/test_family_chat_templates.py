@@ -10,10 +10,11 @@ What is compared, for every prefix of every conversation of `CHAT_CASES`:
   BOS text where the tokenizer adds BOS (Llama-3, Gemma-2);
 - after a reply: `get_prompt()` == the template with `add_generation_prompt=False` (same BOS rule), except
   that Phi-3.5's template then appends `eos_token` after the last turn, which the builder does not write
-  (see `OFFICIAL_FORMATS["phi3.5-instruct"]`);
+  (see `PROMPT_FORMATS["phi3.5-instruct"]`);
 - `get_potential_prompt(m)` == the template over the conversation plus the user message `m`.
-Messages are given to the template as the builder cleans them (`<image>` removed, stripped), which is the
-builder's contract; the Llama-3 and Gemma-2 templates trim them the same way.
+Messages are given to the template without LLaVA's `<image>` marker (and its line break), which the builder
+removes (the image is spliced in as patch embeddings); whitespace is left to the template: Llama-3 and
+Gemma-2 trim messages, Qwen2.5 and Phi-3.5 keep them (`test_surrounding_whitespace_as_the_official_template`).
 """
 
 from __future__ import annotations
@@ -54,7 +55,11 @@ PARAMS = [
 
 
 def _clean(message: str) -> str:
-    return message.replace("<image>", "").strip()
+    """The message without LLaVA's image marker (spliced in as patch embeddings), not stripped: the
+    templates decide (Llama-3 and Gemma-2 trim, Qwen2.5 and Phi-3.5 keep whitespace)."""
+    for marker in ("<image>\n", "\n<image>", "<image>"):
+        message = message.replace(marker, "")
+    return message
 
 
 def _render(text: str, key: str, messages: list[dict], *, generation: bool, date: str | None) -> str:
@@ -102,3 +107,35 @@ def test_llama31_template_fallback_date_is_the_builder_default(llama_cpp_models_
     template = (llama_cpp_models_dir / "templates" / TEMPLATES["llama3.1"]).read_text(encoding="utf-8")
     rendered = _render(template, "llama3.1", [{"role": "user", "content": "Hi."}], generation=True, date=None)
     assert "Today Date: 26 Jul 2024\n" in rendered
+
+
+# Messages with surrounding whitespace, given to the template exactly as written (no cleaning): Llama-3's and
+# Gemma-2's templates `trim` them, Qwen2.5's and Phi-3.5's keep them; the builders must render the same.
+PADDED = [("human", "  Pick up the red cup.\n"), ("gpt", " It is on the left. "), ("human", "\tAnd now?  ")]
+PADDED_SYSTEM = "  You control a robot arm.\n"
+PADDED_BUILDERS = {
+    "llama3.1": "Llama3InstructPromptBuilder",
+    "llama3.2": "Llama3InstructPromptBuilder",
+    "qwen2.5": "Qwen25InstructPromptBuilder",
+    "gemma2": "Gemma2InstructPromptBuilder",
+    "phi3.5": "Phi35InstructPromptBuilder",
+}
+# Gemma-2's template has no system role (test_gemma2_template_also_rejects_a_system_message)
+PADDED_PARAMS = [(key, system) for key in PADDED_BUILDERS for system in (False, True) if key != "gemma2" or not system]
+
+
+@pytest.mark.parametrize(("key", "with_system"), PADDED_PARAMS)
+def test_surrounding_whitespace_as_the_official_template(llama_cpp_models_dir, key, with_system) -> None:
+    import llm_backbones
+
+    name = PADDED_BUILDERS[key]
+    template = (llama_cpp_models_dir / "templates" / TEMPLATES[key]).read_text(encoding="utf-8")
+    builder = getattr(llm_backbones, name)("openvla", system_prompt=PADDED_SYSTEM if with_system else None)
+    messages = [{"role": "system", "content": PADDED_SYSTEM}] if with_system else []
+    for i, (role, message) in enumerate(PADDED):
+        builder.add_turn(role, message)
+        messages.append({"role": "user" if role == "human" else "assistant", "content": message})
+        expected = _render(template, key, messages, generation=role == "human", date=None)
+        if role == "gpt" and key == "phi3.5":
+            expected = expected.removesuffix("<|endoftext|>")  # eos_token after the last turn (see above)
+        assert builder.get_prompt() == expected, f"after turn {i}"

@@ -209,28 +209,28 @@ QWEN_A_DEFAULT = {
         "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
         "<|im_start|>user\nWhat is in the image?<|im_end|>\n<|im_start|>assistant\n",
         "A red cube next to a blue bowl.<|im_end|>\n",
-        "<|im_start|>user\nDéplace le cube rouge → à gauche 🤖<|im_end|>\n<|im_start|>assistant\n",
-        "Done:  the cube is on the left.<|im_end|>\n",
+        "<|im_start|>user\n  Déplace le cube rouge → à gauche 🤖  <|im_end|>\n<|im_start|>assistant\n",
+        "\tDone:  the cube is on the left.\n<|im_end|>\n",
     ],
     "generation": (
         "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
         "<|im_start|>user\nWhat is in the image?<|im_end|>\n"
         "<|im_start|>assistant\nA red cube next to a blue bowl.<|im_end|>\n"
-        "<|im_start|>user\nDéplace le cube rouge → à gauche 🤖<|im_end|>\n<|im_start|>assistant\n"
+        "<|im_start|>user\n  Déplace le cube rouge → à gauche 🤖  <|im_end|>\n<|im_start|>assistant\n"
     ),
     "prompt": (
         "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
         "<|im_start|>user\nWhat is in the image?<|im_end|>\n"
         "<|im_start|>assistant\nA red cube next to a blue bowl.<|im_end|>\n"
-        "<|im_start|>user\nDéplace le cube rouge → à gauche 🤖<|im_end|>\n"
-        "<|im_start|>assistant\nDone:  the cube is on the left.<|im_end|>\n"
+        "<|im_start|>user\n  Déplace le cube rouge → à gauche 🤖  <|im_end|>\n"
+        "<|im_start|>assistant\n\tDone:  the cube is on the left.\n<|im_end|>\n"
     ),
     "potential": (
         "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
         "<|im_start|>user\nWhat is in the image?<|im_end|>\n"
         "<|im_start|>assistant\nA red cube next to a blue bowl.<|im_end|>\n"
-        "<|im_start|>user\nDéplace le cube rouge → à gauche 🤖<|im_end|>\n"
-        "<|im_start|>assistant\nDone:  the cube is on the left.<|im_end|>\n"
+        "<|im_start|>user\n  Déplace le cube rouge → à gauche 🤖  <|im_end|>\n"
+        "<|im_start|>assistant\n\tDone:  the cube is on the left.\n<|im_end|>\n"
         "<|im_start|>user\nWhat next?<|im_end|>\n<|im_start|>assistant\n"
     ),
 }
@@ -240,28 +240,28 @@ QWEN_A_SYSTEM = {
         "<|im_start|>system\nYou control a robot arm.<|im_end|>\n"
         "<|im_start|>user\nWhat is in the image?<|im_end|>\n<|im_start|>assistant\n",
         "A red cube next to a blue bowl.<|im_end|>\n",
-        "<|im_start|>user\nDéplace le cube rouge → à gauche 🤖<|im_end|>\n<|im_start|>assistant\n",
-        "Done:  the cube is on the left.<|im_end|>\n",
+        "<|im_start|>user\n  Déplace le cube rouge → à gauche 🤖  <|im_end|>\n<|im_start|>assistant\n",
+        "\tDone:  the cube is on the left.\n<|im_end|>\n",
     ],
     "generation": (
         "<|im_start|>system\nYou control a robot arm.<|im_end|>\n"
         "<|im_start|>user\nWhat is in the image?<|im_end|>\n"
         "<|im_start|>assistant\nA red cube next to a blue bowl.<|im_end|>\n"
-        "<|im_start|>user\nDéplace le cube rouge → à gauche 🤖<|im_end|>\n<|im_start|>assistant\n"
+        "<|im_start|>user\n  Déplace le cube rouge → à gauche 🤖  <|im_end|>\n<|im_start|>assistant\n"
     ),
     "prompt": (
         "<|im_start|>system\nYou control a robot arm.<|im_end|>\n"
         "<|im_start|>user\nWhat is in the image?<|im_end|>\n"
         "<|im_start|>assistant\nA red cube next to a blue bowl.<|im_end|>\n"
-        "<|im_start|>user\nDéplace le cube rouge → à gauche 🤖<|im_end|>\n"
-        "<|im_start|>assistant\nDone:  the cube is on the left.<|im_end|>\n"
+        "<|im_start|>user\n  Déplace le cube rouge → à gauche 🤖  <|im_end|>\n"
+        "<|im_start|>assistant\n\tDone:  the cube is on the left.\n<|im_end|>\n"
     ),
     "potential": (
         "<|im_start|>system\nYou control a robot arm.<|im_end|>\n"
         "<|im_start|>user\nWhat is in the image?<|im_end|>\n"
         "<|im_start|>assistant\nA red cube next to a blue bowl.<|im_end|>\n"
-        "<|im_start|>user\nDéplace le cube rouge → à gauche 🤖<|im_end|>\n"
-        "<|im_start|>assistant\nDone:  the cube is on the left.<|im_end|>\n"
+        "<|im_start|>user\n  Déplace le cube rouge → à gauche 🤖  <|im_end|>\n"
+        "<|im_start|>assistant\n\tDone:  the cube is on the left.\n<|im_end|>\n"
         "<|im_start|>user\nWhat next?<|im_end|>\n<|im_start|>assistant\n"
     ),
 }
@@ -366,20 +366,20 @@ PHI35_A_DEFAULT = {
     "turns": [
         "<|user|>\nWhat is in the image?<|end|>\n<|assistant|>\n",
         "A red cube next to a blue bowl.<|end|>\n",
-        "<|user|>\nDéplace le cube rouge → à gauche 🤖<|end|>\n<|assistant|>\n",
-        "Done:  the cube is on the left.<|end|>\n",
+        "<|user|>\n  Déplace le cube rouge → à gauche 🤖  <|end|>\n<|assistant|>\n",
+        "\tDone:  the cube is on the left.\n<|end|>\n",
     ],
     "generation": (
         "<|user|>\nWhat is in the image?<|end|>\n<|assistant|>\nA red cube next to a blue bowl.<|end|>\n"
-        "<|user|>\nDéplace le cube rouge → à gauche 🤖<|end|>\n<|assistant|>\n"
+        "<|user|>\n  Déplace le cube rouge → à gauche 🤖  <|end|>\n<|assistant|>\n"
     ),
     "prompt": (
         "<|user|>\nWhat is in the image?<|end|>\n<|assistant|>\nA red cube next to a blue bowl.<|end|>\n"
-        "<|user|>\nDéplace le cube rouge → à gauche 🤖<|end|>\n<|assistant|>\nDone:  the cube is on the left.<|end|>\n"
+        "<|user|>\n  Déplace le cube rouge → à gauche 🤖  <|end|>\n<|assistant|>\n\tDone:  the cube is on the left.\n<|end|>\n"
     ),
     "potential": (
         "<|user|>\nWhat is in the image?<|end|>\n<|assistant|>\nA red cube next to a blue bowl.<|end|>\n"
-        "<|user|>\nDéplace le cube rouge → à gauche 🤖<|end|>\n<|assistant|>\nDone:  the cube is on the left.<|end|>\n"
+        "<|user|>\n  Déplace le cube rouge → à gauche 🤖  <|end|>\n<|assistant|>\n\tDone:  the cube is on the left.\n<|end|>\n"
         "<|user|>\nWhat next?<|end|>\n<|assistant|>\n"
     ),
 }
@@ -388,23 +388,23 @@ PHI35_A_SYSTEM = {
     "turns": [
         "<|system|>\nYou control a robot arm.<|end|>\n<|user|>\nWhat is in the image?<|end|>\n<|assistant|>\n",
         "A red cube next to a blue bowl.<|end|>\n",
-        "<|user|>\nDéplace le cube rouge → à gauche 🤖<|end|>\n<|assistant|>\n",
-        "Done:  the cube is on the left.<|end|>\n",
+        "<|user|>\n  Déplace le cube rouge → à gauche 🤖  <|end|>\n<|assistant|>\n",
+        "\tDone:  the cube is on the left.\n<|end|>\n",
     ],
     "generation": (
         "<|system|>\nYou control a robot arm.<|end|>\n"
         "<|user|>\nWhat is in the image?<|end|>\n<|assistant|>\nA red cube next to a blue bowl.<|end|>\n"
-        "<|user|>\nDéplace le cube rouge → à gauche 🤖<|end|>\n<|assistant|>\n"
+        "<|user|>\n  Déplace le cube rouge → à gauche 🤖  <|end|>\n<|assistant|>\n"
     ),
     "prompt": (
         "<|system|>\nYou control a robot arm.<|end|>\n"
         "<|user|>\nWhat is in the image?<|end|>\n<|assistant|>\nA red cube next to a blue bowl.<|end|>\n"
-        "<|user|>\nDéplace le cube rouge → à gauche 🤖<|end|>\n<|assistant|>\nDone:  the cube is on the left.<|end|>\n"
+        "<|user|>\n  Déplace le cube rouge → à gauche 🤖  <|end|>\n<|assistant|>\n\tDone:  the cube is on the left.\n<|end|>\n"
     ),
     "potential": (
         "<|system|>\nYou control a robot arm.<|end|>\n"
         "<|user|>\nWhat is in the image?<|end|>\n<|assistant|>\nA red cube next to a blue bowl.<|end|>\n"
-        "<|user|>\nDéplace le cube rouge → à gauche 🤖<|end|>\n<|assistant|>\nDone:  the cube is on the left.<|end|>\n"
+        "<|user|>\n  Déplace le cube rouge → à gauche 🤖  <|end|>\n<|assistant|>\n\tDone:  the cube is on the left.\n<|end|>\n"
         "<|user|>\nWhat next?<|end|>\n<|assistant|>\n"
     ),
 }
@@ -519,7 +519,7 @@ FRESH_POTENTIAL = [
         Qwen25InstructPromptBuilder,
         {},
         "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
-        "<|im_start|>user\nWhat next?<|im_end|>\n<|im_start|>assistant\n",
+        "<|im_start|>user\n What next? <|im_end|>\n<|im_start|>assistant\n",  # the template keeps whitespace
         id="qwen2.5",
     ),
     pytest.param(
@@ -528,17 +528,17 @@ FRESH_POTENTIAL = [
         "<start_of_turn>user\nWhat next?<end_of_turn>\n<start_of_turn>model\n",
         id="gemma2",
     ),
-    pytest.param(Phi35InstructPromptBuilder, {}, "<|user|>\nWhat next?<|end|>\n<|assistant|>\n", id="phi3.5"),
+    pytest.param(Phi35InstructPromptBuilder, {}, "<|user|>\n What next? <|end|>\n<|assistant|>\n", id="phi3.5"),
     pytest.param(
         Phi35InstructPromptBuilder,
-        {"system_prompt": "   "},  # whitespace only: as empty, the template writes no system block
-        "<|user|>\nWhat next?<|end|>\n<|assistant|>\n",
+        {"system_prompt": "   "},  # whitespace only is not empty to the template: it writes the block
+        "<|system|>\n   <|end|>\n<|user|>\n What next? <|end|>\n<|assistant|>\n",
         id="phi3.5-blank-system",
     ),
     pytest.param(
         Qwen25InstructPromptBuilder,
         {"system_prompt": ""},  # an explicit empty system message: the template writes an empty block
-        "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nWhat next?<|im_end|>\n<|im_start|>assistant\n",
+        "<|im_start|>system\n<|im_end|>\n<|im_start|>user\n What next? <|im_end|>\n<|im_start|>assistant\n",
         id="qwen2.5-empty-system",
     ),
     pytest.param(
@@ -594,7 +594,7 @@ def test_empty_reply_stays_empty_in_official_templates() -> None:
     for cls, reply in expected.items():
         builder = cls("openvla")
         builder.add_turn("human", "Pick up the cup.")
-        assert builder.add_turn("gpt", "  <image> ") == reply
+        assert builder.add_turn("gpt", "<image>") == reply
 
 
 @pytest.mark.parametrize(

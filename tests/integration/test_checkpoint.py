@@ -19,7 +19,7 @@ from shared import padded_llama2_tokenizer
 from transformers import LlamaTokenizer
 
 import llm_backbones
-from llm_backbones.persistence import checkpoint as checkpoint_module
+from llm_backbones import _fs
 from llm_backbones import get_llm_backbone_and_tokenizer, load_backbone, save_backbone
 from llm_backbones.errors import FingerprintMismatchError, ModelPathError
 
@@ -122,7 +122,7 @@ def test_overwrite_replaces_the_checkpoint(trained, saved) -> None:
 
 def test_overwrite_without_atomic_exchange(trained, saved, monkeypatch) -> None:
     # Where renameat2(RENAME_EXCHANGE) is unavailable: two renames, and nothing left behind.
-    monkeypatch.setattr(checkpoint_module, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(_fs, "exchange", lambda a, b: False)
     save_backbone(trained[0], saved)
     assert load_backbone(saved)[0].identifier == "llama2-tiny-pure"
     assert sorted(p.name for p in saved.parent.iterdir()) == ["ckpt"]
@@ -175,6 +175,23 @@ def test_other_prompt_format_is_refused_unless_ignored(saved, caplog) -> None:
         backbone, _ = load_backbone(saved, llm_backbone_id="llama2-7b-chat", ignore_fingerprint=True)
     assert backbone.identifier == "llama2-7b-chat"
     assert any("ignored: ignore_fingerprint=True" in r.getMessage() for r in caplog.records)
+
+
+def test_the_prompt_format_trained_with_is_recorded_and_restored(tmp_path) -> None:
+    # A backbone used with the original Prismatic strings (as OpenVLA-era checkpoints were trained) records
+    # that rendering, not the id's default, and loads with it.
+    backbone, _ = get_llm_backbone_and_tokenizer("llama2-tiny-pure", prompt_format="llama2-chat-prismatic")
+    path = save_backbone(backbone, tmp_path / "compat")
+    fingerprint = json.loads((path / "fingerprint.json").read_text())
+    assert fingerprint["prompt_format"] == "llama2-chat-prismatic"
+    assert fingerprint["probe_prompt"].startswith("[INST] <<SYS>\nYou are a helpful language and vision assistant.")
+    loaded, _ = load_backbone(path)
+    assert loaded.prompt_format == "llama2-chat-prismatic"
+    builder = loaded.prompt_builder_fn("openvla")
+    builder.add_turn("human", "Hi.")
+    assert builder.get_prompt().startswith("[INST] <<SYS>\n")  # the original's one-">" typo
+    plain, _ = load_backbone(path, prompt_format="llama2-chat", ignore_fingerprint=True)
+    assert plain.prompt_format == "llama2-chat"
 
 
 def test_resized_vocabulary_is_refused(saved) -> None:

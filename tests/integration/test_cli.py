@@ -22,7 +22,7 @@ def test_list_json_has_every_id_with_its_facts() -> None:
     rows = {row["id"]: row for row in json.loads(result.output)}
     assert rows["llama2-7b-chat"] == {
         "id": "llama2-7b-chat",
-        "family": "llama2",
+        "llm_family": "llama2",
         "parameters": "6.74B",
         "hf_hub_path": "meta-llama/Llama-2-7b-chat-hf",
         "prompt_format": "llama2-chat",
@@ -107,6 +107,27 @@ def test_real_subprocess_entry_point() -> None:
     assert "llama2-13b-pure" in {row["id"] for row in json.loads(proc.stdout)}
 
 
+def test_info_shows_no_third_party_deprecation_warnings() -> None:
+    # transformers 5 warns (FutureWarning) that `is_gradient_checkpointing` is deprecated when `info` counts
+    # the trainable parameters: a notice for us, not for the CLI's user; `--debug` still shows it
+    proc = subprocess.run(
+        [sys.executable, "-m", "llm_backbones", "info", "llama2-tiny-pure"],
+        capture_output=True, text=True, env=dict(os.environ), timeout=120,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "8,604,288" in proc.stdout, output
+    assert "FutureWarning" not in output and "deprecated" not in output, output
+
+
+def test_cli_leaves_the_callers_warning_filters_alone() -> None:
+    import warnings
+
+    assert runner.invoke(app, ["list", "--json"]).exit_code == 0  # imports (torch, numpy) add filters of their own
+    before = list(warnings.filters)
+    assert runner.invoke(app, ["list", "--json"]).exit_code == 0
+    assert warnings.filters == before
+
+
 def test_list_json_has_every_family() -> None:
     from llm_backbones import registered_ids
 
@@ -115,7 +136,7 @@ def test_list_json_has_every_family() -> None:
     assert list(rows) == registered_ids()
     assert rows["qwen2.5-0.5b-instruct"] == {
         "id": "qwen2.5-0.5b-instruct",
-        "family": "qwen2.5",
+        "llm_family": "qwen2.5",
         "parameters": "0.49B",
         "hf_hub_path": "Qwen/Qwen2.5-0.5B-Instruct",
         "prompt_format": "qwen2.5-instruct",

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from llm_backbones import get_llm_backbone_and_tokenizer, get_spec, register_backbone, registry
+from llm_backbones import get_llm_backbone_and_tokenizer, get_spec, register_backbone
+from llm_backbones.core import registry
 
 pytestmark = pytest.mark.integration
 

@@ -25,7 +25,7 @@ def test_every_id_has_a_row_with_the_registry_facts() -> None:
     assert list(rows) == registered_ids()
     for backbone_id, (_, family, parameters, hub, builder, layer, pad) in rows.items():
         spec = get_spec(backbone_id)
-        assert (family, parameters, layer) == (spec.family, spec.parameters, spec.layer_cls.__name__)
+        assert (family, parameters, layer) == (spec.llm_family, spec.parameters, spec.layer_cls.__name__)
         assert hub == ("embedded (package assets)" if spec.embedded else spec.hf_hub_path)
-        assert f"(`{spec.prompt_builder.format_key}`)" in builder
+        assert f"(`{spec.prompt_format}`)" in builder
         assert pad == f"`{spec.pad_policy_text}`"

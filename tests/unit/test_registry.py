@@ -66,7 +66,7 @@ def test_spec_facts_of_llama2() -> None:
 
 
 def test_llama2_models_rejects_other_families(scratch_registry) -> None:
-    spec = dataclasses.replace(get_spec("llama2-7b-pure"), backbone_id="test-other-family", family="other")
+    spec = dataclasses.replace(get_spec("llama2-7b-pure"), backbone_id="test-other-family", llm_family="other")
     register_backbone(spec)
     assert "test-other-family" in LLM_BACKBONES and "test-other-family" not in LLAMA2_MODELS
     with pytest.raises(UnknownBackboneError, match="llama2 family"):
@@ -115,7 +115,7 @@ def test_every_family_id_is_registered_once_with_its_hub_path() -> None:
     assert len(registered_ids()) == len(set(registered_ids())) == 7 + len(FAMILY_IDS)
     for backbone_id, (family, hub) in FAMILY_IDS.items():
         spec = get_spec(backbone_id)
-        assert (spec.family, spec.hf_hub_path) == (family, hub)
+        assert (spec.llm_family, spec.hf_hub_path) == (family, hub)
         assert spec.source == f"https://huggingface.co/{hub}/blob/main/config.json"
 
 

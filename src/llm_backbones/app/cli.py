@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -19,8 +20,13 @@ console = Console()
 _state = {"debug": False}
 
 
+# Deprecation notices raised inside these packages are meant for us, not the CLI's user (--debug shows them).
+_THIRD_PARTY_MODULES = r"(transformers|torch|peft|huggingface_hub)(\.|$)"
+
+
 @app.callback()
 def _main(
+    ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
 ) -> None:
     _state["debug"] = debug
@@ -30,6 +36,10 @@ def _main(
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
+        # for this command only: the previous filters come back when it ends (in-process callers keep theirs)
+        ctx.with_resource(warnings.catch_warnings())
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category, module=_THIRD_PARTY_MODULES)
 
 
 def _fail(exc: Exception) -> None:
@@ -48,11 +58,11 @@ def _registry_rows() -> list[dict[str, str]]:
         rows.append(
             {
                 "id": backbone_id,
-                "family": spec.family,
+                "llm_family": spec.llm_family,
                 "parameters": spec.parameters,
                 "hf_hub_path": spec.hf_hub_path,
-                "prompt_format": spec.prompt_builder.format_key or spec.prompt_builder.__name__,
-                "decoder_layer": spec.layer_cls.__name__,
+                "prompt_format": spec.prompt_format,
+                "decoder_layer": spec.layer_cls_name,
                 "pad_policy": spec.pad_policy_text,
                 "adds_bos": str(spec.adds_bos).lower(),
             }
@@ -157,8 +167,8 @@ def _demo(backbone_id: str, model_path: Path | None, device: str, steps: int, me
     import torch
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from llm_backbones import get_llm_backbone_and_tokenizer
     from llm_backbones.app.demo import run_vla_demo
+    from llm_backbones.core.backbones.factory import get_llm_backbone_and_tokenizer
 
     if device not in ("cpu", "cuda"):
         raise typer.BadParameter(f"--device must be cpu or cuda, got {device!r}.")
@@ -212,6 +222,8 @@ def finetune(
     data: Annotated[Path | None, typer.Option(help="LLaVA/Prismatic conversation JSON file.")] = None,
     model_path: Annotated[Path | None, typer.Option(help="Local HF-format directory replacing the hub path.")] = None,
     mode: Annotated[str | None, typer.Option(help="full, last-layer or lora (default: full).")] = None,
+    prompt_format: Annotated[str | None, typer.Option(help="Prompt format to train with, e.g. llama2-chat-prismatic "
+                                                      "(default: the backbone's; see `llm-backbones list`).")] = None,
     steps: Annotated[int | None, typer.Option(help="Optimizer steps of the whole run (default: 10).")] = None,
     batch_size: Annotated[int | None, typer.Option(
         help="Global batch of one optimizer step, split over --grad-accum micro-batches and the ranks (default: 8).")] = None,
@@ -256,7 +268,8 @@ def finetune(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     given = {
-        "backbone": backbone, "data": data, "model_path": model_path, "mode": mode, "steps": steps,
+        "backbone": backbone, "data": data, "model_path": model_path, "mode": mode,
+        "prompt_format": prompt_format, "steps": steps,
         "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr, "lr_schedule": lr_schedule,
         "warmup_steps": warmup_steps, "max_grad_norm": max_grad_norm, "max_length": max_length, "seed": seed,
         "precision": precision, "fsdp": fsdp, "device": device, "fast": fast,
@@ -275,9 +288,12 @@ def finetune(
             _check_output_file(Path(settings.metrics_json), "--metrics-json")
         preflight(settings)  # bad settings, outputs and data files fail here, before the progress bar
         conversations = load_conversations(settings.data)
-        check_conversations(settings.backbone, conversations, repr(str(settings.data)))
+        fmt = settings.prompt_format
+        check_conversations(settings.backbone, conversations, repr(str(settings.data)), prompt_format=fmt)
         if settings.eval_data is not None:
-            check_conversations(settings.backbone, load_conversations(settings.eval_data), repr(str(settings.eval_data)))
+            check_conversations(
+                settings.backbone, load_conversations(settings.eval_data), repr(str(settings.eval_data)), prompt_format=fmt
+            )
         columns = (TextColumn(f"{settings.mode} fine-tuning"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
                    TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("lr {task.fields[lr]:.2e}"),
                    TextColumn("{task.fields[tps]:,.0f} tok/s"), TimeElapsedColumn())
@@ -329,6 +345,8 @@ def prompt(
 def _prompt(backbone_id, path, tokens, model_path, model_family, prismatic_compat) -> None:
     from rich.text import Text
 
+    from llm_backbones.core.prompting import builder_for
+    from llm_backbones.core.registry import get_spec
     from llm_backbones.data.examples import (
         IGNORE_INDEX,
         load_conversations,
@@ -336,12 +354,8 @@ def _prompt(backbone_id, path, tokens, model_path, model_family, prismatic_compa
         tokenize_conversation,
         tokenize_prompt,
     )
-    from llm_backbones.core.registry import prompt_builder_for
 
-    builder_cls = prompt_builder_for(backbone_id)
-
-    def builder_fn(family, system_prompt=None):
-        return builder_cls(family, system_prompt=system_prompt, prismatic_compat=prismatic_compat)
+    builder_fn = builder_for(get_spec(backbone_id).prompt_format, prismatic_compat=prismatic_compat)
 
     conversations = load_conversations(path)
     conversation = conversations[0]
@@ -379,7 +393,7 @@ def _prompt(backbone_id, path, tokens, model_path, model_family, prismatic_compa
 def _tokenizer_for(backbone_id: str, model_path: Path | None):
     """Exactly the backbone's tokenizer (PAD policy, max length, padding side): the backbone is built in
     inference mode, on the meta device, which reads config and tokenizer and no weights."""
-    from llm_backbones import get_llm_backbone_and_tokenizer
+    from llm_backbones.core.backbones.factory import get_llm_backbone_and_tokenizer
 
     return get_llm_backbone_and_tokenizer(backbone_id, model_path=model_path, inference_mode=True)[1]
 

@@ -40,7 +40,7 @@ def backbone_info(backbone_id: str, model_path: str | Path | None = None) -> dic
     modes = trainable_counts_by_mode(llm)
     return {
         "id": backbone_id,
-        "family": spec.family,
+        "llm_family": spec.llm_family,
         "hf_hub_path": spec.hf_hub_path,
         "facts_source": facts["source"],
         "model_class": spec.llm_cls.__name__,
@@ -72,8 +72,7 @@ def _local_facts(spec: BackboneSpec, model_path: str | Path | None) -> dict[str,
     """Facts read from a local checkpoint (or the embedded default's packaged config and tokenizer)."""
     import json
 
-    from transformers import AutoTokenizer
-
+    from llm_backbones.core.backbones import loading
     from llm_backbones.core.backbones.embedded import ASSETS_DIR
     from llm_backbones.errors import ModelPathError
 
@@ -83,7 +82,8 @@ def _local_facts(spec: BackboneSpec, model_path: str | Path | None) -> dict[str,
             f"model_path={str(path)!r} has no config.json; point it at an HF-format checkpoint directory."
         )
     config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    # the tokenizer a backbone of this id loads from `path` (LLaMA-2 / Mistral: tokenizer.json as written)
+    tokenizer = loading.load_tokenizer(spec, path, local=True)
     vocab = tokenizer.get_vocab()
     if spec.pad_policy == "reuse":
         pad_id, new = vocab.get(spec.pad_token), False

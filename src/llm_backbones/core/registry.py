@@ -8,45 +8,56 @@ policy, half-precision dtype and decoder-layer class. Everything else (`LLAMA2_M
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+import importlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from torch import nn
-from transformers import (
-    Gemma2ForCausalLM,
-    LlamaForCausalLM,
-    MistralForCausalLM,
-    Phi3ForCausalLM,
-    PhiForCausalLM,
-    PreTrainedModel,
-    Qwen2ForCausalLM,
-)
-from transformers.models.gemma2.modeling_gemma2 import Gemma2DecoderLayer
-from transformers.models.llama.modeling_llama import LlamaDecoderLayer
-from transformers.models.mistral.modeling_mistral import MistralDecoderLayer
-from transformers.models.phi.modeling_phi import PhiDecoderLayer
-from transformers.models.phi3.modeling_phi3 import Phi3DecoderLayer
-from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
 
-from llm_backbones.errors import InvalidSpecError, RegistryError, UnknownBackboneError
-from llm_backbones.core.prompting import (
-    Gemma2InstructPromptBuilder,
-    Gemma2PurePromptBuilder,
-    LLaMa2ChatPromptBuilder,
-    Llama3InstructPromptBuilder,
-    Llama3PurePromptBuilder,
-    MistralInstructPromptBuilder,
-    Phi35InstructPromptBuilder,
-    PhiPromptBuilder,
-    PromptBuilder,
-    PurePromptBuilder,
-    Qwen25InstructPromptBuilder,
-    Qwen25PurePromptBuilder,
-    VicunaV15ChatPromptBuilder,
-)
+from llm_backbones.core.prompting import PromptBuilder, builder_for, get_prompt_format
+from llm_backbones.core.prompting.builder import _BUILDER_CLASSES
+from llm_backbones.errors import InvalidSpecError, PromptFormatError, RegistryError, UnknownBackboneError
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedModel
+
+
+class LazyClass:
+    """A `BackboneSpec` field that holds a class, or its dotted name ("transformers.LlamaForCausalLM")
+    imported on first read: listing the registry imports no model code. `BackboneSpec.class_name(field)`
+    gives the name without importing."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.field, self.slot = name, f"_{name}"
+
+    def __get__(self, spec: Any, owner: type | None = None) -> Any:
+        if spec is None:
+            raise AttributeError(self.field)  # no class-level default: the field is required
+        value = spec.__dict__[self.slot]
+        if isinstance(value, str):
+            module, _, name = value.rpartition(".")
+            try:
+                value = getattr(importlib.import_module(module), name)
+            except (ImportError, AttributeError) as exc:
+                raise InvalidSpecError(
+                    f"Backbone {spec.backbone_id!r}: {self.field}={spec.__dict__[self.slot]!r} cannot be imported "
+                    f"({exc}). Give the class itself, or its full dotted name (e.g. "
+                    "'transformers.LlamaForCausalLM')."
+                ) from None
+            spec.__dict__[self.slot] = value
+        return value
+
+    def __set__(self, spec: Any, value: Any) -> None:
+        if not (isinstance(value, type) or (isinstance(value, str) and "." in value)):
+            raise InvalidSpecError(
+                f"{self.field} must be a class or its dotted name such as 'transformers.LlamaForCausalLM', got "
+                f"{type(value).__name__}: {value!r:.80}."
+            )
+        spec.__dict__[self.slot] = value
+
 
 PadPolicy = Literal["add", "reuse"]
 PAD_POLICIES: tuple[str, ...] = ("add", "reuse")
@@ -58,10 +69,16 @@ class BackboneSpec:
 
     Attributes:
         backbone_id: the id users pass, `<family>-<version>-<size>-<variant>` (e.g. "llama2-7b-pure").
-        family: the family name ("llama2"); selects the backbone class.
+        llm_family: the family name ("llama2"), the original's `llm_family`; selects the backbone class.
+            (Not `model_family`, the builders' "openvla"/"prismatic" choice of default system prompt.)
         hf_hub_path: where the weights live on the HF hub (a `model_path=` overrides it).
-        llm_cls: the HF causal-LM class; `layer_cls`: its decoder layer (the FSDP wrapping unit).
-        prompt_builder: the `PromptBuilder` subclass for this id.
+        llm_cls: the HF causal-LM class; `layer_cls`: its decoder layer (the FSDP wrapping unit). Each may be
+            given as its dotted name ("transformers.LlamaForCausalLM"), imported on first use.
+        prompt_format: the name of the id's prompt format (a key of `PROMPT_FORMATS`, e.g. "llama2-chat" or
+            its Prismatic twin "llama2-chat-prismatic").
+        prompt_builder: what makes its builders, called as `prompt_builder(model_family, system_prompt)`: the
+            named builder class of the format (`LLaMa2ChatPromptBuilder`), else `builder_for(prompt_format)`.
+            Give either field; the other is derived.
         adds_bos: whether the tokenizer inserts BOS itself (checked at load time).
         pad_token, pad_policy: the PAD token and how it is obtained.
             "add" (the seed's): `pad_token` is added as a special token (unless the tokenizer has it);
@@ -85,11 +102,12 @@ class BackboneSpec:
     """
 
     backbone_id: str
-    family: str
+    llm_family: str
     hf_hub_path: str
-    llm_cls: type[PreTrainedModel]
-    layer_cls: type[nn.Module]
-    prompt_builder: type[PromptBuilder]
+    llm_cls: type[PreTrainedModel] = LazyClass()  # type: ignore[assignment]
+    layer_cls: type[nn.Module] = LazyClass()  # type: ignore[assignment]
+    prompt_format: str | None = None
+    prompt_builder: Callable[..., PromptBuilder] | None = None
     adds_bos: bool = True
     pad_token: str = "<PAD>"
     pad_to_multiple_of: int = 64
@@ -103,6 +121,7 @@ class BackboneSpec:
     source: str = ""
 
     def __post_init__(self) -> None:
+        self._settle_prompt_format()
         if self.pad_policy not in PAD_POLICIES:
             raise InvalidSpecError(
                 f"Backbone {self.backbone_id!r}: pad_policy={self.pad_policy!r} is not one of "
@@ -120,6 +139,45 @@ class BackboneSpec:
                 f"{self.pad_to_multiple_of!r} (64 suits tensor cores; 1 turns rounding off)."
             )
 
+    def _settle_prompt_format(self) -> None:
+        """Derive `prompt_format` from `prompt_builder` or the reverse; both given must agree."""
+        builder, name = self.prompt_builder, self.prompt_format
+        builder_cls = getattr(builder, "builder_cls", builder)  # a builder_for(...) factory, or a class
+        if name is None:
+            name = getattr(builder, "format_key", None)
+            if name is None:
+                raise InvalidSpecError(
+                    f"Backbone {self.backbone_id!r}: give prompt_format= a format name (e.g. 'pure', "
+                    f"'llama2-chat'), or prompt_builder= a named PromptBuilder class; got prompt_builder={builder!r}."
+                )
+        try:
+            fmt = get_prompt_format(name)
+        except PromptFormatError as exc:
+            raise InvalidSpecError(f"Backbone {self.backbone_id!r}: {exc}") from None
+        if builder_cls is not None and getattr(builder_cls, "format_key", None) not in (None, fmt.official_name):
+            raise InvalidSpecError(
+                f"Backbone {self.backbone_id!r}: prompt_builder={builder_cls.__name__} renders "
+                f"{builder_cls.format_key!r}, not prompt_format={name!r}. Give one of the two."
+            )
+        if builder_cls is None or not isinstance(builder_cls, type) or not issubclass(builder_cls, PromptBuilder):
+            builder_cls = _BUILDER_CLASSES.get(fmt.official_name)
+        builder = builder_cls if builder_cls is not None and builder_cls.format_key == name else builder_for(name)
+        object.__setattr__(self, "prompt_format", name)
+        object.__setattr__(self, "prompt_builder", builder)
+
+    @staticmethod
+    def class_name(value: type | str) -> str:
+        """A class's name, from the class or its dotted name, without importing it."""
+        return value.rpartition(".")[2] if isinstance(value, str) else value.__name__
+
+    @property
+    def llm_cls_name(self) -> str:
+        return self.class_name(self.__dict__["_llm_cls"])
+
+    @property
+    def layer_cls_name(self) -> str:
+        return self.class_name(self.__dict__["_layer_cls"])
+
     def embedding_rows(self, rows: int, n_tokens: int) -> int:
         """The embedding rows needed for `n_tokens` tokens, given a checkpoint's `rows`: unchanged while
         every token has a row (spare rows are kept, never cut), else `n_tokens` rounded up to
@@ -136,6 +194,7 @@ class BackboneSpec:
         # Pickle `arch` as a plain dict (a mappingproxy cannot be pickled); `_spec_from_fields` restores it.
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         fields["arch"] = dict(self.arch)
+        fields["llm_cls"], fields["layer_cls"] = self.__dict__["_llm_cls"], self.__dict__["_layer_cls"]
         return (_spec_from_fields, (fields,))
 
     @property
@@ -159,7 +218,7 @@ def register_backbone(spec: BackboneSpec, *, overwrite: bool = False) -> Backbon
     if not isinstance(spec, BackboneSpec):
         raise RegistryError(
             f"register_backbone expects a BackboneSpec, got {type(spec).__name__}. Build one with "
-            "llm_backbones.BackboneSpec(backbone_id=..., family=..., ...)."
+            "llm_backbones.BackboneSpec(backbone_id=..., llm_family=..., ...)."
         )
     if not isinstance(spec.backbone_id, str) or not spec.backbone_id.strip():
         raise RegistryError(f"A backbone id must be a non-empty string, got {spec.backbone_id!r}.")
@@ -180,9 +239,9 @@ def get_spec(backbone_id: str) -> BackboneSpec:
         raise UnknownBackboneError(backbone_id, _REGISTRY) from None
 
 
-def registered_ids(family: str | None = None) -> list[str]:
+def registered_ids(llm_family: str | None = None) -> list[str]:
     """Every registered id (of one family if given), in registration order."""
-    return [i for i, s in _REGISTRY.items() if family is None or s.family == family]
+    return [i for i, s in _REGISTRY.items() if llm_family is None or s.llm_family == llm_family]
 
 
 def prompt_builder_for(llm_backbone_id: str) -> type[PromptBuilder]:
@@ -199,9 +258,9 @@ class _FamilyView(Mapping[str, dict[str, Any]]):
 
     def __getitem__(self, backbone_id: str) -> dict[str, Any]:
         spec = _REGISTRY.get(backbone_id)
-        if spec is None or spec.family != self._family:
+        if spec is None or spec.llm_family != self._family:
             raise UnknownBackboneError(backbone_id, self, scope=f"{self._family} family")
-        return {"llm_family": spec.family, "llm_cls": spec.llm_cls, "hf_hub_path": spec.hf_hub_path}
+        return {"llm_family": spec.llm_family, "llm_cls": spec.llm_cls, "hf_hub_path": spec.hf_hub_path}
 
     def __iter__(self) -> Iterator[str]:
         return iter(registered_ids(self._family))
@@ -239,16 +298,16 @@ def registry_write_error(
         )
     entry = value if isinstance(value, Mapping) else {}
     family = entry.get("llm_family", family)
-    example = next((s for s in _REGISTRY.values() if s.family == family), None)
+    example = next((s for s in _REGISTRY.values() if s.llm_family == family), None)
     llm_cls = getattr(entry.get("llm_cls"), "__name__", None)
-    llm_cls = llm_cls or (example.llm_cls.__name__ if example else "<HF class>")
+    llm_cls = llm_cls or (example.llm_cls_name if example else "<HF class>")
     fields = [
         f"backbone_id={backbone_id!r}",
-        f"family={family!r}" if family else "family=<family name, e.g. 'llama2'>",
+        f"llm_family={family!r}" if family else "llm_family=<family name, e.g. 'llama2'>",
         f"hf_hub_path={entry['hf_hub_path']!r}" if "hf_hub_path" in entry else "hf_hub_path=<hub id>",
         f"llm_cls={llm_cls}",
-        f"layer_cls={example.layer_cls.__name__ if example else '<decoder layer class>'}",
-        "prompt_builder=<its PromptBuilder, e.g. PurePromptBuilder>",
+        f"layer_cls={example.layer_cls_name if example else '<decoder layer class>'}",
+        "prompt_format=<its format name, e.g. 'pure'>",
     ]
     return RegistryError(
         f"{view} is a read-only view of the backbone registry: `{view}[{backbone_id!r}] = ...` does not "
@@ -271,20 +330,20 @@ GEMMA2_MODELS: Mapping[str, dict[str, Any]] = _FamilyView("gemma2")
 PHI3_MODELS: Mapping[str, dict[str, Any]] = _FamilyView("phi3")
 
 
-def _family(
-    family: str, llm_cls: type[PreTrainedModel], layer_cls: type[nn.Module], **family_kw: Any
-) -> Any:
-    """A registration function for one family: `add(id, hub, builder, parameters, **overrides)`."""
+def _family(family: str, llm_cls: str, layer_cls: str, **family_kw: Any) -> Any:
+    """A registration function for one family: `add(id, hub, prompt_format, parameters, **overrides)`.
+    Classes are given by name (`transformers.<llm_cls>`, the decoder layer's module path) and imported on
+    first use."""
 
-    def add(backbone_id: str, hub: str, builder: type[PromptBuilder], parameters: str, **kw: Any) -> None:
+    def add(backbone_id: str, hub: str, prompt_format: str, parameters: str, **kw: Any) -> None:
         register_backbone(
             BackboneSpec(
                 backbone_id=backbone_id,
-                family=family,
+                llm_family=family,
                 hf_hub_path=hub,
-                llm_cls=llm_cls,
-                layer_cls=layer_cls,
-                prompt_builder=builder,
+                llm_cls=f"transformers.{llm_cls}",
+                layer_cls=f"transformers.models.{layer_cls}",
+                prompt_format=prompt_format,
                 parameters=parameters,
                 source=kw.pop("source", f"https://huggingface.co/{hub}/blob/main/config.json"),
                 **{**family_kw, **kw},
@@ -310,21 +369,21 @@ _LLAMA2 = {"tokenizer_size": 32000}
 
 # === LLaMA-2 family (Prismatic's LLAMA2_MODELS) ===
 # No PAD in the SentencePiece vocabulary (32000): add <PAD> (32000), rows 32000 -> 32064 (the seed's).
-_llama2 = _family("llama2", LlamaForCausalLM, LlamaDecoderLayer, tokenizer_json_as_written=True)
-_llama2("llama2-7b-pure", "meta-llama/Llama-2-7b-hf", PurePromptBuilder, "6.74B", arch=_LLAMA2_7B, **_LLAMA2)
-_llama2("llama2-13b-pure", "meta-llama/Llama-2-13b-hf", PurePromptBuilder, "13.0B", arch=_LLAMA2_13B, **_LLAMA2)
-_llama2("llama2-7b-chat", "meta-llama/Llama-2-7b-chat-hf", LLaMa2ChatPromptBuilder, "6.74B", arch=_LLAMA2_7B, **_LLAMA2)
+_llama2 = _family("llama2", "LlamaForCausalLM", "llama.modeling_llama.LlamaDecoderLayer", tokenizer_json_as_written=True)
+_llama2("llama2-7b-pure", "meta-llama/Llama-2-7b-hf", "pure", "6.74B", arch=_LLAMA2_7B, **_LLAMA2)
+_llama2("llama2-13b-pure", "meta-llama/Llama-2-13b-hf", "pure", "13.0B", arch=_LLAMA2_13B, **_LLAMA2)
+_llama2("llama2-7b-chat", "meta-llama/Llama-2-7b-chat-hf", "llama2-chat", "6.74B", arch=_LLAMA2_7B, **_LLAMA2)
 _llama2(
-    "llama2-13b-chat", "meta-llama/Llama-2-13b-chat-hf", LLaMa2ChatPromptBuilder, "13.0B", arch=_LLAMA2_13B, **_LLAMA2
+    "llama2-13b-chat", "meta-llama/Llama-2-13b-chat-hf", "llama2-chat", "13.0B", arch=_LLAMA2_13B, **_LLAMA2
 )
-_llama2("vicuna-v15-7b", "lmsys/vicuna-7b-v1.5", VicunaV15ChatPromptBuilder, "6.74B", arch=_LLAMA2_7B, **_LLAMA2)
-_llama2("vicuna-v15-13b", "lmsys/vicuna-13b-v1.5", VicunaV15ChatPromptBuilder, "13.0B", arch=_LLAMA2_13B, **_LLAMA2)
+_llama2("vicuna-v15-7b", "lmsys/vicuna-7b-v1.5", "vicuna-v15", "6.74B", arch=_LLAMA2_7B, **_LLAMA2)
+_llama2("vicuna-v15-13b", "lmsys/vicuna-13b-v1.5", "vicuna-v15", "13.0B", arch=_LLAMA2_13B, **_LLAMA2)
 # The embedded default: LLaMA-2 architecture at a few million parameters with the real LLaMA-2
 # tokenizer, packaged in llm_backbones/assets/llama2-tiny (weights made from a fixed seed on first use).
 _llama2(
     "llama2-tiny-pure",
     "llm-backbones/llama2-tiny (embedded)",
-    PurePromptBuilder,
+    "pure",
     "8.6M",
     arch=_arch(32000, 128, 344, 2, 4, 4, tied=False, bos=1, eos=2),
     tokenizer_size=32000,
@@ -335,12 +394,12 @@ _llama2(
 # === Mistral v0.1 (Prismatic's MISTRAL_MODELS) ===
 # Same SentencePiece layout as LLaMA-2 (32000 pieces, <s>=1 added as BOS, no PAD, no reserved token):
 # add <PAD> (32000) and resize 32000 -> 32064, as Prismatic's Mistral backbone did.
-_mistral = _family("mistral", MistralForCausalLM, MistralDecoderLayer, tokenizer_json_as_written=True)
+_mistral = _family("mistral", "MistralForCausalLM", "mistral.modeling_mistral.MistralDecoderLayer", tokenizer_json_as_written=True)
 _MISTRAL_7B = {"arch": _arch(32000, 4096, 14336, 32, 32, 8, tied=False, bos=1, eos=2, sliding_window=4096),
                "tokenizer_size": 32000}
-_mistral("mistral-v0.1-7b-pure", "mistralai/Mistral-7B-v0.1", PurePromptBuilder, "7.24B", **_MISTRAL_7B)
+_mistral("mistral-v0.1-7b-pure", "mistralai/Mistral-7B-v0.1", "pure", "7.24B", **_MISTRAL_7B)
 _mistral(
-    "mistral-v0.1-7b-instruct", "mistralai/Mistral-7B-Instruct-v0.1", MistralInstructPromptBuilder, "7.24B",
+    "mistral-v0.1-7b-instruct", "mistralai/Mistral-7B-Instruct-v0.1", "mistral-instruct", "7.24B",
     **_MISTRAL_7B,
 )
 
@@ -349,9 +408,9 @@ _mistral(
 # embedding already has 51200 rows. Add <|pad|> (Prismatic's choice, id 50295) into a spare row: no resize
 # (the seed's resize to len(tokenizer) rounded to 64 would shrink 51200 -> 50304). Not <|endoftext|>:
 # that is Phi-2's BOS/EOS, present in every prompt.
-_phi = _family("phi", PhiForCausalLM, PhiDecoderLayer, adds_bos=False, pad_token="<|pad|>")
+_phi = _family("phi", "PhiForCausalLM", "phi.modeling_phi.PhiDecoderLayer", adds_bos=False, pad_token="<|pad|>")
 _phi(
-    "phi-2-3b", "microsoft/phi-2", PhiPromptBuilder, "2.78B", tokenizer_size=50295,
+    "phi-2-3b", "microsoft/phi-2", "phi-2", "2.78B", tokenizer_size=50295,
     arch=_arch(51200, 2560, 10240, 32, 32, 32, tied=False, bos=50256, eos=50256, partial_rotary_factor=0.4),
 )
 
@@ -361,7 +420,7 @@ _phi(
 # from Llama 3.1 on; reuse it (the tokenizer config declares no pad): no new row, so the 1B/3B models'
 # tied embeddings are untouched. Not <|end_of_text|>/<|eot_id|>: those end replies.
 _llama3 = _family(
-    "llama3", LlamaForCausalLM, LlamaDecoderLayer, pad_token="<|finetune_right_pad_id|>", pad_policy="reuse"
+    "llama3", "LlamaForCausalLM", "llama.modeling_llama.LlamaDecoderLayer", pad_token="<|finetune_right_pad_id|>", pad_policy="reuse"
 )
 _L3 = {"rope_theta": 500000.0, "max_position_embeddings": 131072, "pad_token_id": 128004}  # the reserved PAD
 _LLAMA31_8B = {"tokenizer_size": 128256, "arch": _arch(128256, 4096, 14336, 32, 32, 8, tied=False, bos=128000, eos=128001, **_L3)}
@@ -369,18 +428,18 @@ _LLAMA32_1B = {"tokenizer_size": 128256,
                "arch": _arch(128256, 2048, 8192, 16, 32, 8, tied=True, bos=128000, eos=128001, head_dim=64, **_L3)}
 _LLAMA32_3B = {"tokenizer_size": 128256,
                "arch": _arch(128256, 3072, 8192, 28, 24, 8, tied=True, bos=128000, eos=128001, head_dim=128, **_L3)}
-_llama3("llama3.1-8b-pure", "meta-llama/Llama-3.1-8B", Llama3PurePromptBuilder, "8.03B", **_LLAMA31_8B)
-_llama3("llama3.1-8b-instruct", "meta-llama/Llama-3.1-8B-Instruct", Llama3InstructPromptBuilder, "8.03B", **_LLAMA31_8B)
-_llama3("llama3.2-1b-pure", "meta-llama/Llama-3.2-1B", Llama3PurePromptBuilder, "1.24B", **_LLAMA32_1B)
-_llama3("llama3.2-1b-instruct", "meta-llama/Llama-3.2-1B-Instruct", Llama3InstructPromptBuilder, "1.24B", **_LLAMA32_1B)
-_llama3("llama3.2-3b-pure", "meta-llama/Llama-3.2-3B", Llama3PurePromptBuilder, "3.21B", **_LLAMA32_3B)
-_llama3("llama3.2-3b-instruct", "meta-llama/Llama-3.2-3B-Instruct", Llama3InstructPromptBuilder, "3.21B", **_LLAMA32_3B)
+_llama3("llama3.1-8b-pure", "meta-llama/Llama-3.1-8B", "pure-llama3", "8.03B", **_LLAMA31_8B)
+_llama3("llama3.1-8b-instruct", "meta-llama/Llama-3.1-8B-Instruct", "llama3-instruct", "8.03B", **_LLAMA31_8B)
+_llama3("llama3.2-1b-pure", "meta-llama/Llama-3.2-1B", "pure-llama3", "1.24B", **_LLAMA32_1B)
+_llama3("llama3.2-1b-instruct", "meta-llama/Llama-3.2-1B-Instruct", "llama3-instruct", "1.24B", **_LLAMA32_1B)
+_llama3("llama3.2-3b-pure", "meta-llama/Llama-3.2-3B", "pure-llama3", "3.21B", **_LLAMA32_3B)
+_llama3("llama3.2-3b-instruct", "meta-llama/Llama-3.2-3B-Instruct", "llama3-instruct", "3.21B", **_LLAMA32_3B)
 
 # === Qwen2.5 ===
 # Byte-level BPE, 151665 tokens, no BOS; 151936 embedding rows (152064 for 7B), so spare rows exist.
 # The tokenizer's own pad is <|endoftext|>, which is the base models' EOS (the Pure format ends replies with
 # it): add <PAD> instead (id 151665) into a spare row — nothing is resized and 0.5B-3B stay tied.
-_qwen = _family("qwen2.5", Qwen2ForCausalLM, Qwen2DecoderLayer, adds_bos=False)
+_qwen = _family("qwen2.5", "Qwen2ForCausalLM", "qwen2.modeling_qwen2.Qwen2DecoderLayer", adds_bos=False)
 _QWEN25 = {  # size: (card parameters, arch facts); instruct models end turns with <|im_end|> (151645)
     "0.5B": ("0.49B", _arch(151936, 896, 4864, 24, 14, 2, tied=True, bos=151643, eos=151643)),
     "1.5B": ("1.54B", _arch(151936, 1536, 8960, 28, 12, 2, tied=True, bos=151643, eos=151643)),
@@ -389,29 +448,29 @@ _QWEN25 = {  # size: (card parameters, arch facts); instruct models end turns wi
 }
 for _size, (_params, _facts) in _QWEN25.items():
     _id, _hub = f"qwen2.5-{_size.lower()}", f"Qwen/Qwen2.5-{_size}"
-    _qwen(f"{_id}-pure", _hub, Qwen25PurePromptBuilder, _params, arch=_facts, tokenizer_size=151665)
-    _qwen(f"{_id}-instruct", f"{_hub}-Instruct", Qwen25InstructPromptBuilder, _params, arch=_facts, tokenizer_size=151665)
+    _qwen(f"{_id}-pure", _hub, "pure-qwen2", _params, arch=_facts, tokenizer_size=151665)
+    _qwen(f"{_id}-instruct", f"{_hub}-Instruct", "qwen2.5-instruct", _params, arch=_facts, tokenizer_size=151665)
 
 # === Gemma-2 ===
 # SentencePiece, 256000 tokens = rows (a multiple of 64), <bos> added by the tokenizer; <pad> (0) is a
 # reserved PAD the tokenizer declares and no prompt contains: reuse it. Embeddings are tied.
-_gemma = _family("gemma2", Gemma2ForCausalLM, Gemma2DecoderLayer, pad_token="<pad>", pad_policy="reuse")
+_gemma = _family("gemma2", "Gemma2ForCausalLM", "gemma2.modeling_gemma2.Gemma2DecoderLayer", pad_token="<pad>", pad_policy="reuse")
 _G2 = {"head_dim": 256, "pad_token_id": 0}
 _GEMMA2_2B = {"tokenizer_size": 256000, "arch": _arch(256000, 2304, 9216, 26, 8, 4, tied=True, bos=2, eos=1, **_G2)}
 _GEMMA2_9B = {"tokenizer_size": 256000, "arch": _arch(256000, 3584, 14336, 42, 16, 8, tied=True, bos=2, eos=1, **_G2)}
-_gemma("gemma2-2b-pure", "google/gemma-2-2b", Gemma2PurePromptBuilder, "2.61B", **_GEMMA2_2B)
-_gemma("gemma2-2b-instruct", "google/gemma-2-2b-it", Gemma2InstructPromptBuilder, "2.61B", **_GEMMA2_2B)
-_gemma("gemma2-9b-pure", "google/gemma-2-9b", Gemma2PurePromptBuilder, "9.24B", **_GEMMA2_9B)
-_gemma("gemma2-9b-instruct", "google/gemma-2-9b-it", Gemma2InstructPromptBuilder, "9.24B", **_GEMMA2_9B)
+_gemma("gemma2-2b-pure", "google/gemma-2-2b", "pure-gemma2", "2.61B", **_GEMMA2_2B)
+_gemma("gemma2-2b-instruct", "google/gemma-2-2b-it", "gemma2-instruct", "2.61B", **_GEMMA2_2B)
+_gemma("gemma2-9b-pure", "google/gemma-2-9b", "pure-gemma2", "9.24B", **_GEMMA2_9B)
+_gemma("gemma2-9b-instruct", "google/gemma-2-9b-it", "gemma2-instruct", "9.24B", **_GEMMA2_9B)
 
 # === Phi-3.5 ===
 # LLaMA-2-style SentencePiece + 11 chat tokens (32011 tokens), 32064 rows, no BOS added
 # (add_bos_token: false). The tokenizer declares <|endoftext|> (32000) as PAD; the chat format ends turns
 # with <|end|> and never writes <|endoftext|>: reuse it, no new row.
 _phi3 = _family(
-    "phi3", Phi3ForCausalLM, Phi3DecoderLayer, adds_bos=False, pad_token="<|endoftext|>", pad_policy="reuse"
+    "phi3", "Phi3ForCausalLM", "phi3.modeling_phi3.Phi3DecoderLayer", adds_bos=False, pad_token="<|endoftext|>", pad_policy="reuse"
 )
 _phi3(
-    "phi-3.5-mini-instruct", "microsoft/Phi-3.5-mini-instruct", Phi35InstructPromptBuilder, "3.82B",
+    "phi-3.5-mini-instruct", "microsoft/Phi-3.5-mini-instruct", "phi3.5-instruct", "3.82B",
     tokenizer_size=32011, arch=_arch(32064, 3072, 8192, 32, 32, 32, tied=False, bos=1, eos=32000, pad_token_id=32000),
 )

@@ -26,7 +26,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from llm_backbones.errors import ConversationError, DataFileError, InputShapeError, TokenizationError
-from llm_backbones.core.prompting import PromptBuilder
+from llm_backbones.core.prompting import PromptBuilder, PromptFormat, builder_for
+from llm_backbones.core.prompting.builder import DEFAULT_MODEL_FAMILY
 from llm_backbones.runtime.fused_loss import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
@@ -91,11 +92,30 @@ class _Rendered:
     messages: list[tuple[int, int]]  # character spans of the turns' message text (user text)
 
 
+# What the functions below take as `prompt_builder_fn`: a builder class (`PurePromptBuilder`), what
+# `builder_for` returns, or a format name ("llama2-chat-prismatic"); `builder_options` go to each builder made.
+BuilderSource = Callable[..., PromptBuilder] | str | PromptFormat
+
+
+def make_builder(
+    prompt_builder_fn: BuilderSource,
+    model_family: str = DEFAULT_MODEL_FAMILY,
+    system_prompt: str | None = None,
+    builder_options: Mapping[str, Any] | None = None,
+) -> PromptBuilder:
+    """A fresh builder from any `BuilderSource`, with `builder_options` (`prismatic_compat=`, `date_string=`)."""
+    options = dict(builder_options or {})
+    if isinstance(prompt_builder_fn, (str, PromptFormat)):
+        return builder_for(prompt_builder_fn, **options)(model_family, system_prompt)
+    return prompt_builder_fn(model_family, system_prompt=system_prompt, **options)
+
+
 def _seams(
-    prompt_builder_fn: Callable[..., PromptBuilder],
+    prompt_builder_fn: BuilderSource,
     conversation: Conversation,
     model_family: str,
     system_prompt: str | None,
+    builder_options: Mapping[str, Any] | None = None,
 ) -> _Rendered:
     """Render the conversation turn by turn: the texts of every generation prompt and reply end.
 
@@ -103,7 +123,7 @@ def _seams(
     ends with it, and `start` is the character where the reply's own text begins (past the whitespace the
     template puts before it, which `get_prompt()` strips from the generation prompt: the space of "Out: ").
     """
-    builder = prompt_builder_fn(model_family, system_prompt=system_prompt)
+    builder = make_builder(prompt_builder_fn, model_family, system_prompt, builder_options)
     texts: list[str] = []
     replies: list[tuple[int, str, int]] = []
     for i, (role, message) in enumerate(normalize_conversation(conversation)):
@@ -309,11 +329,12 @@ def _reply_spans(
 
 def tokenize_conversation(
     tokenizer: PreTrainedTokenizerBase,
-    prompt_builder_fn: Callable[..., PromptBuilder],
+    prompt_builder_fn: BuilderSource,
     conversation: Conversation,
     *,
-    model_family: str = "prismatic",
+    model_family: str = DEFAULT_MODEL_FAMILY,
     system_prompt: str | None = None,
+    builder_options: Mapping[str, Any] | None = None,
     max_length: int | None = None,
     drop_truncated_replies: bool = False,
     special_tokens_in_messages: bool = False,
@@ -336,7 +357,7 @@ def tokenize_conversation(
     original's behaviour), for callers who write control tokens into messages on purpose.
     """
     limit = _max_length(tokenizer, max_length)
-    rendered = _seams(prompt_builder_fn, conversation, model_family, system_prompt)
+    rendered = _seams(prompt_builder_fn, conversation, model_family, system_prompt, builder_options)
     replies = rendered.replies
     if not replies:
         raise ConversationError(
@@ -377,11 +398,12 @@ def tokenize_conversation(
 
 def tokenize_prompt(
     tokenizer: PreTrainedTokenizerBase,
-    prompt_builder_fn: Callable[..., PromptBuilder],
+    prompt_builder_fn: BuilderSource,
     conversation: Conversation,
     *,
-    model_family: str = "prismatic",
+    model_family: str = DEFAULT_MODEL_FAMILY,
     system_prompt: str | None = None,
+    builder_options: Mapping[str, Any] | None = None,
     max_length: int | None = None,
     reply: str | None = None,
     special_tokens_in_messages: bool = False,
@@ -404,11 +426,11 @@ def tokenize_prompt(
             f"with {turns[-1][0]!r}. Drop the last reply (conversation[:-1])."
         )
     if reply is None:
-        rendered = _seams(prompt_builder_fn, conversation, model_family, system_prompt)
+        rendered = _seams(prompt_builder_fn, conversation, model_family, system_prompt, builder_options)
         ids = _encode_with_offsets(tokenizer, rendered.texts[-1], rendered.messages, special_tokens_in_messages).ids
     else:
         full = [*conversation, {"from": "gpt", "value": reply}]
-        rendered = _seams(prompt_builder_fn, full, model_family, system_prompt)
+        rendered = _seams(prompt_builder_fn, full, model_family, system_prompt, builder_options)
         all_ids, spans = _reply_spans(tokenizer, rendered, rendered.replies[-1:], special_tokens_in_messages)
         ids = all_ids[: spans[-1][0]]
     if limit is not None and len(ids) > limit:
@@ -438,7 +460,7 @@ def vla_conversation(instruction: str, action_text: str | None = None, *, lowerc
 
 def vla_example(
     tokenizer: PreTrainedTokenizerBase,
-    prompt_builder_fn: Callable[..., PromptBuilder],
+    prompt_builder_fn: BuilderSource,
     action_tokenizer: Any,
     instruction: str,
     action: Any,
@@ -446,6 +468,7 @@ def vla_example(
     predict_stop_token: bool = True,
     lowercase: bool = True,
     max_length: int | None = None,
+    builder_options: Mapping[str, Any] | None = None,
 ) -> dict[str, torch.Tensor]:
     """An OpenVLA training example: `{"input_ids", "labels"}` for one instruction and one action vector.
 
@@ -461,7 +484,7 @@ def vla_example(
         )
     conversation = vla_conversation(instruction, action_tokenizer(action), lowercase=lowercase)
     example = tokenize_conversation(
-        tokenizer, prompt_builder_fn, conversation, model_family="openvla", max_length=max_length
+        tokenizer, prompt_builder_fn, conversation, max_length=max_length, builder_options=builder_options
     )
     supervised = example["input_ids"][example["labels"] != IGNORE_INDEX]
     if supervised[: len(action_ids)].tolist() != action_ids.tolist():
@@ -477,12 +500,13 @@ def vla_example(
 
 def vla_prompt(
     tokenizer: PreTrainedTokenizerBase,
-    prompt_builder_fn: Callable[..., PromptBuilder],
+    prompt_builder_fn: BuilderSource,
     instruction: str,
     *,
     action_tokenizer: Any = None,
     lowercase: bool = True,
     max_length: int | None = None,
+    builder_options: Mapping[str, Any] | None = None,
 ) -> torch.Tensor:
     """OpenVLA's inference prompt for `instruction`: the ids of `vla_example` up to the first action token.
 
@@ -496,7 +520,8 @@ def vla_prompt(
         stand_in = tokenizer.decode([tokenizer.vocab_size - 1])
     conversation = vla_conversation(instruction, lowercase=lowercase)
     return tokenize_prompt(
-        tokenizer, prompt_builder_fn, conversation, model_family="openvla", max_length=max_length, reply=stand_in
+        tokenizer, prompt_builder_fn, conversation, max_length=max_length, reply=stand_in,
+        builder_options=builder_options,
     )
 
 

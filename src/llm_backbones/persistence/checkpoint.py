@@ -17,15 +17,10 @@ an edited config or a swapped shard is an error, not a different model.
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import hashlib
 import json
 import logging
 import os
-import secrets
-import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import PreTrainedTokenizerBase
 
+from llm_backbones import _fs
 from llm_backbones._redact import HubToken
 from llm_backbones.core.backbones import files as _files
 from llm_backbones.core.backbones.backbone import LLMBackbone
@@ -117,7 +113,7 @@ def backbone_fingerprint(backbone: LLMBackbone) -> dict[str, Any]:
         builder.add_turn(role, message)
     probe = builder.get_prompt()
     weight = backbone.llm.get_input_embeddings().weight
-    family = getattr(backbone, "llm_family", None) or get_spec(backbone.identifier).family
+    family = getattr(backbone, "llm_family", None) or get_spec(backbone.identifier).llm_family
     return {
         "fingerprint_version": FINGERPRINT_VERSION,
         "backbone_id": backbone.identifier,
@@ -281,80 +277,7 @@ def _verify(path: Path, saved: dict[str, Any], built: dict[str, Any], *, ignore:
     raise FingerprintMismatchError(message, mismatches)
 
 
-# === Atomic directory writes ===
-def _fsync_tree(directory: Path) -> None:
-    """Flush every file of `directory`, then the directory itself, to disk."""
-    for file in directory.rglob("*"):
-        if file.is_file():
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    if sys.platform == "win32":  # directories cannot be opened for fsync there
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux `renameat2(RENAME_EXCHANGE)`); False where that is unavailable."""
-    if sys.platform != "linux":
-        return False
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (AttributeError, OSError):  # a libc without renameat2
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # kernel or filesystem without exchange
-        return False
-    raise OSError(code, os.strerror(code), str(b))
-
-
-def _swap_into_place(tmp: Path, target: Path) -> None:
-    """Make `tmp` appear at `target` in one step; the previous `target`, if any, is then deleted."""
-    if not target.exists():
-        try:
-            os.rename(tmp, target)
-            _fsync_dir(target.parent)
-            return
-        except OSError as exc:  # another save created `target` in the meantime: swap with it instead
-            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                raise
-    if _exchange(tmp, target):
-        _remove_previous(tmp)  # it now holds the previous checkpoint
-    else:
-        # Two renames: between them `target` is missing and the previous checkpoint is at `backup`
-        # (load_backbone names it if that moment is ever interrupted).
-        backup = target.parent / f".{target.name}.old-{secrets.token_hex(4)}"
-        os.rename(target, backup)
-        try:
-            os.rename(tmp, target)
-        except BaseException:
-            os.rename(backup, target)
-            raise
-        _remove_previous(backup)
-    _fsync_dir(target.parent)
-
-
-def _remove_previous(directory: Path) -> None:
-    """Delete the replaced checkpoint; the save has succeeded, so failing to delete it is only a warning."""
-    try:
-        shutil.rmtree(directory)
-    except OSError as exc:
-        logger.warning(
-            "The new checkpoint is in place, but the previous one, now at %s, could not be deleted (%s). Delete "
-            "it by hand.", directory, exc,
-        )
-
-
+# === Where save_backbone writes ===
 def _written_by_us(target: Path) -> set[str] | None:
     """The file names the save that wrote checkpoint `target` listed, or None for a fingerprint without them."""
     try:
@@ -437,18 +360,6 @@ def _not_writable(target: Path, exc: OSError) -> OutputPathError:
     )
 
 
-def _new_temp_dir(target: Path) -> Path:
-    """A fresh directory beside `target` (same filesystem, so the final rename is atomic), mode from umask."""
-    for _ in range(100):
-        tmp = target.parent / f".{target.name}.tmp-{secrets.token_hex(4)}"
-        try:
-            tmp.mkdir()
-            return tmp
-        except FileExistsError:
-            continue
-    raise OutputPathError(f"Could not create a temporary directory beside {target}.")
-
-
 def _write_weights(backbone: LLMBackbone, directory: Path) -> None:
     """config.json, generation_config.json and the weights as safetensors."""
     backbone.llm.save_pretrained(directory)
@@ -496,7 +407,7 @@ def save_backbone(backbone: LLMBackbone, path: str | Path) -> Path:
             "weights first (backbone.load_state_dict(...)), then save."
         )
     target = _check_target(path)
-    leftovers = sorted(str(p) for p in target.parent.glob(f".{target.name}.tmp-*"))
+    leftovers = [str(p) for p in _fs.siblings(target, "tmp")]
     if leftovers:
         logger.warning(
             "Found %d temporary directories of interrupted saves of %s: %s. Delete them once no save is running.",
@@ -504,27 +415,18 @@ def save_backbone(backbone: LLMBackbone, path: str | Path) -> Path:
         )
     fingerprint = backbone_fingerprint(backbone)
     try:
-        tmp = _new_temp_dir(target)
+        with _fs.atomic_dir(target) as tmp:  # replaces the previous checkpoint in one step
+            _write_weights(backbone, tmp)
+            _write_tokenizer(backbone.get_tokenizer(), tmp)
+            _write_fingerprint(fingerprint, tmp)
     except PermissionError as exc:
         raise _not_writable(target, exc) from None
-    try:
-        _write_weights(backbone, tmp)
-        _write_tokenizer(backbone.get_tokenizer(), tmp)
-        _write_fingerprint(fingerprint, tmp)
-        _fsync_tree(tmp)
-        _swap_into_place(tmp, target)
-    except PermissionError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise _not_writable(target, exc) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("Saved backbone %s to %s", backbone.identifier, target)
     return target
 
 
 def _interrupted_swap_hint(path: Path) -> str:
-    backups = sorted(path.parent.glob(f".{path.name}.old-*")) if path.parent.is_dir() else []
+    backups = _fs.siblings(path, "old")
     if not backups:
         return ""
     return (
@@ -575,6 +477,10 @@ def load_backbone(
             f"(chmod -R u+rX {str(checkpoint)!r}) or copy the checkpoint somewhere readable."
         ) from None
     backbone_id = overrides.pop("llm_backbone_id", saved["backbone_id"])
+    if backbone_id == saved["backbone_id"] and "prompt_format" not in overrides:
+        # the format it was saved (and trained) with, e.g. "llama2-chat-prismatic"; under another id, that
+        # id's format, which the fingerprint check then compares (pass prompt_format= to choose)
+        overrides["prompt_format"] = saved["prompt_format"]
     if "dtype" not in overrides and isinstance(saved.get("dtype"), str):
         dtype = getattr(torch, saved["dtype"], None)
         if isinstance(dtype, torch.dtype):

@@ -32,7 +32,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from transformers import PreTrainedTokenizerBase
 
+from llm_backbones import _fs
 from llm_backbones.data.actions import ActionTokenizer
 from llm_backbones.core.backbones.backbone import HFCausalLLMBackbone
 from llm_backbones.core.backbones.factory import get_llm_backbone_and_tokenizer
@@ -351,7 +352,7 @@ def _inside(directory: Path, name: object, index: Path) -> Path:
     """
     if not isinstance(name, str) or not name:
         raise VLACheckpointError(f"{index} names the file {name!r}; shard names must be non-empty strings.")
-    if PurePosixPath(name).is_absolute() or Path(name).is_absolute() or ".." in PurePosixPath(name).parts:
+    if not _fs.is_inside(directory, name, follow_symlinks=False):
         raise VLACheckpointError(
             f"{index} names the shard {name!r}, which lies outside {directory}; shards must be files of the "
             "checkpoint directory (e.g. model-00001-of-00003.safetensors). The index is damaged or was "
@@ -468,7 +469,7 @@ def _load_hf_layout(
     if text_config["model_type"] != expected:
         raise VLACheckpointError(
             f"{directory}/config.json: text_config is a {text_config['model_type']!r} model, but "
-            f"llm_backbone_id={backbone_id!r} ({spec.family}) needs {expected!r}. Pass the llm_backbone_id "
+            f"llm_backbone_id={backbone_id!r} ({spec.llm_family}) needs {expected!r}. Pass the llm_backbone_id "
             "the checkpoint was trained with."
         )
     files = _hf_weight_files(directory)

@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import shutil
 import time
 import warnings
@@ -45,7 +44,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-from llm_backbones.persistence.checkpoint import _fsync_dir
+from llm_backbones import _fs
 from llm_backbones.training.distributed import DistributedContext, all_finite, barrier
 from llm_backbones.errors import CheckpointError, FinetuneError, OutputPathError
 
@@ -67,17 +66,6 @@ RESUME_FIXED = ("backbone", "mode", "seed", "batch_size", "max_length")
 
 def step_name(step: int) -> str:
     return f"step-{step:08d}"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, flush it to disk, and replace `path` in one step."""
-    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 # === The run folder ===
@@ -182,7 +170,7 @@ class RunDir:
 
     def write_run_config(self, settings: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.run_config, json.dumps(settings, indent=2) + "\n")
+        _fs.write_text_atomic(self.run_config, json.dumps(settings, indent=2) + "\n")
 
 
 def read_meta(checkpoint: Path) -> dict[str, Any]:
@@ -305,15 +293,11 @@ def discard_checkpoint(pending: PendingCheckpoint | None, *, ctx: DistributedCon
 def _publish(run: RunDir, partial: Path, final: Path, meta: dict[str, Any]) -> None:
     """Rank 0, once every rank's shards are written: meta.json, rename into place, then `latest`."""
     meta = {"format": FORMAT, "torch": torch.__version__, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **meta}
-    _write_atomic(partial / META_FILE, json.dumps(meta, indent=2) + "\n")
-    for file in partial.iterdir():  # DCP syncs its data files; .metadata too, to be sure
-        with open(file, "rb") as handle:
-            os.fsync(handle.fileno())
-    if final.exists():  # a step re-done after a resume; `latest` never names it (it is newer)
-        shutil.rmtree(final)
-    os.rename(partial, final)
-    _fsync_dir(run.checkpoints)
-    _write_atomic(run.checkpoints / LATEST, final.name + "\n")
+    _fs.write_text_atomic(partial / META_FILE, json.dumps(meta, indent=2) + "\n")
+    _fs.fsync_tree(partial)  # DCP syncs its data files; .metadata too, to be sure
+    # replaces a step re-done after a resume; `latest` never names it (it is newer)
+    _fs.publish_dir(partial, final)
+    _fs.write_text_atomic(run.checkpoints / LATEST, final.name + "\n")
 
 
 def _prune(run: RunDir, keep: int) -> None:
@@ -385,7 +369,7 @@ def publish_export(run: RunDir, staged: Path) -> Path:
         if (staged / name).is_dir():
             shutil.rmtree(run.path / name, ignore_errors=True)
         os.replace(staged / name, run.path / name)
-    _fsync_dir(run.path)
+    _fs.fsync_dir(run.path)
     staged.rmdir()
     return run.path
 

@@ -172,9 +172,10 @@ def run_finetune(
     run = preflight(cfg, in_memory_data=in_memory is not None)
     conversations = in_memory if in_memory is not None else load_conversations(cfg.data)
     eval_conversations = load_conversations(cfg.eval_data) if cfg.eval_data is not None else None
-    check_conversations(cfg.backbone, conversations, "the training data" if cfg.data is None else repr(str(cfg.data)))
+    source = "the training data" if cfg.data is None else repr(str(cfg.data))
+    check_conversations(cfg.backbone, conversations, source, prompt_format=cfg.prompt_format)
     if eval_conversations is not None:
-        check_conversations(cfg.backbone, eval_conversations, repr(str(cfg.eval_data)))
+        check_conversations(cfg.backbone, eval_conversations, repr(str(cfg.eval_data)), prompt_format=cfg.prompt_format)
     ctx = init_distributed(cfg.device)
     try:
         return _train(cfg, ctx, run, conversations, eval_conversations, on_step, on_record)
@@ -202,17 +203,19 @@ def preflight(cfg: FinetuneConfig, *, in_memory_data: bool = False):
     return run
 
 
-def check_conversations(backbone_id: str, conversations: list, source: str) -> None:
-    """Render every conversation with the id's prompt builder (no model, no tokenizer): a bad record (empty,
-    assistant first, unknown role, non-string text) is reported with its index before anything is built."""
+def check_conversations(backbone_id: str, conversations: list, source: str, *, prompt_format: str | None = None) -> None:
+    """Render every conversation with the id's prompt builder, or `prompt_format`'s (no model, no tokenizer): a
+    bad record (empty, assistant first, unknown role, non-string text) is reported with its index before
+    anything is built."""
     from llm_backbones.data.examples import _seams
     from llm_backbones.errors import ConversationError, LLMBackbonesError
+    from llm_backbones.core.prompting.builder import DEFAULT_MODEL_FAMILY
     from llm_backbones.core.registry import prompt_builder_for
 
-    builder = prompt_builder_for(backbone_id)
+    builder = prompt_format if prompt_format is not None else prompt_builder_for(backbone_id)
     for index, conversation in enumerate(conversations):
         try:
-            _seams(builder, conversation, "prismatic", None)
+            _seams(builder, conversation, DEFAULT_MODEL_FAMILY, None)
         except LLMBackbonesError as exc:
             raise ConversationError(
                 f"Conversation {index} of {source} ({len(conversations)} in all): {exc} Fix or drop that record."
@@ -270,7 +273,7 @@ def _train(cfg: FinetuneConfig, ctx, run, conversations, eval_conversations, on_
     # FSDP2: only rank 0 reads the weights; the other ranks build the architecture on the meta device and
     # receive their shards from rank 0 (one copy of the model in host memory, not one per rank).
     backbone, tokenizer = get_llm_backbone_and_tokenizer(
-        cfg.backbone, model_path=cfg.model_path, inference_mode=fsdp2 and not ctx.is_main
+        cfg.backbone, model_path=cfg.model_path, inference_mode=fsdp2 and not ctx.is_main, prompt_format=cfg.prompt_format
     )
     if backbone.inference_mode:
         backbone.set_training_flags()
@@ -390,14 +393,14 @@ def _train(cfg: FinetuneConfig, ctx, run, conversations, eval_conversations, on_
         state = full_state_dict(model) if ctx.enabled else None
 
         def export() -> str:
-            staged = _export(cfg.backbone, cfg.model_path, cfg.mode, backbone, state, run.path / STAGED_EXPORT)
+            staged = _export(cfg, backbone, state, run.path / STAGED_EXPORT)
             return str(publish_export(run, staged))
 
         result.output = on_main(ctx, export)
     return result
 
 
-def _export(backbone_id, model_path, mode, backbone, state, output):
+def _export(cfg, backbone, state, output):
     """Write a `save_backbone` checkpoint (LoRA merged, fingerprinted, atomic) that
     `get_llm_backbone_and_tokenizer(id, model_path=OUTPUT)` and `load_backbone(OUTPUT)` load."""
     from llm_backbones.core.backbones.factory import get_llm_backbone_and_tokenizer
@@ -405,8 +408,10 @@ def _export(backbone_id, model_path, mode, backbone, state, output):
     from llm_backbones.training.lora import apply_lora, merge_lora
 
     if state is not None:  # sharded training: rebuild an unsharded copy (meta device) and assign the weights
-        backbone, _ = get_llm_backbone_and_tokenizer(backbone_id, model_path=model_path, inference_mode=True)
-        if mode == "lora":
+        backbone, _ = get_llm_backbone_and_tokenizer(
+            cfg.backbone, model_path=cfg.model_path, inference_mode=True, prompt_format=cfg.prompt_format
+        )
+        if cfg.mode == "lora":
             apply_lora(backbone)
         backbone.load_state_dict(state)
     backbone = backbone.to("cpu")

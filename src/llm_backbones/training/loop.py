@@ -43,6 +43,7 @@ class FinetuneConfig:
     data: str | None = None
     model_path: str | None = None
     mode: str = "full"
+    prompt_format: str | None = None  # None: the backbone id's (e.g. "llama2-chat-prismatic" for Prismatic's strings)
     steps: int = 10
     batch_size: int = 8  # the global batch of one optimizer step, whatever the world size and accumulation
     grad_accum: int = 1

@@ -25,7 +25,6 @@ from llm_backbones._redact import HubToken, redacting
 from llm_backbones.core.backbones.loading import HFLoader
 from llm_backbones.core.prompting import PromptBuilder
 from llm_backbones.core.registry import BackboneSpec, get_spec
-from llm_backbones.errors import PromptFormatError
 from llm_backbones.runtime.fused_loss import chunked_causal_lm_loss
 from llm_backbones.runtime.generation import (
     CACHE_KEYWORD,
@@ -102,7 +101,7 @@ class LLMBackbone(nn.Module, ABC):
 
     @property
     @abstractmethod
-    def prompt_builder_fn(self) -> type[PromptBuilder]: ...
+    def prompt_builder_fn(self) -> Callable[..., PromptBuilder]: ...
 
     @property
     @abstractmethod
@@ -159,6 +158,9 @@ class HFCausalLLMBackbone(LLMBackbone):
             shards an index names) must resolve inside it, symlinks followed (a hub-cache snapshot's links
             into its own blob store count as inside); else `UnsafeFileError`. True lifts that check. Hub
             paths are downloaded by huggingface_hub into its cache and are not checked.
+        prompt_format: the name of the prompt format this backbone is used with, when it is not the id's
+            (e.g. "llama2-chat-prismatic": the original's strings); `prompt_builder_fn` follows it and
+            `save_backbone` records it.
     """
 
     def __init__(
@@ -179,15 +181,18 @@ class HFCausalLLMBackbone(LLMBackbone):
         allow_pickle: bool = False,
         strict: bool = True,
         allow_external_files: bool = False,
+        prompt_format: str | None = None,
     ) -> None:
         hf_token = HubToken.wrap(hf_token)  # first: from here on no frame of the load holds the plain token
         super().__init__(llm_backbone_id)
         self.fused_loss = False
-        overrides = {"family": llm_family, "llm_cls": llm_cls, "hf_hub_path": hf_hub_path}
+        overrides = {"llm_family": llm_family, "llm_cls": llm_cls, "hf_hub_path": hf_hub_path}
+        if prompt_format is not None:  # another format than the id's: its builder follows from it
+            overrides |= {"prompt_format": prompt_format, "prompt_builder": None}
         self.spec: BackboneSpec = replace(
-            get_spec(llm_backbone_id), **{k: v for k, v in overrides.items() if v is not None}
+            get_spec(llm_backbone_id), **{k: v for k, v in overrides.items() if k == "prompt_builder" or v is not None}
         )
-        self.llm_family, self.hf_hub_path = self.spec.family, self.spec.hf_hub_path
+        self.llm_family, self.hf_hub_path = self.spec.llm_family, self.spec.hf_hub_path
         self.llm_max_length, self.inference_mode = llm_max_length, inference_mode
         if allow_pickle:
             warnings.warn(
@@ -404,11 +409,15 @@ class HFCausalLLMBackbone(LLMBackbone):
         )
 
     @property
-    def prompt_builder_fn(self) -> type[PromptBuilder]:
-        builder = self.spec.prompt_builder
-        if builder is None:
-            raise PromptFormatError(f"No PromptBuilder defined for LLM Backbone `{self.identifier}`")
-        return builder
+    def prompt_builder_fn(self) -> Callable[..., PromptBuilder]:
+        """What makes this backbone's prompt builders: the format's named class (`PurePromptBuilder`), or
+        `builder_for(prompt_format)` for a format without one (a Prismatic twin, a registered format)."""
+        return self.spec.prompt_builder
+
+    @property
+    def prompt_format(self) -> str:
+        """The name of this backbone's prompt format (see `PROMPT_FORMATS`)."""
+        return self.spec.prompt_format
 
     @property
     def transformer_layer_cls(self) -> type[nn.Module]:

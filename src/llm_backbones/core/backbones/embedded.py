@@ -12,7 +12,6 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
 import threading
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from llm_backbones import _fs
 from llm_backbones.errors import ModelPathError, OutputPathError
 
 logger = logging.getLogger(__name__)
@@ -74,22 +74,20 @@ def embedded_model_dir(name: str) -> Path:
 
 def _create(src: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        config = AutoConfig.from_pretrained(src)
-        with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
-            torch.manual_seed(WEIGHTS_SEED)
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        # Written directly, not with save_pretrained: under torchrun, transformers writes weights on rank 0
-        # only, and every rank may be the one creating the cache.
-        state = {k: v.contiguous() for k, v in model.state_dict().items()}
-        save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
-        for f in _FILES:
-            shutil.copy2(src / f, tmp / f)
-        try:
-            os.replace(tmp, target)  # atomic: readers see no half-written checkpoint
-        except OSError:
-            if not (target / "model.safetensors").is_file():  # lost a race only if the winner finished
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        # atomic: readers see no half-written checkpoint; a process that made it first keeps its copy.
+        # Mode 0o700: readable by this user only, as the tempfile.mkdtemp it used to be made with.
+        with _fs.atomic_dir(target, replace=False, mode=0o700) as tmp:
+            config = AutoConfig.from_pretrained(src)
+            with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
+                torch.manual_seed(WEIGHTS_SEED)
+                model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            # Written directly, not with save_pretrained: under torchrun, transformers writes weights on
+            # rank 0 only, and every rank may be the one creating the cache.
+            state = {k: v.contiguous() for k, v in model.state_dict().items()}
+            save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+            for f in _FILES:
+                shutil.copy2(src / f, tmp / f)
+    except FileExistsError:
+        if not (target / "model.safetensors").is_file():  # lost a race only if the winner finished
+            raise

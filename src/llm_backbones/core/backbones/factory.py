@@ -20,7 +20,7 @@ FAMILY_BACKBONE_CLASSES: dict[str, type[HFCausalLLMBackbone]] = {"llama2": LLaMa
 
 
 def backbone_class_for(llm_backbone_id: str) -> type[HFCausalLLMBackbone]:
-    return FAMILY_BACKBONE_CLASSES.get(get_spec(llm_backbone_id).family, HFCausalLLMBackbone)
+    return FAMILY_BACKBONE_CLASSES.get(get_spec(llm_backbone_id).llm_family, HFCausalLLMBackbone)
 
 
 class _BackboneTable(Mapping[str, dict[str, Any]]):

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
+from llm_backbones import _fs
 from llm_backbones.errors import (
     ConfigMismatchError,
     ModelPathError,
@@ -80,10 +81,10 @@ def contained(directory: Path, name: str, *, allow_external: bool, named_by: str
     path = directory / name
     if allow_external:
         return path
-    target = path.resolve()
     roots = allowed_roots(directory)
-    if any(target == root or target.is_relative_to(root) for root in roots):
+    if _fs.is_inside(directory, name, roots=roots):
         return path
+    target = path.resolve()
     how = f"{named_by} names {name!r}, which" if named_by else f"{path} is a symlink that"
     raise UnsafeFileError(
         f"{how} resolves to {target}, outside the checkpoint directory {roots[0]}. llm-backbones opens only "

@@ -2,7 +2,8 @@
 
 `HFLoader` reads config.json, the tokenizer and the weights of one registry entry, with every check of
 `files` before a file is opened and strict checks after; `select_attn_implementation` picks the attention
-kernel; `as_llama_tokenizer_fast` gives a tokenizer loaded as written the class OpenVLA checks for.
+kernel; `load_tokenizer` loads a tokenizer as a backbone does (`llm-backbones info` reads it the same
+way), and `as_llama_tokenizer_fast` gives a tokenizer loaded as written the class OpenVLA checks for.
 """
 
 from __future__ import annotations
@@ -30,12 +31,14 @@ from transformers import (
 )
 from transformers.utils import cached_file
 
+from llm_backbones import _fs
 from llm_backbones._redact import HubToken
 from llm_backbones.core.backbones import files as _files
 from llm_backbones.core.backbones.embedded import MODEL_BUILD_LOCK, embedded_model_dir
 from llm_backbones.core.registry import BackboneSpec
 from llm_backbones.errors import (
     ConfigMismatchError,
+    LLMBackbonesError,
     ModelPathError,
     ModelWeightsError,
     NonFiniteWeightsError,
@@ -104,6 +107,35 @@ def as_llama_tokenizer_fast(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTok
     tokenizer.add_prefix_space, tokenizer.legacy = True, False
     tokenizer.use_default_system_prompt = False
     return tokenizer
+
+
+def load_tokenizer(
+    spec: BackboneSpec, source: str | Path, *, local: bool, **kwargs: Any
+) -> PreTrainedTokenizerBase:
+    """The tokenizer of `source` (a local directory, or a hub path when not `local`) exactly as a backbone of
+    `spec` loads it, `kwargs` passed to `from_pretrained`.
+
+    For a family with `spec.tokenizer_json_as_written` (LLaMA-2, Mistral) that is tokenizer.json as written,
+    given the class `LlamaTokenizerFast` (`as_llama_tokenizer_fast`); for the others, or where there is no
+    tokenizer.json, the class the tokenizer's config names (`AutoTokenizer`). The errors of `AutoTokenizer`
+    (`OSError`, `ValueError`, `TypeError`: no usable tokenizer files) reach the caller as they are. A local
+    directory's tokenizer files are checked first (`files.check_tokenizer_files`: `TokenizerFileError`).
+    """
+    if local:
+        _files.check_tokenizer_files(Path(source))
+    if spec.tokenizer_json_as_written and (not local or (Path(source) / "tokenizer.json").is_file()):
+        # [Contract] the pipeline tokenizer.json declares, as transformers 4 loaded it for OpenVLA and
+        # Prismatic: transformers 5's LlamaTokenizer class replaces it with a Metaspace pre-tokenizer that
+        # tokenizes text after a leading space differently (15 of llama.cpp's 46 LLaMA reference inputs).
+        try:
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(source, **kwargs)
+        except (OSError, ValueError, TypeError) as exc:  # a hub repo without tokenizer.json
+            logger.warning(
+                "No tokenizer.json in %s (%s): loading its tokenizer class instead", source, _first_line(exc)
+            )
+        else:
+            return as_llama_tokenizer_fast(tokenizer)
+    return AutoTokenizer.from_pretrained(source, **kwargs)
 
 
 def select_attn_implementation(
@@ -213,7 +245,7 @@ class HFLoader:
         if config.model_type != expected:
             raise ConfigMismatchError(
                 f"{source}/config.json is a {config.model_type!r} model, but backbone "
-                f"{self.identifier!r} ({self.spec.family}) needs {expected!r} "
+                f"{self.identifier!r} ({self.spec.llm_family}) needs {expected!r} "
                 f"({self.spec.llm_cls.__name__}). Point model_path at a {expected} checkpoint, or use an id "
                 "of that checkpoint's family."
             )
@@ -224,8 +256,6 @@ class HFLoader:
         )
 
         # [Contract] fast tokenizer, right padding (training collates right-padded batches).
-        if local:
-            _files.check_tokenizer_files(Path(source))
         self.tokenizer = self._load_tokenizer(source, local, hub_kwargs)
         self._check_bos_contract()
         # A checkpoint saved after this (save_backbone) already has the PAD token: no second one, no resize.
@@ -380,18 +410,10 @@ class HFLoader:
 
     def _load_tokenizer(self, source: str, local: bool, hub_kwargs: dict[str, Any]) -> PreTrainedTokenizerBase:
         kwargs = {"model_max_length": self.llm_max_length, "padding_side": "right", **hub_kwargs}
-        if self.spec.tokenizer_json_as_written and (not local or (Path(source) / "tokenizer.json").is_file()):
-            # [Contract] the pipeline tokenizer.json declares, as transformers 4 loaded it for OpenVLA and
-            # Prismatic: transformers 5's LlamaTokenizer class replaces it with a Metaspace pre-tokenizer that
-            # tokenizes text after a leading space differently (15 of llama.cpp's 46 LLaMA reference inputs).
-            try:
-                tokenizer = PreTrainedTokenizerFast.from_pretrained(source, **kwargs)
-            except (OSError, ValueError, TypeError) as exc:  # a hub repo without tokenizer.json
-                logger.warning("No tokenizer.json in %s (%s): loading its tokenizer class instead", source, _first_line(exc))
-            else:
-                return as_llama_tokenizer_fast(tokenizer)
         try:
-            return AutoTokenizer.from_pretrained(source, **kwargs)
+            return load_tokenizer(self.spec, source, local=local, **kwargs)
+        except LLMBackbonesError:  # a refused tokenizer file, or a tokenizer without the class contract
+            raise
         except (OSError, ValueError, TypeError) as exc:  # transformers raises ValueError for missing files
             if not local:
                 raise self._hub_error(source, "tokenizer", exc) from exc
@@ -499,8 +521,8 @@ class HFLoader:
         index = Path(index)
         weight_map = _files.read_index(index)
         for name in sorted(set(map(str, weight_map.values()))):
-            parts = Path(name).parts
-            if not name.endswith(".safetensors") or Path(name).is_absolute() or ".." in parts:
+            outside = not _fs.is_inside(index.parent, name, follow_symlinks=False)
+            if not name.endswith(".safetensors") or outside:
                 raise UnsafeFileError(
                     f"The weights index of the hub path {source!r} names {name!r}, which is not a safetensors "
                     "file of the repository; it was not downloaded or opened. llm-backbones loads safetensors "
@@ -574,7 +596,7 @@ class HFLoader:
                 raise TokenizerContractError(
                     f"Backbone {self.identifier!r} reuses the reserved token {pad!r} as PAD, but the "
                     f"tokenizer of {source} ({len(self.tokenizer)} tokens) has no such token. Point "
-                    f"model_path at a {self.spec.family} tokenizer, or register the id with "
+                    f"model_path at a {self.spec.llm_family} tokenizer, or register the id with "
                     "pad_policy='add' (a new token and, if needed, embedding rows)."
                 )
             # [Contract] a token the vocabulary reserves for padding: no new token, no new embedding row.

@@ -1,4 +1,4 @@
-"""Prompt formats (data) and the one builder that renders them; Prismatic's class names exported."""
+"""Prompt formats (data, one table) and the one builder that renders them; Prismatic's class names exported."""
 
 from llm_backbones.core.prompting.builder import (
     Gemma2InstructPromptBuilder,
@@ -10,16 +10,28 @@ from llm_backbones.core.prompting.builder import (
     Phi35InstructPromptBuilder,
     PhiPromptBuilder,
     PromptBuilder,
+    PromptBuilderFactory,
     PurePromptBuilder,
     Qwen25InstructPromptBuilder,
     Qwen25PurePromptBuilder,
     VicunaV15ChatPromptBuilder,
+    builder_for,
 )
-from llm_backbones.core.prompting.formats import OFFICIAL_FORMATS, PRISMATIC_FORMATS, PromptFormat
+from llm_backbones.core.prompting.formats import (
+    PROMPT_FORMATS,
+    PromptFormat,
+    get_prompt_format,
+    register_prompt_format,
+)
 
 __all__ = [
     "PromptBuilder",
+    "PromptBuilderFactory",
     "PromptFormat",
+    "PROMPT_FORMATS",
+    "builder_for",
+    "get_prompt_format",
+    "register_prompt_format",
     "PurePromptBuilder",
     "LLaMa2ChatPromptBuilder",
     "VicunaV15ChatPromptBuilder",
@@ -32,6 +44,4 @@ __all__ = [
     "Gemma2PurePromptBuilder",
     "Gemma2InstructPromptBuilder",
     "Phi35InstructPromptBuilder",
-    "OFFICIAL_FORMATS",
-    "PRISMATIC_FORMATS",
 ]

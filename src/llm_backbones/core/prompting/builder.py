@@ -1,62 +1,76 @@
 """The one prompt builder: renders any `PromptFormat`, turn by turn, with Prismatic's API.
 
 `PurePromptBuilder`, `LLaMa2ChatPromptBuilder`, ... are the original class names, kept so that code
-written for Prismatic/OpenVLA works unchanged; each only names its format.
+written for Prismatic/OpenVLA works unchanged; each only names its format. `builder_for(name, **options)`
+makes builders of any registered format (its own, or its Prismatic twin "<name>-prismatic") with options
+bound, in the shape Prismatic code calls: `builder_for("llama2-chat-prismatic")("openvla")`.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar
 
+from llm_backbones.core.prompting.formats import PROMPT_FORMATS, PromptFormat, get_prompt_format
 from llm_backbones.errors import ConversationError, PromptFormatError, closest
-from llm_backbones.core.prompting.formats import OFFICIAL_FORMATS, PRISMATIC_FORMATS, PromptFormat
 
 ROLE_ALIASES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt"}
 _ALIAS_OF = {"human": "user", "gpt": "assistant"}
+IMAGE_MARKERS = ("<image>\n", "\n<image>", "<image>")  # removed from messages, in this order
+DEFAULT_MODEL_FAMILY = "openvla"  # selects the default system prompt (Prismatic's and OpenVLA's are equal)
+
+# format name -> the named builder class that renders it (filled by `PromptBuilder.__init_subclass__`)
+_BUILDER_CLASSES: dict[str, type[PromptBuilder]] = {}
 
 
 class PromptBuilder:
     """Builds a prompt over alternating human/gpt turns in one chat format.
 
     Args:
-        model_family: selects the default system prompt ("prismatic" or "openvla").
+        model_family: selects the default system prompt ("openvla" or "prismatic": the same prompts).
         system_prompt: replaces the default system prompt where the format has one.
-        prismatic_compat: render the original Prismatic/OpenVLA strings byte for byte (for checkpoints
-            trained on them) instead of the model's official format. Formats the original never had
-            (Llama-3.x, Qwen2.5, Gemma-2, Phi-3.5) have only their official rendering.
-        prompt_format: an explicit `PromptFormat` (subclasses name theirs; the base class needs it).
+        prismatic_compat: render the format's Prismatic twin ("<name>-prismatic": the original
+            Prismatic/OpenVLA strings byte for byte, for checkpoints trained on them) instead of the model's
+            official format. Formats the original never had (Llama-3.x, Qwen2.5, Gemma-2, Phi-3.5) have
+            one rendering.
+        prompt_format: a `PromptFormat` or the name of a registered one (subclasses name theirs; the base
+            class needs it).
         date_string: the date of formats with a date line (Llama-3.x's "Today Date: 26 Jul 2024"); the
             template's own fallback date when not given.
     """
 
     format_key: ClassVar[str | None] = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.format_key is not None:  # the first class naming a format renders it (subclasses may reuse)
+            _BUILDER_CLASSES.setdefault(cls.format_key, cls)
+
     def __init__(
         self,
-        model_family: str,
+        model_family: str = DEFAULT_MODEL_FAMILY,
         system_prompt: str | None = None,
         *,
         prismatic_compat: bool = False,
-        prompt_format: PromptFormat | None = None,
+        prompt_format: PromptFormat | str | None = None,
         date_string: str | None = None,
     ) -> None:
-        # The original's quirks (e.g. silently ignoring a system prompt) apply to its own formats only.
-        self._original_quirks = prismatic_compat
         if prompt_format is None:
             if self.format_key is None:
                 raise PromptFormatError(
-                    "PromptBuilder needs a format: pass prompt_format=PromptFormat(...), or use a named "
-                    "builder such as PurePromptBuilder or LLaMa2ChatPromptBuilder."
+                    "PromptBuilder needs a format: pass prompt_format= a format name (e.g. 'llama2-chat') or a "
+                    "PromptFormat, use builder_for(name), or a named builder such as PurePromptBuilder."
                 )
-            if prismatic_compat and self.format_key in PRISMATIC_FORMATS:
-                prompt_format = PRISMATIC_FORMATS[self.format_key]
-            else:  # official, or a family the original never had (one rendering only)
-                prompt_format = OFFICIAL_FORMATS[self.format_key]
-                self._original_quirks = False
+            prompt_format = self.format_key
+        if isinstance(prompt_format, PromptFormat) and prismatic_compat and prompt_format.name in PROMPT_FORMATS:
+            prompt_format = prompt_format.name  # a registered format: its Prismatic twin, if it has one
+        if isinstance(prompt_format, str):
+            prompt_format = get_prompt_format(prompt_format, prismatic_compat=prismatic_compat)
         if not isinstance(prompt_format, PromptFormat):
             raise PromptFormatError(
-                f"prompt_format must be a PromptFormat, got {type(prompt_format).__name__}. Build one with "
-                "llm_backbones.core.prompting.PromptFormat(...), or use a named builder."
+                f"prompt_format must be a PromptFormat or a format name, got {type(prompt_format).__name__}. "
+                "Build one with llm_backbones.PromptFormat(...), or use a named builder."
             )
         if not isinstance(model_family, str):
             raise PromptFormatError(
@@ -65,7 +79,8 @@ class PromptBuilder:
             )
         self.format = prompt_format
         self.model_family = model_family
-        self.prismatic_compat = prismatic_compat
+        # The original's quirks (e.g. silently ignoring a system prompt) belong to its own renderings only.
+        self.prismatic_compat = prompt_format.prismatic
         self.bos, self.eos = prompt_format.bos, prompt_format.eos
         self.date_string = self._check_date(date_string)
         self.system_prompt = self._wrap_system(system_prompt)
@@ -113,7 +128,7 @@ class PromptBuilder:
         if system_prompt is not None:
             self._check_text(system_prompt, "system_prompt")
         if fmt.system is None:
-            if system_prompt is not None and not self._original_quirks:
+            if system_prompt is not None and not self.prismatic_compat:
                 raise PromptFormatError(
                     f"The {fmt.name!r} prompt format has no system prompt, got system_prompt="
                     f"{system_prompt[:60]!r}. Put the instruction in the first human message instead, "
@@ -130,7 +145,8 @@ class PromptBuilder:
                     "Pass one of them, or give system_prompt= explicitly."
                 )
             system_prompt = fmt.default_system[self.model_family]
-        system_prompt = system_prompt.strip()
+        if fmt.strip_message:
+            system_prompt = system_prompt.strip()
         if system_prompt == "" and fmt.omit_empty_system:
             return ""
         return fmt.system.format(system=system_prompt, date=self.date_string)
@@ -162,9 +178,12 @@ class PromptBuilder:
         # prompts end with a newline that is part of the prompt the model was trained on.
         return prompt.rstrip() if self.format.strip_trailing_whitespace else prompt
 
-    @staticmethod
-    def _clean(message: str) -> str:
-        return message.replace("<image>", "").strip()
+    def _clean(self, message: str) -> str:
+        # LLaVA data marks the image with "<image>" on its own line; the image is spliced in as patch
+        # embeddings, so the marker goes, with the line break that set it apart.
+        for marker in IMAGE_MARKERS:
+            message = message.replace(marker, "")
+        return message.strip() if self.format.strip_message else message
 
     @staticmethod
     def _check_text(text: object, what: str) -> None:
@@ -206,8 +225,7 @@ class PromptBuilder:
         return canonical
 
     def __repr__(self) -> str:
-        mode = "prismatic" if self.prismatic_compat else "official"
-        return f"{type(self).__name__}(format={self.format.name!r}, {mode}, turns={self.turn_count})"
+        return f"{type(self).__name__}(format={self.format.name!r}, turns={self.turn_count})"
 
 
 class PurePromptBuilder(PromptBuilder):
@@ -282,3 +300,81 @@ class Phi35InstructPromptBuilder(PromptBuilder):
     """Phi-3.5-mini-instruct template: <|system|>/<|user|>/<|assistant|> blocks ending with <|end|>."""
 
     format_key = "phi3.5-instruct"
+
+
+class PromptBuilderFactory:
+    """Makes builders of one format with options bound; called as Prismatic calls a builder class:
+    `factory(model_family, system_prompt=None)`. Made by `builder_for`."""
+
+    def __init__(self, prompt_format: PromptFormat, builder_cls: type[PromptBuilder], options: Mapping[str, Any]):
+        self.format, self.builder_cls = prompt_format, builder_cls
+        self.options: Mapping[str, Any] = MappingProxyType(dict(options))
+        self.__name__ = builder_cls.__name__ if builder_cls.format_key == prompt_format.name else prompt_format.name
+        self.__call__()  # bad options fail here, where they were given, not at the first conversation
+
+    @property
+    def format_key(self) -> str:
+        return self.format.name
+
+    def __call__(
+        self, model_family: str = DEFAULT_MODEL_FAMILY, system_prompt: str | None = None, **options: Any
+    ) -> PromptBuilder:
+        return self.builder_cls(
+            model_family, system_prompt, **{**self.options, **options, "prompt_format": self.format}
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, PromptBuilderFactory)
+            and (self.format, self.builder_cls, dict(self.options))
+            == (other.format, other.builder_cls, dict(other.options))
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.format.name, self.builder_cls))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # by name where the format is the registered one (a PromptFormat holds read-only mappings)
+        registered = PROMPT_FORMATS.get(self.format.name) == self.format
+        return (_factory_from, (self.format.name if registered else self.format, dict(self.options)))
+
+    def __repr__(self) -> str:
+        shown = "".join(f", {k}={v!r}" for k, v in self.options.items())
+        return f"builder_for({self.format.name!r}{shown})"
+
+
+BUILDER_OPTIONS = ("prismatic_compat", "date_string")
+
+
+def builder_for(prompt_format: str | PromptFormat, **options: Any) -> PromptBuilderFactory:
+    """Builders of the format named `prompt_format` (or the `PromptFormat` given), with `options` bound.
+
+    `options`: `prismatic_compat=True` (the format's "<name>-prismatic" twin where it has one),
+    `date_string=` (formats with a date line). The result is called like a Prismatic builder class,
+    `builder_for(name)(model_family, system_prompt=None)`, and is accepted wherever one is.
+    """
+    unknown = sorted(set(options) - set(BUILDER_OPTIONS))
+    if unknown:
+        near = closest(unknown[0], BUILDER_OPTIONS)
+        hint = f" Did you mean {near[0]!r}?" if near else ""
+        raise PromptFormatError(
+            f"Unknown builder option {unknown[0]!r}.{hint} Accepted: {', '.join(BUILDER_OPTIONS)}; the system "
+            "prompt and model_family are given when a builder is made (factory(model_family, system_prompt))."
+        )
+    prismatic_compat = bool(options.pop("prismatic_compat", False))
+    if isinstance(prompt_format, str):
+        prompt_format = get_prompt_format(prompt_format, prismatic_compat=prismatic_compat)
+    elif not isinstance(prompt_format, PromptFormat):
+        raise PromptFormatError(
+            f"builder_for expects a format name or a PromptFormat, got {type(prompt_format).__name__}: "
+            f"{prompt_format!r:.80}."
+        )
+    elif prismatic_compat:
+        prompt_format = get_prompt_format(prompt_format.name, prismatic_compat=True)
+    builder_cls = _BUILDER_CLASSES.get(prompt_format.official_name, PromptBuilder)
+    return PromptBuilderFactory(prompt_format, builder_cls, options)
+
+
+def _factory_from(prompt_format: str | PromptFormat, options: dict[str, Any]) -> PromptBuilderFactory:
+    return builder_for(prompt_format, **options)
+

@@ -1,9 +1,11 @@
-"""Prompt formats as data: one `PromptFormat` per chat format, rendered by the one `PromptBuilder`.
+"""Prompt formats as data: one `PromptFormat` per rendering, rendered by the one `PromptBuilder`.
 
-A format says how a human turn, a reply and the system prompt are wrapped. Two sets exist:
-`PRISMATIC_FORMATS` reproduce the original Prismatic/OpenVLA builders byte for byte (checkpoints were
-trained on them, typos included), `OFFICIAL_FORMATS` render each model's own published format. Formats of
-families the original never had (Llama-3.x, Qwen2.5, Gemma-2, Phi-3.5) exist only in `OFFICIAL_FORMATS`.
+A format says how a human turn, a reply and the system prompt are wrapped, and each rendering has its own
+name in the one table `PROMPT_FORMATS`: "llama2-chat" is Meta's Llama-2 chat format, "llama2-chat-prismatic"
+the original Prismatic/OpenVLA builder's string byte for byte (checkpoints were trained on it, typos
+included). Every format the original had has such a "<name>-prismatic" twin; the formats of families the
+original never had (Llama-3.x, Qwen2.5, Gemma-2, Phi-3.5) have one rendering. `register_prompt_format` adds
+a format from outside the package.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
+
+from llm_backbones.errors import PromptFormatError, closest
 
 # Default system prompts of the original, keyed by `model_family`.
 VLM_SYSTEM_PROMPT = (
@@ -44,6 +48,11 @@ class PromptFormat:
     system prompt. `bos` is removed from the front of returned prompts when `strip_bos` (the tokenizer
     inserts BOS itself). `empty_reply` replaces an empty reply.
 
+    `strip_message`: messages lose their surrounding whitespace (the original's `.strip()`; Llama-3's and
+    Gemma-2's templates `trim` them too). Qwen2.5's and Phi-3.5's templates keep a message as written.
+    `prismatic`: this is the original Prismatic/OpenVLA rendering ("<name>-prismatic") of format <name>; it
+    keeps the original's quirks (a system prompt the format has no place for is dropped without an error).
+
     Needed by the newer chat templates only:
     `strip_trailing_whitespace=False` keeps the end of returned prompts as rendered (their generation
     prompts end with a newline that belongs to the prompt). `omit_empty_system` renders no system block
@@ -64,6 +73,8 @@ class PromptFormat:
     # Prismatic quirks, kept as data so the one builder reproduces them exactly:
     potential_uses_first_human: bool = True  # Phi's get_potential_prompt skips its turn-0 wrapper
     clean_potential_message: bool = True  # the originals do not strip/clean get_potential_prompt's message
+    strip_message: bool = True
+    prismatic: bool = False
     # Newer chat templates:
     strip_trailing_whitespace: bool = True
     omit_empty_system: bool = False
@@ -73,8 +84,14 @@ class PromptFormat:
     def has_date(self) -> bool:
         return self.default_date is not None
 
+    @property
+    def official_name(self) -> str:
+        """The name of the format this one renders: itself, or the format of which it is the Prismatic twin."""
+        return self.name.removesuffix(PRISMATIC_SUFFIX) if self.prismatic else self.name
 
-_COMPAT = dict(clean_potential_message=False)
+
+PRISMATIC_SUFFIX = "-prismatic"
+_COMPAT = dict(clean_potential_message=False, prismatic=True)
 
 
 def _pure(name: str, *, bos: str, eos: str) -> PromptFormat:
@@ -91,13 +108,13 @@ _QWEN_USER = "<|im_start|>user\n{msg}<|im_end|>\n<|im_start|>assistant\n"
 _GEMMA_USER = "<start_of_turn>user\n{msg}<end_of_turn>\n<start_of_turn>model\n"
 _PHI3_USER = "<|user|>\n{msg}<|end|>\n<|assistant|>\n"
 
-PRISMATIC_FORMATS: Mapping[str, PromptFormat] = MappingProxyType(
+_PRISMATIC: dict[str, PromptFormat] = (
     {
         "pure": PromptFormat(
-            name="pure", bos="<s>", eos="</s>", human="In: {msg}\nOut: ", gpt="{msg}</s>", **_COMPAT
+            name="pure-prismatic", bos="<s>", eos="</s>", human="In: {msg}\nOut: ", gpt="{msg}</s>", **_COMPAT
         ),
         "llama2-chat": PromptFormat(
-            name="llama2-chat",
+            name="llama2-chat-prismatic",
             bos="<s>",
             eos="</s>",
             first_human="[INST] {system}{msg} [/INST] ",
@@ -109,7 +126,7 @@ PRISMATIC_FORMATS: Mapping[str, PromptFormat] = MappingProxyType(
             **_COMPAT,
         ),
         "vicuna-v15": PromptFormat(
-            name="vicuna-v15",
+            name="vicuna-v15-prismatic",
             bos="<s>",
             eos="</s>",
             first_human="{system}USER: {msg} ASSISTANT: ",
@@ -120,7 +137,7 @@ PRISMATIC_FORMATS: Mapping[str, PromptFormat] = MappingProxyType(
             **_COMPAT,
         ),
         "mistral-instruct": PromptFormat(
-            name="mistral-instruct",
+            name="mistral-instruct-prismatic",
             bos="<s>",
             eos="</s>",
             human="[INST] {msg} [/INST] ",
@@ -128,7 +145,7 @@ PRISMATIC_FORMATS: Mapping[str, PromptFormat] = MappingProxyType(
             **_COMPAT,
         ),
         "phi-2": PromptFormat(
-            name="phi-2",
+            name="phi-2-prismatic",
             bos="<|endoftext|>",
             eos="<|endoftext|>",
             # Phi-2's tokenizer adds no BOS: the original prepends it to the first turn itself.
@@ -142,9 +159,16 @@ PRISMATIC_FORMATS: Mapping[str, PromptFormat] = MappingProxyType(
     }
 )
 
-OFFICIAL_FORMATS: Mapping[str, PromptFormat] = MappingProxyType(
+def _official(prismatic: PromptFormat, **changes: object) -> PromptFormat:
+    """The official rendering of a format whose strings equal the original's, without its quirks."""
+    return replace(
+        prismatic, name=prismatic.official_name, clean_potential_message=True, prismatic=False, **changes
+    )
+
+
+_OFFICIAL: dict[str, PromptFormat] = (
     {
-        "pure": replace(PRISMATIC_FORMATS["pure"], clean_potential_message=True),
+        "pure": _official(_PRISMATIC["pure"]),
         # Meta's reference (llama/generation.py `chat_completion`), equal to FastChat's `llama-2`:
         # each (user, reply) pair is `<s>[INST] u [/INST] a </s>`; the system prompt opens the first
         # user message; the generation prompt ends at `[/INST]`. An empty reply stays empty (Meta).
@@ -161,11 +185,9 @@ OFFICIAL_FORMATS: Mapping[str, PromptFormat] = MappingProxyType(
         ),
         # FastChat `vicuna_v1.1` ("{system} USER: u ASSISTANT: a</s>USER: u2 ASSISTANT:"), Prismatic's
         # Mistral-instruct and Phi-2 formats: the original's strings, without its quirks.
-        "vicuna-v15": replace(PRISMATIC_FORMATS["vicuna-v15"], clean_potential_message=True),
-        "mistral-instruct": replace(PRISMATIC_FORMATS["mistral-instruct"], clean_potential_message=True),
-        "phi-2": replace(
-            PRISMATIC_FORMATS["phi-2"], clean_potential_message=True, potential_uses_first_human=True
-        ),
+        "vicuna-v15": _official(_PRISMATIC["vicuna-v15"]),
+        "mistral-instruct": _official(_PRISMATIC["mistral-instruct"]),
+        "phi-2": _official(_PRISMATIC["phi-2"], potential_uses_first_human=True),
         # --- Pure format over other vocabularies: the reply ends with the family's own end-of-text
         # token (the base model's EOS), so that generation stops there; "</s>" is plain text to them.
         "pure-llama3": _pure("pure-llama3", bos="<|begin_of_text|>", eos="<|end_of_text|>"),
@@ -173,7 +195,8 @@ OFFICIAL_FORMATS: Mapping[str, PromptFormat] = MappingProxyType(
         "pure-gemma2": _pure("pure-gemma2", bos="<bos>", eos="<eos>"),
         # --- Official chat templates (`tokenizer_config.json` "chat_template" of the instruct repos, as
         # llama.cpp keeps them in models/templates/*.jinja), rendered with add_generation_prompt=True.
-        # Messages are stripped by the builder (Llama-3 and Gemma-2 templates `trim` them too).
+        # Llama-3's and Gemma-2's templates `trim` messages (as the builder strips them); Qwen2.5's and
+        # Phi-3.5's write them as given, surrounding whitespace included (`strip_message=False`).
         #
         # meta-llama/Llama-3.1-8B-Instruct and Llama-3.2-{1B,3B}-Instruct (same text without tools):
         # a system block always opens the conversation, with the knowledge-cutoff and date lines
@@ -199,6 +222,7 @@ OFFICIAL_FORMATS: Mapping[str, PromptFormat] = MappingProxyType(
         # No BOS (the tokenizer adds none and the template writes none).
         "qwen2.5-instruct": PromptFormat(
             name="qwen2.5-instruct",
+            strip_message=False,  # the template writes message['content'] as given
             bos="",
             eos="<|im_end|>",
             first_human="{system}" + _QWEN_USER,
@@ -227,6 +251,7 @@ OFFICIAL_FORMATS: Mapping[str, PromptFormat] = MappingProxyType(
         # every reply's text is a prefix of the next prompt.
         "phi3.5-instruct": PromptFormat(
             name="phi3.5-instruct",
+            strip_message=False,  # the template writes message['content'] as given
             bos="",
             eos="<|end|>",
             first_human="{system}" + _PHI3_USER,
@@ -240,3 +265,58 @@ OFFICIAL_FORMATS: Mapping[str, PromptFormat] = MappingProxyType(
         ),
     }
 )
+
+_FORMATS: dict[str, PromptFormat] = {
+    **{f.name: f for f in _OFFICIAL.values()},
+    **{f.name: f for f in _PRISMATIC.values()},
+}
+# Every registered format by its name: a live, read-only view (`register_prompt_format` adds to it).
+PROMPT_FORMATS: Mapping[str, PromptFormat] = MappingProxyType(_FORMATS)
+
+
+def register_prompt_format(prompt_format: PromptFormat, *, overwrite: bool = False) -> PromptFormat:
+    """Add `prompt_format` to `PROMPT_FORMATS` under its name; returns it.
+
+    A Prismatic twin is named "<name>-prismatic", has `prismatic=True`, and needs <name> registered first.
+    """
+    if not isinstance(prompt_format, PromptFormat):
+        raise PromptFormatError(
+            f"register_prompt_format expects a PromptFormat, got {type(prompt_format).__name__}. Build one with "
+            "llm_backbones.PromptFormat(name=..., bos=..., eos=..., human=..., gpt=...)."
+        )
+    name = prompt_format.name
+    if not isinstance(name, str) or not name.strip():
+        raise PromptFormatError(f"A prompt format needs a non-empty name, got {name!r}.")
+    if name.endswith(PRISMATIC_SUFFIX) != prompt_format.prismatic:
+        raise PromptFormatError(
+            f"Prompt format {name!r}: a Prismatic rendering is named '<name>{PRISMATIC_SUFFIX}' and has "
+            f"prismatic=True, and only it; got prismatic={prompt_format.prismatic}. Rename it or fix the flag."
+        )
+    if prompt_format.prismatic and prompt_format.official_name not in _FORMATS:
+        raise PromptFormatError(
+            f"Prompt format {name!r} is the Prismatic twin of {prompt_format.official_name!r}, which is not "
+            "registered. Register the official format first."
+        )
+    if name in _FORMATS and not overwrite:
+        raise PromptFormatError(
+            f"Prompt format {name!r} is already registered; pass overwrite=True to replace it, or choose "
+            "another name."
+        )
+    _FORMATS[name] = prompt_format
+    return prompt_format
+
+
+def get_prompt_format(name: str, *, prismatic_compat: bool = False) -> PromptFormat:
+    """The format named `name`; with `prismatic_compat`, its "<name>-prismatic" twin where one exists
+    (formats the original never had have one rendering)."""
+    if not isinstance(name, str) or name not in _FORMATS:
+        near = closest(name, _FORMATS) if isinstance(name, str) else []
+        hint = f" Did you mean {near[0]!r}?" if near else ""
+        raise PromptFormatError(
+            f"Unknown prompt format {name!r}.{hint} Registered: {', '.join(_FORMATS)}. Add one with "
+            "llm_backbones.register_prompt_format(PromptFormat(...))."
+        )
+    if prismatic_compat and not name.endswith(PRISMATIC_SUFFIX):
+        return _FORMATS.get(name + PRISMATIC_SUFFIX, _FORMATS[name])
+    return _FORMATS[name]
+

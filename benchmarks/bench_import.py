@@ -1,0 +1,112 @@
+"""Import cost: `import llm_backbones`, the registry, `llm-backbones --help` and `llm-backbones list --json`,
+against `import torch` in the same run.
+
+Each command runs in a fresh Python process and is timed from outside (wall clock, interpreter start-up
+included); the commands take turns, one round after another, after one unmeasured round that warms the
+page cache, and each reports the median of `--repeats` rounds. `import torch` is the baseline: what every
+command that touches a model pays anyway. `import llm_backbones` and `--help` should load neither torch nor
+transformers (lazy package face); `list` reads the registry, which needs torch (dtypes) but no model code.
+Which modules each loads is checked by tests/unit/test_import_weight.py. Prints JSON.
+
+    python benchmarks/bench_import.py [--repeats 5] [--out benchmarks/results/DATE-import-cpu.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+from importlib.metadata import version
+from pathlib import Path
+
+BASELINE = "import_torch"
+COMMANDS: dict[str, list[str]] = {
+    "python_startup": ["-c", "pass"],
+    BASELINE: ["-c", "import torch"],
+    "import_llm_backbones": ["-c", "import llm_backbones"],
+    "registry": ["-c", "import llm_backbones; llm_backbones.get_spec"],
+    "cli_help": ["-m", "llm_backbones", "--help"],
+    "cli_list_json": ["-m", "llm_backbones", "list", "--json"],
+}
+# ratio to `import torch` measured in the same run, at most
+TARGETS = {"import_llm_backbones": 0.1, "cli_help": 0.5, "cli_list_json": 1.25}
+
+
+def _run(args: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return time.perf_counter() - start
+
+
+def _device() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU ({model}, {os.cpu_count()} threads)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="measured rounds; each command's median is reported"
+    )
+    parser.add_argument("--out", type=Path, help="also write the JSON to this file")
+    args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+
+    for command in COMMANDS.values():  # warm-up round: page cache, .pyc files
+        _run(command)
+    times: dict[str, list[float]] = {name: [] for name in COMMANDS}
+    for _ in range(args.repeats):
+        for name, command in COMMANDS.items():
+            times[name].append(_run(command))
+
+    baseline = statistics.median(times[BASELINE])
+    results = {}
+    for name, command in COMMANDS.items():
+        median = statistics.median(times[name])
+        results[name] = {
+            "command": " ".join(["python", *(repr(a) if " " in a else a for a in command)]),
+            "median_s": round(median, 3),
+            "min_s": round(min(times[name]), 3),
+            "ratio_to_import_torch": round(median / baseline, 3),
+        }
+    result = {
+        "benchmark": "import cost: package face, registry, CLI --help and list, against `import torch`",
+        "date": date.today().isoformat(),
+        "device": _device(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": version("torch"),
+        "transformers": version("transformers"),
+        "llm_backbones": version("llm-backbones"),
+        "method": f"fresh process per run, wall clock from outside, median of {args.repeats} rounds "
+        "(commands interleaved) after one warm-up round",
+        "baseline": BASELINE,
+        "results": results,
+        "targets_ratio_to_import_torch_max": TARGETS,
+        "targets_met": {
+            name: results[name]["ratio_to_import_torch"] <= limit for name, limit in TARGETS.items()
+        },
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
