@@ -21,10 +21,21 @@ from pathlib import Path
 import torch
 
 LLAMA2_7B = {  # meta-llama/Llama-2-7b-hf config.json
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 32000, "hidden_size": 4096,
-    "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
-    "hidden_act": "silu", "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "rope_theta": 10000.0,
-    "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "vocab_size": 32000,
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "hidden_act": "silu",
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-05,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
 }
 
 CHILD = r"""
@@ -52,7 +63,9 @@ print(json.dumps({"seconds": seconds, "import_seconds": start - t0, "peak_rss_gb
 
 
 def measure(model_dir: Path, which: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(model_dir), which], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(model_dir), which], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -76,18 +89,24 @@ def main() -> None:
         full = measure(model_dir(root, 32), "ours")
         small = model_dir(root, args.layers)
         ours, original = measure(small, "ours"), measure(small, "original")
-    print(json.dumps({
-        "benchmark": "inference_mode build (no weights loaded yet)",
-        "date": date.today().isoformat(),
-        "device": f"CPU ({platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}",
-        "llama2_7b_ours": full,
-        "targets_7b": {"seconds_max": 2.0, "peak_rss_gb_max": 1.5},
-        f"llama2_7b_arch_{args.layers}_layers": {
-            "ours": ours, "original_from_config_fp32": original,
-            "speedup": round(original["seconds"] / ours["seconds"], 1),
-            "rss_ratio": round(original["peak_rss_gb"] / ours["peak_rss_gb"], 1),
-        },
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "inference_mode build (no weights loaded yet)",
+                "date": date.today().isoformat(),
+                "device": f"CPU ({platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}",
+                "llama2_7b_ours": full,
+                "targets_7b": {"seconds_max": 2.0, "peak_rss_gb_max": 1.5},
+                f"llama2_7b_arch_{args.layers}_layers": {
+                    "ours": ours,
+                    "original_from_config_fp32": original,
+                    "speedup": round(original["seconds"] / ours["seconds"], 1),
+                    "rss_ratio": round(original["peak_rss_gb"] / ours["peak_rss_gb"], 1),
+                },
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -28,22 +28,40 @@ import torch
 
 from llm_backbones import get_llm_backbone_and_tokenizer, tokenize_conversation
 from llm_backbones.data.examples import PaddedCollator
+from llm_backbones.training.checkpoint import RunDir, load_checkpoint, publish_checkpoint, write_checkpoint
 from llm_backbones.training.distributed import DistributedContext
 from llm_backbones.training.finetune import apply_finetune_mode
-from llm_backbones.training.checkpoint import RunDir, load_checkpoint, publish_checkpoint, write_checkpoint
 from llm_backbones.training.loop import FinetuneConfig, lr_scheduler, optimizer_step
 
 CONVERSATIONS = [
-    [{"from": "human", "value": f"What action should the robot take to {task}?"}, {"from": "gpt", "value": answer}]
-    for task, answer in (("open the drawer", "pull the handle"), ("close the door", "push it"),
-                         ("pick up the carrot", "grasp and lift"), ("wipe the table", "move the sponge left"),
-                         ("stack the blocks", "red on blue"), ("put the cup in the sink", "lift, move right, lower"),
-                         ("turn on the tap", "rotate the handle"), ("fold the towel", "grasp both corners"))
+    [
+        {"from": "human", "value": f"What action should the robot take to {task}?"},
+        {"from": "gpt", "value": answer},
+    ]
+    for task, answer in (
+        ("open the drawer", "pull the handle"),
+        ("close the door", "push it"),
+        ("pick up the carrot", "grasp and lift"),
+        ("wipe the table", "move the sponge left"),
+        ("stack the blocks", "red on blue"),
+        ("put the cup in the sink", "lift, move right, lower"),
+        ("turn on the tap", "rotate the handle"),
+        ("fold the towel", "grasp both corners"),
+    )
 ]
 LLAMA2_7B = {
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 32000, "hidden_size": 4096,
-    "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
-    "hidden_act": "silu", "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "tie_word_embeddings": False,
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "vocab_size": 32000,
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "hidden_act": "silu",
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-05,
+    "tie_word_embeddings": False,
 }
 GB = 1e9
 
@@ -61,7 +79,12 @@ def measure_tiny(device: torch.device, steps: int, repeats: int) -> dict:
     apply_finetune_mode(backbone, "full")
     backbone.to(device).train()
     examples = [tokenize_conversation(tokenizer, backbone.prompt_builder_fn, c) for c in CONVERSATIONS]
-    batch = {k: v.to(device) for k, v in PaddedCollator(model_max_length=None, pad_token_id=backbone.pad_token_id)(examples).items()}
+    batch = {
+        k: v.to(device)
+        for k, v in PaddedCollator(model_max_length=None, pad_token_id=backbone.pad_token_id)(
+            examples
+        ).items()
+    }
     optimizer = torch.optim.AdamW([p for p in backbone.parameters() if p.requires_grad], lr=1e-4, fused=True)
     scheduler = lr_scheduler(optimizer, FinetuneConfig(steps=10_000))
 
@@ -88,7 +111,9 @@ def measure_tiny(device: torch.device, steps: int, repeats: int) -> dict:
         for r in range(repeats):
             sync()
             start = time.perf_counter()
-            pending = write_checkpoint(run, 100 + r, backbone, optimizer, scheduler, ctx=ctx, meta={"bench": True})
+            pending = write_checkpoint(
+                run, 100 + r, backbone, optimizer, scheduler, ctx=ctx, meta={"bench": True}
+            )
             path = publish_checkpoint(run, pending, ctx=ctx, keep=1)
             save_s.append(time.perf_counter() - start)
             written = sum(f.stat().st_size for f in Path(path).iterdir())
@@ -119,7 +144,10 @@ def measure_tiny(device: torch.device, steps: int, repeats: int) -> dict:
 def computed_7b() -> dict:
     tmp = Path(tempfile.mkdtemp())
     (tmp / "config.json").write_text(json.dumps(LLAMA2_7B))
-    assets = Path(__import__("llm_backbones.core.backbones.embedded", fromlist=["ASSETS_DIR"]).ASSETS_DIR) / "llama2-tiny"
+    assets = (
+        Path(__import__("llm_backbones.core.backbones.embedded", fromlist=["ASSETS_DIR"]).ASSETS_DIR)
+        / "llama2-tiny"
+    )
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (tmp / name).write_bytes((assets / name).read_bytes())
     modes = {}
@@ -138,7 +166,7 @@ def computed_7b() -> dict:
         "frozen_parameters_written": False,
         "modes": modes,
         "note": "seconds per checkpoint = checkpoint_gb_per_rank / the write bandwidth one rank gets from the "
-                "shared filesystem (all ranks write at once)",
+        "shared filesystem (all ranks write at once)",
     }
 
 

@@ -20,10 +20,14 @@ from datetime import date
 import torch
 from transformers import AutoTokenizer, LlamaTokenizer
 
+from llm_backbones.core.backbones.embedded import ASSETS_DIR
+from llm_backbones.core.prompting import (
+    LLaMa2ChatPromptBuilder,
+    PurePromptBuilder,
+    VicunaV15ChatPromptBuilder,
+)
 from llm_backbones.data.actions import ActionTokenizer
 from llm_backbones.data.examples import IGNORE_INDEX, tokenize_conversation
-from llm_backbones.core.backbones.embedded import ASSETS_DIR
-from llm_backbones.core.prompting import LLaMa2ChatPromptBuilder, PurePromptBuilder, VicunaV15ChatPromptBuilder
 
 WORDS = "the robot arm picks up a red cup from table and places it in bowl near drawer , . ? 3 blocks".split()
 
@@ -37,7 +41,10 @@ def make_conversations(n: int, tokenizer, seed: int = 0) -> list[list[dict[str, 
             act = [rng.uniform(-1, 1) for _ in range(7)]
             convs.append(
                 [
-                    {"from": "human", "value": f"What action should the robot take to {' '.join(rng.choices(WORDS, k=6))}?"},
+                    {
+                        "from": "human",
+                        "value": f"What action should the robot take to {' '.join(rng.choices(WORDS, k=6))}?",
+                    },
                     {"from": "gpt", "value": actions(act)},
                 ]
             )
@@ -46,7 +53,9 @@ def make_conversations(n: int, tokenizer, seed: int = 0) -> list[list[dict[str, 
             for t in range(rng.randint(1, 4)):
                 q = ("<image>\n" if t == 0 else "") + " ".join(rng.choices(WORDS, k=rng.randint(4, 16))) + "?"
                 conv.append({"from": "human", "value": q})
-                conv.append({"from": "gpt", "value": " ".join(rng.choices(WORDS, k=rng.randint(3, 30))) + "."})
+                conv.append(
+                    {"from": "gpt", "value": " ".join(rng.choices(WORDS, k=rng.randint(3, 30))) + "."}
+                )
             convs.append(conv)
     return convs
 
@@ -88,8 +97,11 @@ def main() -> None:
         tokenizer.add_special_tokens({"pad_token": "<PAD>"})
         convs = make_conversations(args.conversations, tokenizer)
         for builder in (PurePromptBuilder, LLaMa2ChatPromptBuilder, VicunaV15ChatPromptBuilder):
+
             def builder_fn(family, system_prompt=None, _b=builder):
-                return _b(family, system_prompt=system_prompt, prismatic_compat=True)  # the baseline's strings
+                return _b(
+                    family, system_prompt=system_prompt, prismatic_compat=True
+                )  # the baseline's strings
 
             ours = rate(lambda c: tokenize_conversation(tokenizer, builder_fn, c), convs, args.repeats)
             base = rate(lambda c: turn_by_turn(tokenizer, builder_fn, c), convs, args.repeats)

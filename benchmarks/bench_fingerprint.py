@@ -78,7 +78,9 @@ def main() -> None:
         # reading the same bytes: a streamed read, and safetensors' load with every value materialised
         read_s = _best(lambda: _read(shard), args.repeats)
         load_s = _best(lambda: load_file(shard)["weight"].clone(), args.repeats)
-        copies = [Path(tmp) / f"copy-{i}.safetensors" for i in range(min(LLAMA2_7B_SHARDS, os.cpu_count() or 1))]
+        copies = [
+            Path(tmp) / f"copy-{i}.safetensors" for i in range(min(LLAMA2_7B_SHARDS, os.cpu_count() or 1))
+        ]
         for copy in copies:
             os.link(shard, copy)  # same bytes, separate paths: hashed by separate threads
         parallel_s = _best(lambda: sha256_files(copies), args.repeats)
@@ -95,7 +97,9 @@ def main() -> None:
     finite_gbps = {k: (tensor if k == "bfloat16" else f32).nbytes / 1e9 / v for k, v in finite.items()}
     seven_b = {
         "sha256_one_thread_s": round(LLAMA2_7B_BF16_BYTES / 1e6 / hash_mbps, 1),
-        f"sha256_{LLAMA2_7B_SHARDS}_shards_{len(copies)}_threads_s": round(LLAMA2_7B_BF16_BYTES / 1e6 / parallel_mbps, 1),
+        f"sha256_{LLAMA2_7B_SHARDS}_shards_{len(copies)}_threads_s": round(
+            LLAMA2_7B_BF16_BYTES / 1e6 / parallel_mbps, 1
+        ),
         "isfinite_check_s": round(LLAMA2_7B_BF16_BYTES / 1e9 / finite_gbps["bfloat16"], 1),
         "safetensors_load_materialised_s": round(LLAMA2_7B_BF16_BYTES / 1e6 / (mb / load_s), 1),
     }
@@ -107,7 +111,11 @@ def main() -> None:
         "shard_bytes": size,
         "page_cache": "warm (file just written and read)",
         "sha256_MBps_one_thread": round(hash_mbps, 1),
-        "sha256_MBps_parallel": {"files": len(copies), "threads": len(copies), "MBps": round(parallel_mbps, 1)},
+        "sha256_MBps_parallel": {
+            "files": len(copies),
+            "threads": len(copies),
+            "MBps": round(parallel_mbps, 1),
+        },
         "streamed_read_MBps": round(mb / read_s, 1),
         "safetensors_load_materialised_MBps": round(mb / load_s, 1),
         "sha256_time_vs_safetensors_load": round(hash_s / load_s, 2),

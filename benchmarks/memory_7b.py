@@ -19,9 +19,18 @@ from llm_backbones.core.backbones.embedded import ASSETS_DIR
 from llm_backbones.training.finetune import apply_finetune_mode
 
 LLAMA2_7B = {
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 32000, "hidden_size": 4096,
-    "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
-    "hidden_act": "silu", "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "tie_word_embeddings": False,
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "vocab_size": 32000,
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "hidden_act": "silu",
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-05,
+    "tie_word_embeddings": False,
 }
 GB = 2**30
 
@@ -42,9 +51,22 @@ def main() -> None:
         for n in (1, 2, 4, 8, 16, 64):
             states = (4 * summary.total + 12 * summary.trainable) / n
             per_gpu[str(n)] = round((states + gathered) / GB, 2)
-        rows[mode] = {"parameters": summary.total, "trainable": summary.trainable, "gb_per_gpu_by_world_size": per_gpu}
-    print(json.dumps({"model": "Llama-2-7B (PAD added, 32064 rows)", "precision": "bf16 compute, fp32 master + AdamW",
-                      "excludes": "activations", "modes": rows}, indent=2))
+        rows[mode] = {
+            "parameters": summary.total,
+            "trainable": summary.trainable,
+            "gb_per_gpu_by_world_size": per_gpu,
+        }
+    print(
+        json.dumps(
+            {
+                "model": "Llama-2-7B (PAD added, 32064 rows)",
+                "precision": "bf16 compute, fp32 master + AdamW",
+                "excludes": "activations",
+                "modes": rows,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

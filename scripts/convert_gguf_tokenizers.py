@@ -68,7 +68,9 @@ def _reader(path: Path, expected_model: str) -> GGUFReader:
 
 def _tokens_and_types(reader: GGUFReader) -> tuple[list[str], list[int]]:
     fields = reader.fields
-    return list(fields["tokenizer.ggml.tokens"].contents()), [int(t) for t in fields["tokenizer.ggml.token_type"].contents()]
+    return list(fields["tokenizer.ggml.tokens"].contents()), [
+        int(t) for t in fields["tokenizer.ggml.token_type"].contents()
+    ]
 
 
 # === Llama 3.1 / 3.2 ===
@@ -202,7 +204,13 @@ def build_phi3(models_dir: Path) -> tuple[Tokenizer, dict]:
     pieces, piece_scores = tokens[:n_pieces], scores[:n_pieces]
     vocab = {piece: i for i, piece in enumerate(pieces)}
     tok = Tokenizer(
-        models.BPE(vocab=vocab, merges=spm_merges(pieces, piece_scores), unk_token="<unk>", fuse_unk=True, byte_fallback=True)
+        models.BPE(
+            vocab=vocab,
+            merges=spm_merges(pieces, piece_scores),
+            unk_token="<unk>",
+            fuse_unk=True,
+            byte_fallback=True,
+        )
     )
     tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     tok.pre_tokenizer = None
@@ -276,7 +284,9 @@ def main(argv: list[str]) -> int:
         target.mkdir(parents=True, exist_ok=True)
         text = tok.to_str(pretty=False)
         if "--xz" in argv:
-            (target / "tokenizer.json.xz").write_bytes(lzma.compress(text.encode(), preset=9 | lzma.PRESET_EXTREME))
+            (target / "tokenizer.json.xz").write_bytes(
+                lzma.compress(text.encode(), preset=9 | lzma.PRESET_EXTREME)
+            )
             (target / "tokenizer.json").unlink(missing_ok=True)
         else:
             (target / "tokenizer.json").write_text(text, encoding="utf-8")

@@ -22,8 +22,7 @@ import sys
 from pathlib import Path
 
 from gguf import GGUFReader
-from tokenizers import Tokenizer, decoders, models, normalizers, processors
-from tokenizers import AddedToken
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
 
 # llama.cpp token types: 1 normal, 2 unknown, 3 control, 6 byte.
 _CONTROL, _UNKNOWN = 3, 2

@@ -30,8 +30,18 @@ _PREFIX = "vendor/llama.cpp/models/"
 
 def download_sdist(dest: Path) -> Path:
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-         f"llama-cpp-python=={VERSION}", "-d", str(dest)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            f"llama-cpp-python=={VERSION}",
+            "-d",
+            str(dest),
+        ],
         check=True,
     )
     return next(dest.glob("llama_cpp_python-*.tar.gz"))
@@ -45,8 +55,10 @@ def extract_models(sdist: Path, out: Path) -> int:
             _, _, inner = member.name.partition("/")
             if not member.isfile() or not inner.startswith(_PREFIX):
                 continue
-            rel = inner[len(_PREFIX):]
-            wanted = rel.startswith("ggml-vocab-") or (rel.startswith("templates/") and rel.endswith(".jinja"))
+            rel = inner[len(_PREFIX) :]
+            wanted = rel.startswith("ggml-vocab-") or (
+                rel.startswith("templates/") and rel.endswith(".jinja")
+            )
             if not wanted or "/" in rel.removeprefix("templates/"):
                 continue
             target = out / rel

@@ -120,7 +120,9 @@ def write_gemma2_standin(out: Path) -> Path:
         vocab.setdefault(ch, len(vocab))
     _fill(vocab, GEMMA2_STANDIN_SIZE, "▁placeholder")
     named = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>")
-    tok = _spm_style(vocab, [AddedToken(t, normalized=False, special=True) for t in named], bos="<bos>", prepend=False)
+    tok = _spm_style(
+        vocab, [AddedToken(t, normalized=False, special=True) for t in named], bos="<bos>", prepend=False
+    )
     out.mkdir(parents=True, exist_ok=True)
     tok.save(str(out / "tokenizer.json"))
     config = {
@@ -149,25 +151,50 @@ _TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_att
 TINY_MODELS: dict[str, tuple[type[PreTrainedModel], PretrainedConfig, str]] = {
     "mistral": (
         MistralForCausalLM,
-        MistralConfig(vocab_size=32000, num_key_value_heads=2, sliding_window=4096, bos_token_id=1,
-                      eos_token_id=2, tie_word_embeddings=False, **_TINY),
+        MistralConfig(
+            vocab_size=32000,
+            num_key_value_heads=2,
+            sliding_window=4096,
+            bos_token_id=1,
+            eos_token_id=2,
+            tie_word_embeddings=False,
+            **_TINY,
+        ),
         "mistral-standin",
     ),
     "phi": (
         PhiForCausalLM,
-        PhiConfig(vocab_size=51200, partial_rotary_factor=0.4, bos_token_id=50256, eos_token_id=50256,
-                  tie_word_embeddings=False, **_TINY),
+        PhiConfig(
+            vocab_size=51200,
+            partial_rotary_factor=0.4,
+            bos_token_id=50256,
+            eos_token_id=50256,
+            tie_word_embeddings=False,
+            **_TINY,
+        ),
         "gpt2",
     ),
     # Llama 3.1 8B: untied; Llama 3.2 1B/3B: tied. Both with Llama 3's rope scaling.
     **{
         name: (
             LlamaForCausalLM,
-            LlamaConfig(vocab_size=128256, num_key_value_heads=2, max_position_embeddings=131072,
-                        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
-                        rope_theta=500000.0, bos_token_id=128000, eos_token_id=128001,
-                        tie_word_embeddings=tied, **_TINY),
+            LlamaConfig(
+                vocab_size=128256,
+                num_key_value_heads=2,
+                max_position_embeddings=131072,
+                rope_scaling={
+                    "rope_type": "llama3",
+                    "factor": 8.0,
+                    "low_freq_factor": 1.0,
+                    "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 8192,
+                },
+                rope_theta=500000.0,
+                bos_token_id=128000,
+                eos_token_id=128001,
+                tie_word_embeddings=tied,
+                **_TINY,
+            ),
             "llama3",
         )
         for name, tied in (("llama3.1", False), ("llama3.2", True))
@@ -176,23 +203,48 @@ TINY_MODELS: dict[str, tuple[type[PreTrainedModel], PretrainedConfig, str]] = {
     **{
         name: (
             Qwen2ForCausalLM,
-            Qwen2Config(vocab_size=rows, num_key_value_heads=2, bos_token_id=151643, eos_token_id=151643,
-                        tie_word_embeddings=tied, **_TINY),
+            Qwen2Config(
+                vocab_size=rows,
+                num_key_value_heads=2,
+                bos_token_id=151643,
+                eos_token_id=151643,
+                tie_word_embeddings=tied,
+                **_TINY,
+            ),
             "qwen2",
         )
         for name, rows, tied in (("qwen2.5-small", 151936, True), ("qwen2.5-7b", 152064, False))
     },
     "gemma2": (
         Gemma2ForCausalLM,
-        Gemma2Config(vocab_size=GEMMA2_STANDIN_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                     num_attention_heads=2, num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=32,
-                     sliding_window=16, pad_token_id=0, bos_token_id=2, eos_token_id=1, tie_word_embeddings=True),
+        Gemma2Config(
+            vocab_size=GEMMA2_STANDIN_SIZE,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=32,
+            query_pre_attn_scalar=32,
+            sliding_window=16,
+            pad_token_id=0,
+            bos_token_id=2,
+            eos_token_id=1,
+            tie_word_embeddings=True,
+        ),
         "gemma2-standin",
     ),
     "phi3": (
         Phi3ForCausalLM,
-        Phi3Config(vocab_size=32064, num_key_value_heads=4, bos_token_id=1, eos_token_id=32000, pad_token_id=32000,
-                   tie_word_embeddings=False, **_TINY),
+        Phi3Config(
+            vocab_size=32064,
+            num_key_value_heads=4,
+            bos_token_id=1,
+            eos_token_id=32000,
+            pad_token_id=32000,
+            tie_word_embeddings=False,
+            **_TINY,
+        ),
         "phi3",
     ),
 }

@@ -16,15 +16,25 @@ from llm_backbones._version import __version__
 
 # public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
-    **dict.fromkeys(
-        ["LLMBackbone", "HFCausalLLMBackbone"], "llm_backbones.core.backbones.backbone"
-    ),
+    **dict.fromkeys(["LLMBackbone", "HFCausalLLMBackbone"], "llm_backbones.core.backbones.backbone"),
     "LLaMa2LLMBackbone": "llm_backbones.core.backbones.llama2",
-    **dict.fromkeys(["LLM_BACKBONES", "get_llm_backbone_and_tokenizer"], "llm_backbones.core.backbones.factory"),
+    **dict.fromkeys(
+        ["LLM_BACKBONES", "get_llm_backbone_and_tokenizer"], "llm_backbones.core.backbones.factory"
+    ),
     **dict.fromkeys(
         [
-            "LLAMA2_MODELS", "MISTRAL_MODELS", "PHI_MODELS", "LLAMA3_MODELS", "QWEN25_MODELS", "GEMMA2_MODELS",
-            "PHI3_MODELS", "BackboneSpec", "get_spec", "prompt_builder_for", "register_backbone", "registered_ids",
+            "LLAMA2_MODELS",
+            "MISTRAL_MODELS",
+            "PHI_MODELS",
+            "LLAMA3_MODELS",
+            "QWEN25_MODELS",
+            "GEMMA2_MODELS",
+            "PHI3_MODELS",
+            "BackboneSpec",
+            "get_spec",
+            "prompt_builder_for",
+            "register_backbone",
+            "registered_ids",
         ],
         "llm_backbones.core.registry",
     ),
@@ -34,11 +44,24 @@ _EXPORTS: dict[str, str] = {
     ),
     **dict.fromkeys(
         [
-            "PromptBuilder", "PromptBuilderFactory", "PromptFormat", "PROMPT_FORMATS", "builder_for",
-            "get_prompt_format", "register_prompt_format", "PurePromptBuilder", "LLaMa2ChatPromptBuilder",
-            "VicunaV15ChatPromptBuilder", "MistralInstructPromptBuilder", "PhiPromptBuilder",
-            "Llama3PurePromptBuilder", "Llama3InstructPromptBuilder", "Qwen25PurePromptBuilder",
-            "Qwen25InstructPromptBuilder", "Gemma2PurePromptBuilder", "Gemma2InstructPromptBuilder",
+            "PromptBuilder",
+            "PromptBuilderFactory",
+            "PromptFormat",
+            "PROMPT_FORMATS",
+            "builder_for",
+            "get_prompt_format",
+            "register_prompt_format",
+            "PurePromptBuilder",
+            "LLaMa2ChatPromptBuilder",
+            "VicunaV15ChatPromptBuilder",
+            "MistralInstructPromptBuilder",
+            "PhiPromptBuilder",
+            "Llama3PurePromptBuilder",
+            "Llama3InstructPromptBuilder",
+            "Qwen25PurePromptBuilder",
+            "Qwen25InstructPromptBuilder",
+            "Gemma2PurePromptBuilder",
+            "Gemma2InstructPromptBuilder",
             "Phi35InstructPromptBuilder",
         ],
         "llm_backbones.core.prompting",
@@ -46,8 +69,14 @@ _EXPORTS: dict[str, str] = {
     "ActionTokenizer": "llm_backbones.data.actions",
     **dict.fromkeys(
         [
-            "IGNORE_INDEX", "PaddedCollator", "PaddedCollatorForActionPrediction", "insert_patch_embeddings",
-            "tokenize_conversation", "tokenize_prompt", "vla_example", "vla_prompt",
+            "IGNORE_INDEX",
+            "PaddedCollator",
+            "PaddedCollatorForActionPrediction",
+            "insert_patch_embeddings",
+            "tokenize_conversation",
+            "tokenize_prompt",
+            "vla_example",
+            "vla_prompt",
         ],
         "llm_backbones.data.examples",
     ),

@@ -144,7 +144,10 @@ def _remove_previous(directory: Path, target: Path) -> None:
     except OSError as exc:
         logger.warning(
             "The new %s is in place, but the previous one, now at %s, could not be deleted (%s). Delete it "
-            "by hand.", target, directory, exc,
+            "by hand.",
+            target,
+            directory,
+            exc,
         )
 
 

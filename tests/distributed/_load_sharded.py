@@ -12,11 +12,15 @@ from llm_backbones.training.distributed import init_distributed, load_full_state
 
 checkpoint, version, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 ctx = init_distributed("cpu")
-backbone, tokenizer = get_llm_backbone_and_tokenizer("llama2-tiny-pure")  # initial weights, not the checkpoint's
+backbone, tokenizer = get_llm_backbone_and_tokenizer(
+    "llama2-tiny-pure"
+)  # initial weights, not the checkpoint's
 model = shard_fsdp2(backbone) if version == 2 else wrap_fsdp1(backbone, ctx.device)
 state = {f"llm.{k}": v for k, v in load_file(f"{checkpoint}/model.safetensors").items()}
 load_full_state_dict(model, state)
-ids = tokenizer("In: What action should the robot take to open the drawer?\nOut:", return_tensors="pt").input_ids
+ids = tokenizer(
+    "In: What action should the robot take to open the drawer?\nOut:", return_tensors="pt"
+).input_ids
 model.eval()
 with torch.no_grad():
     logits = model(input_ids=ids).logits

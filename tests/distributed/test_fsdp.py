@@ -16,14 +16,38 @@ from llm_backbones import get_llm_backbone_and_tokenizer, load_backbone
 pytestmark = pytest.mark.distributed
 
 DATA = [
-    {"conversations": [{"from": "human", "value": "<image>\nWhat action should the robot take to open the drawer?"},
-                       {"from": "gpt", "value": "pull the handle"}]},
-    {"conversations": [{"from": "human", "value": "What is on the table?"}, {"from": "gpt", "value": "a red cup and a sponge"},
-                       {"from": "human", "value": "Where is the cup?"}, {"from": "gpt", "value": "left of the sponge"}]},
-    {"conversations": [{"from": "human", "value": "What action should the robot take to close the door?"},
-                       {"from": "gpt", "value": "push it"}]},
-    {"conversations": [{"from": "human", "value": "Describe the scene."}, {"from": "gpt", "value": "a kitchen counter"}]},
-    {"conversations": [{"from": "human", "value": "Pick up the carrot?"}, {"from": "gpt", "value": "grasp and lift"}]},
+    {
+        "conversations": [
+            {"from": "human", "value": "<image>\nWhat action should the robot take to open the drawer?"},
+            {"from": "gpt", "value": "pull the handle"},
+        ]
+    },
+    {
+        "conversations": [
+            {"from": "human", "value": "What is on the table?"},
+            {"from": "gpt", "value": "a red cup and a sponge"},
+            {"from": "human", "value": "Where is the cup?"},
+            {"from": "gpt", "value": "left of the sponge"},
+        ]
+    },
+    {
+        "conversations": [
+            {"from": "human", "value": "What action should the robot take to close the door?"},
+            {"from": "gpt", "value": "push it"},
+        ]
+    },
+    {
+        "conversations": [
+            {"from": "human", "value": "Describe the scene."},
+            {"from": "gpt", "value": "a kitchen counter"},
+        ]
+    },
+    {
+        "conversations": [
+            {"from": "human", "value": "Pick up the carrot?"},
+            {"from": "gpt", "value": "grasp and lift"},
+        ]
+    },
     {"conversations": [{"from": "human", "value": "Is the gripper open?"}, {"from": "gpt", "value": "yes"}]},
 ]
 PROBE = "In: What action should the robot take to open the drawer?\nOut:"
@@ -33,13 +57,44 @@ def run_cli(tmp: Path, name: str, nproc: int, *extra: str) -> tuple[dict, Path]:
     data = tmp / "data.json"
     data.write_text(json.dumps(DATA))
     out, metrics = tmp / name, tmp / f"{name}.json"
-    args = ["finetune", "--backbone", "llama2-tiny-pure", "--data", str(data), "--steps", "4", "--batch-size", "4",
-            "--lr", "1e-3", "--precision", "fp32", "--device", "cpu", "--output", str(out), "--metrics-json", str(metrics), *extra]
+    args = [
+        "finetune",
+        "--backbone",
+        "llama2-tiny-pure",
+        "--data",
+        str(data),
+        "--steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-3",
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--output",
+        str(out),
+        "--metrics-json",
+        str(metrics),
+        *extra,
+    ]
     launcher = [sys.executable, "-m", "llm_backbones.app.cli"]
     if nproc > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                    "--master_port", str(29500 + os.getpid() % 1000), "-m", "llm_backbones.app.cli"]
-    proc = subprocess.run([*launcher, *args], capture_output=True, text=True, timeout=300, env=dict(os.environ))
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_port",
+            str(29500 + os.getpid() % 1000),
+            "-m",
+            "llm_backbones.app.cli",
+        ]
+    proc = subprocess.run(
+        [*launcher, *args], capture_output=True, text=True, timeout=300, env=dict(os.environ)
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(metrics.read_text()), out
 
@@ -73,9 +128,22 @@ def test_two_ranks_match_one_process(single, tmp_path, fsdp) -> None:
     logits_file = tmp_path / "sharded_logits.pt"
     script = Path(__file__).parent / "_load_sharded.py"
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-         str(29700 + os.getpid() % 1000), str(script), str(two_dir), fsdp, str(logits_file)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(29700 + os.getpid() % 1000),
+            str(script),
+            str(two_dir),
+            fsdp,
+            str(logits_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     torch.testing.assert_close(torch.load(logits_file), probe_logits(two_dir), rtol=1e-5, atol=1e-5)

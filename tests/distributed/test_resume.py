@@ -30,7 +30,15 @@ def torchrun() -> list[str]:
     with socket.socket() as sock:  # a free port: other suites may run torchrun at the same time
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+    ]
 
 
 def test_killed_mid_save_and_mid_training_on_two_ranks_then_resumed_on_one(tiny_llama_dir, tmp_path) -> None:
@@ -44,7 +52,10 @@ def test_killed_mid_save_and_mid_training_on_two_ranks_then_resumed_on_one(tiny_
     # ranks' shards and DCP's .metadata written, but `latest` still names step 2.
     run_until_fault("save:4", tmp_path / "markers-1", args, torchrun())
     assert sorted(p.name for p in (checkpoints / "step-00000004.partial").iterdir()) == [
-        ".metadata", "__0_0.distcp", "__1_0.distcp"]
+        ".metadata",
+        "__0_0.distcp",
+        "__1_0.distcp",
+    ]
     assert (checkpoints / "latest").read_text() == "step-00000002\n"
     uninterrupted = losses(run)  # steps 1-4, as the first run logged them
     assert len(uninterrupted) == 4 and uninterrupted[-1] < uninterrupted[0]
@@ -60,7 +71,9 @@ def test_killed_mid_save_and_mid_training_on_two_ranks_then_resumed_on_one(tiny_
     assert resumed.start_step == 2 and resumed.world_size == 1 and len(resumed.losses) == 3
     assert [r["world_size"] for r in read_records(run / "metrics.jsonl") if "loss" in r] == [2, 2, 1, 1, 1]
     assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step-00000004", "step-00000005"]
-    reference = run_finetune(data=str(data), output=str(tmp_path / "reference"), **SETTINGS)  # 1 process, uninterrupted
+    reference = run_finetune(
+        data=str(data), output=str(tmp_path / "reference"), **SETTINGS
+    )  # 1 process, uninterrupted
     torch.testing.assert_close(losses(run), reference.losses, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(resumed.losses[:2], uninterrupted[2:], rtol=1e-4, atol=1e-4)
 
@@ -68,5 +81,9 @@ def test_killed_mid_save_and_mid_training_on_two_ranks_then_resumed_on_one(tiny_
     reference_model, _ = get_llm_backbone_and_tokenizer("llama2-tiny-pure", model_path=tmp_path / "reference")
     ids = tokenizer("In: Close the door.\nOut:", return_tensors="pt").input_ids
     with torch.no_grad():
-        torch.testing.assert_close(backbone.eval()(input_ids=ids).logits,
-                                   reference_model.eval()(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            backbone.eval()(input_ids=ids).logits,
+            reference_model.eval()(input_ids=ids).logits,
+            rtol=1e-4,
+            atol=1e-4,
+        )

@@ -12,17 +12,15 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from family_assets import write_converted_tokenizer, write_gemma2_standin
-from shared import padded_llama2_tokenizer
 from transformers import AutoTokenizer
 
-from llm_backbones.data.examples import IGNORE_INDEX, tokenize_conversation, tokenize_prompt, vla_prompt
+from family_assets import write_converted_tokenizer, write_gemma2_standin
 from llm_backbones.core.prompting import (
     Gemma2InstructPromptBuilder,
     Gemma2PurePromptBuilder,
+    LLaMa2ChatPromptBuilder,
     Llama3InstructPromptBuilder,
     Llama3PurePromptBuilder,
-    LLaMa2ChatPromptBuilder,
     MistralInstructPromptBuilder,
     Phi35InstructPromptBuilder,
     PhiPromptBuilder,
@@ -31,18 +29,34 @@ from llm_backbones.core.prompting import (
     Qwen25PurePromptBuilder,
     VicunaV15ChatPromptBuilder,
 )
+from llm_backbones.data.examples import IGNORE_INDEX, tokenize_conversation, tokenize_prompt, vla_prompt
+from shared import padded_llama2_tokenizer
 
 # tokenizer -> (control strings of that vocabulary, the builders that render with it)
 FAMILIES = {
-    "llama2": (["</s>", "<s>", "<PAD>", "<unk>"],
-               [PurePromptBuilder, LLaMa2ChatPromptBuilder, VicunaV15ChatPromptBuilder, MistralInstructPromptBuilder]),
-    "llama3": (["<|eot_id|>", "<|start_header_id|>", "<|end_of_text|>", "<|begin_of_text|>"],
-               [Llama3InstructPromptBuilder, Llama3PurePromptBuilder]),
-    "qwen2": (["<|im_end|>", "<|im_start|>", "<|endoftext|>"], [Qwen25InstructPromptBuilder, Qwen25PurePromptBuilder]),
+    "llama2": (
+        ["</s>", "<s>", "<PAD>", "<unk>"],
+        [
+            PurePromptBuilder,
+            LLaMa2ChatPromptBuilder,
+            VicunaV15ChatPromptBuilder,
+            MistralInstructPromptBuilder,
+        ],
+    ),
+    "llama3": (
+        ["<|eot_id|>", "<|start_header_id|>", "<|end_of_text|>", "<|begin_of_text|>"],
+        [Llama3InstructPromptBuilder, Llama3PurePromptBuilder],
+    ),
+    "qwen2": (
+        ["<|im_end|>", "<|im_start|>", "<|endoftext|>"],
+        [Qwen25InstructPromptBuilder, Qwen25PurePromptBuilder],
+    ),
     "phi3": (["<|end|>", "<|assistant|>", "<|user|>", "<|endoftext|>"], [Phi35InstructPromptBuilder]),
     "gpt2": (["<|endoftext|>"], [PhiPromptBuilder]),
-    "gemma2": (["<end_of_turn>", "<start_of_turn>", "<eos>", "<pad>"],
-               [Gemma2InstructPromptBuilder, Gemma2PurePromptBuilder]),
+    "gemma2": (
+        ["<end_of_turn>", "<start_of_turn>", "<eos>", "<pad>"],
+        [Gemma2InstructPromptBuilder, Gemma2PurePromptBuilder],
+    ),
 }
 CASES = [(family, builder) for family, (_, builders) in FAMILIES.items() for builder in builders]
 
@@ -50,15 +64,22 @@ CASES = [(family, builder) for family, (_, builders) in FAMILIES.items() for bui
 @pytest.fixture(scope="module")
 def tokenizers(tmp_path_factory):
     root = tmp_path_factory.mktemp("tok")
-    out = {"llama2": padded_llama2_tokenizer(), "gemma2": AutoTokenizer.from_pretrained(write_gemma2_standin(root / "g"))}
+    out = {
+        "llama2": padded_llama2_tokenizer(),
+        "gemma2": AutoTokenizer.from_pretrained(write_gemma2_standin(root / "g")),
+    }
     for name in ("llama3", "qwen2", "phi3", "gpt2"):
         out[name] = AutoTokenizer.from_pretrained(write_converted_tokenizer(name, root / name))
     return out
 
 
 def conversation(question: str, answer: str) -> list[dict[str, str]]:
-    return [{"from": "human", "value": f"Say {question} now"}, {"from": "gpt", "value": f"ok {answer} done"},
-            {"from": "human", "value": f"And {question}?"}, {"from": "gpt", "value": "yes"}]
+    return [
+        {"from": "human", "value": f"Say {question} now"},
+        {"from": "gpt", "value": f"ok {answer} done"},
+        {"from": "human", "value": f"And {question}?"},
+        {"from": "gpt", "value": "yes"},
+    ]
 
 
 def special_counts(tokenizer, ids: list[int]) -> Counter:
@@ -70,15 +91,20 @@ def special_counts(tokenizer, ids: list[int]) -> Counter:
 def test_control_strings_in_messages_stay_text(tokenizers, family, builder) -> None:
     tokenizer, (controls, _) = tokenizers[family], FAMILIES[family]
     injected, clean = " ".join(controls), " ".join("word" for _ in controls)
-    example = tokenize_conversation(tokenizer, builder, conversation(injected, injected), model_family="openvla")
+    example = tokenize_conversation(
+        tokenizer, builder, conversation(injected, injected), model_family="openvla"
+    )
     reference = tokenize_conversation(tokenizer, builder, conversation(clean, clean), model_family="openvla")
     ids = example["input_ids"].tolist()
     assert special_counts(tokenizer, ids) == special_counts(tokenizer, reference["input_ids"].tolist())
     assert all(controls[0] in tokenizer.decode(ids[a:b]) for a, b in [(0, len(ids))])
     # the replies' labels hold the same number of special ids as the clean conversation's (their end markers)
     supervised = [t for t, label in zip(ids, example["labels"].tolist()) if label != IGNORE_INDEX]
-    clean_supervised = [t for t, label in zip(reference["input_ids"].tolist(), reference["labels"].tolist())
-                        if label != IGNORE_INDEX]
+    clean_supervised = [
+        t
+        for t, label in zip(reference["input_ids"].tolist(), reference["labels"].tolist())
+        if label != IGNORE_INDEX
+    ]
     assert special_counts(tokenizer, supervised) == special_counts(tokenizer, clean_supervised)
     prompt = tokenize_prompt(tokenizer, builder, conversation(injected, injected)[:3], model_family="openvla")
     clean_prompt = tokenize_prompt(tokenizer, builder, conversation(clean, clean)[:3], model_family="openvla")
@@ -91,9 +117,16 @@ def test_the_switch_parses_them_as_the_original_did(tokenizers, family, builder)
     tokenizer, (controls, _) = tokenizers[family], FAMILIES[family]
     injected = " ".join(controls)
     kept = tokenize_conversation(tokenizer, builder, conversation(injected, injected), model_family="openvla")
-    parsed = tokenize_conversation(tokenizer, builder, conversation(injected, injected), model_family="openvla",
-                                   special_tokens_in_messages=True)
-    more = special_counts(tokenizer, parsed["input_ids"].tolist()) - special_counts(tokenizer, kept["input_ids"].tolist())
+    parsed = tokenize_conversation(
+        tokenizer,
+        builder,
+        conversation(injected, injected),
+        model_family="openvla",
+        special_tokens_in_messages=True,
+    )
+    more = special_counts(tokenizer, parsed["input_ids"].tolist()) - special_counts(
+        tokenizer, kept["input_ids"].tolist()
+    )
     assert sum(more.values()) >= 3 * len(controls) - 1  # each control string in 3 messages became its token
 
 
@@ -109,7 +142,9 @@ def test_pad_never_reaches_input_ids_from_a_message(tokenizers) -> None:
 
 def test_golden_ids_of_an_injected_llama2_message(tokenizers) -> None:
     # "In: a </s> b\nOut:" -- the "</s>" of the message is the text pieces "▁</" "s" ">" (1533, 29879, 29958)
-    prompt = tokenize_prompt(tokenizers["llama2"], PurePromptBuilder, [{"from": "human", "value": "a </s> b"}])
+    prompt = tokenize_prompt(
+        tokenizers["llama2"], PurePromptBuilder, [{"from": "human", "value": "a </s> b"}]
+    )
     assert prompt.tolist() == [1, 512, 29901, 263, 1533, 29879, 29958, 289, 13, 3744, 29901]
 
 
@@ -124,6 +159,7 @@ def test_a_position_dependent_pipeline_refuses_instead_of_guessing() -> None:
     tokenizer = padded_llama2_tokenizer(LlamaTokenizer)
     with pytest.raises(TokenizationError, match=r"prepend_scheme='first'.*special_tokens_in_messages=True"):
         tokenize_conversation(tokenizer, PurePromptBuilder, conversation("</s>", "fine"))
-    parsed = tokenize_conversation(tokenizer, PurePromptBuilder, conversation("</s>", "fine"),
-                                   special_tokens_in_messages=True)
+    parsed = tokenize_conversation(
+        tokenizer, PurePromptBuilder, conversation("</s>", "fine"), special_tokens_in_messages=True
+    )
     assert parsed["input_ids"].tolist().count(2) == 4  # 2 replies' </s> and 2 parsed from the messages

@@ -27,11 +27,15 @@ import logging
 
 import pytest
 import torch
-from shared import padded_llama2_tokenizer
 
+from llm_backbones.core.prompting import (
+    LLaMa2ChatPromptBuilder,
+    PurePromptBuilder,
+    VicunaV15ChatPromptBuilder,
+)
 from llm_backbones.data.examples import tokenize_conversation, tokenize_prompt
 from llm_backbones.errors import TokenizationError
-from llm_backbones.core.prompting import LLaMa2ChatPromptBuilder, PurePromptBuilder, VicunaV15ChatPromptBuilder
+from shared import padded_llama2_tokenizer
 
 # =====================================================================================================
 # Shared conversations
@@ -80,19 +84,61 @@ def tok():
 #     generation prompt: "In: What is in the image?\nOut:" (12 tokens); reply 0 = [12, 17)
 PURE_ONE_PROMPT_LEN = 12
 PURE_ONE_INPUT_IDS = [
-    1, 512, 29901, 1724, 338, 297, 278, 1967, 29973, 13,  # generation prompt
-    3744, 29901,
-    319, 2654, 28704, 29889, 2,  # reply 0 (supervised)
+    1,
+    512,
+    29901,
+    1724,
+    338,
+    297,
+    278,
+    1967,
+    29973,
+    13,  # generation prompt
+    3744,
+    29901,
+    319,
+    2654,
+    28704,
+    29889,
+    2,  # reply 0 (supervised)
 ]
 PURE_ONE_LABELS = [
-    -100, -100, -100, -100, -100, -100, -100, -100, -100, -100,  # generation prompt
-    -100, -100,
-    319, 2654, 28704, 29889, 2,  # reply 0 (supervised)
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,  # generation prompt
+    -100,
+    -100,
+    319,
+    2654,
+    28704,
+    29889,
+    2,  # reply 0 (supervised)
 ]
 PURE_ONE_PIECES = [
-    "<s>", "▁In", ":", "▁What", "▁is", "▁in", "▁the", "▁image", "?", "<0x0A>",  # generation prompt
-    "Out", ":",
-    "▁A", "▁red", "▁cube", ".", "</s>",  # reply 0 (supervised)
+    "<s>",
+    "▁In",
+    ":",
+    "▁What",
+    "▁is",
+    "▁in",
+    "▁the",
+    "▁image",
+    "?",
+    "<0x0A>",  # generation prompt
+    "Out",
+    ":",
+    "▁A",
+    "▁red",
+    "▁cube",
+    ".",
+    "</s>",  # reply 0 (supervised)
 ]
 
 # --- Pure, two turns. rendered:
@@ -100,25 +146,103 @@ PURE_ONE_PIECES = [
 #     generation prompts end at tokens 12 and 26; reply 0 = [12, 17), reply 1 = [26, 31)
 PURE_TWO_PROMPT_LEN = 26
 PURE_TWO_INPUT_IDS = [
-    1, 512, 29901, 1724, 338, 297, 278, 1967, 29973, 13,  # generation prompt
-    3744, 29901,
-    319, 2654, 28704, 29889, 2,  # reply 0 (supervised)
-    512, 29901, 6804, 338, 372, 29973, 13, 3744, 29901,  # generation prompt 1
-    1551, 278, 1591, 29889, 2,  # reply 1 (supervised)
+    1,
+    512,
+    29901,
+    1724,
+    338,
+    297,
+    278,
+    1967,
+    29973,
+    13,  # generation prompt
+    3744,
+    29901,
+    319,
+    2654,
+    28704,
+    29889,
+    2,  # reply 0 (supervised)
+    512,
+    29901,
+    6804,
+    338,
+    372,
+    29973,
+    13,
+    3744,
+    29901,  # generation prompt 1
+    1551,
+    278,
+    1591,
+    29889,
+    2,  # reply 1 (supervised)
 ]
 PURE_TWO_LABELS = [
-    -100, -100, -100, -100, -100, -100, -100, -100, -100, -100,  # generation prompt
-    -100, -100,
-    319, 2654, 28704, 29889, 2,  # reply 0 (supervised)
-    -100, -100, -100, -100, -100, -100, -100, -100, -100,  # generation prompt 1
-    1551, 278, 1591, 29889, 2,  # reply 1 (supervised)
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,  # generation prompt
+    -100,
+    -100,
+    319,
+    2654,
+    28704,
+    29889,
+    2,  # reply 0 (supervised)
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,  # generation prompt 1
+    1551,
+    278,
+    1591,
+    29889,
+    2,  # reply 1 (supervised)
 ]
 PURE_TWO_PIECES = [
-    "<s>", "▁In", ":", "▁What", "▁is", "▁in", "▁the", "▁image", "?", "<0x0A>",  # generation prompt
-    "Out", ":",
-    "▁A", "▁red", "▁cube", ".", "</s>",  # reply 0 (supervised)
-    "▁In", ":", "▁Where", "▁is", "▁it", "?", "<0x0A>", "Out", ":",  # generation prompt 1
-    "▁On", "▁the", "▁table", ".", "</s>",  # reply 1 (supervised)
+    "<s>",
+    "▁In",
+    ":",
+    "▁What",
+    "▁is",
+    "▁in",
+    "▁the",
+    "▁image",
+    "?",
+    "<0x0A>",  # generation prompt
+    "Out",
+    ":",
+    "▁A",
+    "▁red",
+    "▁cube",
+    ".",
+    "</s>",  # reply 0 (supervised)
+    "▁In",
+    ":",
+    "▁Where",
+    "▁is",
+    "▁it",
+    "?",
+    "<0x0A>",
+    "Out",
+    ":",  # generation prompt 1
+    "▁On",
+    "▁the",
+    "▁table",
+    ".",
+    "</s>",  # reply 1 (supervised)
 ]
 
 # --- Llama-2 chat (official), one turn, system_prompt="Be brief.". rendered:
@@ -126,22 +250,118 @@ PURE_TWO_PIECES = [
 #     generation prompt ends at "[/INST]" (30 tokens); reply 0 = " A red cube. </s>" = [30, 36)
 LLAMA2_ONE_PROMPT_LEN = 30
 LLAMA2_ONE_INPUT_IDS = [
-    1, 518, 25580, 29962, 3532, 14816, 29903, 6778, 13, 3629,  # generation prompt
-    11473, 29889, 13, 29966, 829, 14816, 29903, 6778, 13, 13,
-    5618, 338, 297, 278, 1967, 29973, 518, 29914, 25580, 29962,
-    319, 2654, 28704, 29889, 29871, 2,  # reply 0 (supervised)
+    1,
+    518,
+    25580,
+    29962,
+    3532,
+    14816,
+    29903,
+    6778,
+    13,
+    3629,  # generation prompt
+    11473,
+    29889,
+    13,
+    29966,
+    829,
+    14816,
+    29903,
+    6778,
+    13,
+    13,
+    5618,
+    338,
+    297,
+    278,
+    1967,
+    29973,
+    518,
+    29914,
+    25580,
+    29962,
+    319,
+    2654,
+    28704,
+    29889,
+    29871,
+    2,  # reply 0 (supervised)
 ]
 LLAMA2_ONE_LABELS = [
-    -100, -100, -100, -100, -100, -100, -100, -100, -100, -100,  # generation prompt
-    -100, -100, -100, -100, -100, -100, -100, -100, -100, -100,
-    -100, -100, -100, -100, -100, -100, -100, -100, -100, -100,
-    319, 2654, 28704, 29889, 29871, 2,  # reply 0 (supervised)
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,  # generation prompt
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    319,
+    2654,
+    28704,
+    29889,
+    29871,
+    2,  # reply 0 (supervised)
 ]
 LLAMA2_ONE_PIECES = [
-    "<s>", "▁[", "INST", "]", "▁<<", "SY", "S", ">>", "<0x0A>", "Be",  # generation prompt
-    "▁brief", ".", "<0x0A>", "<", "</", "SY", "S", ">>", "<0x0A>", "<0x0A>",
-    "What", "▁is", "▁in", "▁the", "▁image", "?", "▁[", "/", "INST", "]",
-    "▁A", "▁red", "▁cube", ".", "▁", "</s>",  # reply 0 (supervised)
+    "<s>",
+    "▁[",
+    "INST",
+    "]",
+    "▁<<",
+    "SY",
+    "S",
+    ">>",
+    "<0x0A>",
+    "Be",  # generation prompt
+    "▁brief",
+    ".",
+    "<0x0A>",
+    "<",
+    "</",
+    "SY",
+    "S",
+    ">>",
+    "<0x0A>",
+    "<0x0A>",
+    "What",
+    "▁is",
+    "▁in",
+    "▁the",
+    "▁image",
+    "?",
+    "▁[",
+    "/",
+    "INST",
+    "]",
+    "▁A",
+    "▁red",
+    "▁cube",
+    ".",
+    "▁",
+    "</s>",  # reply 0 (supervised)
 ]
 
 # --- Llama-2 chat (official), two turns, system_prompt="Be brief.". rendered:
@@ -150,31 +370,172 @@ LLAMA2_ONE_PIECES = [
 #     reply 0 = [30, 36); the "<s>" at 36 opens generation prompt 1 (unsupervised); reply 1 = [48, 54)
 LLAMA2_TWO_PROMPT_LEN = 48
 LLAMA2_TWO_INPUT_IDS = [
-    1, 518, 25580, 29962, 3532, 14816, 29903, 6778, 13, 3629,  # generation prompt
-    11473, 29889, 13, 29966, 829, 14816, 29903, 6778, 13, 13,
-    5618, 338, 297, 278, 1967, 29973, 518, 29914, 25580, 29962,
-    319, 2654, 28704, 29889, 29871, 2,  # reply 0 (supervised)
-    1, 518, 25580, 29962, 6804, 338, 372, 29973, 518, 29914,  # generation prompt 1
-    25580, 29962,
-    1551, 278, 1591, 29889, 29871, 2,  # reply 1 (supervised)
+    1,
+    518,
+    25580,
+    29962,
+    3532,
+    14816,
+    29903,
+    6778,
+    13,
+    3629,  # generation prompt
+    11473,
+    29889,
+    13,
+    29966,
+    829,
+    14816,
+    29903,
+    6778,
+    13,
+    13,
+    5618,
+    338,
+    297,
+    278,
+    1967,
+    29973,
+    518,
+    29914,
+    25580,
+    29962,
+    319,
+    2654,
+    28704,
+    29889,
+    29871,
+    2,  # reply 0 (supervised)
+    1,
+    518,
+    25580,
+    29962,
+    6804,
+    338,
+    372,
+    29973,
+    518,
+    29914,  # generation prompt 1
+    25580,
+    29962,
+    1551,
+    278,
+    1591,
+    29889,
+    29871,
+    2,  # reply 1 (supervised)
 ]
 LLAMA2_TWO_LABELS = [
-    -100, -100, -100, -100, -100, -100, -100, -100, -100, -100,  # generation prompt
-    -100, -100, -100, -100, -100, -100, -100, -100, -100, -100,
-    -100, -100, -100, -100, -100, -100, -100, -100, -100, -100,
-    319, 2654, 28704, 29889, 29871, 2,  # reply 0 (supervised)
-    -100, -100, -100, -100, -100, -100, -100, -100, -100, -100,  # generation prompt 1
-    -100, -100,
-    1551, 278, 1591, 29889, 29871, 2,  # reply 1 (supervised)
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,  # generation prompt
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    319,
+    2654,
+    28704,
+    29889,
+    29871,
+    2,  # reply 0 (supervised)
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,  # generation prompt 1
+    -100,
+    -100,
+    1551,
+    278,
+    1591,
+    29889,
+    29871,
+    2,  # reply 1 (supervised)
 ]
 LLAMA2_TWO_PIECES = [
-    "<s>", "▁[", "INST", "]", "▁<<", "SY", "S", ">>", "<0x0A>", "Be",  # generation prompt
-    "▁brief", ".", "<0x0A>", "<", "</", "SY", "S", ">>", "<0x0A>", "<0x0A>",
-    "What", "▁is", "▁in", "▁the", "▁image", "?", "▁[", "/", "INST", "]",
-    "▁A", "▁red", "▁cube", ".", "▁", "</s>",  # reply 0 (supervised)
-    "<s>", "▁[", "INST", "]", "▁Where", "▁is", "▁it", "?", "▁[", "/",  # generation prompt 1
-    "INST", "]",
-    "▁On", "▁the", "▁table", ".", "▁", "</s>",  # reply 1 (supervised)
+    "<s>",
+    "▁[",
+    "INST",
+    "]",
+    "▁<<",
+    "SY",
+    "S",
+    ">>",
+    "<0x0A>",
+    "Be",  # generation prompt
+    "▁brief",
+    ".",
+    "<0x0A>",
+    "<",
+    "</",
+    "SY",
+    "S",
+    ">>",
+    "<0x0A>",
+    "<0x0A>",
+    "What",
+    "▁is",
+    "▁in",
+    "▁the",
+    "▁image",
+    "?",
+    "▁[",
+    "/",
+    "INST",
+    "]",
+    "▁A",
+    "▁red",
+    "▁cube",
+    ".",
+    "▁",
+    "</s>",  # reply 0 (supervised)
+    "<s>",
+    "▁[",
+    "INST",
+    "]",
+    "▁Where",
+    "▁is",
+    "▁it",
+    "?",
+    "▁[",
+    "/",  # generation prompt 1
+    "INST",
+    "]",
+    "▁On",
+    "▁the",
+    "▁table",
+    ".",
+    "▁",
+    "</s>",  # reply 1 (supervised)
 ]
 
 # --- Vicuna v1.5 (official), one turn, system_prompt="Be brief.". rendered:
@@ -182,19 +543,79 @@ LLAMA2_TWO_PIECES = [
 #     generation prompt ends at "ASSISTANT:" (18 tokens); reply 0 = [18, 23)
 VICUNA_ONE_PROMPT_LEN = 18
 VICUNA_ONE_INPUT_IDS = [
-    1, 1522, 11473, 29889, 3148, 1001, 29901, 1724, 338, 297,  # generation prompt
-    278, 1967, 29973, 319, 1799, 9047, 13566, 29901,
-    319, 2654, 28704, 29889, 2,  # reply 0 (supervised)
+    1,
+    1522,
+    11473,
+    29889,
+    3148,
+    1001,
+    29901,
+    1724,
+    338,
+    297,  # generation prompt
+    278,
+    1967,
+    29973,
+    319,
+    1799,
+    9047,
+    13566,
+    29901,
+    319,
+    2654,
+    28704,
+    29889,
+    2,  # reply 0 (supervised)
 ]
 VICUNA_ONE_LABELS = [
-    -100, -100, -100, -100, -100, -100, -100, -100, -100, -100,  # generation prompt
-    -100, -100, -100, -100, -100, -100, -100, -100,
-    319, 2654, 28704, 29889, 2,  # reply 0 (supervised)
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,  # generation prompt
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    319,
+    2654,
+    28704,
+    29889,
+    2,  # reply 0 (supervised)
 ]
 VICUNA_ONE_PIECES = [
-    "<s>", "▁Be", "▁brief", ".", "▁US", "ER", ":", "▁What", "▁is", "▁in",  # generation prompt
-    "▁the", "▁image", "?", "▁A", "SS", "IST", "ANT", ":",
-    "▁A", "▁red", "▁cube", ".", "</s>",  # reply 0 (supervised)
+    "<s>",
+    "▁Be",
+    "▁brief",
+    ".",
+    "▁US",
+    "ER",
+    ":",
+    "▁What",
+    "▁is",
+    "▁in",  # generation prompt
+    "▁the",
+    "▁image",
+    "?",
+    "▁A",
+    "SS",
+    "IST",
+    "ANT",
+    ":",
+    "▁A",
+    "▁red",
+    "▁cube",
+    ".",
+    "</s>",  # reply 0 (supervised)
 ]
 
 # --- Vicuna v1.5 (official), two turns, system_prompt="Be brief.". rendered:
@@ -203,28 +624,130 @@ VICUNA_ONE_PIECES = [
 #     reply 0 = [18, 23), reply 1 = [35, 40)
 VICUNA_TWO_PROMPT_LEN = 35
 VICUNA_TWO_INPUT_IDS = [
-    1, 1522, 11473, 29889, 3148, 1001, 29901, 1724, 338, 297,  # generation prompt
-    278, 1967, 29973, 319, 1799, 9047, 13566, 29901,
-    319, 2654, 28704, 29889, 2,  # reply 0 (supervised)
-    3148, 1001, 29901, 6804, 338, 372, 29973, 319, 1799, 9047,  # generation prompt 1
-    13566, 29901,
-    1551, 278, 1591, 29889, 2,  # reply 1 (supervised)
+    1,
+    1522,
+    11473,
+    29889,
+    3148,
+    1001,
+    29901,
+    1724,
+    338,
+    297,  # generation prompt
+    278,
+    1967,
+    29973,
+    319,
+    1799,
+    9047,
+    13566,
+    29901,
+    319,
+    2654,
+    28704,
+    29889,
+    2,  # reply 0 (supervised)
+    3148,
+    1001,
+    29901,
+    6804,
+    338,
+    372,
+    29973,
+    319,
+    1799,
+    9047,  # generation prompt 1
+    13566,
+    29901,
+    1551,
+    278,
+    1591,
+    29889,
+    2,  # reply 1 (supervised)
 ]
 VICUNA_TWO_LABELS = [
-    -100, -100, -100, -100, -100, -100, -100, -100, -100, -100,  # generation prompt
-    -100, -100, -100, -100, -100, -100, -100, -100,
-    319, 2654, 28704, 29889, 2,  # reply 0 (supervised)
-    -100, -100, -100, -100, -100, -100, -100, -100, -100, -100,  # generation prompt 1
-    -100, -100,
-    1551, 278, 1591, 29889, 2,  # reply 1 (supervised)
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,  # generation prompt
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    319,
+    2654,
+    28704,
+    29889,
+    2,  # reply 0 (supervised)
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,  # generation prompt 1
+    -100,
+    -100,
+    1551,
+    278,
+    1591,
+    29889,
+    2,  # reply 1 (supervised)
 ]
 VICUNA_TWO_PIECES = [
-    "<s>", "▁Be", "▁brief", ".", "▁US", "ER", ":", "▁What", "▁is", "▁in",  # generation prompt
-    "▁the", "▁image", "?", "▁A", "SS", "IST", "ANT", ":",
-    "▁A", "▁red", "▁cube", ".", "</s>",  # reply 0 (supervised)
-    "▁US", "ER", ":", "▁Where", "▁is", "▁it", "?", "▁A", "SS", "IST",  # generation prompt 1
-    "ANT", ":",
-    "▁On", "▁the", "▁table", ".", "</s>",  # reply 1 (supervised)
+    "<s>",
+    "▁Be",
+    "▁brief",
+    ".",
+    "▁US",
+    "ER",
+    ":",
+    "▁What",
+    "▁is",
+    "▁in",  # generation prompt
+    "▁the",
+    "▁image",
+    "?",
+    "▁A",
+    "SS",
+    "IST",
+    "ANT",
+    ":",
+    "▁A",
+    "▁red",
+    "▁cube",
+    ".",
+    "</s>",  # reply 0 (supervised)
+    "▁US",
+    "ER",
+    ":",
+    "▁Where",
+    "▁is",
+    "▁it",
+    "?",
+    "▁A",
+    "SS",
+    "IST",  # generation prompt 1
+    "ANT",
+    ":",
+    "▁On",
+    "▁the",
+    "▁table",
+    ".",
+    "</s>",  # reply 1 (supervised)
 ]
 
 # --- OpenVLA action example (Pure). rendered:
@@ -236,38 +759,159 @@ VICUNA_TWO_PIECES = [
 ACTION_PROMPT_LEN = 19
 ACTION_SUPERVISED = [31865, 31898, 31944, 31788, 31885, 31851, 31999, 2]
 ACTION_INPUT_IDS = [
-    1, 512, 29901, 1724, 3158, 881, 278, 19964, 2125, 304,  # generation prompt
-    5839, 701, 278, 18002, 29973, 13, 3744, 29901, 29871,
-    31865, 31898, 31944, 31788, 31885, 31851, 31999, 2,  # reply 0 (supervised)
+    1,
+    512,
+    29901,
+    1724,
+    3158,
+    881,
+    278,
+    19964,
+    2125,
+    304,  # generation prompt
+    5839,
+    701,
+    278,
+    18002,
+    29973,
+    13,
+    3744,
+    29901,
+    29871,
+    31865,
+    31898,
+    31944,
+    31788,
+    31885,
+    31851,
+    31999,
+    2,  # reply 0 (supervised)
 ]
 ACTION_LABELS = [
-    -100, -100, -100, -100, -100, -100, -100, -100, -100, -100,  # generation prompt
-    -100, -100, -100, -100, -100, -100, -100, -100, -100,
-    31865, 31898, 31944, 31788, 31885, 31851, 31999, 2,  # reply 0 (supervised)
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,  # generation prompt
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    -100,
+    31865,
+    31898,
+    31944,
+    31788,
+    31885,
+    31851,
+    31999,
+    2,  # reply 0 (supervised)
 ]
 ACTION_PIECES = [
-    "<s>", "▁In", ":", "▁What", "▁action", "▁should", "▁the", "▁robot", "▁take", "▁to",  # generation prompt
-    "▁pick", "▁up", "▁the", "▁cup", "?", "<0x0A>", "Out", ":", "▁",
-    "ක", "彦", "效", "隆", "巴", "测", "给", "</s>",  # reply 0 (supervised)
+    "<s>",
+    "▁In",
+    ":",
+    "▁What",
+    "▁action",
+    "▁should",
+    "▁the",
+    "▁robot",
+    "▁take",
+    "▁to",  # generation prompt
+    "▁pick",
+    "▁up",
+    "▁the",
+    "▁cup",
+    "?",
+    "<0x0A>",
+    "Out",
+    ":",
+    "▁",
+    "ක",
+    "彦",
+    "效",
+    "隆",
+    "巴",
+    "测",
+    "给",
+    "</s>",  # reply 0 (supervised)
 ]
 
 
 # (id, builder, conversation, system_prompt, input_ids, labels, pieces, prompt_len)
 CASES = {
-    "pure-one": (PurePromptBuilder, ONE_TURN, None,
-                 PURE_ONE_INPUT_IDS, PURE_ONE_LABELS, PURE_ONE_PIECES, PURE_ONE_PROMPT_LEN),
-    "pure-two": (PurePromptBuilder, TWO_TURNS, None,
-                 PURE_TWO_INPUT_IDS, PURE_TWO_LABELS, PURE_TWO_PIECES, PURE_TWO_PROMPT_LEN),
-    "llama2-one": (LLaMa2ChatPromptBuilder, ONE_TURN, SYSTEM,
-                   LLAMA2_ONE_INPUT_IDS, LLAMA2_ONE_LABELS, LLAMA2_ONE_PIECES, LLAMA2_ONE_PROMPT_LEN),
-    "llama2-two": (LLaMa2ChatPromptBuilder, TWO_TURNS, SYSTEM,
-                   LLAMA2_TWO_INPUT_IDS, LLAMA2_TWO_LABELS, LLAMA2_TWO_PIECES, LLAMA2_TWO_PROMPT_LEN),
-    "vicuna-one": (VicunaV15ChatPromptBuilder, ONE_TURN_CHAT, SYSTEM,
-                   VICUNA_ONE_INPUT_IDS, VICUNA_ONE_LABELS, VICUNA_ONE_PIECES, VICUNA_ONE_PROMPT_LEN),
-    "vicuna-two": (VicunaV15ChatPromptBuilder, TWO_TURNS_CHAT, SYSTEM,
-                   VICUNA_TWO_INPUT_IDS, VICUNA_TWO_LABELS, VICUNA_TWO_PIECES, VICUNA_TWO_PROMPT_LEN),
-    "openvla-action": (PurePromptBuilder, ACTION_CONVERSATION, None,
-                       ACTION_INPUT_IDS, ACTION_LABELS, ACTION_PIECES, ACTION_PROMPT_LEN),
+    "pure-one": (
+        PurePromptBuilder,
+        ONE_TURN,
+        None,
+        PURE_ONE_INPUT_IDS,
+        PURE_ONE_LABELS,
+        PURE_ONE_PIECES,
+        PURE_ONE_PROMPT_LEN,
+    ),
+    "pure-two": (
+        PurePromptBuilder,
+        TWO_TURNS,
+        None,
+        PURE_TWO_INPUT_IDS,
+        PURE_TWO_LABELS,
+        PURE_TWO_PIECES,
+        PURE_TWO_PROMPT_LEN,
+    ),
+    "llama2-one": (
+        LLaMa2ChatPromptBuilder,
+        ONE_TURN,
+        SYSTEM,
+        LLAMA2_ONE_INPUT_IDS,
+        LLAMA2_ONE_LABELS,
+        LLAMA2_ONE_PIECES,
+        LLAMA2_ONE_PROMPT_LEN,
+    ),
+    "llama2-two": (
+        LLaMa2ChatPromptBuilder,
+        TWO_TURNS,
+        SYSTEM,
+        LLAMA2_TWO_INPUT_IDS,
+        LLAMA2_TWO_LABELS,
+        LLAMA2_TWO_PIECES,
+        LLAMA2_TWO_PROMPT_LEN,
+    ),
+    "vicuna-one": (
+        VicunaV15ChatPromptBuilder,
+        ONE_TURN_CHAT,
+        SYSTEM,
+        VICUNA_ONE_INPUT_IDS,
+        VICUNA_ONE_LABELS,
+        VICUNA_ONE_PIECES,
+        VICUNA_ONE_PROMPT_LEN,
+    ),
+    "vicuna-two": (
+        VicunaV15ChatPromptBuilder,
+        TWO_TURNS_CHAT,
+        SYSTEM,
+        VICUNA_TWO_INPUT_IDS,
+        VICUNA_TWO_LABELS,
+        VICUNA_TWO_PIECES,
+        VICUNA_TWO_PROMPT_LEN,
+    ),
+    "openvla-action": (
+        PurePromptBuilder,
+        ACTION_CONVERSATION,
+        None,
+        ACTION_INPUT_IDS,
+        ACTION_LABELS,
+        ACTION_PIECES,
+        ACTION_PROMPT_LEN,
+    ),
 }
 CASE_IDS = list(CASES)
 
@@ -426,7 +1070,9 @@ def test_max_length_not_reached_changes_nothing(tok) -> None:
 
 def test_drop_truncated_replies_keeps_the_earlier_reply(tok, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="llm_backbones"):
-        out = tokenize_conversation(tok, PurePromptBuilder, TWO_TURNS, max_length=20, drop_truncated_replies=True)
+        out = tokenize_conversation(
+            tok, PurePromptBuilder, TWO_TURNS, max_length=20, drop_truncated_replies=True
+        )
     assert [r.getMessage() for r in caplog.records] == [
         "max_length=20 truncates a 31-token conversation: drops reply 1 (turn 3)"
     ]
@@ -461,7 +1107,9 @@ CHAT_ACTION_CASES = {
 CHAT_BUILDERS = {"llama2-chat": LLaMa2ChatPromptBuilder, "vicuna": VicunaV15ChatPromptBuilder}
 
 
-@pytest.mark.parametrize("case", list(CHAT_ACTION_CASES), ids=lambda c: f"{c[0]}-{'prismatic' if c[1] else 'official'}")
+@pytest.mark.parametrize(
+    "case", list(CHAT_ACTION_CASES), ids=lambda c: f"{c[0]}-{'prismatic' if c[1] else 'official'}"
+)
 def test_chat_formats_supervise_only_the_action_reply(tok, case) -> None:
     name, compat = case
     prompt_tail, supervised = CHAT_ACTION_CASES[case]

@@ -49,9 +49,7 @@ def _template_keys(case_name: str) -> list[str]:
     return ["llama3.1", "llama3.2"] if family == "llama3" else [family]
 
 
-PARAMS = [
-    pytest.param(name, key, id=f"{name}@{key}") for name in CHAT_CASES for key in _template_keys(name)
-]
+PARAMS = [pytest.param(name, key, id=f"{name}@{key}") for name in CHAT_CASES for key in _template_keys(name)]
 
 
 def _clean(message: str) -> str:
@@ -92,7 +90,9 @@ def test_builder_equals_the_official_template(llama_cpp_models_dir, case_name, k
         if not is_human and key == "phi3.5":
             expected = expected.removesuffix("<|endoftext|>")  # eos_token after the last turn (see above)
         assert builder.get_prompt() == expected, f"after turn {i}"
-    potential = _render(template, key, [*messages, {"role": "user", "content": NEXT_MESSAGE}], generation=True, date=date)
+    potential = _render(
+        template, key, [*messages, {"role": "user", "content": NEXT_MESSAGE}], generation=True, date=date
+    )
     assert builder.get_potential_prompt(NEXT_MESSAGE) == potential
 
 
@@ -121,7 +121,9 @@ PADDED_BUILDERS = {
     "phi3.5": "Phi35InstructPromptBuilder",
 }
 # Gemma-2's template has no system role (test_gemma2_template_also_rejects_a_system_message)
-PADDED_PARAMS = [(key, system) for key in PADDED_BUILDERS for system in (False, True) if key != "gemma2" or not system]
+PADDED_PARAMS = [
+    (key, system) for key in PADDED_BUILDERS for system in (False, True) if key != "gemma2" or not system
+]
 
 
 @pytest.mark.parametrize(("key", "with_system"), PADDED_PARAMS)

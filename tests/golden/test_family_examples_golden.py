@@ -10,16 +10,16 @@ Phi-3's chat tokens swallow the newline after them (rstrip), as its real tokeniz
 from __future__ import annotations
 
 import pytest
-from family_assets import write_converted_tokenizer
 from transformers import AutoTokenizer
 
-from llm_backbones.data.examples import IGNORE_INDEX, tokenize_conversation, tokenize_prompt
+from family_assets import write_converted_tokenizer
 from llm_backbones.core.prompting import (
     Llama3InstructPromptBuilder,
     Llama3PurePromptBuilder,
     Phi35InstructPromptBuilder,
     Qwen25InstructPromptBuilder,
 )
+from llm_backbones.data.examples import IGNORE_INDEX, tokenize_conversation, tokenize_prompt
 
 CONVERSATION = [{"from": "human", "value": "What is in the image?"}, {"from": "gpt", "value": "A red cube."}]
 
@@ -30,9 +30,54 @@ GOLDEN = {
     "llama3-instruct": (
         "llama3",
         Llama3InstructPromptBuilder,
-        [128000, 128006, 9125, 128007, 271, 38766, 1303, 33025, 2696, 25, 6790, 220, 2366, 18, 198, 15724, 2696, 25,
-         220, 1627, 10263, 220, 2366, 19, 271, 128009, 128006, 882, 128007, 271, 3923, 374, 304, 279, 2217, 30,
-         128009, 128006, 78191, 128007, 271, 32, 2579, 24671, 13, 128009],
+        [
+            128000,
+            128006,
+            9125,
+            128007,
+            271,
+            38766,
+            1303,
+            33025,
+            2696,
+            25,
+            6790,
+            220,
+            2366,
+            18,
+            198,
+            15724,
+            2696,
+            25,
+            220,
+            1627,
+            10263,
+            220,
+            2366,
+            19,
+            271,
+            128009,
+            128006,
+            882,
+            128007,
+            271,
+            3923,
+            374,
+            304,
+            279,
+            2217,
+            30,
+            128009,
+            128006,
+            78191,
+            128007,
+            271,
+            32,
+            2579,
+            24671,
+            13,
+            128009,
+        ],
         41,
     ),
     # <|begin_of_text|> In : ĠWhat Ġis Ġin Ġthe Ġimage ?Ċ Out : | ĠA Ġred Ġcube . <|end_of_text|>
@@ -48,9 +93,49 @@ GOLDEN = {
     "qwen2.5-instruct": (
         "qwen2",
         Qwen25InstructPromptBuilder,
-        [151644, 8948, 198, 2610, 525, 1207, 16948, 11, 3465, 553, 54364, 14817, 13, 1446, 525, 264, 10950, 17847,
-         13, 151645, 198, 151644, 872, 198, 3838, 374, 304, 279, 2168, 30, 151645, 198, 151644, 77091, 198, 32, 2518,
-         23739, 13, 151645, 198],
+        [
+            151644,
+            8948,
+            198,
+            2610,
+            525,
+            1207,
+            16948,
+            11,
+            3465,
+            553,
+            54364,
+            14817,
+            13,
+            1446,
+            525,
+            264,
+            10950,
+            17847,
+            13,
+            151645,
+            198,
+            151644,
+            872,
+            198,
+            3838,
+            374,
+            304,
+            279,
+            2168,
+            30,
+            151645,
+            198,
+            151644,
+            77091,
+            198,
+            32,
+            2518,
+            23739,
+            13,
+            151645,
+            198,
+        ],
         35,
     ),
     # <|user|> ▁What ▁is ▁in ▁the ▁image ? <|end|> <|assistant|> | ▁A ▁red ▁cube . <|end|>
@@ -66,7 +151,10 @@ GOLDEN = {
 @pytest.fixture(scope="module")
 def tokenizers(tmp_path_factory):
     root = tmp_path_factory.mktemp("tok")
-    return {n: AutoTokenizer.from_pretrained(write_converted_tokenizer(n, root / n)) for n in ("llama3", "qwen2", "phi3")}
+    return {
+        n: AutoTokenizer.from_pretrained(write_converted_tokenizer(n, root / n))
+        for n in ("llama3", "qwen2", "phi3")
+    }
 
 
 @pytest.mark.parametrize("case", list(GOLDEN))
@@ -80,4 +168,7 @@ def test_training_example(tokenizers, case) -> None:
 @pytest.mark.parametrize("case", list(GOLDEN))
 def test_generation_prompt_is_the_golden_prefix(tokenizers, case) -> None:
     name, builder, ids, prompt_len = GOLDEN[case]
-    assert tokenize_prompt(tokenizers[name], builder, CONVERSATION[:1], model_family="openvla").tolist() == ids[:prompt_len]
+    assert (
+        tokenize_prompt(tokenizers[name], builder, CONVERSATION[:1], model_family="openvla").tolist()
+        == ids[:prompt_len]
+    )

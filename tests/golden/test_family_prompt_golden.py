@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import pytest
 
-from llm_backbones.errors import ConversationError, PromptFormatError
 from llm_backbones.core.prompting import (
     Gemma2InstructPromptBuilder,
     Gemma2PurePromptBuilder,
@@ -32,6 +31,7 @@ from llm_backbones.core.prompting import (
     Qwen25InstructPromptBuilder,
     Qwen25PurePromptBuilder,
 )
+from llm_backbones.errors import ConversationError, PromptFormatError
 
 # =====================================================================================================
 # Shared conversations
@@ -442,7 +442,12 @@ PHI35_B_SYSTEM = {
 # (builder, constructor kwargs, conversation, golden). Shared with test_family_chat_templates.py.
 CHAT_CASES = {
     "llama3-A-default": (Llama3InstructPromptBuilder, {}, CONVERSATION_A, LLAMA3_A_DEFAULT),
-    "llama3-A-system": (Llama3InstructPromptBuilder, {"system_prompt": SYSTEM}, CONVERSATION_A, LLAMA3_A_SYSTEM),
+    "llama3-A-system": (
+        Llama3InstructPromptBuilder,
+        {"system_prompt": SYSTEM},
+        CONVERSATION_A,
+        LLAMA3_A_SYSTEM,
+    ),
     "llama3-B-system-date": (
         Llama3InstructPromptBuilder,
         {"system_prompt": SYSTEM, "date_string": DATE},
@@ -450,13 +455,28 @@ CHAT_CASES = {
         LLAMA3_B_SYSTEM_DATE,
     ),
     "qwen2.5-A-default": (Qwen25InstructPromptBuilder, {}, CONVERSATION_A, QWEN_A_DEFAULT),
-    "qwen2.5-A-system": (Qwen25InstructPromptBuilder, {"system_prompt": SYSTEM}, CONVERSATION_A, QWEN_A_SYSTEM),
+    "qwen2.5-A-system": (
+        Qwen25InstructPromptBuilder,
+        {"system_prompt": SYSTEM},
+        CONVERSATION_A,
+        QWEN_A_SYSTEM,
+    ),
     "qwen2.5-B-default": (Qwen25InstructPromptBuilder, {}, CONVERSATION_B, QWEN_B_DEFAULT),
     "gemma2-A": (Gemma2InstructPromptBuilder, {}, CONVERSATION_A, GEMMA_A),
     "gemma2-B": (Gemma2InstructPromptBuilder, {}, CONVERSATION_B, GEMMA_B),
     "phi3.5-A-default": (Phi35InstructPromptBuilder, {}, CONVERSATION_A, PHI35_A_DEFAULT),
-    "phi3.5-A-system": (Phi35InstructPromptBuilder, {"system_prompt": SYSTEM}, CONVERSATION_A, PHI35_A_SYSTEM),
-    "phi3.5-B-system": (Phi35InstructPromptBuilder, {"system_prompt": SYSTEM}, CONVERSATION_B, PHI35_B_SYSTEM),
+    "phi3.5-A-system": (
+        Phi35InstructPromptBuilder,
+        {"system_prompt": SYSTEM},
+        CONVERSATION_A,
+        PHI35_A_SYSTEM,
+    ),
+    "phi3.5-B-system": (
+        Phi35InstructPromptBuilder,
+        {"system_prompt": SYSTEM},
+        CONVERSATION_B,
+        PHI35_B_SYSTEM,
+    ),
 }
 CASES = [pytest.param(*case, id=name) for name, case in CHAT_CASES.items()]
 FAMILIES = ["prismatic", "openvla"]
@@ -528,7 +548,9 @@ FRESH_POTENTIAL = [
         "<start_of_turn>user\nWhat next?<end_of_turn>\n<start_of_turn>model\n",
         id="gemma2",
     ),
-    pytest.param(Phi35InstructPromptBuilder, {}, "<|user|>\n What next? <|end|>\n<|assistant|>\n", id="phi3.5"),
+    pytest.param(
+        Phi35InstructPromptBuilder, {}, "<|user|>\n What next? <|end|>\n<|assistant|>\n", id="phi3.5"
+    ),
     pytest.param(
         Phi35InstructPromptBuilder,
         {"system_prompt": "   "},  # whitespace only is not empty to the template: it writes the block
@@ -598,7 +620,13 @@ def test_empty_reply_stays_empty_in_official_templates() -> None:
 
 
 @pytest.mark.parametrize(
-    "cls", [Llama3InstructPromptBuilder, Qwen25InstructPromptBuilder, Gemma2InstructPromptBuilder, Phi35InstructPromptBuilder]
+    "cls",
+    [
+        Llama3InstructPromptBuilder,
+        Qwen25InstructPromptBuilder,
+        Gemma2InstructPromptBuilder,
+        Phi35InstructPromptBuilder,
+    ],
 )
 def test_roles_must_alternate(cls) -> None:
     builder = cls("openvla")
@@ -629,7 +657,9 @@ def test_pure_format_ends_replies_with_the_family_eos(cls, eos) -> None:
     )
     assert builder.get_prompt() == "In: What action should the robot take to open the drawer?\nOut:"
     assert builder.add_turn("gpt", "ක彦效") == "ක彦效" + eos
-    assert builder.get_prompt() == "In: What action should the robot take to open the drawer?\nOut: ක彦效" + eos
+    assert (
+        builder.get_prompt() == "In: What action should the robot take to open the drawer?\nOut: ක彦效" + eos
+    )
     assert issubclass(cls, PurePromptBuilder)
 
 

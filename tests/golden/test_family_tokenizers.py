@@ -10,23 +10,34 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from family_assets import write_converted_tokenizer
 from transformers import AutoTokenizer
 
+from family_assets import write_converted_tokenizer
+
 FIXTURES = Path(__file__).parent / "fixtures"
-INPUTS = (FIXTURES / "ggml-vocab-llama-spm.gguf.inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")[:-1]
+INPUTS = (
+    (FIXTURES / "ggml-vocab-llama-spm.gguf.inp")
+    .read_text(encoding="utf-8")
+    .split("\n__ggml_vocab_test__\n")[:-1]
+)
 REFERENCE = {"llama3": "llama-bpe", "qwen2": "qwen2", "phi3": "phi-3", "gpt2": "gpt-2"}
 
 
 def _vectors(name: str) -> list[tuple[str, list[int]]]:
     lines = (FIXTURES / f"ggml-vocab-{REFERENCE[name]}.gguf.out").read_text(encoding="utf-8").split("\n")
-    return [(text, [int(t) for t in line.split()]) for text, line in zip(INPUTS, lines[: len(INPUTS)], strict=True)]
+    return [
+        (text, [int(t) for t in line.split()])
+        for text, line in zip(INPUTS, lines[: len(INPUTS)], strict=True)
+    ]
 
 
 @pytest.fixture(scope="module")
 def tokenizers(tmp_path_factory):
     root = tmp_path_factory.mktemp("family_tokenizers")
-    return {name: AutoTokenizer.from_pretrained(write_converted_tokenizer(name, root / name)) for name in REFERENCE}
+    return {
+        name: AutoTokenizer.from_pretrained(write_converted_tokenizer(name, root / name))
+        for name in REFERENCE
+    }
 
 
 VECTOR_CASES = [
@@ -48,15 +59,50 @@ def test_reproduces_llama_cpp_reference(tokenizers, name, text, expected) -> Non
 
 SPECIALS = {
     # name: (len, bos, eos, pad, {token: id})
-    "llama3": (128256, ("<|begin_of_text|>", 128000), ("<|end_of_text|>", 128001), None,
-               {"<|finetune_right_pad_id|>": 128004, "<|start_header_id|>": 128006, "<|end_header_id|>": 128007,
-                "<|eom_id|>": 128008, "<|eot_id|>": 128009, "<|python_tag|>": 128010,
-                "<|reserved_special_token_3|>": 128011, "<|reserved_special_token_247|>": 128255}),
-    "qwen2": (151665, None, ("<|endoftext|>", 151643), ("<|endoftext|>", 151643),
-              {"<|im_start|>": 151644, "<|im_end|>": 151645, "<|object_ref_start|>": 151646,
-               "<|vision_pad|>": 151654, "<tool_call>": 151657, "<|file_sep|>": 151664}),
-    "phi3": (32011, ("<s>", 1), ("<|endoftext|>", 32000), ("<|endoftext|>", 32000),
-             {"<unk>": 0, "</s>": 2, "<|assistant|>": 32001, "<|system|>": 32006, "<|end|>": 32007, "<|user|>": 32010}),
+    "llama3": (
+        128256,
+        ("<|begin_of_text|>", 128000),
+        ("<|end_of_text|>", 128001),
+        None,
+        {
+            "<|finetune_right_pad_id|>": 128004,
+            "<|start_header_id|>": 128006,
+            "<|end_header_id|>": 128007,
+            "<|eom_id|>": 128008,
+            "<|eot_id|>": 128009,
+            "<|python_tag|>": 128010,
+            "<|reserved_special_token_3|>": 128011,
+            "<|reserved_special_token_247|>": 128255,
+        },
+    ),
+    "qwen2": (
+        151665,
+        None,
+        ("<|endoftext|>", 151643),
+        ("<|endoftext|>", 151643),
+        {
+            "<|im_start|>": 151644,
+            "<|im_end|>": 151645,
+            "<|object_ref_start|>": 151646,
+            "<|vision_pad|>": 151654,
+            "<tool_call>": 151657,
+            "<|file_sep|>": 151664,
+        },
+    ),
+    "phi3": (
+        32011,
+        ("<s>", 1),
+        ("<|endoftext|>", 32000),
+        ("<|endoftext|>", 32000),
+        {
+            "<unk>": 0,
+            "</s>": 2,
+            "<|assistant|>": 32001,
+            "<|system|>": 32006,
+            "<|end|>": 32007,
+            "<|user|>": 32010,
+        },
+    ),
     "gpt2": (50257, ("<|endoftext|>", 50256), ("<|endoftext|>", 50256), None, {}),
 }
 
@@ -103,8 +149,12 @@ def test_chat_format_tokens(tokenizers, name, text, expected) -> None:
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("llama3", [128000, 2323, 220, 4513]), ("qwen2", [2271, 220, 16, 17, 18]),
-     ("phi3", [4321, 29871, 29896, 29906, 29941]), ("gpt2", [14402, 17031])],
+    [
+        ("llama3", [128000, 2323, 220, 4513]),
+        ("qwen2", [2271, 220, 16, 17, 18]),
+        ("phi3", [4321, 29871, 29896, 29906, 29941]),
+        ("gpt2", [14402, 17031]),
+    ],
 )
 def test_bos_policy(tokenizers, name, expected) -> None:
     # Llama 3 adds <|begin_of_text|>; Qwen2.5, Phi-3.5 and Phi-2 add no BOS.

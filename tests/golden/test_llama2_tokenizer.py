@@ -76,7 +76,9 @@ def test_backbone_keeps_the_original_pipeline_of_a_hub_style_checkpoint(tmp_path
     hub_style = tmp_path / "hub-style"
     shutil.copytree(tiny_llama_dir, hub_style)
     config = json.loads((hub_style / "tokenizer_config.json").read_text())
-    (hub_style / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "LlamaTokenizer"}))
+    (hub_style / "tokenizer_config.json").write_text(
+        json.dumps({**config, "tokenizer_class": "LlamaTokenizer"})
+    )
     rebuilt = Auto.from_pretrained(hub_style)
     assert sum(rebuilt(t, add_special_tokens=False).input_ids == ids for t, ids in VECTORS) == 31
     _, tokenizer = get_llm_backbone_and_tokenizer("llama2-7b-pure", model_path=hub_style)
@@ -86,7 +88,9 @@ def test_backbone_keeps_the_original_pipeline_of_a_hub_style_checkpoint(tmp_path
 
 
 @pytest.mark.parametrize("backbone_id", ["llama2-tiny-pure", "llama2-7b-chat", "vicuna-v15-7b"])
-def test_llama_family_tokenizer_is_llama_tokenizer_fast_with_the_original_pipeline(tiny_llama_dir, backbone_id) -> None:
+def test_llama_family_tokenizer_is_llama_tokenizer_fast_with_the_original_pipeline(
+    tiny_llama_dir, backbone_id
+) -> None:
     # OpenVLA's predict_action: `if isinstance(tokenizer, LlamaTokenizerFast): ... else: raise ValueError`
     import copy
     import pickle
@@ -96,7 +100,9 @@ def test_llama_family_tokenizer_is_llama_tokenizer_fast_with_the_original_pipeli
     path = None if backbone_id == "llama2-tiny-pure" else tiny_llama_dir
     _, tokenizer = get_llm_backbone_and_tokenizer(backbone_id, model_path=path, inference_mode=True)
     assert isinstance(tokenizer, LlamaTokenizerFast)
-    assert type(tokenizer).__name__ == "LlamaTokenizer"  # transformers 5: LlamaTokenizerFast is LlamaTokenizer
+    assert (
+        type(tokenizer).__name__ == "LlamaTokenizer"
+    )  # transformers 5: LlamaTokenizerFast is LlamaTokenizer
     assert all(tokenizer(t, add_special_tokens=False).input_ids == ids for t, ids in VECTORS)
     assert tokenizer(" Hello world").input_ids == [1, 29871, 15043, 3186]
     assert (tokenizer.padding_side, tokenizer.pad_token_id, len(tokenizer)) == ("right", 32000, 32001)
@@ -109,6 +115,8 @@ def test_mistral_tokenizer_is_llama_tokenizer_fast(tiny_family_model) -> None:
     from llm_backbones import get_llm_backbone_and_tokenizer
 
     path = tiny_family_model("mistral")
-    _, tokenizer = get_llm_backbone_and_tokenizer("mistral-v0.1-7b-pure", model_path=path, inference_mode=True)
+    _, tokenizer = get_llm_backbone_and_tokenizer(
+        "mistral-v0.1-7b-pure", model_path=path, inference_mode=True
+    )
     assert isinstance(tokenizer, LlamaTokenizerFast)
     assert tokenizer("ab").input_ids[0] == 1  # BOS, from the stand-in's tokenizer.json as written

@@ -18,21 +18,48 @@ import functools
 
 import pytest
 import torch
-from shared import padded_llama2_tokenizer
 
 from llm_backbones import ActionTokenizer
+from llm_backbones.core.prompting import PurePromptBuilder
 from llm_backbones.data.examples import IGNORE_INDEX, tokenize_prompt, vla_example, vla_prompt
 from llm_backbones.errors import ActionError
-from llm_backbones.core.prompting import PurePromptBuilder
+from shared import padded_llama2_tokenizer
 
 # Each value lies inside the bin whose token id is written beside it: id = 32000 - d where
 # -1 + (d - 1) * 2/255 <= a < -1 + d * 2/255.
 ACTION = [0.0549, -0.2039, -0.5647, 0.6588, -0.1020, 0.1647, -0.9961]
 ACTION_IDS = [31865, 31898, 31944, 31788, 31885, 31851, 31999]  # d = 135, 102, 56, 212, 115, 149, 1
 # The bin centres of those ids, -1 + (2d - 1)/255 (OpenVLA's `bin_centers[d - 1]`).
-DECODED = [0.0549019608, -0.2039215686, -0.5647058824, 0.6588235294, -0.1019607843, 0.1647058824, -0.9960784314]
+DECODED = [
+    0.0549019608,
+    -0.2039215686,
+    -0.5647058824,
+    0.6588235294,
+    -0.1019607843,
+    0.1647058824,
+    -0.9960784314,
+]
 
-PROMPT_IDS = [1, 512, 29901, 1724, 3158, 881, 278, 19964, 2125, 304, 5839, 701, 278, 18002, 29973, 13, 3744, 29901]
+PROMPT_IDS = [
+    1,
+    512,
+    29901,
+    1724,
+    3158,
+    881,
+    278,
+    19964,
+    2125,
+    304,
+    5839,
+    701,
+    278,
+    18002,
+    29973,
+    13,
+    3744,
+    29901,
+]
 OPENVLA_PROMPT = PROMPT_IDS + [29871]  # predict_action appends the lone "▁"
 OPENVLA_INPUT_IDS = PROMPT_IDS + [29871] + ACTION_IDS + [2]
 OPENVLA_LABELS = [IGNORE_INDEX] * 19 + ACTION_IDS + [2]
@@ -74,7 +101,9 @@ def test_vla_example_without_stop_token(tok, actions, mode) -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_vla_prompt_is_predict_actions(tok, actions, mode) -> None:
     assert vla_prompt(tok, MODES[mode], "pick up the cup").tolist() == OPENVLA_PROMPT
-    assert vla_prompt(tok, MODES[mode], "pick up the cup", action_tokenizer=actions).tolist() == OPENVLA_PROMPT
+    assert (
+        vla_prompt(tok, MODES[mode], "pick up the cup", action_tokenizer=actions).tolist() == OPENVLA_PROMPT
+    )
 
 
 def test_instruction_is_lower_cased_as_openvla(tok, actions) -> None:
@@ -88,7 +117,10 @@ def test_instruction_is_lower_cased_as_openvla(tok, actions) -> None:
 def test_prompt_is_the_example_up_to_its_first_label(tok, actions) -> None:
     example = vla_example(tok, PurePromptBuilder, actions, "pick up the cup", ACTION)
     first = int((example["labels"] != IGNORE_INDEX).nonzero()[0])
-    assert example["input_ids"][:first].tolist() == vla_prompt(tok, PurePromptBuilder, "pick up the cup").tolist()
+    assert (
+        example["input_ids"][:first].tolist()
+        == vla_prompt(tok, PurePromptBuilder, "pick up the cup").tolist()
+    )
 
 
 def test_decode_gives_openvlas_bin_centres(actions) -> None:

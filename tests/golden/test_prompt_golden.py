@@ -683,14 +683,15 @@ def test_compat_unicode_and_whitespace_in_every_builder_first_turn() -> None:
     assert PurePromptBuilder("openvla", prismatic_compat=True).add_turn("human", message) == (
         "In: Déplace le cube rouge → à gauche 🤖\nOut: "
     )
-    assert LLaMa2ChatPromptBuilder(
-        "openvla", system_prompt="Robot.", prismatic_compat=True
-    ).add_turn("human", message) == (
-        "[INST] <<SYS>\nRobot.\n<</SYS>>\n\nDéplace le cube rouge → à gauche 🤖 [/INST] "
+    assert LLaMa2ChatPromptBuilder("openvla", system_prompt="Robot.", prismatic_compat=True).add_turn(
+        "human", message
+    ) == ("[INST] <<SYS>\nRobot.\n<</SYS>>\n\nDéplace le cube rouge → à gauche 🤖 [/INST] ")
+    assert (
+        VicunaV15ChatPromptBuilder("openvla", system_prompt="Robot.", prismatic_compat=True).add_turn(
+            "human", message
+        )
+        == "Robot. USER: Déplace le cube rouge → à gauche 🤖 ASSISTANT: "
     )
-    assert VicunaV15ChatPromptBuilder(
-        "openvla", system_prompt="Robot.", prismatic_compat=True
-    ).add_turn("human", message) == "Robot. USER: Déplace le cube rouge → à gauche 🤖 ASSISTANT: "
     assert MistralInstructPromptBuilder("openvla", prismatic_compat=True).add_turn("human", message) == (
         "[INST] Déplace le cube rouge → à gauche 🤖 [/INST] "
     )

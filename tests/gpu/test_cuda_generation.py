@@ -13,7 +13,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from llm_backbones.runtime.generation import generate_greedy, prepare_for_generation
 
-pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
 
 
 def hf_greedy(model, n, **inputs) -> torch.Tensor:
@@ -26,8 +29,14 @@ def model() -> LlamaForCausalLM:
     # a mid-size random Llama with GQA, fp32 (no TF32): eager and compiled agree to summation order
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=4096, hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
-        num_key_value_heads=2, max_position_embeddings=1024, attn_implementation="sdpa",
+        vocab_size=4096,
+        hidden_size=512,
+        intermediate_size=1376,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        attn_implementation="sdpa",
     )
     return LlamaForCausalLM(config).to("cuda").eval()
 
@@ -45,17 +54,25 @@ def test_prepared_generation_replays_cuda_graphs_with_eager_tokens(model) -> Non
 
     skips = counters["inductor"]["cudagraph_skips"]
     plan = prepare_for_generation(
-        model, batch_sizes=(1, 8), min_prompt_length=20, max_prompt_length=64, bucket_size=32, max_new_tokens=7
+        model,
+        batch_sizes=(1, 8),
+        min_prompt_length=20,
+        max_prompt_length=64,
+        bucket_size=32,
+        max_new_tokens=7,
     )
     assert plan.graphs and plan.buckets == (32, 64)
-    assert counters["inductor"]["cudagraph_skips"] == skips  # inductor did not fall back to running without graphs
+    assert (
+        counters["inductor"]["cudagraph_skips"] == skips
+    )  # inductor did not fall back to running without graphs
     graphs = counters["stats"]["unique_graphs"]
     for batch in (1, 8):
         for seed, length in enumerate((20, 45, 64)):
             ids, mask = prompts(batch, length, seed)
             expected = hf_greedy(model, 7, input_ids=ids, attention_mask=mask).tolist()
-            eager = generate_greedy(model, input_ids=ids, attention_mask=mask, max_new_tokens=7, compiled=False,
-                                    static_cache=True)
+            eager = generate_greedy(
+                model, input_ids=ids, attention_mask=mask, max_new_tokens=7, compiled=False, static_cache=True
+            )
             assert eager.tolist() == expected
             for _ in range(3):  # graph replays back to back
                 ours = generate_greedy(model, input_ids=ids, attention_mask=mask, max_new_tokens=7)
@@ -66,9 +83,16 @@ def test_prepared_generation_replays_cuda_graphs_with_eager_tokens(model) -> Non
 def test_compile_decode_option_replays_cuda_graphs(model) -> None:
     for batch in (1, 8):
         ids, mask = prompts(batch, 40, batch)
-        expected = generate_greedy(model, input_ids=ids, attention_mask=mask, max_new_tokens=7, compiled=False,
-                                   static_cache=True).tolist()
+        expected = generate_greedy(
+            model, input_ids=ids, attention_mask=mask, max_new_tokens=7, compiled=False, static_cache=True
+        ).tolist()
         for _ in range(3):
-            ours = generate_greedy(model, input_ids=ids, attention_mask=mask, max_new_tokens=7, compiled=False,
-                                   compile_decode=True)
+            ours = generate_greedy(
+                model,
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=7,
+                compiled=False,
+                compile_decode=True,
+            )
             assert ours.tolist() == expected, f"batch {batch}"

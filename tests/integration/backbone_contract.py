@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from llm_backbones import LLM_BACKBONES, get_llm_backbone_and_tokenizer, get_spec
-from llm_backbones.data.examples import IGNORE_INDEX, tokenize_conversation, tokenize_prompt
 from llm_backbones.core.prompting import PromptBuilder
+from llm_backbones.data.examples import IGNORE_INDEX, tokenize_conversation, tokenize_prompt
 
 CONVERSATION = [
     {"from": "human", "value": "<image>\nWhat action should the robot take to open the drawer?"},
@@ -80,7 +80,9 @@ class BackboneContract:
     @pytest.fixture(scope="class")
     @classmethod
     def built(cls, case: Case, tiny_family_model):
-        backbone, tokenizer = get_llm_backbone_and_tokenizer(case.backbone_id, model_path=tiny_family_model(case.tiny))
+        backbone, tokenizer = get_llm_backbone_and_tokenizer(
+            case.backbone_id, model_path=tiny_family_model(case.tiny)
+        )
         return case, backbone, tokenizer
 
     # === Registry ===
@@ -89,7 +91,11 @@ class BackboneContract:
         assert (spec.llm_family, spec.hf_hub_path) == (fam.name, case.hub)
         assert spec.llm_cls is fam.llm_cls and spec.layer_cls is fam.layer_cls
         assert spec.prompt_builder is case.builder
-        assert (spec.adds_bos, spec.pad_policy, spec.pad_token) == (fam.adds_bos, fam.pad_policy, fam.pad_token)
+        assert (spec.adds_bos, spec.pad_policy, spec.pad_token) == (
+            fam.adds_bos,
+            fam.pad_policy,
+            fam.pad_token,
+        )
         assert spec.half_precision_dtype is torch.bfloat16
         assert spec.parameters.endswith(("B", "M"))
         assert LLM_BACKBONES[case.backbone_id]["cls"] is fam.backbone_cls
@@ -179,7 +185,9 @@ class BackboneContract:
 
     def test_training_example_supervises_the_reply_end(self, built) -> None:
         case, backbone, tokenizer = built
-        example = tokenize_conversation(tokenizer, backbone.prompt_builder_fn, CONVERSATION, model_family="openvla")
+        example = tokenize_conversation(
+            tokenizer, backbone.prompt_builder_fn, CONVERSATION, model_family="openvla"
+        )
         ids, labels = example["input_ids"].tolist(), example["labels"].tolist()
         supervised = [i for i, label in zip(ids, labels, strict=True) if label != IGNORE_INDEX]
         assert supervised.count(case.reply_end_id) == 2  # each reply's end token is learned
@@ -191,7 +199,9 @@ class BackboneContract:
         )
         assert ids[: len(prompt)] == prompt.tolist()
         assert labels[len(prompt) - 1] == IGNORE_INDEX and labels[len(prompt)] != IGNORE_INDEX
-        rendered = tokenize_prompt(tokenizer, backbone.prompt_builder_fn, CONVERSATION[:3], model_family="openvla")
+        rendered = tokenize_prompt(
+            tokenizer, backbone.prompt_builder_fn, CONVERSATION[:3], model_family="openvla"
+        )
         assert prompt.tolist()[: len(rendered)] == rendered.tolist()  # at most a separator token longer
         assert len(prompt) - len(rendered) <= 1
 
@@ -216,9 +226,13 @@ class BackboneContract:
         assert {p.device.type for p in fresh.parameters()} == {"cpu"}
         if case.tied:
             assert fresh.llm.get_output_embeddings().weight is fresh.llm.get_input_embeddings().weight
-        reference = type(trained.llm)._from_config(trained.llm.config, attn_implementation=self.FAMILY.attn_on_cpu)
+        reference = type(trained.llm)._from_config(
+            trained.llm.config, attn_implementation=self.FAMILY.attn_on_cpu
+        )
         reference.load_state_dict({k.removeprefix("llm."): v for k, v in state.items()})
         ids = tokenizer("In: pick up the red block\nOut:", return_tensors="pt").input_ids
         fresh.eval(), reference.eval()
         with torch.no_grad():
-            torch.testing.assert_close(fresh(input_ids=ids).logits, reference(input_ids=ids).logits, rtol=0, atol=0)
+            torch.testing.assert_close(
+                fresh(input_ids=ids).logits, reference(input_ids=ids).logits, rtol=0, atol=0
+            )

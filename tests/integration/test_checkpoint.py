@@ -15,13 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from shared import padded_llama2_tokenizer
 from transformers import LlamaTokenizer
 
 import llm_backbones
-from llm_backbones import _fs
-from llm_backbones import get_llm_backbone_and_tokenizer, load_backbone, save_backbone
+from llm_backbones import _fs, get_llm_backbone_and_tokenizer, load_backbone, save_backbone
 from llm_backbones.errors import FingerprintMismatchError, ModelPathError
+from shared import padded_llama2_tokenizer
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +49,10 @@ def _logits_and_generation(backbone, tokenizer) -> tuple[torch.Tensor, list[int]
     with torch.no_grad():
         logits = backbone(input_ids=ids).logits
         generated = backbone.llm.generate(
-            ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=8,
+            do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
         )
     return logits, generated[0].tolist()
@@ -116,7 +118,9 @@ def test_overwrite_replaces_the_checkpoint(trained, saved) -> None:
         backbone.llm.lm_head.weight.add_(1.0)
     save_backbone(backbone, saved)
     reloaded, _ = load_backbone(saved)
-    torch.testing.assert_close(reloaded.llm.lm_head.weight, trained[0].llm.lm_head.weight + 1.0, rtol=0, atol=0)
+    torch.testing.assert_close(
+        reloaded.llm.lm_head.weight, trained[0].llm.lm_head.weight + 1.0, rtol=0, atol=0
+    )
     assert sorted(p.name for p in saved.parent.iterdir()) == ["ckpt"]
 
 
@@ -184,7 +188,9 @@ def test_the_prompt_format_trained_with_is_recorded_and_restored(tmp_path) -> No
     path = save_backbone(backbone, tmp_path / "compat")
     fingerprint = json.loads((path / "fingerprint.json").read_text())
     assert fingerprint["prompt_format"] == "llama2-chat-prismatic"
-    assert fingerprint["probe_prompt"].startswith("[INST] <<SYS>\nYou are a helpful language and vision assistant.")
+    assert fingerprint["probe_prompt"].startswith(
+        "[INST] <<SYS>\nYou are a helpful language and vision assistant."
+    )
     loaded, _ = load_backbone(path)
     assert loaded.prompt_format == "llama2-chat-prismatic"
     builder = loaded.prompt_builder_fn("openvla")
@@ -246,7 +252,10 @@ def _child(path: Path, mode: str, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     return subprocess.Popen(
         [sys.executable, "-c", CHILD, str(path), mode],
-        stdout=subprocess.PIPE, stderr=log.open("w"), env=env, text=True,
+        stdout=subprocess.PIPE,
+        stderr=log.open("w"),
+        env=env,
+        text=True,
     )
 
 
@@ -288,7 +297,9 @@ def test_save_killed_as_soon_as_it_starts_writing(trained, saved, tmp_path) -> N
     try:
         assert _read_line(proc, 120) == "SAVING"
         deadline = time.monotonic() + 60
-        while not list(saved.parent.glob(".ckpt.tmp-*")) and proc.poll() is None and time.monotonic() < deadline:
+        while (
+            not list(saved.parent.glob(".ckpt.tmp-*")) and proc.poll() is None and time.monotonic() < deadline
+        ):
             time.sleep(0.0005)
     finally:
         proc.send_signal(signal.SIGKILL)

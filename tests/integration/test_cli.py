@@ -101,7 +101,11 @@ def test_prompt_bad_files(tmp_path) -> None:
 def test_real_subprocess_entry_point() -> None:
     env = dict(os.environ)
     proc = subprocess.run(
-        [sys.executable, "-m", "llm_backbones.app.cli", "list", "--json"], capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, "-m", "llm_backbones.app.cli", "list", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert "llama2-13b-pure" in {row["id"] for row in json.loads(proc.stdout)}
@@ -112,7 +116,10 @@ def test_info_shows_no_third_party_deprecation_warnings() -> None:
     # the trainable parameters: a notice for us, not for the CLI's user; `--debug` still shows it
     proc = subprocess.run(
         [sys.executable, "-m", "llm_backbones", "info", "llama2-tiny-pure"],
-        capture_output=True, text=True, env=dict(os.environ), timeout=120,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=120,
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "8,604,288" in proc.stdout, output
@@ -122,7 +129,9 @@ def test_info_shows_no_third_party_deprecation_warnings() -> None:
 def test_cli_leaves_the_callers_warning_filters_alone() -> None:
     import warnings
 
-    assert runner.invoke(app, ["list", "--json"]).exit_code == 0  # imports (torch, numpy) add filters of their own
+    assert (
+        runner.invoke(app, ["list", "--json"]).exit_code == 0
+    )  # imports (torch, numpy) add filters of their own
     before = list(warnings.filters)
     assert runner.invoke(app, ["list", "--json"]).exit_code == 0
     assert warnings.filters == before
@@ -171,12 +180,24 @@ def test_info_offline_llama2_7b() -> None:
     # final norm 4,096. LoRA r=16: per layer 4 x 16 x (4096 + 4096) + 3 x 16 x (4096 + 11008) = 1,249,280.
     assert facts["parameters"] == 6_738_939_904
     assert facts["trainable_by_mode"] == {
-        "frozen": 0, "full": 6_738_939_904, "last-layer": 465_051_648, "lora": 39_976_960,
+        "frozen": 0,
+        "full": 6_738_939_904,
+        "last-layer": 465_051_648,
+        "lora": 39_976_960,
     }
     assert (facts["vocab_before_pad"], facts["vocab_after_pad"]) == (32000, 32001)
     assert (facts["embedding_rows_before"], facts["embedding_rows_after"]) == (32000, 32064)
-    assert (facts["pad_token"], facts["pad_token_id"], facts["bos_token_id"], facts["eos_token_id"]) == ("<PAD>", 32000, 1, 2)
-    assert (facts["decoder_layer"], facts["half_precision_dtype"], facts["adds_bos"]) == ("LlamaDecoderLayer", "bfloat16", True)
+    assert (facts["pad_token"], facts["pad_token_id"], facts["bos_token_id"], facts["eos_token_id"]) == (
+        "<PAD>",
+        32000,
+        1,
+        2,
+    )
+    assert (facts["decoder_layer"], facts["half_precision_dtype"], facts["adds_bos"]) == (
+        "LlamaDecoderLayer",
+        "bfloat16",
+        True,
+    )
 
 
 def test_info_offline_tied_qwen() -> None:
@@ -187,7 +208,11 @@ def test_info_offline_tied_qwen() -> None:
     # o 896x896, MLP 3 x 896 x 4864, norms 1,792 = 14,912,384; 24 layers; final norm 896.
     assert facts["parameters"] == 494_032_768
     assert facts["tied_embeddings"] is True
-    assert (facts["vocab_before_pad"], facts["pad_token_id"], facts["embedding_rows_after"]) == (151665, 151665, 151936)
+    assert (facts["vocab_before_pad"], facts["pad_token_id"], facts["embedding_rows_after"]) == (
+        151665,
+        151665,
+        151936,
+    )
 
 
 def test_info_from_model_path_and_table(tiny_llama_dir) -> None:

@@ -38,7 +38,9 @@ def test_deepcopy_gives_equal_logits_and_independent_parameters(built) -> None:
     with torch.no_grad():
         clone.llm.model.norm.weight.add_(1.0)
     assert torch.equal(backbone.llm.model.norm.weight, before)
-    assert clone.get_tokenizer() is not tokenizer and clone.get_tokenizer()(PROMPT).input_ids == ids[0].tolist()
+    assert (
+        clone.get_tokenizer() is not tokenizer and clone.get_tokenizer()(PROMPT).input_ids == ids[0].tolist()
+    )
     assert (clone.identifier, clone.spec) == (backbone.identifier, backbone.spec)
 
 
@@ -79,9 +81,11 @@ def sampling_checkpoint(tiny_llama_dir, tmp_path_factory):
     directory = tmp_path_factory.mktemp("sampling")
     for file in tiny_llama_dir.iterdir():
         shutil.copy2(file, directory / file.name)
-    (directory / "generation_config.json").write_text(json.dumps(
-        {"do_sample": True, "temperature": 0.6, "top_p": 0.9, "bos_token_id": 1, "eos_token_id": 2}
-    ))
+    (directory / "generation_config.json").write_text(
+        json.dumps(
+            {"do_sample": True, "temperature": 0.6, "top_p": 0.9, "bos_token_id": 1, "eos_token_id": 2}
+        )
+    )
     return directory
 
 
@@ -92,7 +96,7 @@ def greedy_by_hand(backbone, ids: torch.Tensor, n: int) -> list[int]:
         for _ in range(n):
             next_id = backbone(input_ids=out).logits[:, -1].argmax(-1, keepdim=True)
             out = torch.cat([out, next_id], dim=1)
-    return out[0, ids.shape[1]:].tolist()
+    return out[0, ids.shape[1] :].tolist()
 
 
 def test_generation_config_that_samples_does_not_make_generate_sample(sampling_checkpoint) -> None:
@@ -103,11 +107,11 @@ def test_generation_config_that_samples_does_not_make_generate_sample(sampling_c
     expected = greedy_by_hand(backbone, ids, 6)
     for seed in (0, 1, 2):
         torch.manual_seed(seed)
-        assert backbone.generate(input_ids=ids, max_new_tokens=6)[0, ids.shape[1]:].tolist() == expected
+        assert backbone.generate(input_ids=ids, max_new_tokens=6)[0, ids.shape[1] :].tolist() == expected
     # The caller can still ask for sampling: with random tiny weights, two seeds give different tokens.
     sampled = []
     for seed in (0, 1):
         torch.manual_seed(seed)
         out = backbone.generate(input_ids=ids, max_new_tokens=6, do_sample=True)
-        sampled.append(out[0, ids.shape[1]:].tolist())
+        sampled.append(out[0, ids.shape[1] :].tolist())
     assert sampled[0] != sampled[1]

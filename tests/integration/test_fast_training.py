@@ -15,10 +15,16 @@ pytestmark = pytest.mark.integration
 def backbone_and_batch():
     backbone, tokenizer = get_llm_backbone_and_tokenizer("llama2-tiny-pure")
     convs = [
-        [{"from": "human", "value": "What action should the robot take to open the drawer?"},
-         {"from": "gpt", "value": "pull the handle"}],
-        [{"from": "human", "value": "Describe the scene."}, {"from": "gpt", "value": "a table with a cup"},
-         {"from": "human", "value": "Which color?"}, {"from": "gpt", "value": "red"}],
+        [
+            {"from": "human", "value": "What action should the robot take to open the drawer?"},
+            {"from": "gpt", "value": "pull the handle"},
+        ],
+        [
+            {"from": "human", "value": "Describe the scene."},
+            {"from": "gpt", "value": "a table with a cup"},
+            {"from": "human", "value": "Which color?"},
+            {"from": "gpt", "value": "red"},
+        ],
     ]
     examples = [tokenize_conversation(tokenizer, backbone.prompt_builder_fn, c) for c in convs]
     return backbone, PaddedCollator(model_max_length=None, pad_token_id=backbone.pad_token_id)(examples)
@@ -57,7 +63,9 @@ def test_chunk_size_does_not_change_the_loss() -> None:
     labels[0, :4] = -100
     # reference written out as the definition: mean CE over shifted, non-ignored positions
     logits = hidden[:, :-1] @ weight.T
-    ref = torch.nn.functional.cross_entropy(logits.reshape(-1, 50), labels[:, 1:].reshape(-1), ignore_index=-100)
+    ref = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, 50), labels[:, 1:].reshape(-1), ignore_index=-100
+    )
     for chunk in (1, 7, 30, 4096):
         torch.testing.assert_close(chunked_causal_lm_loss(hidden, weight, labels, chunk_size=chunk), ref)
 

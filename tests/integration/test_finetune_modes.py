@@ -12,8 +12,10 @@ from llm_backbones.training.lora import default_target_modules, merge_lora
 
 pytestmark = pytest.mark.integration
 
-CONV = [{"from": "human", "value": "What action should the robot take to open the drawer?"},
-        {"from": "gpt", "value": "pull the handle"}]
+CONV = [
+    {"from": "human", "value": "What action should the robot take to open the drawer?"},
+    {"from": "gpt", "value": "pull the handle"},
+]
 
 # Written out for llama2-tiny-pure (hidden 128, MLP 344, 2 layers, 32064 embedding rows):
 # full = everything; last-layer = embed 32064*128 + last layer 197,888 + lm_head 32064*128;
@@ -25,7 +27,11 @@ EXPECTED = {"frozen": 0, "full": 8_604_288, "last-layer": 8_406_272, "lora": 78_
 def built():
     backbone, tokenizer = get_llm_backbone_and_tokenizer("llama2-tiny-pure")
     example = tokenize_conversation(tokenizer, backbone.prompt_builder_fn, CONV)
-    return backbone, tokenizer, PaddedCollator(model_max_length=None, pad_token_id=backbone.pad_token_id)([example])
+    return (
+        backbone,
+        tokenizer,
+        PaddedCollator(model_max_length=None, pad_token_id=backbone.pad_token_id)([example]),
+    )
 
 
 @pytest.mark.parametrize("mode", list(EXPECTED))
@@ -59,12 +65,22 @@ def test_last_layer_trains_exactly_the_seed_modules(built) -> None:
     apply_finetune_mode(backbone, "last-layer")
     trainable = {n for n, p in backbone.named_parameters() if p.requires_grad}
     assert {n.split(".")[2] for n in trainable if n.startswith("llm.model.")} == {"embed_tokens", "layers"}
-    assert all(n.startswith(("llm.model.embed_tokens", "llm.model.layers.1.", "llm.lm_head")) for n in trainable)
+    assert all(
+        n.startswith(("llm.model.embed_tokens", "llm.model.layers.1.", "llm.lm_head")) for n in trainable
+    )
 
 
 def test_lora_targets_every_linear_but_the_head(built) -> None:
     backbone, _, _ = built
-    assert default_target_modules(backbone.llm) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    assert default_target_modules(backbone.llm) == [
+        "down_proj",
+        "gate_proj",
+        "k_proj",
+        "o_proj",
+        "q_proj",
+        "up_proj",
+        "v_proj",
+    ]
 
 
 def test_lora_merge_gives_the_adapter_logits(built) -> None:

@@ -23,14 +23,39 @@ END_OF_TURN, EOS = 107, 1
 
 class TestGemma2Backbone(BackboneContract):
     FAMILY = Family(
-        name="gemma2", backbone_cls=HFCausalLLMBackbone, llm_cls=Gemma2ForCausalLM, layer_cls=Gemma2DecoderLayer,
-        adds_bos=True, pad_policy="reuse", pad_token="<pad>", pad_id=0, n_tokens=1024,
-        test_123=[2, 416, 433, 447, 448, 364, 381, 382, 383], hidden=64, attn_on_cpu="eager",
+        name="gemma2",
+        backbone_cls=HFCausalLLMBackbone,
+        llm_cls=Gemma2ForCausalLM,
+        layer_cls=Gemma2DecoderLayer,
+        adds_bos=True,
+        pad_policy="reuse",
+        pad_token="<pad>",
+        pad_id=0,
+        n_tokens=1024,
+        test_123=[2, 416, 433, 447, 448, 364, 381, 382, 383],
+        hidden=64,
+        attn_on_cpu="eager",
         tokenizer_note="stand-in with Gemma's special ids",
     )
     CASES = [
         Case("gemma2-2b-pure", "google/gemma-2-2b", Gemma2PurePromptBuilder, "gemma2", 1024, True, EOS),
-        Case("gemma2-2b-instruct", "google/gemma-2-2b-it", Gemma2InstructPromptBuilder, "gemma2", 1024, True, END_OF_TURN),
+        Case(
+            "gemma2-2b-instruct",
+            "google/gemma-2-2b-it",
+            Gemma2InstructPromptBuilder,
+            "gemma2",
+            1024,
+            True,
+            END_OF_TURN,
+        ),
         Case("gemma2-9b-pure", "google/gemma-2-9b", Gemma2PurePromptBuilder, "gemma2", 1024, True, EOS),
-        Case("gemma2-9b-instruct", "google/gemma-2-9b-it", Gemma2InstructPromptBuilder, "gemma2", 1024, True, END_OF_TURN),
+        Case(
+            "gemma2-9b-instruct",
+            "google/gemma-2-9b-it",
+            Gemma2InstructPromptBuilder,
+            "gemma2",
+            1024,
+            True,
+            END_OF_TURN,
+        ),
     ]

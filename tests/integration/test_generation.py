@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from shared import hf_greedy
-from shared import mid_size_llama as random_mid_size_llama
 
 from llm_backbones import ActionTokenizer, get_llm_backbone_and_tokenizer
 from llm_backbones.errors import ActionError, InputShapeError
 from llm_backbones.runtime.generation import generate_greedy
+from shared import hf_greedy
+from shared import mid_size_llama as random_mid_size_llama
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,9 @@ def mid_size_llama():
 @pytest.mark.parametrize("static_cache", [False, True])
 def test_tiny_default_same_tokens_as_hf(tiny, static_cache) -> None:
     backbone, tokenizer = tiny
-    ids = tokenizer("In: What action should the robot take to open the drawer?\nOut:", return_tensors="pt").input_ids
+    ids = tokenizer(
+        "In: What action should the robot take to open the drawer?\nOut:", return_tensors="pt"
+    ).input_ids
     ours = generate_greedy(backbone.llm, input_ids=ids, max_new_tokens=12, static_cache=static_cache)
     assert ours.tolist() == hf_greedy(backbone.llm, 12, input_ids=ids).tolist()
     embeds = backbone.embed_input_ids(ids)
@@ -47,7 +49,9 @@ def test_mid_size_llama_same_tokens_as_hf(mid_size_llama, static_cache) -> None:
     patches = torch.randn(2, 16, 512, generator=torch.Generator().manual_seed(2)) * 0.02
     vla = torch.cat([embeds[:, :1], patches, embeds[:, 1:]], dim=1)
     ours_e = generate_greedy(mid_size_llama, inputs_embeds=vla, max_new_tokens=10, static_cache=static_cache)
-    hf_e = hf_greedy(mid_size_llama, 10, inputs_embeds=vla, attention_mask=torch.ones(vla.shape[:2], dtype=torch.long))
+    hf_e = hf_greedy(
+        mid_size_llama, 10, inputs_embeds=vla, attention_mask=torch.ones(vla.shape[:2], dtype=torch.long)
+    )
     assert ours_e.tolist() == hf_e.tolist()
 
 
@@ -58,8 +62,9 @@ def test_left_padded_batch_same_tokens_as_hf(mid_size_llama, static_cache) -> No
         ids = torch.randint(3, 4096, (2, 20), generator=g)
         mask = torch.ones_like(ids)
         ids[0, :pad], mask[0, :pad] = 0, 0  # row 0 is shorter: left padding
-        ours = generate_greedy(mid_size_llama, input_ids=ids, attention_mask=mask, max_new_tokens=8,
-                               static_cache=static_cache)
+        ours = generate_greedy(
+            mid_size_llama, input_ids=ids, attention_mask=mask, max_new_tokens=8, static_cache=static_cache
+        )
         assert ours.tolist() == hf_greedy(mid_size_llama, 8, input_ids=ids, attention_mask=mask).tolist(), pad
 
 
@@ -85,7 +90,8 @@ def test_right_padding_is_refused_not_silently_wrong(mid_size_llama) -> None:
 
 def test_generate_actions_raises_when_no_action_tokens(tiny) -> None:
     backbone, tokenizer = tiny  # untrained: it does not produce 7 action tokens
-    ids = tokenizer("In: What action should the robot take to open the drawer?\nOut:", return_tensors="pt").input_ids
+    ids = tokenizer(
+        "In: What action should the robot take to open the drawer?\nOut:", return_tensors="pt"
+    ).input_ids
     with pytest.raises(ActionError, match=r"are not action tokens \(accepted: 31744\.\.31999\)"):
         backbone.generate_actions(ActionTokenizer(tokenizer), input_ids=ids)
-

@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from shared import hf_greedy, mid_size_llama
 from torch._dynamo.utils import counters
 
 from llm_backbones import get_llm_backbone_and_tokenizer
 from llm_backbones.errors import InputShapeError
-from llm_backbones.runtime.generation import generate_greedy, prepare_for_generation, prepared_generation, prompt_buckets
+from llm_backbones.runtime.generation import (
+    generate_greedy,
+    prepare_for_generation,
+    prepared_generation,
+    prompt_buckets,
+)
+from shared import hf_greedy, mid_size_llama
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +56,11 @@ def test_control_loop_of_20_instruction_lengths_never_compiles_after_warm_up() -
     counting = CountingBackend()
     # BOS + 16 patches + 4..42 text tokens: prompts of 21..59 tokens, buckets 32, 48, 64
     plan = backbone.prepare_for_generation(
-        batch_sizes=(1,), min_prompt_length=21, max_prompt_length=59, bucket_size=16, max_new_tokens=7,
+        batch_sizes=(1,),
+        min_prompt_length=21,
+        max_prompt_length=59,
+        bucket_size=16,
+        max_new_tokens=7,
         compile_backend=counting,
     )
     assert plan.buckets == (32, 48, 64) and plan.batch_sizes == (1,)
@@ -63,7 +72,9 @@ def test_control_loop_of_20_instruction_lengths_never_compiles_after_warm_up() -
         text[0, 0] = 1  # BOS
         prompt = vla_prompt(backbone, text, patches=16, seed=n)
         ours = backbone.generate_greedy(inputs_embeds=prompt, max_new_tokens=7)
-        expected = hf_greedy(model, 7, inputs_embeds=prompt, attention_mask=torch.ones(prompt.shape[:2], dtype=torch.long))
+        expected = hf_greedy(
+            model, 7, inputs_embeds=prompt, attention_mask=torch.ones(prompt.shape[:2], dtype=torch.long)
+        )
         assert ours.tolist() == expected.tolist(), f"instruction of {text_length} tokens"
     assert counting.graphs == after_warm_up
 
@@ -73,7 +84,12 @@ def prepared_mid_size():
     model = mid_size_llama()
     counting = CountingBackend()
     prepare_for_generation(
-        model, batch_sizes=(8,), min_prompt_length=20, max_prompt_length=60, bucket_size=32, max_new_tokens=8,
+        model,
+        batch_sizes=(8,),
+        min_prompt_length=20,
+        max_prompt_length=60,
+        bucket_size=32,
+        max_new_tokens=8,
         compile_backend=counting,
     )
     return model, counting
@@ -89,9 +105,14 @@ def test_bucket_padding_gives_the_unpadded_tokens(prepared_mid_size) -> None:
         ids[1, :5], mask[1, :5] = 0, 0  # and left padding of the caller's own
         ids[6, :11], mask[6, :11] = 0, 0
         ours = generate_greedy(model, input_ids=ids, attention_mask=mask, max_new_tokens=8)
-        assert ours.tolist() == hf_greedy(model, 8, input_ids=ids, attention_mask=mask).tolist(), f"length {length}"
+        assert ours.tolist() == hf_greedy(model, 8, input_ids=ids, attention_mask=mask).tolist(), (
+            f"length {length}"
+        )
         # fewer new tokens than prepared: the same path
-        assert generate_greedy(model, input_ids=ids, attention_mask=mask, max_new_tokens=3).tolist() == ours[:, :3].tolist()
+        assert (
+            generate_greedy(model, input_ids=ids, attention_mask=mask, max_new_tokens=3).tolist()
+            == ours[:, :3].tolist()
+        )
     assert counting.graphs == graphs
 
 
@@ -153,7 +174,9 @@ def test_conflicting_options_are_refused() -> None:
         generate_greedy(model, input_ids=ids, compile_decode=True, static_cache=False)
     with pytest.raises(InputShapeError, match="compiled=True runs a static cache"):
         generate_greedy(model, input_ids=ids, compiled=True, static_cache=False)
-    with pytest.raises(InputShapeError, match=r"batch_sizes must be positive integers, e.g. \(1, 8\); got \(0,\)"):
+    with pytest.raises(
+        InputShapeError, match=r"batch_sizes must be positive integers, e.g. \(1, 8\); got \(0,\)"
+    ):
         prepare_for_generation(model, batch_sizes=0, max_prompt_length=8)
     with pytest.raises(InputShapeError, match="longest bucket 16 is shorter than max_prompt_length=20"):
         prepare_for_generation(model, max_prompt_length=20, buckets=(8, 16))

@@ -16,7 +16,11 @@ from transformers import LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from llm_backbones import LLAMA2_MODELS, LLaMa2LLMBackbone, get_llm_backbone_and_tokenizer
-from llm_backbones.core.prompting import LLaMa2ChatPromptBuilder, PurePromptBuilder, VicunaV15ChatPromptBuilder
+from llm_backbones.core.prompting import (
+    LLaMa2ChatPromptBuilder,
+    PurePromptBuilder,
+    VicunaV15ChatPromptBuilder,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -47,9 +51,17 @@ class TestLlama2Backbone(BackboneContract):
     """The seed's contract for every LLAMA2_MODELS id, through the harness every family uses."""
 
     FAMILY = Family(
-        name="llama2", backbone_cls=LLaMa2LLMBackbone, llm_cls=LlamaForCausalLM, layer_cls=LlamaDecoderLayer,
-        adds_bos=True, pad_policy="add", pad_token="<PAD>", pad_id=32000, n_tokens=32001,
-        test_123=[1, 4321, 29871, 29896, 29906, 29941], hidden=128,
+        name="llama2",
+        backbone_cls=LLaMa2LLMBackbone,
+        llm_cls=LlamaForCausalLM,
+        layer_cls=LlamaDecoderLayer,
+        adds_bos=True,
+        pad_policy="add",
+        pad_token="<PAD>",
+        pad_id=32000,
+        n_tokens=32001,
+        test_123=[1, 4321, 29871, 29896, 29906, 29941],
+        hidden=128,
         attn_on_cpu="sdpa",  # LLaMa2LLMBackbone prefers flash-attention-2 and falls back without CUDA
         tokenizer_note="real (LLaMA-2, the embedded default's)",
     )
@@ -114,4 +126,6 @@ def test_gradient_checkpointing_trains_with_frozen_embeddings(tiny_llama_dir) ->
     backbone(input_ids=ids, labels=ids).loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in last.parameters())
     assert backbone.llm.model.embed_tokens.weight.grad is None
-    assert getattr(backbone.llm, "is_activation_checkpointing", None) or backbone.llm.is_gradient_checkpointing
+    assert (
+        getattr(backbone.llm, "is_activation_checkpointing", None) or backbone.llm.is_gradient_checkpointing
+    )

@@ -20,5 +20,7 @@ def test_reused_pad_token_missing_from_the_tokenizer(tiny_llama_dir) -> None:
 
 
 def test_phi_id_over_a_llama_checkpoint_is_a_config_mismatch(tiny_llama_dir) -> None:
-    with pytest.raises(ConfigMismatchError, match=r"is a 'llama' model, but backbone 'phi-2-3b' \(phi\) needs 'phi'"):
+    with pytest.raises(
+        ConfigMismatchError, match=r"is a 'llama' model, but backbone 'phi-2-3b' \(phi\) needs 'phi'"
+    ):
         get_llm_backbone_and_tokenizer("phi-2-3b", model_path=tiny_llama_dir)

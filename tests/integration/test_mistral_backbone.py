@@ -20,13 +20,31 @@ pytestmark = pytest.mark.integration
 
 class TestMistralBackbone(BackboneContract):
     FAMILY = Family(
-        name="mistral", backbone_cls=HFCausalLLMBackbone, llm_cls=MistralForCausalLM, layer_cls=MistralDecoderLayer,
-        adds_bos=True, pad_policy="add", pad_token="<PAD>", pad_id=32000, n_tokens=32001,
-        test_123=[1, 259, 311, 328, 342, 343, 259, 276, 277, 278], hidden=64, attn_on_cpu="sdpa",
+        name="mistral",
+        backbone_cls=HFCausalLLMBackbone,
+        llm_cls=MistralForCausalLM,
+        layer_cls=MistralDecoderLayer,
+        adds_bos=True,
+        pad_policy="add",
+        pad_token="<PAD>",
+        pad_id=32000,
+        n_tokens=32001,
+        test_123=[1, 259, 311, 328, 342, 343, 259, 276, 277, 278],
+        hidden=64,
+        attn_on_cpu="sdpa",
         tokenizer_note="stand-in with Mistral's special tokens and size",
     )
     CASES = [
-        Case("mistral-v0.1-7b-pure", "mistralai/Mistral-7B-v0.1", PurePromptBuilder, "mistral", 32064, False, 2),
-        Case("mistral-v0.1-7b-instruct", "mistralai/Mistral-7B-Instruct-v0.1", MistralInstructPromptBuilder,
-             "mistral", 32064, False, 2),
+        Case(
+            "mistral-v0.1-7b-pure", "mistralai/Mistral-7B-v0.1", PurePromptBuilder, "mistral", 32064, False, 2
+        ),
+        Case(
+            "mistral-v0.1-7b-instruct",
+            "mistralai/Mistral-7B-Instruct-v0.1",
+            MistralInstructPromptBuilder,
+            "mistral",
+            32064,
+            False,
+            2,
+        ),
     ]

@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from llm_backbones import get_llm_backbone_and_tokenizer
-from llm_backbones.data.examples import IGNORE_INDEX, PaddedCollator, insert_patch_embeddings, tokenize_conversation
+from llm_backbones.data.examples import (
+    IGNORE_INDEX,
+    PaddedCollator,
+    insert_patch_embeddings,
+    tokenize_conversation,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -15,11 +20,15 @@ pytestmark = pytest.mark.integration
 def backbone_and_batch():
     backbone, tokenizer = get_llm_backbone_and_tokenizer("llama2-tiny-pure")
     convs = [
-        [{"from": "human", "value": "<image>\nWhat action should the robot take to open the drawer?"},
-         {"from": "gpt", "value": "pull"}],
+        [
+            {"from": "human", "value": "<image>\nWhat action should the robot take to open the drawer?"},
+            {"from": "gpt", "value": "pull"},
+        ],
         [{"from": "human", "value": "<image>\nWhat is on the table?"}, {"from": "gpt", "value": "a red cup"}],
     ]
-    examples = [tokenize_conversation(tokenizer, backbone.prompt_builder_fn, c, model_family="openvla") for c in convs]
+    examples = [
+        tokenize_conversation(tokenizer, backbone.prompt_builder_fn, c, model_family="openvla") for c in convs
+    ]
     batch = PaddedCollator(model_max_length=None, pad_token_id=backbone.pad_token_id)(examples)
     torch.manual_seed(0)
     patches = torch.randn(2, 5, backbone.embed_dim)

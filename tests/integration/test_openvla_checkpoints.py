@@ -36,13 +36,23 @@ pytestmark = pytest.mark.integration
 TINY = "llama2-tiny-pure"
 # The tiny LLaMA-2's text_config as OpenVLA's config.json would hold it (vocab_size already padded: 32000 + 64).
 TEXT_CONFIG = {
-    "model_type": "llama", "vocab_size": 32064, "hidden_size": 128, "intermediate_size": 344,
-    "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 4096,
-    "rms_norm_eps": 1e-05, "pad_token_id": 32000, "torch_dtype": "bfloat16",
+    "model_type": "llama",
+    "vocab_size": 32064,
+    "hidden_size": 128,
+    "intermediate_size": 344,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-05,
+    "pad_token_id": 32000,
+    "torch_dtype": "bfloat16",
 }
 # Two datasets; the gripper dimension (last) is not normalized (mask false), as in OpenVLA's statistics.
 NORM_STATS = {
-    "bridge_orig": {"action": {"q01": [-0.1, 0.0, -2.0], "q99": [0.3, 1.0, 2.0], "mask": [True, True, False]}},
+    "bridge_orig": {
+        "action": {"q01": [-0.1, 0.0, -2.0], "q99": [0.3, 1.0, 2.0], "mask": [True, True, False]}
+    },
     "fractal": {"action": {"q01": [-1.0, -0.5, 0.0], "q99": [1.0, 0.5, 1.0]}},
 }
 # Fake vision / projector tensors (names in the HF layout; Prismatic keeps them under their module keys).
@@ -53,7 +63,10 @@ HF_VISION = {
     "projector.fc1.bias": (16,),
 }
 PRISMATIC_OTHER = {
-    "vision_backbone": {"dino_featurizer.pos_embed": (1, 5, 8), "siglip_featurizer.patch_embed.proj.bias": (8,)},
+    "vision_backbone": {
+        "dino_featurizer.pos_embed": (1, 5, 8),
+        "siglip_featurizer.patch_embed.proj.bias": (8,),
+    },
     "projector": {"projector.0.weight": (16, 16), "projector.0.bias": (16,)},
 }
 # Backbone state-dict names of the tiny LLaMA-2 (2 layers): what a checkpoint must hold, nothing more.
@@ -62,9 +75,17 @@ LLM_KEYS = sorted(
     + [
         f"model.layers.{i}.{name}.weight"
         for i in range(2)
-        for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                     "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
-                     "input_layernorm", "post_attention_layernorm")
+        for name in (
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+            "input_layernorm",
+            "post_attention_layernorm",
+        )
     ]
 )
 
@@ -96,10 +117,14 @@ def write_hf_openvla(
     shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
     weight_map = {}
     for file, shard_names in shards.items():
-        save_file({n: state[n].contiguous() for n in shard_names}, directory / file, metadata={"format": "pt"})
+        save_file(
+            {n: state[n].contiguous() for n in shard_names}, directory / file, metadata={"format": "pt"}
+        )
         weight_map.update(dict.fromkeys(shard_names, file))
-    index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
-             "weight_map": weight_map}
+    index = {
+        "metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
+        "weight_map": weight_map,
+    }
     (directory / "model.safetensors.index.json").write_text(json.dumps(index))
     config = {
         "architectures": ["OpenVLAForActionPrediction"],
@@ -130,9 +155,15 @@ def write_prismatic_run(
     """A Prismatic run: config.json, dataset_statistics.json, one checkpoints/step-*.pt per step (fp32)."""
     (run / "checkpoints").mkdir(parents=True, exist_ok=True)
     if config is None:
-        config = {"model": {"model_id": "prism-tiny", "llm_backbone_id": TINY, "llm_max_length": 2048,
-                            "vision_backbone_id": "dinosiglip-vit-so-224px",
-                            "arch_specifier": "no-align+fused-gelu-mlp"}}
+        config = {
+            "model": {
+                "model_id": "prism-tiny",
+                "llm_backbone_id": TINY,
+                "llm_max_length": 2048,
+                "vision_backbone_id": "dinosiglip-vit-so-224px",
+                "arch_specifier": "no-align+fused-gelu-mlp",
+            }
+        }
     (run / "config.json").write_text(json.dumps(config))
     (run / "dataset_statistics.json").write_text(json.dumps(NORM_STATS))
     for i, (step, llm) in enumerate(sorted(steps.items())):
@@ -171,8 +202,8 @@ ACTION_IDS = [[31999, 31872, 31745], [31744, 31999, 31872]]
 NORMALIZED = [[-254 / 255, 0.0, 254 / 255], [254 / 255, -254 / 255, 0.0]]
 # bridge_orig: 0.5 * (a + 1) * (q99 - q01) + q01 on the first two dimensions; the gripper (mask false) unchanged.
 BRIDGE_ACTIONS = [
-    [-0.1 + 0.2 / 255, 0.5, 254 / 255],       # -0.0992156..., 0.5, 0.9960784...
-    [0.3 - 0.2 / 255, 0.5 / 255, 0.0],        #  0.2992156..., 0.0019607..., 0.0
+    [-0.1 + 0.2 / 255, 0.5, 254 / 255],  # -0.0992156..., 0.5, 0.9960784...
+    [0.3 - 0.2 / 255, 0.5 / 255, 0.0],  #  0.2992156..., 0.0019607..., 0.0
 ]
 # fractal (no mask: every dimension): q01 [-1, -0.5, 0], q99 [1, 0.5, 1].
 FRACTAL_ACTIONS = [[-254 / 255, 0.0, 254.5 / 255], [254 / 255, -0.5 + 0.5 / 255, 0.5]]
@@ -313,8 +344,10 @@ def test_prismatic_run_dir_loads_the_latest_step(tiny, tmp_path, caplog) -> None
     assert_llm_equal(loaded, late)
     assert_openvla_vocabulary(loaded)
     assert loaded.unused_tensors == (
-        "projector.projector.0.bias", "projector.projector.0.weight",
-        "vision_backbone.dino_featurizer.pos_embed", "vision_backbone.siglip_featurizer.patch_embed.proj.bias",
+        "projector.projector.0.bias",
+        "projector.projector.0.weight",
+        "vision_backbone.dino_featurizer.pos_embed",
+        "vision_backbone.siglip_featurizer.patch_embed.proj.bias",
     )
     assert loaded.norm_stats == NORM_STATS
     [line] = [r.getMessage() for r in caplog.records if r.name == "llm_backbones.persistence.openvla"]

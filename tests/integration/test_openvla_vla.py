@@ -19,8 +19,13 @@ from llm_backbones.data.examples import IGNORE_INDEX, insert_patch_embeddings, v
 pytestmark = pytest.mark.integration
 
 INSTRUCTIONS = [
-    "pick up the red block", "open the top drawer", "put the carrot in the pot", "close the microwave door",
-    "push the blue cup to the left", "wipe the table with the sponge", "turn on the faucet",
+    "pick up the red block",
+    "open the top drawer",
+    "put the carrot in the pot",
+    "close the microwave door",
+    "push the blue cup to the left",
+    "wipe the table with the sponge",
+    "turn on the faucet",
     "stack the green block on the yellow block",
 ]
 PATCHES = 4
@@ -42,7 +47,9 @@ def trained():
     action_tokenizer = ActionTokenizer(tokenizer)
     actions = torch.rand(len(INSTRUCTIONS), 7, dtype=torch.float64) * 2 - 1
     patches = torch.randn(len(INSTRUCTIONS), PATCHES, backbone.embed_dim)
-    examples = [openvla_example(tokenizer, action_tokenizer, lang, a) for lang, a in zip(INSTRUCTIONS, actions)]
+    examples = [
+        openvla_example(tokenizer, action_tokenizer, lang, a) for lang, a in zip(INSTRUCTIONS, actions)
+    ]
     width = max(len(e["input_ids"]) for e in examples)
     ids = torch.full((len(examples), width), backbone.pad_token_id)
     labels = torch.full((len(examples), width), IGNORE_INDEX)

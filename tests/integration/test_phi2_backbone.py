@@ -21,9 +21,18 @@ pytestmark = pytest.mark.integration
 
 class TestPhi2Backbone(BackboneContract):
     FAMILY = Family(
-        name="phi", backbone_cls=HFCausalLLMBackbone, llm_cls=PhiForCausalLM, layer_cls=PhiDecoderLayer,
-        adds_bos=False, pad_policy="add", pad_token="<|pad|>", pad_id=50257, n_tokens=50258,
-        test_123=[14402, 17031], hidden=64, attn_on_cpu="sdpa",
+        name="phi",
+        backbone_cls=HFCausalLLMBackbone,
+        llm_cls=PhiForCausalLM,
+        layer_cls=PhiDecoderLayer,
+        adds_bos=False,
+        pad_policy="add",
+        pad_token="<|pad|>",
+        pad_id=50257,
+        n_tokens=50258,
+        test_123=[14402, 17031],
+        hidden=64,
+        attn_on_cpu="sdpa",
         tokenizer_note="real GPT-2 BPE as the stand-in for CodeGen's",
     )
     CASES = [Case("phi-2-3b", "microsoft/phi-2", PhiPromptBuilder, "phi", 51200, False, 50256)]

@@ -19,11 +19,28 @@ END = 32007  # <|end|>
 
 class TestPhi35Backbone(BackboneContract):
     FAMILY = Family(
-        name="phi3", backbone_cls=HFCausalLLMBackbone, llm_cls=Phi3ForCausalLM, layer_cls=Phi3DecoderLayer,
-        adds_bos=False, pad_policy="reuse", pad_token="<|endoftext|>", pad_id=32000, n_tokens=32011,
-        test_123=[4321, 29871, 29896, 29906, 29941], hidden=64, attn_on_cpu="sdpa", tokenizer_note="real (Phi-3)",
+        name="phi3",
+        backbone_cls=HFCausalLLMBackbone,
+        llm_cls=Phi3ForCausalLM,
+        layer_cls=Phi3DecoderLayer,
+        adds_bos=False,
+        pad_policy="reuse",
+        pad_token="<|endoftext|>",
+        pad_id=32000,
+        n_tokens=32011,
+        test_123=[4321, 29871, 29896, 29906, 29941],
+        hidden=64,
+        attn_on_cpu="sdpa",
+        tokenizer_note="real (Phi-3)",
     )
     CASES = [
-        Case("phi-3.5-mini-instruct", "microsoft/Phi-3.5-mini-instruct", Phi35InstructPromptBuilder, "phi3", 32064,
-             False, END)
+        Case(
+            "phi-3.5-mini-instruct",
+            "microsoft/Phi-3.5-mini-instruct",
+            Phi35InstructPromptBuilder,
+            "phi3",
+            32064,
+            False,
+            END,
+        )
     ]

@@ -19,9 +19,19 @@ IM_END, END_OF_TEXT = 151645, 151643
 
 class TestQwen25Backbone(BackboneContract):
     FAMILY = Family(
-        name="qwen2.5", backbone_cls=HFCausalLLMBackbone, llm_cls=Qwen2ForCausalLM, layer_cls=Qwen2DecoderLayer,
-        adds_bos=False, pad_policy="add", pad_token="<PAD>", pad_id=151665, n_tokens=151666,
-        test_123=[2271, 220, 16, 17, 18], hidden=64, attn_on_cpu="sdpa", tokenizer_note="real (Qwen2 + Qwen2.5 controls)",
+        name="qwen2.5",
+        backbone_cls=HFCausalLLMBackbone,
+        llm_cls=Qwen2ForCausalLM,
+        layer_cls=Qwen2DecoderLayer,
+        adds_bos=False,
+        pad_policy="add",
+        pad_token="<PAD>",
+        pad_id=151665,
+        n_tokens=151666,
+        test_123=[2271, 220, 16, 17, 18],
+        hidden=64,
+        attn_on_cpu="sdpa",
+        tokenizer_note="real (Qwen2 + Qwen2.5 controls)",
     )
     CASES = [
         Case(f"qwen2.5-{size}-{variant}", f"Qwen/Qwen2.5-{hub}{suffix}", builder, tiny, rows, tied, end)

@@ -41,7 +41,9 @@ class Recorder:
 
 
 # === What reaches transformers ===
-def test_defaults_no_remote_code_safetensors_only_and_no_token_for_local_dirs(tiny_llama_dir, monkeypatch) -> None:
+def test_defaults_no_remote_code_safetensors_only_and_no_token_for_local_dirs(
+    tiny_llama_dir, monkeypatch
+) -> None:
     config = Recorder(monkeypatch, base.AutoConfig, "from_pretrained")
     # LLaMA-2 ids load tokenizer.json as written (PreTrainedTokenizerFast), other families via AutoTokenizer
     tokenizer = Recorder(monkeypatch, base.PreTrainedTokenizerFast, "from_pretrained")
@@ -89,7 +91,9 @@ def test_pickle_weights_load_only_with_allow_pickle(tiny_llama_dir, tmp_path) ->
     with pytest.warns(UserWarning, match="allow_pickle"):
         backbone, _ = get_llm_backbone_and_tokenizer("llama2-7b-pure", model_path=pickled, allow_pickle=True)
     reference, _ = get_llm_backbone_and_tokenizer("llama2-7b-pure", model_path=tiny_llama_dir)
-    torch.testing.assert_close(backbone.llm.model.norm.weight, reference.llm.model.norm.weight, rtol=0, atol=0)
+    torch.testing.assert_close(
+        backbone.llm.model.norm.weight, reference.llm.model.norm.weight, rtol=0, atol=0
+    )
 
 
 def test_remote_code_never_runs_without_trust(tiny_llama_dir, tmp_path) -> None:
@@ -140,7 +144,9 @@ def _broken_dirs(tiny_llama_dir: Path, root: Path) -> dict[str, Path]:
     return dirs
 
 
-def test_token_in_no_log_repr_error_or_file(tiny_llama_dir, tmp_path, everything_logged, monkeypatch, capfd) -> None:
+def test_token_in_no_log_repr_error_or_file(
+    tiny_llama_dir, tmp_path, everything_logged, monkeypatch, capfd
+) -> None:
     texts: list[str] = []
     # Failing loads: bad local directories, an unknown id, the hub (offline), a bad checkpoint.
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
@@ -158,7 +164,9 @@ def test_token_in_no_log_repr_error_or_file(tiny_llama_dir, tmp_path, everything
             attempt()
         texts.append(_exception_text(info.value))
     # Succeeding loads: a local directory, the embedded default, a saved checkpoint.
-    backbone, tokenizer = get_llm_backbone_and_tokenizer("llama2-7b-pure", model_path=tiny_llama_dir, hf_token=SENTINEL)
+    backbone, tokenizer = get_llm_backbone_and_tokenizer(
+        "llama2-7b-pure", model_path=tiny_llama_dir, hf_token=SENTINEL
+    )
     default, _ = get_llm_backbone_and_tokenizer("llama2-tiny-pure", hf_token=SENTINEL)
     saved = save_backbone(backbone, tmp_path / "ckpt")
     loaded, loaded_tokenizer = load_backbone(saved, hf_token=SENTINEL, inference_mode=True)
@@ -176,10 +184,14 @@ def test_token_in_no_log_repr_error_or_file(tiny_llama_dir, tmp_path, everything
     assert not leaks, leaks
 
 
-def test_redaction_covers_what_libraries_might_log_or_raise(tiny_llama_dir, monkeypatch, everything_logged) -> None:
+def test_redaction_covers_what_libraries_might_log_or_raise(
+    tiny_llama_dir, monkeypatch, everything_logged
+) -> None:
     # Second line of defence: a library that logs or raises the token while the backbone loads.
     def leaky(source, **kwargs):
-        logging.getLogger("transformers.fake").warning("GET %s with Authorization: Bearer %s", source, SENTINEL)
+        logging.getLogger("transformers.fake").warning(
+            "GET %s with Authorization: Bearer %s", source, SENTINEL
+        )
         raise OSError(f"401 for token {SENTINEL}")
 
     monkeypatch.setattr(base.AutoConfig, "from_pretrained", leaky)

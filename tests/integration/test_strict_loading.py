@@ -29,7 +29,6 @@ from llm_backbones import get_llm_backbone_and_tokenizer, load_backbone, save_ba
 from llm_backbones._redact import REDACTED
 from llm_backbones.core.backbones import loading as base
 from llm_backbones.core.backbones.backbone import HFCausalLLMBackbone
-from llm_backbones.persistence.checkpoint import FINGERPRINT_FILE, read_fingerprint, verify_files
 from llm_backbones.errors import (
     FingerprintMismatchError,
     LLMBackbonesError,
@@ -39,6 +38,7 @@ from llm_backbones.errors import (
     StateDictMismatchError,
     UnsafeFileError,
 )
+from llm_backbones.persistence.checkpoint import FINGERPRINT_FILE, read_fingerprint, verify_files
 
 pytestmark = pytest.mark.integration
 
@@ -89,11 +89,17 @@ def test_strict_false_trains_a_fresh_head_with_a_warning(tiny_llama_dir, referen
     assert info.value.missing == ["lm_head.weight"] and info.value.unexpected == []
     with caplog.at_level(logging.WARNING, logger="llm_backbones"):
         backbone, _ = get_llm_backbone_and_tokenizer("llama2-7b-pure", model_path=path, strict=False)
-    assert any("['lm_head.weight']" in r.getMessage() and "strict=False" in r.getMessage() for r in caplog.records)
+    assert any(
+        "['lm_head.weight']" in r.getMessage() and "strict=False" in r.getMessage() for r in caplog.records
+    )
     head = backbone.llm.lm_head.weight
     assert head.device.type == "cpu" and bool(torch.isfinite(head).all())
-    assert not torch.equal(head[:32000], reference.llm.lm_head.weight[:32000])  # freshly initialised, as asked
-    torch.testing.assert_close(backbone.llm.model.norm.weight, reference.llm.model.norm.weight, rtol=0, atol=0)
+    assert not torch.equal(
+        head[:32000], reference.llm.lm_head.weight[:32000]
+    )  # freshly initialised, as asked
+    torch.testing.assert_close(
+        backbone.llm.model.norm.weight, reference.llm.model.norm.weight, rtol=0, atol=0
+    )
 
 
 def test_strict_false_inference_leaves_missing_tensors_on_meta(checkpoint, tmp_path, caplog) -> None:
@@ -125,7 +131,9 @@ def test_strict_false_loads_non_finite_weights_with_a_warning(tiny_llama_dir, tm
 
 def test_a_tied_checkpoint_without_a_head_tensor_loads_strictly(tiny_family_model) -> None:
     path = tiny_family_model("gemma2")
-    assert "lm_head.weight" not in load_file(path / "model.safetensors")  # tied: saved once, as the input embedding
+    assert "lm_head.weight" not in load_file(
+        path / "model.safetensors"
+    )  # tied: saved once, as the input embedding
     backbone, _ = get_llm_backbone_and_tokenizer("gemma2-2b-pure", model_path=path)
     assert backbone.llm.lm_head.weight is backbone.llm.get_input_embeddings().weight
 
@@ -150,15 +158,22 @@ def test_a_pickle_named_by_the_index_is_never_opened(tiny_llama_dir, tmp_path, m
     assert loads.calls == [] and weights.calls == []  # refused before transformers (or torch) saw a file
 
 
-def test_the_hub_index_is_checked_before_any_shard_is_downloaded(tiny_llama_dir, tmp_path, monkeypatch) -> None:
+def test_the_hub_index_is_checked_before_any_shard_is_downloaded(
+    tiny_llama_dir, tmp_path, monkeypatch
+) -> None:
     # A hub repository (faked: config and tokenizer come from the tiny directory) whose safetensors index names
     # a pickle: refused before from_pretrained downloads or opens anything.
     index = tmp_path / "model.safetensors.index.json"
     index.write_text(json.dumps({"metadata": {}, "weight_map": {"lm_head.weight": "pytorch_model.bin"}}))
     for owner in (base.AutoConfig, base.PreTrainedTokenizerFast):
         real = owner.from_pretrained
-        monkeypatch.setattr(owner, "from_pretrained", lambda source, *a, real=real, **kw: real(tiny_llama_dir, *a, **{
-            k: v for k, v in kw.items() if k != "token"}))
+        monkeypatch.setattr(
+            owner,
+            "from_pretrained",
+            lambda source, *a, real=real, **kw: real(
+                tiny_llama_dir, *a, **{k: v for k, v in kw.items() if k != "token"}
+            ),
+        )
     asked: list[tuple[str, str, object]] = []
 
     def fake_cached_file(repo, filename, **kwargs):
@@ -185,7 +200,9 @@ def test_files_outside_load_only_with_allow_external_files(tiny_llama_dir, refer
     assert info.value.reason == "outside"
     backbone, _ = get_llm_backbone_and_tokenizer("llama2-7b-pure", model_path=path, allow_external_files=True)
     # (rows 32000.. are the PAD rows, mean-initialised at random by each build)
-    torch.testing.assert_close(backbone.llm.lm_head.weight[:32000], reference.llm.lm_head.weight[:32000], rtol=0, atol=0)
+    torch.testing.assert_close(
+        backbone.llm.lm_head.weight[:32000], reference.llm.lm_head.weight[:32000], rtol=0, atol=0
+    )
 
 
 @pytest.mark.parametrize("name", ["config.json", "tokenizer.json", "model.safetensors"])
@@ -195,8 +212,12 @@ def test_a_symlink_pointing_outside_is_refused_before_it_is_read(tiny_llama_dir,
     (path / name).rename(tmp_path / "outside" / name)
     (path / name).symlink_to(tmp_path / "outside" / name)
     with pytest.raises(UnsafeFileError) as info:
-        get_llm_backbone_and_tokenizer("llama2-7b-pure", model_path=path, inference_mode=name == "config.json")
-    assert f"{path / name} is a symlink" in str(info.value) and str(tmp_path / "outside" / name) in str(info.value)
+        get_llm_backbone_and_tokenizer(
+            "llama2-7b-pure", model_path=path, inference_mode=name == "config.json"
+        )
+    assert f"{path / name} is a symlink" in str(info.value) and str(tmp_path / "outside" / name) in str(
+        info.value
+    )
 
 
 def test_symlinks_inside_the_directory_and_a_symlinked_model_path_load(tiny_llama_dir, tmp_path) -> None:
@@ -266,8 +287,12 @@ def test_twenty_random_byte_flips_in_the_weights_are_all_caught(checkpoint, tmp_
 
 @pytest.mark.parametrize(
     "change",
-    [{"rms_norm_eps": 1e-6}, {"hidden_act": "gelu"}, {"rope_scaling": {"rope_type": "linear", "factor": 2.0}},
-     {"tie_word_embeddings": True}],
+    [
+        {"rms_norm_eps": 1e-6},
+        {"hidden_act": "gelu"},
+        {"rope_scaling": {"rope_type": "linear", "factor": 2.0}},
+        {"tie_word_embeddings": True},
+    ],
     ids=["rms_norm_eps", "hidden_act", "rope_scaling", "tie_word_embeddings"],
 )
 def test_config_edits_are_caught(checkpoint, tmp_path, change) -> None:
@@ -300,7 +325,9 @@ def test_an_edited_fingerprint_dtype_is_caught(checkpoint, tmp_path) -> None:
 def test_an_unrecorded_shard_is_caught(checkpoint, tmp_path) -> None:
     path = _copy(checkpoint, tmp_path / "ck")
     save_file({"extra": torch.zeros(2)}, path / "model-extra.safetensors")
-    with pytest.raises(FingerprintMismatchError, match="model-extra.safetensors: not written by save_backbone"):
+    with pytest.raises(
+        FingerprintMismatchError, match="model-extra.safetensors: not written by save_backbone"
+    ):
         verify_files(path, read_fingerprint(path))
 
 
@@ -316,7 +343,9 @@ def test_a_checkpoint_without_hashes_loads_with_a_warning(checkpoint, tmp_path, 
 
 
 # === save_backbone: symlinks, files it did not write ===
-def test_save_through_a_symlink_replaces_the_checkpoint_where_it_points(reference, checkpoint, tmp_path) -> None:
+def test_save_through_a_symlink_replaces_the_checkpoint_where_it_points(
+    reference, checkpoint, tmp_path
+) -> None:
     real = _copy(checkpoint, tmp_path / "runs" / "step-1")
     link = tmp_path / "latest"
     link.symlink_to(real)
@@ -326,7 +355,9 @@ def test_save_through_a_symlink_replaces_the_checkpoint_where_it_points(referenc
     assert save_backbone(backbone, link) == real.resolve()
     assert link.is_symlink() and link.resolve() == real.resolve()
     reloaded, _ = load_backbone(link)
-    torch.testing.assert_close(reloaded.llm.lm_head.weight, reference.llm.lm_head.weight + 1.0, rtol=0, atol=0)
+    torch.testing.assert_close(
+        reloaded.llm.lm_head.weight, reference.llm.lm_head.weight + 1.0, rtol=0, atol=0
+    )
     assert sorted(p.name for p in real.parent.iterdir()) == ["step-1"]
 
 
@@ -375,8 +406,16 @@ def _locals_text(exc: BaseException) -> str:
 
     text = "".join(traceback.TracebackException.from_exception(exc, capture_locals=True).format())
     out = io.StringIO()
-    Console(file=out, width=200, color_system=None).print(Traceback.from_exception(
-        type(exc), exc, exc.__traceback__, show_locals=True, locals_max_length=1000, locals_max_string=1000))
+    Console(file=out, width=200, color_system=None).print(
+        Traceback.from_exception(
+            type(exc),
+            exc,
+            exc.__traceback__,
+            show_locals=True,
+            locals_max_length=1000,
+            locals_max_string=1000,
+        )
+    )
     return text + out.getvalue()
 
 

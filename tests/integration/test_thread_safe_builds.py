@@ -42,7 +42,9 @@ def _assert_untouched(before: dict[str, object]) -> None:
     assert not changed, changed
     linear = nn.Linear(2, 2)
     assert linear.weight.device.type == "cpu" and linear.weight.dtype == torch.float32
-    assert float(linear.weight.detach().abs().sum()) > 0  # initialised, not left empty by a disabled torch.nn.init
+    assert (
+        float(linear.weight.detach().abs().sum()) > 0
+    )  # initialised, not left empty by a disabled torch.nn.init
 
 
 def _build_all(build) -> list:
@@ -59,8 +61,11 @@ def _build_all(build) -> list:
 def test_inference_mode_builds_from_eight_threads(tiny_llama_dir) -> None:
     before = _process_state()
     dtypes = [torch.bfloat16 if i % 2 else torch.float32 for i in range(THREADS)]
-    backbones = _build_all(lambda i: get_llm_backbone_and_tokenizer(
-        "llama2-7b-pure", model_path=tiny_llama_dir, inference_mode=True, dtype=dtypes[i])[0])
+    backbones = _build_all(
+        lambda i: get_llm_backbone_and_tokenizer(
+            "llama2-7b-pure", model_path=tiny_llama_dir, inference_mode=True, dtype=dtypes[i]
+        )[0]
+    )
     _assert_untouched(before)
     for backbone, dtype in zip(backbones, dtypes, strict=True):
         assert {p.device.type for p in backbone.parameters()} == {"meta"}
@@ -75,7 +80,8 @@ def test_training_mode_builds_with_tokens_from_eight_threads(tiny_llama_dir, cap
 
     def build(i: int):
         backbone = get_llm_backbone_and_tokenizer(
-            "llama2-7b-pure", model_path=tiny_llama_dir, hf_token=tokens[i], dtype=dtypes[i])[0]
+            "llama2-7b-pure", model_path=tiny_llama_dir, hf_token=tokens[i], dtype=dtypes[i]
+        )[0]
         logging.getLogger("llm_backbones.test").warning("after the build: %s", tokens[i])
         return backbone
 

@@ -40,7 +40,9 @@ def add_pad_id(monkeypatch):
     def make(backbone_id: str) -> str:
         new_id = f"{backbone_id}-addpad"
         register_backbone(
-            dataclasses.replace(get_spec(backbone_id), backbone_id=new_id, pad_token="<PAD>", pad_policy="add")
+            dataclasses.replace(
+                get_spec(backbone_id), backbone_id=new_id, pad_token="<PAD>", pad_policy="add"
+            )
         )
         return new_id
 
@@ -48,7 +50,9 @@ def add_pad_id(monkeypatch):
 
 
 @pytest.mark.parametrize(("backbone_id", "tiny", "rows", "resized"), TIED)
-def test_resize_keeps_embeddings_tied(add_pad_id, tiny_family_model, backbone_id, tiny, rows, resized) -> None:
+def test_resize_keeps_embeddings_tied(
+    add_pad_id, tiny_family_model, backbone_id, tiny, rows, resized
+) -> None:
     path, scratch_id = tiny_family_model(tiny, vocab_size=rows), add_pad_id(backbone_id)
     backbone, tokenizer = get_llm_backbone_and_tokenizer(scratch_id, model_path=path)
     embed, head = backbone.llm.get_input_embeddings(), backbone.llm.get_output_embeddings()
@@ -57,7 +61,10 @@ def test_resize_keeps_embeddings_tied(add_pad_id, tiny_family_model, backbone_id
     assert backbone.llm.config.vocab_size == resized
     assert backbone.last_layer_finetune_modules == (embed, backbone.llm.get_decoder().layers[-1])
     # the new PAD row is mean-initialised (finite, not zero) and shared by the head
-    assert torch.isfinite(embed.weight[backbone.pad_token_id]).all() and embed.weight[backbone.pad_token_id].abs().sum() > 0
+    assert (
+        torch.isfinite(embed.weight[backbone.pad_token_id]).all()
+        and embed.weight[backbone.pad_token_id].abs().sum() > 0
+    )
 
     # training through the tied matrix: one gradient, from both uses
     ids = tokenizer("In: pick up the cup\nOut: ok", return_tensors="pt").input_ids
@@ -71,11 +78,15 @@ def test_resize_keeps_embeddings_tied(add_pad_id, tiny_family_model, backbone_id
     assert fresh.llm.get_output_embeddings().weight is fresh.llm.get_input_embeddings().weight
     backbone.eval(), fresh.eval()
     with torch.no_grad():
-        torch.testing.assert_close(fresh(input_ids=ids).logits, backbone(input_ids=ids).logits, rtol=0, atol=0)
+        torch.testing.assert_close(
+            fresh(input_ids=ids).logits, backbone(input_ids=ids).logits, rtol=0, atol=0
+        )
 
 
 @pytest.mark.parametrize(("backbone_id", "tiny", "rows", "resized"), TIED)
-def test_registry_policy_leaves_tied_checkpoints_untouched(tiny_family_model, backbone_id, tiny, rows, resized) -> None:
+def test_registry_policy_leaves_tied_checkpoints_untouched(
+    tiny_family_model, backbone_id, tiny, rows, resized
+) -> None:
     path = tiny_family_model(tiny)
     backbone, _ = get_llm_backbone_and_tokenizer(backbone_id, model_path=path)
     embed = backbone.llm.get_input_embeddings().weight
@@ -124,14 +135,26 @@ def test_fsdp1_keeps_the_tied_tensor_in_the_root_unit(tiny_family_model) -> None
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     src = str(Path(__file__).parents[2] / "src")
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-           "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-c", _FSDP_PROBE, json.dumps(models)], capture_output=True, text=True,
-                          env=env, timeout=300)
+    env = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", _FSDP_PROBE, json.dumps(models)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, f"stdout: {proc.stdout[-1000:]}\nstderr: {proc.stderr[-3000:]}"
     results = json.loads(proc.stdout.split("RESULT ", 1)[1])
-    layer = {"llama3.2-1b-instruct": "LlamaDecoderLayer", "qwen2.5-0.5b-instruct": "Qwen2DecoderLayer",
-             "gemma2-2b-instruct": "Gemma2DecoderLayer"}
+    layer = {
+        "llama3.2-1b-instruct": "LlamaDecoderLayer",
+        "qwen2.5-0.5b-instruct": "Qwen2DecoderLayer",
+        "gemma2-2b-instruct": "Gemma2DecoderLayer",
+    }
     for backbone_id, result in results.items():
         # one root unit plus one unit per decoder layer
         assert result["units"] == ["HFCausalLLMBackbone", layer[backbone_id], layer[backbone_id]]

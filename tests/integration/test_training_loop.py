@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from llm_backbones import get_llm_backbone_and_tokenizer, tokenize_conversation
 from llm_backbones.app.cli import app
-from llm_backbones.training.distributed import clip_grad_norm
 from llm_backbones.errors import FinetuneError, NonFiniteLossError, OutputPathError
+from llm_backbones.training.distributed import clip_grad_norm
 from llm_backbones.training.finetune import run_finetune
 from llm_backbones.training.loop import (
     DataOrder,
@@ -48,8 +48,11 @@ DATA = [
     conv("Where is the cup?", "left of the sponge"),
     conv("Stack the blocks.", "red on blue, then green on red"),
 ]
-EVAL = [conv("Is the drawer open?", "no, it is closed"), conv("What is left of the sponge?", "the cup"),
-        conv("Close the gripper.", "closing")]
+EVAL = [
+    conv("Is the drawer open?", "no, it is closed"),
+    conv("What is left of the sponge?", "the cup"),
+    conv("Close the gripper.", "closing"),
+]
 BASE = {"device": "cpu", "precision": "fp32", "save_every": 0, "lr": 1e-3}
 
 
@@ -77,21 +80,40 @@ def base(tiny_llama_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("loop")
     eval_file = write_json(root / "eval.json", EVAL)
     result, records = train(**BASE_RUN, **BASE_OUTPUTS, eval_data=str(eval_file), output=str(root / "run"))
-    return SimpleNamespace(root=root, run=root / "run", result=result, records=records, eval_file=eval_file,
-                           steps=[r for r in records if "loss" in r])
+    return SimpleNamespace(
+        root=root,
+        run=root / "run",
+        result=result,
+        records=records,
+        eval_file=eval_file,
+        steps=[r for r in records if "loss" in r],
+    )
 
 
 def files_of(run: Path) -> dict[Path, bytes]:
     """Every file of a run folder but those a resumed run rewrites: its settings and its metrics (JSONL, and
     TensorBoard events where tensorboard is installed)."""
-    return {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*"))
-            if p.is_file() and p.name not in ("run_config.json", "metrics.jsonl") and "tensorboard" not in p.parts}
+    return {
+        p.relative_to(run): p.read_bytes()
+        for p in sorted(run.rglob("*"))
+        if p.is_file() and p.name not in ("run_config.json", "metrics.jsonl") and "tensorboard" not in p.parts
+    }
 
 
 def test_lr_schedule_values_written_out(base) -> None:
     # lr 1e-3, 10 steps, 3 warm-up steps: 1/3, 2/3, 1, then 0.5 * (1 + cos(pi * k / 7)) for k = 0..6.
-    cosine = [3.3333333333333335e-4, 6.666666666666666e-4, 1e-3, 1e-3, 9.504844339512095e-4, 8.117449009293668e-4,
-              6.112604669781572e-4, 3.887395330218428e-4, 1.8825509907063325e-4, 4.951556604879043e-5]
+    cosine = [
+        3.3333333333333335e-4,
+        6.666666666666666e-4,
+        1e-3,
+        1e-3,
+        9.504844339512095e-4,
+        8.117449009293668e-4,
+        6.112604669781572e-4,
+        3.887395330218428e-4,
+        1.8825509907063325e-4,
+        4.951556604879043e-5,
+    ]
     constant = [3.3333333333333335e-4, 6.666666666666666e-4] + [1e-3] * 8
     for schedule, expected in (("cosine", cosine), ("constant", constant)):
         cfg = FinetuneConfig(lr=1e-3, steps=10, warmup_steps=3, lr_schedule=schedule)
@@ -112,11 +134,15 @@ def test_grad_accum_over_4_equals_one_batch_4x_larger(base) -> None:
     # 4 micro-batches of 2 against the base run's one batch of 8 (its first 2 steps: same warm-up lrs).
     accumulated, records = train(**{**BASE_RUN, "steps": 2, "grad_accum": 4})
     torch.testing.assert_close(accumulated.losses, base.result.losses[:2], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close([r["grad_norm"] for r in records], [r["grad_norm"] for r in base.steps[:2]],
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        [r["grad_norm"] for r in records], [r["grad_norm"] for r in base.steps[:2]], rtol=1e-5, atol=1e-5
+    )
     assert accumulated.losses[1] < accumulated.losses[0]  # the second step sees the updated weights
-    with pytest.raises(FinetuneError, match=r"--batch-size 8 \(global\) does not split evenly over 1 ranks x 3 "
-                                            r"accumulation steps; use a multiple of 3"):
+    with pytest.raises(
+        FinetuneError,
+        match=r"--batch-size 8 \(global\) does not split evenly over 1 ranks x 3 "
+        r"accumulation steps; use a multiple of 3",
+    ):
         train(steps=1, batch_size=8, grad_accum=3)
 
 
@@ -139,10 +165,14 @@ def test_max_grad_norm_bounds_the_norm_the_optimizer_sees(monkeypatch) -> None:
     layer(torch.ones(4, 3)).pow(2).sum().backward()
     grads = [p.grad.clone() for p in layer.parameters()]
     norm = clip_grad_norm(layer, 0.0)
-    assert norm.item() == pytest.approx(torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads])).item())
+    assert norm.item() == pytest.approx(
+        torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads])).item()
+    )
     assert all(torch.equal(p.grad, g) for p, g in zip(layer.parameters(), grads, strict=True)) and norm > 0.1
     clip_grad_norm(layer, 0.1)
-    assert torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in layer.parameters()])).item() == pytest.approx(0.1)
+    assert torch.linalg.vector_norm(
+        torch.cat([p.grad.flatten() for p in layer.parameters()])
+    ).item() == pytest.approx(0.1)
 
 
 def test_eval_loss_is_the_token_mean_over_the_eval_set(base) -> None:
@@ -158,14 +188,18 @@ def test_eval_loss_is_the_token_mean_over_the_eval_set(base) -> None:
         for conversation in EVAL:
             example = tokenize_conversation(tokenizer, backbone.prompt_builder_fn, conversation)
             n = int((example["labels"][1:] != -100).sum())
-            total += backbone(input_ids=example["input_ids"][None], labels=example["labels"][None]).loss.item() * n
+            total += (
+                backbone(input_ids=example["input_ids"][None], labels=example["labels"][None]).loss.item() * n
+            )
             count += n
     assert evals[-1]["eval_loss"] == pytest.approx(total / count, rel=1e-5)
 
 
 def test_max_length_truncates_every_example(base) -> None:
     backbone, tokenizer = get_llm_backbone_and_tokenizer("llama2-tiny-pure", inference_mode=True)
-    lengths = [len(tokenize_conversation(tokenizer, backbone.prompt_builder_fn, c)["input_ids"]) for c in DATA]
+    lengths = [
+        len(tokenize_conversation(tokenizer, backbone.prompt_builder_fn, c)["input_ids"]) for c in DATA
+    ]
     assert lengths == [22, 21, 20, 30, 16, 15, 18, 19]
     assert base.steps[0]["tokens"] == 161  # the first global batch is the whole data set
     _, cut = train(steps=1, batch_size=8, max_length=20)
@@ -177,7 +211,9 @@ def test_fast_computes_the_loss_without_logits_and_equally(base, monkeypatch) ->
 
     calls = []
     fused = backbone_base.chunked_causal_lm_loss
-    monkeypatch.setattr(backbone_base, "chunked_causal_lm_loss", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    monkeypatch.setattr(
+        backbone_base, "chunked_causal_lm_loss", lambda *a, **k: calls.append(1) or fused(*a, **k)
+    )
     fast, _ = train(**{**BASE_RUN, "steps": 2, "fast": True})
     assert len(calls) == 2  # one fused-loss forward per step
     torch.testing.assert_close(fast.losses, base.result.losses[:2], rtol=1e-5, atol=1e-5)
@@ -188,7 +224,9 @@ def test_gradient_checkpointing_recomputes_each_layer_in_backward(base, monkeypa
 
     calls = []  # each decoder layer's MLP (the layer's own forward is what transformers wraps to checkpoint)
     forward = modeling_llama.LlamaMLP.forward
-    monkeypatch.setattr(modeling_llama.LlamaMLP, "forward", lambda self, x: calls.append(1) or forward(self, x))
+    monkeypatch.setattr(
+        modeling_llama.LlamaMLP, "forward", lambda self, x: calls.append(1) or forward(self, x)
+    )
     checkpointed, _ = train(**{**BASE_RUN, "steps": 2, "gradient_checkpointing": True})
     assert len(calls) == 2 * 2 * 2  # 2 steps x 2 layers x (forward + recomputation in backward)
     torch.testing.assert_close(checkpointed.losses, base.result.losses[:2], rtol=1e-6, atol=1e-6)
@@ -220,23 +258,51 @@ def test_save_every_and_keep(base) -> None:
     meta = json.loads((base.run / "checkpoints" / "step-00000004" / "meta.json").read_text())
     assert meta["step"] == 4 and meta["world_size"] == 1 and meta["format"] == "torch.distributed.checkpoint"
     assert meta["config"]["batch_size"] == 8 and meta["n_examples"] == 8
-    assert (base.run / "model.safetensors").is_file() and (base.run / "fingerprint.json").is_file()  # the export
+    assert (base.run / "model.safetensors").is_file() and (
+        base.run / "fingerprint.json"
+    ).is_file()  # the export
 
 
 def test_config_file_flags_override_and_the_saved_config_repeats_the_run(tmp_path) -> None:
     data = write_json(tmp_path / "data.json", DATA)
     config = tmp_path / "run.yaml"
-    config.write_text(f"backbone: llama2-tiny-pure\ndata: {data}\nsteps: 3\nbatch-size: 4\nlr: 1e-3\n"
-                      "device: cpu\nprecision: fp32\nsave_every: 0\n")
-    first = runner.invoke(app, ["finetune", "--config", str(config), "--steps", "2", "--output", str(tmp_path / "a"),
-                                "--metrics-json", str(tmp_path / "a.json")])
+    config.write_text(
+        f"backbone: llama2-tiny-pure\ndata: {data}\nsteps: 3\nbatch-size: 4\nlr: 1e-3\n"
+        "device: cpu\nprecision: fp32\nsave_every: 0\n"
+    )
+    first = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--config",
+            str(config),
+            "--steps",
+            "2",
+            "--output",
+            str(tmp_path / "a"),
+            "--metrics-json",
+            str(tmp_path / "a.json"),
+        ],
+    )
     assert first.exit_code == 0, first.output
     losses = json.loads((tmp_path / "a.json").read_text())["losses"]
     assert len(losses) == 2  # --steps 2 on the command line beat `steps: 3` in the file
     saved = json.loads((tmp_path / "a" / "run_config.json").read_text())
-    assert saved["steps"] == 2 and saved["lr"] == 1e-3 and saved["data"] == str(data) and "output" not in saved
-    again = runner.invoke(app, ["finetune", "--config", str(tmp_path / "a" / "run_config.json"),
-                                "--output", str(tmp_path / "b"), "--metrics-json", str(tmp_path / "b.json")])
+    assert (
+        saved["steps"] == 2 and saved["lr"] == 1e-3 and saved["data"] == str(data) and "output" not in saved
+    )
+    again = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--config",
+            str(tmp_path / "a" / "run_config.json"),
+            "--output",
+            str(tmp_path / "b"),
+            "--metrics-json",
+            str(tmp_path / "b.json"),
+        ],
+    )
     assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "b.json").read_text())["losses"] == losses  # exactly the same run
 
@@ -244,18 +310,35 @@ def test_config_file_flags_override_and_the_saved_config_repeats_the_run(tmp_pat
     result = runner.invoke(app, ["finetune", "--config", str(bad)])
     assert result.exit_code == 1
     assert "unknown setting 'batchsize'" in result.output and "Did you mean batch_size" in result.output
-    result = runner.invoke(app, ["finetune", "--config", str(write_json(tmp_path / "t.json", {"steps": "many"}))])
+    result = runner.invoke(
+        app, ["finetune", "--config", str(write_json(tmp_path / "t.json", {"steps": "many"}))]
+    )
     assert result.exit_code == 1 and "setting 'steps' must be a int, got str 'many'" in result.output
 
 
 def test_output_holding_a_run_is_refused_unless_resume_or_overwrite(base, tmp_path) -> None:
     data = write_json(tmp_path / "data.json", DATA)
-    args = ["finetune", "--backbone", "llama2-tiny-pure", "--data", str(data), "--steps", "1", "--batch-size", "4",
-            "--device", "cpu", "--save-every", "0"]
+    args = [
+        "finetune",
+        "--backbone",
+        "llama2-tiny-pure",
+        "--data",
+        str(data),
+        "--steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--save-every",
+        "0",
+    ]
     before = files_of(base.run)
     refused = runner.invoke(app, [*args, "--output", str(base.run)])
     assert refused.exit_code == 1 and refused.output.startswith("error: ")
-    assert "already holds a run (checkpoints up to step 4, an exported model, metrics.jsonl)" in refused.output
+    assert (
+        "already holds a run (checkpoints up to step 4, an exported model, metrics.jsonl)" in refused.output
+    )
     assert "Pass --resume to continue it" in refused.output and "--overwrite to replace it" in refused.output
     both = runner.invoke(app, [*args, "--output", str(base.run), "--resume", "--overwrite"])
     assert both.exit_code == 1 and "--resume and --overwrite exclude each other" in both.output
@@ -284,8 +367,17 @@ def test_non_finite_loss_stops_before_anything_is_written(base, tmp_path) -> Non
     before = files_of(run)
     # Resume at step 4. Step 5 runs on good weights and its update (lr 1e30) ruins them; its checkpoint
     # is written but not published, since step 6's loss is not finite. keep=1 must not delete step 4.
-    options = {**BASE, **BASE_RUN, **BASE_OUTPUTS, "steps": 8, "save_every": 5, "lr": 1e30, "resume": True,
-               "output": str(run), "eval_data": str(base.eval_file)}
+    options = {
+        **BASE,
+        **BASE_RUN,
+        **BASE_OUTPUTS,
+        "steps": 8,
+        "save_every": 5,
+        "lr": 1e30,
+        "resume": True,
+        "output": str(run),
+        "eval_data": str(base.eval_file),
+    }
     with pytest.raises(NonFiniteLossError, match=r"^Step 6: the loss is (nan|inf) \(not finite\)") as err:
         run_finetune("llama2-tiny-pure", DATA, **options)
     assert err.value.step == 6 and err.value.what == "loss" and isinstance(err.value, FinetuneError)
@@ -295,17 +387,29 @@ def test_non_finite_loss_stops_before_anything_is_written(base, tmp_path) -> Non
 
     result = runner.invoke(app, ["finetune", "--lr", "inf", "--output", str(run), "--resume"])
     assert result.exit_code == 1
-    assert result.output.count("\n") == 1 and result.output.startswith("error: --lr must be a finite number > 0, got inf")
+    assert result.output.count("\n") == 1 and result.output.startswith(
+        "error: --lr must be a finite number > 0, got inf"
+    )
     assert files_of(run) == before
 
 
 def test_resume_refuses_settings_that_change_the_data_or_model(base, tmp_path) -> None:
     run = tmp_path / "run"
     shutil.copytree(base.run, run)
-    options = {**BASE, **BASE_RUN, **BASE_OUTPUTS, "steps": 5, "resume": True, "output": str(run),
-               "eval_data": str(base.eval_file)}
-    with pytest.raises(FinetuneError, match=r"Cannot resume the checkpoint at step 4 with other settings: "
-                                            r"--batch-size 8 -> 4"):
+    options = {
+        **BASE,
+        **BASE_RUN,
+        **BASE_OUTPUTS,
+        "steps": 5,
+        "resume": True,
+        "output": str(run),
+        "eval_data": str(base.eval_file),
+    }
+    with pytest.raises(
+        FinetuneError,
+        match=r"Cannot resume the checkpoint at step 4 with other settings: "
+        r"--batch-size 8 -> 4",
+    ):
         run_finetune("llama2-tiny-pure", DATA, **{**options, "batch_size": 4})
     with pytest.raises(FinetuneError, match=r"trained on 8 examples, but --data now holds 7"):
         run_finetune("llama2-tiny-pure", DATA[:7], **options)
@@ -320,7 +424,10 @@ def test_settings_are_checked_before_any_work() -> None:
         ({"lr": float("nan")}, "--lr must be a finite number > 0, got nan"),
         ({"lr_schedule": "linear"}, "--lr-schedule 'linear' is unknown; accepted: cosine, constant"),
         ({"warmup_steps": 20, "steps": 10}, "--warmup-steps 20 is more than --steps 10"),
-        ({"max_grad_norm": -1.0}, "--max-grad-norm must be a finite number >= 0, got -1.0; 0 turns clipping off"),
+        (
+            {"max_grad_norm": -1.0},
+            "--max-grad-norm must be a finite number >= 0, got -1.0; 0 turns clipping off",
+        ),
         ({"grad_accum": 0}, "--grad-accum must be >= 1"),
         ({"keep": 0}, "--keep must be >= 1"),
         ({"max_length": 0}, "--max-length must be a positive number of tokens, got 0"),
@@ -340,7 +447,9 @@ def test_data_order_depends_only_on_seed_and_global_batch() -> None:
     # any step on: a resumed run and any world size see the same global batches.
     expected = global_batch_indices(6, 4, 7, seed=3)
     order = DataOrder(6, 4, seed=3)
-    assert [order.batch(step) for step in (5, 6, 0, 1, 2, 3, 4)] == [expected[s] for s in (5, 6, 0, 1, 2, 3, 4)]
+    assert [order.batch(step) for step in (5, 6, 0, 1, 2, 3, 4)] == [
+        expected[s] for s in (5, 6, 0, 1, 2, 3, 4)
+    ]
     assert sorted(expected[0] + expected[1][:2]) == list(range(6))  # the first epoch is a permutation
     batch = [10, 11, 12, 13, 14, 15, 16, 17]
     assert rank_micro_batches(batch, 2, 2, 0) == [[10, 11], [14, 15]]  # micro-batch 0 and 1, rank 0's half
@@ -354,7 +463,12 @@ def test_config_files_yaml_and_json(tmp_path) -> None:
     values = read_config_file(yaml_file)
     cfg = FinetuneConfig.from_mapping(values, "c.yml")
     assert (cfg.lr, cfg.max_grad_norm, cfg.fast, cfg.max_length, cfg.grad_accum) == (1e-4, 0.0, True, None, 2)
-    assert FinetuneConfig.from_mapping(read_config_file(write_json(tmp_path / "c.json", {"steps": 3})), "c.json").steps == 3
+    assert (
+        FinetuneConfig.from_mapping(
+            read_config_file(write_json(tmp_path / "c.json", {"steps": 3})), "c.json"
+        ).steps
+        == 3
+    )
     for name, text, words in (
         ("c.toml", "steps = 3", "unknown file type '.toml'; accepted: .yaml, .yml, .json"),
         ("list.yaml", "- 1\n- 2\n", "must hold a mapping of settings"),

@@ -21,15 +21,38 @@ pytestmark = pytest.mark.integration
 
 FAULT_SCRIPT = Path(__file__).parents[1] / "distributed" / "_finetune_until_fault.py"
 DATA = [
-    {"conversations": [{"from": "human", "value": "What action should the robot take to open the drawer?"},
-                       {"from": "gpt", "value": "pull the handle"}]},
-    {"conversations": [{"from": "human", "value": "What is on the table?"}, {"from": "gpt", "value": "a red cup"}]},
+    {
+        "conversations": [
+            {"from": "human", "value": "What action should the robot take to open the drawer?"},
+            {"from": "gpt", "value": "pull the handle"},
+        ]
+    },
+    {
+        "conversations": [
+            {"from": "human", "value": "What is on the table?"},
+            {"from": "gpt", "value": "a red cup"},
+        ]
+    },
     {"conversations": [{"from": "human", "value": "Close the door."}, {"from": "gpt", "value": "push it"}]},
     {"conversations": [{"from": "human", "value": "Is the gripper open?"}, {"from": "gpt", "value": "yes"}]},
-    {"conversations": [{"from": "human", "value": "Stack the blocks."}, {"from": "gpt", "value": "red on blue"}]},
+    {
+        "conversations": [
+            {"from": "human", "value": "Stack the blocks."},
+            {"from": "gpt", "value": "red on blue"},
+        ]
+    },
 ]
-SETTINGS = {"backbone": "llama2-tiny-pure", "steps": 5, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1,
-            "save_every": 2, "keep": 2, "device": "cpu", "precision": "fp32"}
+SETTINGS = {
+    "backbone": "llama2-tiny-pure",
+    "steps": 5,
+    "batch_size": 4,
+    "lr": 1e-3,
+    "warmup_steps": 1,
+    "save_every": 2,
+    "keep": 2,
+    "device": "cpu",
+    "precision": "fp32",
+}
 
 
 def cli_args(data: Path, output: Path, settings: dict = SETTINGS) -> list[str]:
@@ -43,8 +66,13 @@ def run_until_fault(fault: str, markers: Path, args: list[str], launcher: list[s
     """Start the run (`launcher`: python, or torchrun), wait until it stops at `fault`, then SIGKILL every
     process of it."""
     markers.mkdir()
-    proc = subprocess.Popen([*launcher, str(FAULT_SCRIPT), fault, str(markers), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [*launcher, str(FAULT_SCRIPT), fault, str(markers), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     while not (markers / "stopped").exists():
         if proc.poll() is not None:
@@ -84,6 +112,10 @@ def test_killed_mid_save_resumes_with_bit_identical_losses(tiny_llama_dir, tmp_p
     assert resumed.start_step == 2 and len(resumed.losses) == 3
     assert resumed.losses == reference.losses[2:]  # bit for bit
     assert losses(killed) == reference.losses  # the metrics file reads as one uninterrupted run
-    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["latest", "step-00000004", "step-00000005"]
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == [
+        "latest",
+        "step-00000004",
+        "step-00000005",
+    ]
     reference_weights = (tmp_path / "reference" / "model.safetensors").read_bytes()
     assert (killed / "model.safetensors").read_bytes() == reference_weights  # the same export, byte for byte

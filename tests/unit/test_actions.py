@@ -7,9 +7,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from shared import padded_llama2_tokenizer
 
 from llm_backbones.data.actions import ActionTokenizer
+from shared import padded_llama2_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,6 @@ from unittest import mock
 import huggingface_hub.constants
 import pytest
 import torch
-from shared import padded_llama2_tokenizer
 from typer.testing import CliRunner
 
 import llm_backbones
@@ -45,6 +44,14 @@ from llm_backbones import (
     vla_example,
 )
 from llm_backbones.app.cli import app
+from llm_backbones.core.prompting import (
+    LLaMa2ChatPromptBuilder,
+    MistralInstructPromptBuilder,
+    PhiPromptBuilder,
+    PromptBuilder,
+    PurePromptBuilder,
+    VicunaV15ChatPromptBuilder,
+)
 from llm_backbones.errors import (
     ActionError,
     CheckpointError,
@@ -73,16 +80,9 @@ from llm_backbones.errors import (
     UnsafeFileError,
     VLACheckpointError,
 )
-from llm_backbones.training.finetune import apply_finetune_mode, run_finetune
 from llm_backbones.runtime.generation import generate_greedy
-from llm_backbones.core.prompting import (
-    LLaMa2ChatPromptBuilder,
-    MistralInstructPromptBuilder,
-    PhiPromptBuilder,
-    PromptBuilder,
-    PurePromptBuilder,
-    VicunaV15ChatPromptBuilder,
-)
+from llm_backbones.training.finetune import apply_finetune_mode, run_finetune
+from shared import padded_llama2_tokenizer
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -270,7 +270,9 @@ def rows(*bad: Bad) -> list[Bad]:
     return list(bad)
 
 
-def tiny_load(path_of: Callable[[Env], Path], backbone_id: str = "llama2-7b-pure", **kw) -> Callable[[Env], object]:
+def tiny_load(
+    path_of: Callable[[Env], Path], backbone_id: str = "llama2-7b-pure", **kw
+) -> Callable[[Env], object]:
     return lambda e: get_llm_backbone_and_tokenizer(backbone_id, model_path=path_of(e), **kw)
 
 
@@ -281,33 +283,85 @@ LONG_CONVERSATION = [
 ]
 
 IDS = rows(
-    Bad("get_spec-misspelled", lambda e: get_spec("llama2-7b-chatt"), UnknownBackboneError,
-        ("'llama2-7b-chatt'", "Closest known ids: llama2-7b-chat", "Known ids:", "register_backbone"), KeyError),
-    Bad("prompt_builder_for-misspelled", lambda e: prompt_builder_for("vicuna-v16-7b"), UnknownBackboneError,
-        ("'vicuna-v16-7b'", "vicuna-v15-7b")),
-    Bad("LLM_BACKBONES-misspelled", lambda e: LLM_BACKBONES["vicuna-v16-7b"], UnknownBackboneError,
-        ("'vicuna-v16-7b'", "vicuna-v15-7b"), KeyError),
-    Bad("get_llm_backbone_and_tokenizer-misspelled", lambda e: get_llm_backbone_and_tokenizer("vicuna-v16-7b"),
-        UnknownBackboneError, ("'vicuna-v16-7b'", "vicuna-v15-7b")),
-    Bad("LLAMA2_MODELS-other-family", lambda e: LLAMA2_MODELS["mistral-7b-instruct"], UnknownBackboneError,
-        ("'mistral-7b-instruct'", "llama2 family", "llama2-7b-pure"), KeyError),
-    Bad("LLaMa2LLMBackbone-truncated-id", lambda e: LLaMa2LLMBackbone("llama2-7b"), UnknownBackboneError,
-        ("'llama2-7b'", "Closest known ids:", "llama2-7b-pure")),
+    Bad(
+        "get_spec-misspelled",
+        lambda e: get_spec("llama2-7b-chatt"),
+        UnknownBackboneError,
+        ("'llama2-7b-chatt'", "Closest known ids: llama2-7b-chat", "Known ids:", "register_backbone"),
+        KeyError,
+    ),
+    Bad(
+        "prompt_builder_for-misspelled",
+        lambda e: prompt_builder_for("vicuna-v16-7b"),
+        UnknownBackboneError,
+        ("'vicuna-v16-7b'", "vicuna-v15-7b"),
+    ),
+    Bad(
+        "LLM_BACKBONES-misspelled",
+        lambda e: LLM_BACKBONES["vicuna-v16-7b"],
+        UnknownBackboneError,
+        ("'vicuna-v16-7b'", "vicuna-v15-7b"),
+        KeyError,
+    ),
+    Bad(
+        "get_llm_backbone_and_tokenizer-misspelled",
+        lambda e: get_llm_backbone_and_tokenizer("vicuna-v16-7b"),
+        UnknownBackboneError,
+        ("'vicuna-v16-7b'", "vicuna-v15-7b"),
+    ),
+    Bad(
+        "LLAMA2_MODELS-other-family",
+        lambda e: LLAMA2_MODELS["mistral-7b-instruct"],
+        UnknownBackboneError,
+        ("'mistral-7b-instruct'", "llama2 family", "llama2-7b-pure"),
+        KeyError,
+    ),
+    Bad(
+        "LLaMa2LLMBackbone-truncated-id",
+        lambda e: LLaMa2LLMBackbone("llama2-7b"),
+        UnknownBackboneError,
+        ("'llama2-7b'", "Closest known ids:", "llama2-7b-pure"),
+    ),
     Bad("get_spec-None", lambda e: get_spec(None), UnknownBackboneError, ("None", "Known ids:"), KeyError),
-    Bad("get_spec-unhashable", lambda e: get_spec(["llama2-7b-pure"]), UnknownBackboneError,
-        ("['llama2-7b-pure']", "Known ids:")),
-    Bad("load_backbone-misspelled-override", lambda e: load_backbone(e.checkpoint, llm_backbone_id="llama2-7b-puer"),
-        UnknownBackboneError, ("'llama2-7b-puer'", "llama2-7b-pure")),
-    Bad("load_backbone-unregistered-id-in-fingerprint",
-        lambda e: load_backbone(e.checkpoint_copy("fp-unknown-id", fingerprint_update(backbone_id="llama2-tiny-puer"))),
-        UnknownBackboneError, ("'llama2-tiny-puer'", "llama2-tiny-pure", "register_backbone")),
-    Bad("register_backbone-duplicate", lambda e: register_backbone(get_spec("llama2-7b-pure")), RegistryError,
-        ("'llama2-7b-pure'", "already registered", "overwrite=True")),
-    Bad("register_backbone-not-a-spec", lambda e: register_backbone({"backbone_id": "x"}), RegistryError,
-        ("dict", "BackboneSpec("), TypeError),
-    Bad("backbone-spec-unknown-pad-policy",
-        lambda e: dataclasses.replace(get_spec("llama2-7b-pure"), pad_policy="share"), InvalidSpecError,
-        ("pad_policy='share'", "('add', 'reuse')", "reserves")),
+    Bad(
+        "get_spec-unhashable",
+        lambda e: get_spec(["llama2-7b-pure"]),
+        UnknownBackboneError,
+        ("['llama2-7b-pure']", "Known ids:"),
+    ),
+    Bad(
+        "load_backbone-misspelled-override",
+        lambda e: load_backbone(e.checkpoint, llm_backbone_id="llama2-7b-puer"),
+        UnknownBackboneError,
+        ("'llama2-7b-puer'", "llama2-7b-pure"),
+    ),
+    Bad(
+        "load_backbone-unregistered-id-in-fingerprint",
+        lambda e: load_backbone(
+            e.checkpoint_copy("fp-unknown-id", fingerprint_update(backbone_id="llama2-tiny-puer"))
+        ),
+        UnknownBackboneError,
+        ("'llama2-tiny-puer'", "llama2-tiny-pure", "register_backbone"),
+    ),
+    Bad(
+        "register_backbone-duplicate",
+        lambda e: register_backbone(get_spec("llama2-7b-pure")),
+        RegistryError,
+        ("'llama2-7b-pure'", "already registered", "overwrite=True"),
+    ),
+    Bad(
+        "register_backbone-not-a-spec",
+        lambda e: register_backbone({"backbone_id": "x"}),
+        RegistryError,
+        ("dict", "BackboneSpec("),
+        TypeError,
+    ),
+    Bad(
+        "backbone-spec-unknown-pad-policy",
+        lambda e: dataclasses.replace(get_spec("llama2-7b-pure"), pad_policy="share"),
+        InvalidSpecError,
+        ("pad_policy='share'", "('add', 'reuse')", "reserves"),
+    ),
 )
 
 ALL_BUILDERS = {
@@ -344,41 +398,99 @@ ROLE_ROWS = [
     ("gpt-twice", [HUMAN, GPT], "gpt", "Done again.", ("Turn 2", "'gpt'", "'human'")),
     ("assistant-after-gpt", [HUMAN, GPT], "assistant", "Done again.", ("Turn 2", "'assistant'", "'human'")),
     ("unknown-role", [HUMAN], "robot", "Done.", ("Turn 1", "'robot'", "'gpt'", "Roles are")),
-    ("system-role", [], "system", "You control a robot arm.", ("Turn 0", "'system'", "'human'", "system_prompt=")),
+    (
+        "system-role",
+        [],
+        "system",
+        "You control a robot arm.",
+        ("Turn 0", "'system'", "'human'", "system_prompt="),
+    ),
     ("int-message", [HUMAN], "gpt", 42, ("Turn 1", "int", "must be a string", "Convert it to text")),
 ]
-PROMPTS = [
-    Bad(f"{name}-{key}-{'compat' if compat else 'official'}", turns_then(cls, compat, done, role, message),
-        ConversationError, words)
-    for key, cls in ALL_BUILDERS.items()
-    for compat in (True, False)
-    for name, done, role, message, words in ROLE_ROWS
-] + [
-    Bad(f"potential-None-{key}-{'compat' if compat else 'official'}", potential(cls, compat, None),
-        ConversationError, ("Turn 0", "NoneType", "must be a string"))
-    for key, cls in ALL_BUILDERS.items()
-    for compat in (True, False)
-] + rows(
-    Bad("lone-surrogate-message", turns_then(PurePromptBuilder, False, [], "human", "caf\udce9"), ConversationError,
-        ("Turn 0", "not valid Unicode", "surrogates not allowed", "UTF-8")),
-    Bad("bytes-message", turns_then(VicunaV15ChatPromptBuilder, False, [], "human", b"hi"), ConversationError,
-        ("Turn 0", "bytes", "must be a string")),
-    Bad("potential-at-reply-turn", lambda e: _after_human(PurePromptBuilder).get_potential_prompt("Next?"),
-        ConversationError, ("turn 1", "the next turn is the reply", "add_turn('gpt'")),
-    Bad("model-family-not-a-string", lambda e: LLaMa2ChatPromptBuilder(None), PromptFormatError,
-        ("model_family", "NoneType", "'openvla'")),
-    Bad("model-family-misspelled", lambda e: LLaMa2ChatPromptBuilder("openvia"), PromptFormatError,
-        ("'openvia'", "known families: openvla, prismatic", "Did you mean 'openvla'?", "system_prompt=")),
-    Bad("system-prompt-without-slot", lambda e: MistralInstructPromptBuilder("openvla", system_prompt="Be brief."),
-        PromptFormatError, ("'mistral-instruct'", "no system prompt", "'Be brief.'", "first human message")),
-    Bad("system-prompt-not-a-string", lambda e: VicunaV15ChatPromptBuilder("openvla", system_prompt=3),
-        ConversationError, ("system_prompt", "int", "must be a string")),
-    Bad("system-prompt-not-a-string-no-slot", lambda e: PurePromptBuilder("openvla", system_prompt=["x"]),
-        ConversationError, ("system_prompt", "list", "must be a string")),
-    Bad("base-builder-without-format", lambda e: PromptBuilder("openvla"), PromptFormatError,
-        ("needs a format", "builder_for(name)", "PurePromptBuilder")),
-    Bad("prompt-format-not-a-format", lambda e: PromptBuilder("openvla", prompt_format=42), PromptFormatError,
-        ("prompt_format", "int", "format name", "PromptFormat(")),
+PROMPTS = (
+    [
+        Bad(
+            f"{name}-{key}-{'compat' if compat else 'official'}",
+            turns_then(cls, compat, done, role, message),
+            ConversationError,
+            words,
+        )
+        for key, cls in ALL_BUILDERS.items()
+        for compat in (True, False)
+        for name, done, role, message, words in ROLE_ROWS
+    ]
+    + [
+        Bad(
+            f"potential-None-{key}-{'compat' if compat else 'official'}",
+            potential(cls, compat, None),
+            ConversationError,
+            ("Turn 0", "NoneType", "must be a string"),
+        )
+        for key, cls in ALL_BUILDERS.items()
+        for compat in (True, False)
+    ]
+    + rows(
+        Bad(
+            "lone-surrogate-message",
+            turns_then(PurePromptBuilder, False, [], "human", "caf\udce9"),
+            ConversationError,
+            ("Turn 0", "not valid Unicode", "surrogates not allowed", "UTF-8"),
+        ),
+        Bad(
+            "bytes-message",
+            turns_then(VicunaV15ChatPromptBuilder, False, [], "human", b"hi"),
+            ConversationError,
+            ("Turn 0", "bytes", "must be a string"),
+        ),
+        Bad(
+            "potential-at-reply-turn",
+            lambda e: _after_human(PurePromptBuilder).get_potential_prompt("Next?"),
+            ConversationError,
+            ("turn 1", "the next turn is the reply", "add_turn('gpt'"),
+        ),
+        Bad(
+            "model-family-not-a-string",
+            lambda e: LLaMa2ChatPromptBuilder(None),
+            PromptFormatError,
+            ("model_family", "NoneType", "'openvla'"),
+        ),
+        Bad(
+            "model-family-misspelled",
+            lambda e: LLaMa2ChatPromptBuilder("openvia"),
+            PromptFormatError,
+            ("'openvia'", "known families: openvla, prismatic", "Did you mean 'openvla'?", "system_prompt="),
+        ),
+        Bad(
+            "system-prompt-without-slot",
+            lambda e: MistralInstructPromptBuilder("openvla", system_prompt="Be brief."),
+            PromptFormatError,
+            ("'mistral-instruct'", "no system prompt", "'Be brief.'", "first human message"),
+        ),
+        Bad(
+            "system-prompt-not-a-string",
+            lambda e: VicunaV15ChatPromptBuilder("openvla", system_prompt=3),
+            ConversationError,
+            ("system_prompt", "int", "must be a string"),
+        ),
+        Bad(
+            "system-prompt-not-a-string-no-slot",
+            lambda e: PurePromptBuilder("openvla", system_prompt=["x"]),
+            ConversationError,
+            ("system_prompt", "list", "must be a string"),
+        ),
+        Bad(
+            "base-builder-without-format",
+            lambda e: PromptBuilder("openvla"),
+            PromptFormatError,
+            ("needs a format", "builder_for(name)", "PurePromptBuilder"),
+        ),
+        Bad(
+            "prompt-format-not-a-format",
+            lambda e: PromptBuilder("openvla", prompt_format=42),
+            PromptFormatError,
+            ("prompt_format", "int", "format name", "PromptFormat("),
+        ),
+    )
 )
 
 
@@ -389,219 +501,631 @@ def _after_human(cls) -> PromptBuilder:
 
 
 CONVERSATIONS = rows(
-    Bad("empty-conversation", lambda e: tokenize_conversation(e.tok, PurePromptBuilder, []), ConversationError,
-        ("empty", "at least one human turn")),
-    Bad("empty-conversation-prompt", lambda e: tokenize_prompt(e.tok, PurePromptBuilder, []), ConversationError,
-        ("empty", "at least one human turn")),
-    Bad("conversation-None", lambda e: tokenize_conversation(e.tok, PurePromptBuilder, None), ConversationError,
-        ("list of turns", "NoneType", '"from": "human"')),
-    Bad("conversation-a-string", lambda e: tokenize_conversation(e.tok, PurePromptBuilder, "In: hi"),
-        ConversationError, ("list of turns", "got str")),
-    Bad("turn-with-unknown-keys", lambda e: tokenize_conversation(
-        e.tok, PurePromptBuilder, [ONE_TURN[0], {"speaker": "gpt", "text": "Hello."}]),
-        ConversationError, ("Turn 1", "'from'/'value'", "'role'/'content'", "speaker")),
-    Bad("turn-a-tuple", lambda e: tokenize_conversation(e.tok, PurePromptBuilder, [("human", "hi"), ("gpt", "yo")]),
-        ConversationError, ("Turn 0", "tuple", "'from'/'value'")),
-    Bad("conversation-gpt-first", lambda e: tokenize_conversation(
-        e.tok, PurePromptBuilder, [{"from": "gpt", "value": "Hi."}, {"from": "human", "value": "Hello."}]),
-        ConversationError, ("Turn 0", "'gpt'", "'human'")),
-    Bad("conversation-two-users", lambda e: tokenize_conversation(
-        e.tok, VicunaV15ChatPromptBuilder, [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]),
-        ConversationError, ("Turn 1", "'user'", "'gpt'")),
-    Bad("content-None", lambda e: tokenize_conversation(
-        e.tok, PurePromptBuilder, [ONE_TURN[0], {"role": "assistant", "content": None}]),
-        ConversationError, ("Turn 1", "NoneType", "must be a string")),
-    Bad("content-parts-list", lambda e: tokenize_conversation(
-        e.tok, LLaMa2ChatPromptBuilder, [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]),
-        ConversationError, ("Turn 0", "list", "must be a string", "Convert it to text")),
-    Bad("no-reply-to-supervise", lambda e: tokenize_conversation(e.tok, PurePromptBuilder, ONE_TURN[:1]),
-        ConversationError, ("no reply", "tokenize_prompt()")),
-    Bad("prompt-ending-with-a-reply", lambda e: tokenize_prompt(e.tok, PurePromptBuilder, ONE_TURN),
-        ConversationError, ("ends with a human turn", "2 turns", "'gpt'", "conversation[:-1]")),
-    Bad("over-long-cuts-the-reply", lambda e: tokenize_conversation(e.tok, PurePromptBuilder, ONE_TURN, max_length=12),
-        TokenizationError, ("max_length=12", "reply 0 (turn 1)", "Raise max_length", "drop_truncated_replies=True")),
-    Bad("over-long-nothing-left-even-dropping", lambda e: tokenize_conversation(
-        e.tok, PurePromptBuilder, ONE_TURN, max_length=12, drop_truncated_replies=True),
-        TokenizationError, ("max_length=12", "no supervised token", "Raise max_length")),
-    Bad("over-long-for-model-max-length", lambda e: tokenize_conversation(
-        e.short_tok, PurePromptBuilder, LONG_CONVERSATION), TokenizationError, ("max_length=16", "reply 0 (turn 1)")),
-    Bad("over-long-generation-prompt", lambda e: tokenize_prompt(e.short_tok, PurePromptBuilder, LONG_CONVERSATION[:1]),
-        TokenizationError, ("more than max_length=16", "cut the question", "Drop early turns")),
-    Bad("max-length-zero", lambda e: tokenize_conversation(e.tok, PurePromptBuilder, ONE_TURN, max_length=0),
-        TokenizationError, ("max_length must be a positive integer", "got 0", "2048")),
-    Bad("max-length-negative", lambda e: tokenize_conversation(e.tok, PurePromptBuilder, ONE_TURN, max_length=-5),
-        TokenizationError, ("positive integer", "got -5")),
-    Bad("max-length-a-string", lambda e: tokenize_prompt(e.tok, PurePromptBuilder, ONE_TURN[:1], max_length="2048"),
-        TokenizationError, ("positive integer", "got '2048'")),
+    Bad(
+        "empty-conversation",
+        lambda e: tokenize_conversation(e.tok, PurePromptBuilder, []),
+        ConversationError,
+        ("empty", "at least one human turn"),
+    ),
+    Bad(
+        "empty-conversation-prompt",
+        lambda e: tokenize_prompt(e.tok, PurePromptBuilder, []),
+        ConversationError,
+        ("empty", "at least one human turn"),
+    ),
+    Bad(
+        "conversation-None",
+        lambda e: tokenize_conversation(e.tok, PurePromptBuilder, None),
+        ConversationError,
+        ("list of turns", "NoneType", '"from": "human"'),
+    ),
+    Bad(
+        "conversation-a-string",
+        lambda e: tokenize_conversation(e.tok, PurePromptBuilder, "In: hi"),
+        ConversationError,
+        ("list of turns", "got str"),
+    ),
+    Bad(
+        "turn-with-unknown-keys",
+        lambda e: tokenize_conversation(
+            e.tok, PurePromptBuilder, [ONE_TURN[0], {"speaker": "gpt", "text": "Hello."}]
+        ),
+        ConversationError,
+        ("Turn 1", "'from'/'value'", "'role'/'content'", "speaker"),
+    ),
+    Bad(
+        "turn-a-tuple",
+        lambda e: tokenize_conversation(e.tok, PurePromptBuilder, [("human", "hi"), ("gpt", "yo")]),
+        ConversationError,
+        ("Turn 0", "tuple", "'from'/'value'"),
+    ),
+    Bad(
+        "conversation-gpt-first",
+        lambda e: tokenize_conversation(
+            e.tok, PurePromptBuilder, [{"from": "gpt", "value": "Hi."}, {"from": "human", "value": "Hello."}]
+        ),
+        ConversationError,
+        ("Turn 0", "'gpt'", "'human'"),
+    ),
+    Bad(
+        "conversation-two-users",
+        lambda e: tokenize_conversation(
+            e.tok,
+            VicunaV15ChatPromptBuilder,
+            [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+        ),
+        ConversationError,
+        ("Turn 1", "'user'", "'gpt'"),
+    ),
+    Bad(
+        "content-None",
+        lambda e: tokenize_conversation(
+            e.tok, PurePromptBuilder, [ONE_TURN[0], {"role": "assistant", "content": None}]
+        ),
+        ConversationError,
+        ("Turn 1", "NoneType", "must be a string"),
+    ),
+    Bad(
+        "content-parts-list",
+        lambda e: tokenize_conversation(
+            e.tok, LLaMa2ChatPromptBuilder, [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+        ),
+        ConversationError,
+        ("Turn 0", "list", "must be a string", "Convert it to text"),
+    ),
+    Bad(
+        "no-reply-to-supervise",
+        lambda e: tokenize_conversation(e.tok, PurePromptBuilder, ONE_TURN[:1]),
+        ConversationError,
+        ("no reply", "tokenize_prompt()"),
+    ),
+    Bad(
+        "prompt-ending-with-a-reply",
+        lambda e: tokenize_prompt(e.tok, PurePromptBuilder, ONE_TURN),
+        ConversationError,
+        ("ends with a human turn", "2 turns", "'gpt'", "conversation[:-1]"),
+    ),
+    Bad(
+        "over-long-cuts-the-reply",
+        lambda e: tokenize_conversation(e.tok, PurePromptBuilder, ONE_TURN, max_length=12),
+        TokenizationError,
+        ("max_length=12", "reply 0 (turn 1)", "Raise max_length", "drop_truncated_replies=True"),
+    ),
+    Bad(
+        "over-long-nothing-left-even-dropping",
+        lambda e: tokenize_conversation(
+            e.tok, PurePromptBuilder, ONE_TURN, max_length=12, drop_truncated_replies=True
+        ),
+        TokenizationError,
+        ("max_length=12", "no supervised token", "Raise max_length"),
+    ),
+    Bad(
+        "over-long-for-model-max-length",
+        lambda e: tokenize_conversation(e.short_tok, PurePromptBuilder, LONG_CONVERSATION),
+        TokenizationError,
+        ("max_length=16", "reply 0 (turn 1)"),
+    ),
+    Bad(
+        "over-long-generation-prompt",
+        lambda e: tokenize_prompt(e.short_tok, PurePromptBuilder, LONG_CONVERSATION[:1]),
+        TokenizationError,
+        ("more than max_length=16", "cut the question", "Drop early turns"),
+    ),
+    Bad(
+        "max-length-zero",
+        lambda e: tokenize_conversation(e.tok, PurePromptBuilder, ONE_TURN, max_length=0),
+        TokenizationError,
+        ("max_length must be a positive integer", "got 0", "2048"),
+    ),
+    Bad(
+        "max-length-negative",
+        lambda e: tokenize_conversation(e.tok, PurePromptBuilder, ONE_TURN, max_length=-5),
+        TokenizationError,
+        ("positive integer", "got -5"),
+    ),
+    Bad(
+        "max-length-a-string",
+        lambda e: tokenize_prompt(e.tok, PurePromptBuilder, ONE_TURN[:1], max_length="2048"),
+        TokenizationError,
+        ("positive integer", "got '2048'"),
+    ),
 )
 
 ACTIONS = rows(
-    Bad("action-nan", lambda e: e.act.encode([float("nan"), 0.0]), ActionError, ("finite", "nan", "Replace NaN/inf")),
+    Bad(
+        "action-nan",
+        lambda e: e.act.encode([float("nan"), 0.0]),
+        ActionError,
+        ("finite", "nan", "Replace NaN/inf"),
+    ),
     Bad("action-inf", lambda e: e.act.encode([0.0, math.inf]), ActionError, ("finite", "inf")),
-    Bad("action-minus-inf", lambda e: e.act.encode(torch.tensor([[-math.inf, 0.5]])), ActionError, ("finite", "-inf")),
+    Bad(
+        "action-minus-inf",
+        lambda e: e.act.encode(torch.tensor([[-math.inf, 0.5]])),
+        ActionError,
+        ("finite", "-inf"),
+    ),
     Bad("action-scalar", lambda e: e.act.encode(torch.tensor(0.3)), ActionError, ("scalar", "pass [value]")),
     Bad("action-empty", lambda e: e.act.encode([]), ActionError, ("at least one value", "(0,)", "D >= 1")),
-    Bad("action-empty-last-dim", lambda e: e.act.encode(torch.zeros(2, 0)), ActionError, ("at least one value", "(2, 0)")),
-    Bad("action-wrong-dim", lambda e: e.act7.encode(torch.zeros(4, 6)), ActionError,
-        ("(4, 6)", "action_dim=7", "action space")),
-    Bad("action-ragged", lambda e: e.act.encode([[0.1, 0.2], [0.3]]), ActionError, ("cannot be read as numbers", "Ragged")),
-    Bad("action-strings", lambda e: e.act.encode(["0.1", "0.2"]), ActionError, ("cannot be read as numbers", "list")),
+    Bad(
+        "action-empty-last-dim",
+        lambda e: e.act.encode(torch.zeros(2, 0)),
+        ActionError,
+        ("at least one value", "(2, 0)"),
+    ),
+    Bad(
+        "action-wrong-dim",
+        lambda e: e.act7.encode(torch.zeros(4, 6)),
+        ActionError,
+        ("(4, 6)", "action_dim=7", "action space"),
+    ),
+    Bad(
+        "action-ragged",
+        lambda e: e.act.encode([[0.1, 0.2], [0.3]]),
+        ActionError,
+        ("cannot be read as numbers", "Ragged"),
+    ),
+    Bad(
+        "action-strings",
+        lambda e: e.act.encode(["0.1", "0.2"]),
+        ActionError,
+        ("cannot be read as numbers", "list"),
+    ),
     Bad("action-a-string", lambda e: e.act.encode("0.5"), ActionError, ("str", "'0.5'", "float tensor")),
     Bad("action-None", lambda e: e.act.encode(None), ActionError, ("NoneType", "float tensor")),
-    Bad("action-complex", lambda e: e.act.encode(torch.tensor([1 + 2j])), ActionError, ("real numbers", "complex")),
+    Bad(
+        "action-complex",
+        lambda e: e.act.encode(torch.tensor([1 + 2j])),
+        ActionError,
+        ("real numbers", "complex"),
+    ),
     *[
-        Bad(f"action-id-{bad}", lambda e, bad=bad: e.act.decode_token_ids_to_actions([31800, bad]), ActionError,
-            (str(bad), "not action tokens", "accepted: 31744..31999", "Decode only the generated"))
+        Bad(
+            f"action-id-{bad}",
+            lambda e, bad=bad: e.act.decode_token_ids_to_actions([31800, bad]),
+            ActionError,
+            (str(bad), "not action tokens", "accepted: 31744..31999", "Decode only the generated"),
+        )
         for bad in (2, 31743, 32000, 32063, -1)
     ],
-    Bad("action-id-fraction", lambda e: e.act.decode_token_ids_to_actions([31800.5]), ActionError,
-        ("31800.5", "whole numbers", "LongTensor")),
-    Bad("action-id-nan", lambda e: e.act.decode_token_ids_to_actions(torch.tensor([float("nan")])), ActionError,
-        ("nan", "whole numbers")),
-    Bad("action-id-strings", lambda e: e.act.decode_token_ids_to_actions(["31800"]), ActionError,
-        ("cannot be read as numbers", "integer token ids")),
-    Bad("action-id-bool", lambda e: e.act.decode_token_ids_to_actions(torch.tensor([True])), ActionError,
-        ("must be integers", "torch.bool")),
+    Bad(
+        "action-id-fraction",
+        lambda e: e.act.decode_token_ids_to_actions([31800.5]),
+        ActionError,
+        ("31800.5", "whole numbers", "LongTensor"),
+    ),
+    Bad(
+        "action-id-nan",
+        lambda e: e.act.decode_token_ids_to_actions(torch.tensor([float("nan")])),
+        ActionError,
+        ("nan", "whole numbers"),
+    ),
+    Bad(
+        "action-id-strings",
+        lambda e: e.act.decode_token_ids_to_actions(["31800"]),
+        ActionError,
+        ("cannot be read as numbers", "integer token ids"),
+    ),
+    Bad(
+        "action-id-bool",
+        lambda e: e.act.decode_token_ids_to_actions(torch.tensor([True])),
+        ActionError,
+        ("must be integers", "torch.bool"),
+    ),
     Bad("bins-one", lambda e: ActionTokenizer(e.tok, bins=1), ActionError, ("bins", "got 1", "256")),
-    Bad("bins-more-than-vocab", lambda e: ActionTokenizer(e.tok, bins=40000), ActionError, ("bins=40000", "32000")),
-    Bad("bins-onto-special-tokens", lambda e: ActionTokenizer(e.tok, bins=31999), ActionError,
-        ("bins=31999", "1..31999", "1: '<s>'", "2: '</s>'", "at most 31997")),
-    Bad("action-range-overflows", lambda e: ActionTokenizer(e.tok, min_action=-1e308, max_action=1e308), ActionError,
-        ("[-1e+308, 1e+308]", "overflows", "[-1, 1]")),
-    Bad("min-above-max", lambda e: ActionTokenizer(e.tok, min_action=1.0, max_action=-1.0), ActionError,
-        ("min_action=1.0", "below max_action=-1.0", "-1 and 1")),
-    Bad("min-action-nan", lambda e: ActionTokenizer(e.tok, min_action=float("nan")), ActionError,
-        ("min_action", "finite number", "nan")),
-    Bad("max-action-a-string", lambda e: ActionTokenizer(e.tok, max_action="1"), ActionError,
-        ("max_action", "finite number", "'1'")),
-    Bad("action-dim-zero", lambda e: ActionTokenizer(e.tok, action_dim=0), ActionError, ("action_dim", "got 0")),
-    Bad("action-tokenizer-None", lambda e: ActionTokenizer(None), ActionError, ("vocab_size", "NoneType", "get_tokenizer()")),
+    Bad(
+        "bins-more-than-vocab",
+        lambda e: ActionTokenizer(e.tok, bins=40000),
+        ActionError,
+        ("bins=40000", "32000"),
+    ),
+    Bad(
+        "bins-onto-special-tokens",
+        lambda e: ActionTokenizer(e.tok, bins=31999),
+        ActionError,
+        ("bins=31999", "1..31999", "1: '<s>'", "2: '</s>'", "at most 31997"),
+    ),
+    Bad(
+        "action-range-overflows",
+        lambda e: ActionTokenizer(e.tok, min_action=-1e308, max_action=1e308),
+        ActionError,
+        ("[-1e+308, 1e+308]", "overflows", "[-1, 1]"),
+    ),
+    Bad(
+        "min-above-max",
+        lambda e: ActionTokenizer(e.tok, min_action=1.0, max_action=-1.0),
+        ActionError,
+        ("min_action=1.0", "below max_action=-1.0", "-1 and 1"),
+    ),
+    Bad(
+        "min-action-nan",
+        lambda e: ActionTokenizer(e.tok, min_action=float("nan")),
+        ActionError,
+        ("min_action", "finite number", "nan"),
+    ),
+    Bad(
+        "max-action-a-string",
+        lambda e: ActionTokenizer(e.tok, max_action="1"),
+        ActionError,
+        ("max_action", "finite number", "'1'"),
+    ),
+    Bad(
+        "action-dim-zero",
+        lambda e: ActionTokenizer(e.tok, action_dim=0),
+        ActionError,
+        ("action_dim", "got 0"),
+    ),
+    Bad(
+        "action-tokenizer-None",
+        lambda e: ActionTokenizer(None),
+        ActionError,
+        ("vocab_size", "NoneType", "get_tokenizer()"),
+    ),
 )
 
 _embed = torch.nn.Embedding(40, 8)
 SHAPES = rows(
-    Bad("patches-1d-input-ids", lambda e: insert_patch_embeddings(_embed, torch.ones(5, dtype=torch.long), torch.zeros(1, 3, 8)),
-        InputShapeError, ("[batch, tokens]", "(5,)", "input_ids[None]")),
-    Bad("patches-batch-mismatch", lambda e: insert_patch_embeddings(_embed, torch.ones(2, 5, dtype=torch.long), torch.zeros(1, 3, 8)),
-        InputShapeError, ("[batch=2, patches, dim]", "(1, 3, 8)")),
-    Bad("patches-dim-mismatch", lambda e: insert_patch_embeddings(_embed, torch.ones(2, 5, dtype=torch.long), torch.zeros(2, 3, 7)),
-        InputShapeError, ("dim 7", "have 8", "embed_dim")),
-    Bad("patches-insert-at-out-of-range", lambda e: insert_patch_embeddings(
-        _embed, torch.ones(1, 5, dtype=torch.long), torch.zeros(1, 3, 8), insert_at=9),
-        InputShapeError, ("insert_at=9", "0..5", "after BOS")),
-    Bad("patches-mask-shape", lambda e: insert_patch_embeddings(
-        _embed, torch.ones(1, 5, dtype=torch.long), torch.zeros(1, 3, 8), attention_mask=torch.ones(1, 4)),
-        InputShapeError, ("attention_mask", "(1, 5)", "(1, 4)")),
-    Bad("patches-not-a-tensor", lambda e: insert_patch_embeddings(_embed, [[1, 2]], torch.zeros(1, 3, 8)),
-        InputShapeError, ("input_ids", "torch.Tensor", "list")),
-    Bad("collate-empty-batch", lambda e: PaddedCollator(model_max_length=None, pad_token_id=0)([]), InputShapeError,
-        ("empty batch", "at least one example")),
-    Bad("collate-length-mismatch", lambda e: PaddedCollator(model_max_length=None, pad_token_id=0)(
-        [{"input_ids": torch.tensor([1, 2, 3]), "labels": torch.tensor([1, 2])}]),
-        InputShapeError, ("Example 0", "3 input_ids", "2 labels", "same length")),
-    Bad("collate-missing-labels", lambda e: PaddedCollator(model_max_length=None, pad_token_id=0)([{"input_ids": torch.tensor([1])}]),
-        InputShapeError, ("Example 0", "'labels'", "['input_ids']", "tokenize_conversation")),
+    Bad(
+        "patches-1d-input-ids",
+        lambda e: insert_patch_embeddings(_embed, torch.ones(5, dtype=torch.long), torch.zeros(1, 3, 8)),
+        InputShapeError,
+        ("[batch, tokens]", "(5,)", "input_ids[None]"),
+    ),
+    Bad(
+        "patches-batch-mismatch",
+        lambda e: insert_patch_embeddings(_embed, torch.ones(2, 5, dtype=torch.long), torch.zeros(1, 3, 8)),
+        InputShapeError,
+        ("[batch=2, patches, dim]", "(1, 3, 8)"),
+    ),
+    Bad(
+        "patches-dim-mismatch",
+        lambda e: insert_patch_embeddings(_embed, torch.ones(2, 5, dtype=torch.long), torch.zeros(2, 3, 7)),
+        InputShapeError,
+        ("dim 7", "have 8", "embed_dim"),
+    ),
+    Bad(
+        "patches-insert-at-out-of-range",
+        lambda e: insert_patch_embeddings(
+            _embed, torch.ones(1, 5, dtype=torch.long), torch.zeros(1, 3, 8), insert_at=9
+        ),
+        InputShapeError,
+        ("insert_at=9", "0..5", "after BOS"),
+    ),
+    Bad(
+        "patches-mask-shape",
+        lambda e: insert_patch_embeddings(
+            _embed, torch.ones(1, 5, dtype=torch.long), torch.zeros(1, 3, 8), attention_mask=torch.ones(1, 4)
+        ),
+        InputShapeError,
+        ("attention_mask", "(1, 5)", "(1, 4)"),
+    ),
+    Bad(
+        "patches-not-a-tensor",
+        lambda e: insert_patch_embeddings(_embed, [[1, 2]], torch.zeros(1, 3, 8)),
+        InputShapeError,
+        ("input_ids", "torch.Tensor", "list"),
+    ),
+    Bad(
+        "collate-empty-batch",
+        lambda e: PaddedCollator(model_max_length=None, pad_token_id=0)([]),
+        InputShapeError,
+        ("empty batch", "at least one example"),
+    ),
+    Bad(
+        "collate-length-mismatch",
+        lambda e: PaddedCollator(model_max_length=None, pad_token_id=0)(
+            [{"input_ids": torch.tensor([1, 2, 3]), "labels": torch.tensor([1, 2])}]
+        ),
+        InputShapeError,
+        ("Example 0", "3 input_ids", "2 labels", "same length"),
+    ),
+    Bad(
+        "collate-missing-labels",
+        lambda e: PaddedCollator(model_max_length=None, pad_token_id=0)([{"input_ids": torch.tensor([1])}]),
+        InputShapeError,
+        ("Example 0", "'labels'", "['input_ids']", "tokenize_conversation"),
+    ),
 )
 
 LOADING = rows(
-    Bad("model-path-missing", tiny_load(lambda e: e.root / "absent"), ModelPathError,
-        ("absent", "is not a directory", "HF-format checkpoint"), FileNotFoundError),
-    Bad("model-path-a-file", tiny_load(lambda e: e.file("weights.bin")), ModelPathError,
-        ("weights.bin", "is not a directory"), FileNotFoundError),
-    Bad("model-path-not-a-path", lambda e: get_llm_backbone_and_tokenizer("llama2-7b-pure", model_path=123),
-        ModelPathError, ("model_path must be a str or a path", "int", "123"), FileNotFoundError),
-    Bad("model-path-without-config", tiny_load(lambda e: e.folder("no-config", "tokenizer.json")), ModelPathError,
-        ("no-config", "has no config.json", "save_pretrained"), FileNotFoundError),
-    Bad("config-of-another-architecture", tiny_load(lambda e: e.model_dir("mistral", config_update(model_type="mistral"))),
-        ConfigMismatchError, ("is a 'mistral' model", "'llama2-7b-pure'", "needs 'llama'", "Point model_path")),
-    Bad("config-not-json", tiny_load(lambda e: e.model_dir("config-not-json", write("config.json", "{not json"))),
-        ConfigMismatchError, ("config-not-json/config.json", "not valid JSON", "Restore it")),
-    Bad("config-truncated", tiny_load(lambda e: e.model_dir("config-truncated", truncate("config.json", 0.5))),
-        ConfigMismatchError, ("config-truncated/config.json", "not valid JSON")),
-    Bad("config-a-list", tiny_load(lambda e: e.model_dir("config-list", write("config.json", "[1, 2]"))),
-        ConfigMismatchError, ("config.json", "JSON list", "Restore it")),
-    Bad("config-unknown-model-type", tiny_load(lambda e: e.model_dir("unknown-type", config_update(model_type="nonexistent_arch"))),
-        ConfigMismatchError, ("'nonexistent_arch'", "transformers cannot build", "needs a 'llama' checkpoint")),
-    Bad("config-without-model-type", tiny_load(lambda e: e.model_dir("no-type", config_drop("model_type"))),
-        ConfigMismatchError, ("'<missing>'", "needs a 'llama' checkpoint")),
-    Bad("config-needing-remote-code", tiny_load(lambda e: e.model_dir("remote-code", remote_code)), RemoteCodeError,
-        ("auto_map", "'my_arm_llm'", "never runs a checkpoint's code", "trust_remote_code=True")),
-    Bad("tokenizer-breaking-the-bos-policy", tiny_load(lambda e: e.model_dir("no-bos", no_bos)), TokenizerContractError,
-        ("does not add BOS", "adds_bos=True", "model_path holds this family's tokenizer")),
-    Bad("tokenizer-files-missing", tiny_load(lambda e: e.model_dir("no-tokenizer", remove("tokenizer.json", "tokenizer_config.json"))),
-        ModelPathError, ("no-tokenizer", "no usable tokenizer", "found: none", "save_pretrained"), FileNotFoundError),
-    Bad("tokenizer-json-missing", tiny_load(lambda e: e.model_dir("no-tokenizer-json", remove("tokenizer.json"))),
-        ModelPathError, ("['tokenizer_config.json']", "needs tokenizer.json"), FileNotFoundError),
-    Bad("weights-truncated", tiny_load(lambda e: e.model_dir("weights-truncated", truncate("model.safetensors", 0.5))),
-        ModelWeightsError, ("weights-truncated/model.safetensors", "bytes)", "truncated or corrupted", "again")),
-    Bad("weights-header-garbage", tiny_load(lambda e: e.model_dir("weights-garbage", write("model.safetensors", b"\0" * 64))),
-        ModelWeightsError, ("weights-garbage/model.safetensors (64 bytes)", "truncated or corrupted")),
-    Bad("weights-empty-file", tiny_load(lambda e: e.model_dir("weights-empty", write("model.safetensors", b""))),
-        ModelWeightsError, ("(0 bytes)", "truncated or corrupted")),
-    Bad("weights-pickle-only", tiny_load(lambda e: e.model_dir("pickle-only", pickle_only)), ModelPathError,
-        ("pytorch_model.bin", "safetensors only", "allow_pickle=True"), FileNotFoundError),
-    Bad("weights-missing", tiny_load(lambda e: e.model_dir("no-weights", remove("model.safetensors"))), ModelPathError,
-        ("no weights", "model.safetensors", "inference_mode=True"), FileNotFoundError),
-    Bad("hub-unreachable", lambda e: offline(lambda: get_llm_backbone_and_tokenizer("llama2-7b-pure")), ModelPathError,
-        ("'meta-llama/Llama-2-7b-hf'", "hub path", "model_path=", "hf_token"), FileNotFoundError),
+    Bad(
+        "model-path-missing",
+        tiny_load(lambda e: e.root / "absent"),
+        ModelPathError,
+        ("absent", "is not a directory", "HF-format checkpoint"),
+        FileNotFoundError,
+    ),
+    Bad(
+        "model-path-a-file",
+        tiny_load(lambda e: e.file("weights.bin")),
+        ModelPathError,
+        ("weights.bin", "is not a directory"),
+        FileNotFoundError,
+    ),
+    Bad(
+        "model-path-not-a-path",
+        lambda e: get_llm_backbone_and_tokenizer("llama2-7b-pure", model_path=123),
+        ModelPathError,
+        ("model_path must be a str or a path", "int", "123"),
+        FileNotFoundError,
+    ),
+    Bad(
+        "model-path-without-config",
+        tiny_load(lambda e: e.folder("no-config", "tokenizer.json")),
+        ModelPathError,
+        ("no-config", "has no config.json", "save_pretrained"),
+        FileNotFoundError,
+    ),
+    Bad(
+        "config-of-another-architecture",
+        tiny_load(lambda e: e.model_dir("mistral", config_update(model_type="mistral"))),
+        ConfigMismatchError,
+        ("is a 'mistral' model", "'llama2-7b-pure'", "needs 'llama'", "Point model_path"),
+    ),
+    Bad(
+        "config-not-json",
+        tiny_load(lambda e: e.model_dir("config-not-json", write("config.json", "{not json"))),
+        ConfigMismatchError,
+        ("config-not-json/config.json", "not valid JSON", "Restore it"),
+    ),
+    Bad(
+        "config-truncated",
+        tiny_load(lambda e: e.model_dir("config-truncated", truncate("config.json", 0.5))),
+        ConfigMismatchError,
+        ("config-truncated/config.json", "not valid JSON"),
+    ),
+    Bad(
+        "config-a-list",
+        tiny_load(lambda e: e.model_dir("config-list", write("config.json", "[1, 2]"))),
+        ConfigMismatchError,
+        ("config.json", "JSON list", "Restore it"),
+    ),
+    Bad(
+        "config-unknown-model-type",
+        tiny_load(lambda e: e.model_dir("unknown-type", config_update(model_type="nonexistent_arch"))),
+        ConfigMismatchError,
+        ("'nonexistent_arch'", "transformers cannot build", "needs a 'llama' checkpoint"),
+    ),
+    Bad(
+        "config-without-model-type",
+        tiny_load(lambda e: e.model_dir("no-type", config_drop("model_type"))),
+        ConfigMismatchError,
+        ("'<missing>'", "needs a 'llama' checkpoint"),
+    ),
+    Bad(
+        "config-needing-remote-code",
+        tiny_load(lambda e: e.model_dir("remote-code", remote_code)),
+        RemoteCodeError,
+        ("auto_map", "'my_arm_llm'", "never runs a checkpoint's code", "trust_remote_code=True"),
+    ),
+    Bad(
+        "tokenizer-breaking-the-bos-policy",
+        tiny_load(lambda e: e.model_dir("no-bos", no_bos)),
+        TokenizerContractError,
+        ("does not add BOS", "adds_bos=True", "model_path holds this family's tokenizer"),
+    ),
+    Bad(
+        "tokenizer-files-missing",
+        tiny_load(lambda e: e.model_dir("no-tokenizer", remove("tokenizer.json", "tokenizer_config.json"))),
+        ModelPathError,
+        ("no-tokenizer", "no usable tokenizer", "found: none", "save_pretrained"),
+        FileNotFoundError,
+    ),
+    Bad(
+        "tokenizer-json-missing",
+        tiny_load(lambda e: e.model_dir("no-tokenizer-json", remove("tokenizer.json"))),
+        ModelPathError,
+        ("['tokenizer_config.json']", "needs tokenizer.json"),
+        FileNotFoundError,
+    ),
+    Bad(
+        "weights-truncated",
+        tiny_load(lambda e: e.model_dir("weights-truncated", truncate("model.safetensors", 0.5))),
+        ModelWeightsError,
+        ("weights-truncated/model.safetensors", "bytes)", "truncated or corrupted", "again"),
+    ),
+    Bad(
+        "weights-header-garbage",
+        tiny_load(lambda e: e.model_dir("weights-garbage", write("model.safetensors", b"\0" * 64))),
+        ModelWeightsError,
+        ("weights-garbage/model.safetensors (64 bytes)", "truncated or corrupted"),
+    ),
+    Bad(
+        "weights-empty-file",
+        tiny_load(lambda e: e.model_dir("weights-empty", write("model.safetensors", b""))),
+        ModelWeightsError,
+        ("(0 bytes)", "truncated or corrupted"),
+    ),
+    Bad(
+        "weights-pickle-only",
+        tiny_load(lambda e: e.model_dir("pickle-only", pickle_only)),
+        ModelPathError,
+        ("pytorch_model.bin", "safetensors only", "allow_pickle=True"),
+        FileNotFoundError,
+    ),
+    Bad(
+        "weights-missing",
+        tiny_load(lambda e: e.model_dir("no-weights", remove("model.safetensors"))),
+        ModelPathError,
+        ("no weights", "model.safetensors", "inference_mode=True"),
+        FileNotFoundError,
+    ),
+    Bad(
+        "hub-unreachable",
+        lambda e: offline(lambda: get_llm_backbone_and_tokenizer("llama2-7b-pure")),
+        ModelPathError,
+        ("'meta-llama/Llama-2-7b-hf'", "hub path", "model_path=", "hf_token"),
+        FileNotFoundError,
+    ),
 )
 
 CHECKPOINTS = rows(
-    Bad("load-missing-path", lambda e: load_backbone(e.root / "no-checkpoint"), ModelPathError,
-        ("no-checkpoint", "is not a directory", "save_backbone wrote"), FileNotFoundError),
-    Bad("load-not-a-path", lambda e: load_backbone(None), ModelPathError, ("must be a str or a path", "NoneType"),
-        FileNotFoundError),
-    Bad("load-hf-dir-without-fingerprint", lambda e: load_backbone(e.tiny), ModelPathError,
-        ("no fingerprint.json", "not a checkpoint written by save_backbone", "get_llm_backbone_and_tokenizer"),
-        FileNotFoundError),
-    Bad("load-fingerprint-not-json", lambda e: load_backbone(e.checkpoint_copy("fp-garbage", write("fingerprint.json", "{"))),
-        CheckpointError, ("fingerprint.json", "not valid JSON", "Save the backbone again")),
-    Bad("load-fingerprint-a-list", lambda e: load_backbone(e.checkpoint_copy("fp-list", write("fingerprint.json", "[]"))),
-        CheckpointError, ("fingerprint.json", "JSON list")),
-    Bad("load-fingerprint-missing-fields", lambda e: load_backbone(e.checkpoint_copy("fp-fields", fingerprint_drop("probe_prompt"))),
-        CheckpointError, ("lacks the fields", "probe_prompt", "Save the backbone again")),
-    Bad("load-fingerprint-from-the-future", lambda e: load_backbone(e.checkpoint_copy("fp-future", fingerprint_update(fingerprint_version=99))),
-        CheckpointError, ("fingerprint_version=99", "Upgrade llm-backbones")),
-    Bad("load-fingerprint-other-pad-id", lambda e: load_backbone(e.checkpoint_copy(
-        "fp-pad", fingerprint_update(special_token_ids={"bos": 1, "eos": 2, "pad": 0, "unk": 0}))),
-        FingerprintMismatchError, ("special_token_ids", "'pad': 0", "'pad': 32000", "another tokenizer", "ignore_fingerprint=True")),
-    Bad("load-with-model-path", lambda e: load_backbone(e.checkpoint, model_path=e.tiny), CheckpointError,
-        ("no model_path=", "get_llm_backbone_and_tokenizer")),
-    Bad("load-truncated-weights-inference-mode", lambda e: load_backbone(
-        e.checkpoint_copy("ck-truncated", truncate("model.safetensors", 0.5)), inference_mode=True),
-        ModelWeightsError, ("ck-truncated/model.safetensors", "bytes)", "truncated or corrupted")),
-    Bad("load-truncated-weights-training-mode", lambda e: load_backbone(
-        e.checkpoint_copy("ck-truncated", truncate("model.safetensors", 0.5))),
-        ModelWeightsError, ("ck-truncated/model.safetensors", "truncated or corrupted")),
-    Bad("save-not-a-backbone", lambda e: save_backbone(e.backbone.llm, e.root / "x"), CheckpointError,
-        ("expects an LLMBackbone", "LlamaForCausalLM", "save_pretrained")),
-    Bad("save-meta-backbone", lambda e: save_backbone(e.meta_backbone, e.root / "meta"), CheckpointError,
-        ("meta device", "inference_mode=True", "load_state_dict")),
-    Bad("save-onto-a-file", lambda e: save_backbone(e.backbone, e.file("a-file")), OutputPathError,
-        ("a-file", "is a file", "a checkpoint is a directory"), FileNotFoundError),
-    Bad("save-over-a-non-checkpoint-folder", lambda e: save_backbone(e.backbone, e.folder("my-data", "notes.txt")),
-        OutputPathError, ("my-data", "not a checkpoint of save_backbone", "refusing to replace"), FileNotFoundError),
-    Bad("save-under-a-file", lambda e: save_backbone(e.backbone, e.file("plain-file") / "ckpt"), OutputPathError,
-        ("plain-file", "Cannot create the folder"), FileNotFoundError),
-    Bad("save-path-None", lambda e: save_backbone(e.backbone, None), OutputPathError, ("must be a str or a path", "NoneType"),
-        FileNotFoundError),
+    Bad(
+        "load-missing-path",
+        lambda e: load_backbone(e.root / "no-checkpoint"),
+        ModelPathError,
+        ("no-checkpoint", "is not a directory", "save_backbone wrote"),
+        FileNotFoundError,
+    ),
+    Bad(
+        "load-not-a-path",
+        lambda e: load_backbone(None),
+        ModelPathError,
+        ("must be a str or a path", "NoneType"),
+        FileNotFoundError,
+    ),
+    Bad(
+        "load-hf-dir-without-fingerprint",
+        lambda e: load_backbone(e.tiny),
+        ModelPathError,
+        (
+            "no fingerprint.json",
+            "not a checkpoint written by save_backbone",
+            "get_llm_backbone_and_tokenizer",
+        ),
+        FileNotFoundError,
+    ),
+    Bad(
+        "load-fingerprint-not-json",
+        lambda e: load_backbone(e.checkpoint_copy("fp-garbage", write("fingerprint.json", "{"))),
+        CheckpointError,
+        ("fingerprint.json", "not valid JSON", "Save the backbone again"),
+    ),
+    Bad(
+        "load-fingerprint-a-list",
+        lambda e: load_backbone(e.checkpoint_copy("fp-list", write("fingerprint.json", "[]"))),
+        CheckpointError,
+        ("fingerprint.json", "JSON list"),
+    ),
+    Bad(
+        "load-fingerprint-missing-fields",
+        lambda e: load_backbone(e.checkpoint_copy("fp-fields", fingerprint_drop("probe_prompt"))),
+        CheckpointError,
+        ("lacks the fields", "probe_prompt", "Save the backbone again"),
+    ),
+    Bad(
+        "load-fingerprint-from-the-future",
+        lambda e: load_backbone(e.checkpoint_copy("fp-future", fingerprint_update(fingerprint_version=99))),
+        CheckpointError,
+        ("fingerprint_version=99", "Upgrade llm-backbones"),
+    ),
+    Bad(
+        "load-fingerprint-other-pad-id",
+        lambda e: load_backbone(
+            e.checkpoint_copy(
+                "fp-pad", fingerprint_update(special_token_ids={"bos": 1, "eos": 2, "pad": 0, "unk": 0})
+            )
+        ),
+        FingerprintMismatchError,
+        ("special_token_ids", "'pad': 0", "'pad': 32000", "another tokenizer", "ignore_fingerprint=True"),
+    ),
+    Bad(
+        "load-with-model-path",
+        lambda e: load_backbone(e.checkpoint, model_path=e.tiny),
+        CheckpointError,
+        ("no model_path=", "get_llm_backbone_and_tokenizer"),
+    ),
+    Bad(
+        "load-truncated-weights-inference-mode",
+        lambda e: load_backbone(
+            e.checkpoint_copy("ck-truncated", truncate("model.safetensors", 0.5)), inference_mode=True
+        ),
+        ModelWeightsError,
+        ("ck-truncated/model.safetensors", "bytes)", "truncated or corrupted"),
+    ),
+    Bad(
+        "load-truncated-weights-training-mode",
+        lambda e: load_backbone(e.checkpoint_copy("ck-truncated", truncate("model.safetensors", 0.5))),
+        ModelWeightsError,
+        ("ck-truncated/model.safetensors", "truncated or corrupted"),
+    ),
+    Bad(
+        "save-not-a-backbone",
+        lambda e: save_backbone(e.backbone.llm, e.root / "x"),
+        CheckpointError,
+        ("expects an LLMBackbone", "LlamaForCausalLM", "save_pretrained"),
+    ),
+    Bad(
+        "save-meta-backbone",
+        lambda e: save_backbone(e.meta_backbone, e.root / "meta"),
+        CheckpointError,
+        ("meta device", "inference_mode=True", "load_state_dict"),
+    ),
+    Bad(
+        "save-onto-a-file",
+        lambda e: save_backbone(e.backbone, e.file("a-file")),
+        OutputPathError,
+        ("a-file", "is a file", "a checkpoint is a directory"),
+        FileNotFoundError,
+    ),
+    Bad(
+        "save-over-a-non-checkpoint-folder",
+        lambda e: save_backbone(e.backbone, e.folder("my-data", "notes.txt")),
+        OutputPathError,
+        ("my-data", "not a checkpoint of save_backbone", "refusing to replace"),
+        FileNotFoundError,
+    ),
+    Bad(
+        "save-under-a-file",
+        lambda e: save_backbone(e.backbone, e.file("plain-file") / "ckpt"),
+        OutputPathError,
+        ("plain-file", "Cannot create the folder"),
+        FileNotFoundError,
+    ),
+    Bad(
+        "save-path-None",
+        lambda e: save_backbone(e.backbone, None),
+        OutputPathError,
+        ("must be a str or a path", "NoneType"),
+        FileNotFoundError,
+    ),
 )
 
 FINETUNING = rows(
-    Bad("finetune-lr-diverges", lambda e: run_finetune("llama2-tiny-pure", [ONE_TURN], steps=4, lr=1e30,
-        max_grad_norm=0, batch_size=1), NonFiniteLossError, ("Step 2", "nan", "not finite", "Lower --lr", "--resume")),
-    Bad("finetune-mode-unknown", lambda e: apply_finetune_mode(e.meta_backbone, "head-only"), FinetuneError,
-        ("'head-only'", "accepted: frozen, full, last-layer, lora")),
-    Bad("finetune-precision-fp16", lambda e: run_finetune("llama2-tiny-pure", [], precision="fp16", device="cpu"),
-        FinetuneError, ("'fp16'", "fp32 or bf16")),
-    Bad("finetune-batch-does-not-split", lambda e: with_world_size(3, lambda: run_finetune(
-        "llama2-tiny-pure", [], batch_size=8, device="cpu")), FinetuneError, ("--batch-size 8", "3 ranks", "multiple of 3")),
-    Bad("finetune-device-gpu", lambda e: run_finetune("llama2-tiny-pure", [], device="gpu"), FinetuneError,
-        ("'gpu'", "'cpu' or 'cuda'")),
-    Bad("generate-right-padded", lambda e: generate_greedy(
-        e.backbone.llm, input_ids=torch.tensor([[1, 5, 0]]), attention_mask=torch.tensor([[1, 1, 0]])),
-        InputShapeError, ("left padding", "right padding", "padding_side = 'left'")),
+    Bad(
+        "finetune-lr-diverges",
+        lambda e: run_finetune(
+            "llama2-tiny-pure", [ONE_TURN], steps=4, lr=1e30, max_grad_norm=0, batch_size=1
+        ),
+        NonFiniteLossError,
+        ("Step 2", "nan", "not finite", "Lower --lr", "--resume"),
+    ),
+    Bad(
+        "finetune-mode-unknown",
+        lambda e: apply_finetune_mode(e.meta_backbone, "head-only"),
+        FinetuneError,
+        ("'head-only'", "accepted: frozen, full, last-layer, lora"),
+    ),
+    Bad(
+        "finetune-precision-fp16",
+        lambda e: run_finetune("llama2-tiny-pure", [], precision="fp16", device="cpu"),
+        FinetuneError,
+        ("'fp16'", "fp32 or bf16"),
+    ),
+    Bad(
+        "finetune-batch-does-not-split",
+        lambda e: with_world_size(
+            3, lambda: run_finetune("llama2-tiny-pure", [], batch_size=8, device="cpu")
+        ),
+        FinetuneError,
+        ("--batch-size 8", "3 ranks", "multiple of 3"),
+    ),
+    Bad(
+        "finetune-device-gpu",
+        lambda e: run_finetune("llama2-tiny-pure", [], device="gpu"),
+        FinetuneError,
+        ("'gpu'", "'cpu' or 'cuda'"),
+    ),
+    Bad(
+        "generate-right-padded",
+        lambda e: generate_greedy(
+            e.backbone.llm, input_ids=torch.tensor([[1, 5, 0]]), attention_mask=torch.tensor([[1, 1, 0]])
+        ),
+        InputShapeError,
+        ("left padding", "right padding", "padding_side = 'left'"),
+    ),
 )
+
 
 def _prismatic_pt_with_a_stray_tensor(e: Env) -> Path:
     path = e.root / "stray-run" / "checkpoints" / "step-000001-epoch-00-loss=0.1000.pt"
@@ -612,29 +1136,74 @@ def _prismatic_pt_with_a_stray_tensor(e: Env) -> Path:
 
 _TWO_DATASETS = {"a": {"action": {"q01": [0], "q99": [1]}}, "b": {"action": {"q01": [0], "q99": [1]}}}
 VLA = rows(
-    Bad("unnorm-key-ambiguous", lambda e: llm_backbones.unnormalize_actions([0.0], _TWO_DATASETS, None),
-        NormStatsError, ("2 datasets", "'a', 'b'", "unnorm_key="), KeyError),
-    Bad("vla-path-not-a-checkpoint", lambda e: llm_backbones.load_vla_backbone(e.folder("not-vla", "notes.txt")),
-        VLACheckpointError, ("neither an HF OpenVLA checkpoint", "Prismatic run directory")),
-    Bad("vla-pt-stray-tensor", lambda e: llm_backbones.load_vla_backbone(
-        _prismatic_pt_with_a_stray_tensor(e), llm_backbone_id="llama2-tiny-pure"),
-        StateDictMismatchError, ("21 missing", "1 unexpected ['llm_backbone.llm.x']")),
-    Bad("vla-example-empty-instruction", lambda e: vla_example(e.tok, PurePromptBuilder, e.act, "  ", [0.0] * 7),
-        ConversationError, ("instruction must be a non-empty string", "'  '", "open the drawer")),
-    Bad("vla-example-batch-of-actions", lambda e: vla_example(e.tok, PurePromptBuilder, e.act, "open it",
-        torch.zeros(2, 7)), ConversationError, ("one action vector [D]", "(2, 7)", "per step")),
-    Bad("vla-decode-separator", lambda e: e.act.decode([29871, 31800]), ActionError,
-        ("[29871]", "accepted: 31744..31999")),
-    Bad("collate-zero-max-length", lambda e: PaddedCollator(0, 32000), InputShapeError,
-        ("model_max_length must be a positive integer or None, got 0", "PaddedCollator(model_max_length=")),
-    Bad("collate-pad-id-string", lambda e: PaddedCollator(2048, "<PAD>"), InputShapeError,
-        ("pad_token_id", "'<PAD>'", "backbone.pad_token_id")),
-    Bad("collate-left-padding", lambda e: PaddedCollator(2048, 0, "left"), InputShapeError,
-        ("padding_side='left'", "right", "generate_greedy")),
-    Bad("collate-missing-image", lambda e: PaddedCollator(2048, 0)([
-        {"input_ids": torch.tensor([1]), "labels": torch.tensor([1]), "pixel_values": torch.zeros(3)},
-        {"input_ids": torch.tensor([1]), "labels": torch.tensor([1])}]),
-        InputShapeError, ("Examples [1] have no pixel_values", "image for every example")),
+    Bad(
+        "unnorm-key-ambiguous",
+        lambda e: llm_backbones.unnormalize_actions([0.0], _TWO_DATASETS, None),
+        NormStatsError,
+        ("2 datasets", "'a', 'b'", "unnorm_key="),
+        KeyError,
+    ),
+    Bad(
+        "vla-path-not-a-checkpoint",
+        lambda e: llm_backbones.load_vla_backbone(e.folder("not-vla", "notes.txt")),
+        VLACheckpointError,
+        ("neither an HF OpenVLA checkpoint", "Prismatic run directory"),
+    ),
+    Bad(
+        "vla-pt-stray-tensor",
+        lambda e: llm_backbones.load_vla_backbone(
+            _prismatic_pt_with_a_stray_tensor(e), llm_backbone_id="llama2-tiny-pure"
+        ),
+        StateDictMismatchError,
+        ("21 missing", "1 unexpected ['llm_backbone.llm.x']"),
+    ),
+    Bad(
+        "vla-example-empty-instruction",
+        lambda e: vla_example(e.tok, PurePromptBuilder, e.act, "  ", [0.0] * 7),
+        ConversationError,
+        ("instruction must be a non-empty string", "'  '", "open the drawer"),
+    ),
+    Bad(
+        "vla-example-batch-of-actions",
+        lambda e: vla_example(e.tok, PurePromptBuilder, e.act, "open it", torch.zeros(2, 7)),
+        ConversationError,
+        ("one action vector [D]", "(2, 7)", "per step"),
+    ),
+    Bad(
+        "vla-decode-separator",
+        lambda e: e.act.decode([29871, 31800]),
+        ActionError,
+        ("[29871]", "accepted: 31744..31999"),
+    ),
+    Bad(
+        "collate-zero-max-length",
+        lambda e: PaddedCollator(0, 32000),
+        InputShapeError,
+        ("model_max_length must be a positive integer or None, got 0", "PaddedCollator(model_max_length="),
+    ),
+    Bad(
+        "collate-pad-id-string",
+        lambda e: PaddedCollator(2048, "<PAD>"),
+        InputShapeError,
+        ("pad_token_id", "'<PAD>'", "backbone.pad_token_id"),
+    ),
+    Bad(
+        "collate-left-padding",
+        lambda e: PaddedCollator(2048, 0, "left"),
+        InputShapeError,
+        ("padding_side='left'", "right", "generate_greedy"),
+    ),
+    Bad(
+        "collate-missing-image",
+        lambda e: PaddedCollator(2048, 0)(
+            [
+                {"input_ids": torch.tensor([1]), "labels": torch.tensor([1]), "pixel_values": torch.zeros(3)},
+                {"input_ids": torch.tensor([1]), "labels": torch.tensor([1])},
+            ]
+        ),
+        InputShapeError,
+        ("Examples [1] have no pixel_values", "image for every example"),
+    ),
 )
 
 CASES = IDS + PROMPTS + CONVERSATIONS + ACTIONS + SHAPES + LOADING + CHECKPOINTS + FINETUNING + VLA
@@ -708,7 +1277,9 @@ def _flip_byte(fraction: float) -> Callable[[Path], None]:
     return edit
 
 
-def _denied(path_of: Callable[[Env], Path], mode: int, call: Callable[[Env], object]) -> Callable[[Env], object]:
+def _denied(
+    path_of: Callable[[Env], Path], mode: int, call: Callable[[Env], object]
+) -> Callable[[Env], object]:
     """Run `call` as a user without `mode` access to `path_of(e)` (simulated: the suite may run as root)."""
     import os
 
@@ -729,8 +1300,10 @@ def _cache_unwritable(e: Env) -> object:
 
     cache = e.root / "read-only-cache"
     denied = PermissionError(13, "Permission denied", str(cache))
-    with mock.patch.dict(os.environ, {"LLM_BACKBONES_CACHE": str(cache)}), \
-            mock.patch("llm_backbones._fs.new_temp_dir", side_effect=denied):
+    with (
+        mock.patch.dict(os.environ, {"LLM_BACKBONES_CACHE": str(cache)}),
+        mock.patch("llm_backbones._fs.new_temp_dir", side_effect=denied),
+    ):
         return get_llm_backbone_and_tokenizer("llama2-tiny-pure")
 
 
@@ -743,90 +1316,266 @@ def _dangling_link(e: Env) -> Path:
 
 NOTHING_SILENT = rows(
     # strict weights
-    Bad("weights-missing-lm-head", tiny_load(lambda e: e.model_dir(
-        "no-lm-head", _edit_tensors(lambda s: s.pop("lm_head.weight")))), StateDictMismatchError,
-        ("no-lm-head/model.safetensors", "1 missing ['lm_head.weight']", "randomly initialised", "strict=False")),
-    Bad("weights-renamed-tensor", tiny_load(lambda e: e.model_dir(
-        "renamed", _edit_tensors(lambda s: s.update({"model.norm.w": s.pop("model.norm.weight")})))),
-        StateDictMismatchError, ("1 missing ['model.norm.weight']", "1 unexpected ['model.norm.w']", "renamed")),
-    Bad("weights-wrong-shape", tiny_load(lambda e: e.model_dir(
-        "wrong-shape", _edit_tensors(lambda s: s.update({"model.norm.weight": torch.ones(3, 3)})))), ModelWeightsError,
-        ("model.norm.weight is [3, 3] in", "wrong-shape/model.safetensors", "needs [128]", "restore the checkpoint's own config.json")),
-    Bad("weights-nan", tiny_load(lambda e: e.model_dir(
-        "nan", _edit_tensors(_poison("model.layers.1.mlp.up_proj.weight", float("nan"))))), NonFiniteWeightsError,
-        ("model.layers.1.mlp.up_proj.weight", "1 NaN and 0 infinite", "nan/model.safetensors", "Restore the file")),
-    Bad("load-missing-tensor-inference-mode", lambda e: load_backbone(e.checkpoint_copy(
-        "ck-no-norm", _edit_tensors(lambda s: s.pop("model.norm.weight"))), inference_mode=True, verify=False),
-        StateDictMismatchError, ("1 missing ['model.norm.weight']", "strict=False", "meta device")),
-    Bad("load-inf-inference-mode", lambda e: load_backbone(e.checkpoint_copy(
-        "ck-inf", _edit_tensors(_poison("lm_head.weight", float("inf")))), inference_mode=True, verify=False),
-        NonFiniteWeightsError, ("lm_head.weight", "0 NaN and 1 infinite", "ck-inf/model.safetensors")),
+    Bad(
+        "weights-missing-lm-head",
+        tiny_load(lambda e: e.model_dir("no-lm-head", _edit_tensors(lambda s: s.pop("lm_head.weight")))),
+        StateDictMismatchError,
+        (
+            "no-lm-head/model.safetensors",
+            "1 missing ['lm_head.weight']",
+            "randomly initialised",
+            "strict=False",
+        ),
+    ),
+    Bad(
+        "weights-renamed-tensor",
+        tiny_load(
+            lambda e: e.model_dir(
+                "renamed", _edit_tensors(lambda s: s.update({"model.norm.w": s.pop("model.norm.weight")}))
+            )
+        ),
+        StateDictMismatchError,
+        ("1 missing ['model.norm.weight']", "1 unexpected ['model.norm.w']", "renamed"),
+    ),
+    Bad(
+        "weights-wrong-shape",
+        tiny_load(
+            lambda e: e.model_dir(
+                "wrong-shape", _edit_tensors(lambda s: s.update({"model.norm.weight": torch.ones(3, 3)}))
+            )
+        ),
+        ModelWeightsError,
+        (
+            "model.norm.weight is [3, 3] in",
+            "wrong-shape/model.safetensors",
+            "needs [128]",
+            "restore the checkpoint's own config.json",
+        ),
+    ),
+    Bad(
+        "weights-nan",
+        tiny_load(
+            lambda e: e.model_dir(
+                "nan", _edit_tensors(_poison("model.layers.1.mlp.up_proj.weight", float("nan")))
+            )
+        ),
+        NonFiniteWeightsError,
+        (
+            "model.layers.1.mlp.up_proj.weight",
+            "1 NaN and 0 infinite",
+            "nan/model.safetensors",
+            "Restore the file",
+        ),
+    ),
+    Bad(
+        "load-missing-tensor-inference-mode",
+        lambda e: load_backbone(
+            e.checkpoint_copy("ck-no-norm", _edit_tensors(lambda s: s.pop("model.norm.weight"))),
+            inference_mode=True,
+            verify=False,
+        ),
+        StateDictMismatchError,
+        ("1 missing ['model.norm.weight']", "strict=False", "meta device"),
+    ),
+    Bad(
+        "load-inf-inference-mode",
+        lambda e: load_backbone(
+            e.checkpoint_copy("ck-inf", _edit_tensors(_poison("lm_head.weight", float("inf")))),
+            inference_mode=True,
+            verify=False,
+        ),
+        NonFiniteWeightsError,
+        ("lm_head.weight", "0 NaN and 1 infinite", "ck-inf/model.safetensors"),
+    ),
     # safetensors only, contained paths
-    Bad("index-names-a-pickle", tiny_load(lambda e: e.model_dir(
-        "index-pickle", _index_naming("pytorch_model.bin", pickle=True))), UnsafeFileError,
-        ("model.safetensors.index.json names the weight file 'pytorch_model.bin'", "not a safetensors file",
-         "was not opened", "allow_pickle=True")),
-    Bad("index-names-weights-pt", tiny_load(lambda e: e.model_dir(
-        "index-pt", _index_naming("weights.pt", pickle=True))), UnsafeFileError, ("'weights.pt'", "not a safetensors file")),
-    Bad("index-names-a-file-outside", tiny_load(lambda e: e.model_dir(
-        "index-outside", _index_naming("../elsewhere/x.safetensors"))), UnsafeFileError,
-        ("names '../elsewhere/x.safetensors'", "elsewhere/x.safetensors", "outside the checkpoint directory",
-         "allow_external_files=True")),
-    Bad("weights-symlink-outside", tiny_load(lambda e: e.model_dir("linked", _weights_symlinked_outside)),
-        UnsafeFileError, ("linked/model.safetensors is a symlink", "linked-elsewhere/model.safetensors",
-                          "outside the checkpoint directory", "allow_external_files=True")),
-    Bad("pickle-of-objects-with-allow-pickle", tiny_load(lambda e: e.model_dir("pickle-objects", _pickle_with_objects),
-        allow_pickle=True), ModelWeightsError,
-        ("pickle-objects/pytorch_model.bin", "torch.load(weights_only=True)", "argparse.Namespace", "convert it once")),
+    Bad(
+        "index-names-a-pickle",
+        tiny_load(lambda e: e.model_dir("index-pickle", _index_naming("pytorch_model.bin", pickle=True))),
+        UnsafeFileError,
+        (
+            "model.safetensors.index.json names the weight file 'pytorch_model.bin'",
+            "not a safetensors file",
+            "was not opened",
+            "allow_pickle=True",
+        ),
+    ),
+    Bad(
+        "index-names-weights-pt",
+        tiny_load(lambda e: e.model_dir("index-pt", _index_naming("weights.pt", pickle=True))),
+        UnsafeFileError,
+        ("'weights.pt'", "not a safetensors file"),
+    ),
+    Bad(
+        "index-names-a-file-outside",
+        tiny_load(lambda e: e.model_dir("index-outside", _index_naming("../elsewhere/x.safetensors"))),
+        UnsafeFileError,
+        (
+            "names '../elsewhere/x.safetensors'",
+            "elsewhere/x.safetensors",
+            "outside the checkpoint directory",
+            "allow_external_files=True",
+        ),
+    ),
+    Bad(
+        "weights-symlink-outside",
+        tiny_load(lambda e: e.model_dir("linked", _weights_symlinked_outside)),
+        UnsafeFileError,
+        (
+            "linked/model.safetensors is a symlink",
+            "linked-elsewhere/model.safetensors",
+            "outside the checkpoint directory",
+            "allow_external_files=True",
+        ),
+    ),
+    Bad(
+        "pickle-of-objects-with-allow-pickle",
+        tiny_load(lambda e: e.model_dir("pickle-objects", _pickle_with_objects), allow_pickle=True),
+        ModelWeightsError,
+        (
+            "pickle-objects/pytorch_model.bin",
+            "torch.load(weights_only=True)",
+            "argparse.Namespace",
+            "convert it once",
+        ),
+    ),
     # config.json and tokenizer files, before anything is built
-    Bad("config-heads-zero", tiny_load(lambda e: e.model_dir("heads-0", config_update(num_attention_heads=0))),
-        ConfigMismatchError, ("heads-0/config.json", "num_attention_heads=0", "at least 1", "Fix it in")),
-    Bad("config-heads-not-dividing", tiny_load(lambda e: e.model_dir("heads-3", config_update(num_attention_heads=3))),
-        ConfigMismatchError, ("num_attention_heads=3 does not divide hidden_size=128", "explicit head_dim")),
-    Bad("config-size-a-string", tiny_load(lambda e: e.model_dir("hidden-str", config_update(hidden_size="128"))),
-        ConfigMismatchError, ("hidden_size='128'", "an integer is needed, got str")),
-    Bad("config-size-a-float", tiny_load(lambda e: e.model_dir("hidden-float", config_update(hidden_size=128.0))),
-        ConfigMismatchError, ("hidden_size=128.0", "got float")),
-    Bad("config-size-negative", tiny_load(lambda e: e.model_dir("ffn-neg", config_update(intermediate_size=-344))),
-        ConfigMismatchError, ("intermediate_size=-344", "at least 1")),
-    Bad("config-vocab-10**12", tiny_load(lambda e: e.model_dir("vocab-huge", config_update(vocab_size=10**12))),
-        ConfigMismatchError, ("vocab_size=1000000000000", "at most 4,194,304")),
-    Bad("config-layers-10**6", tiny_load(lambda e: e.model_dir("layers-huge", config_update(num_hidden_layers=10**6)),
-        inference_mode=True), ConfigMismatchError, ("num_hidden_layers=1000000", "at most 1,024")),
-    Bad("config-field-rejected-by-transformers", tiny_load(lambda e: e.model_dir(
-        "eps-str", config_update(rms_norm_eps="abc"))), ConfigMismatchError,
-        ("eps-str/config.json", "is rejected by transformers", "'rms_norm_eps' expected float, got str", "Fix the field")),
-    Bad("tokenizer-json-empty-object", tiny_load(lambda e: e.model_dir("tok-empty", write("tokenizer.json", "{}"))),
-        TokenizerFileError, ("tok-empty/tokenizer.json", "lacks 'model', 'added_tokens'", "Restore it")),
-    Bad("tokenizer-json-deeply-nested", tiny_load(lambda e: e.model_dir(
-        "tok-deep", write("tokenizer.json", "[" * 100_000 + "]" * 100_000))), TokenizerFileError,
-        ("tok-deep/tokenizer.json", "nests JSON deeper than 64")),
-    Bad("tokenizer-json-huge", tiny_load(lambda e: e.model_dir(
-        "tok-huge", write("tokenizer.json", b" " * (64 * 2**20 + 1)))), TokenizerFileError,
-        ("tok-huge/tokenizer.json", "above 64 MiB are refused")),
+    Bad(
+        "config-heads-zero",
+        tiny_load(lambda e: e.model_dir("heads-0", config_update(num_attention_heads=0))),
+        ConfigMismatchError,
+        ("heads-0/config.json", "num_attention_heads=0", "at least 1", "Fix it in"),
+    ),
+    Bad(
+        "config-heads-not-dividing",
+        tiny_load(lambda e: e.model_dir("heads-3", config_update(num_attention_heads=3))),
+        ConfigMismatchError,
+        ("num_attention_heads=3 does not divide hidden_size=128", "explicit head_dim"),
+    ),
+    Bad(
+        "config-size-a-string",
+        tiny_load(lambda e: e.model_dir("hidden-str", config_update(hidden_size="128"))),
+        ConfigMismatchError,
+        ("hidden_size='128'", "an integer is needed, got str"),
+    ),
+    Bad(
+        "config-size-a-float",
+        tiny_load(lambda e: e.model_dir("hidden-float", config_update(hidden_size=128.0))),
+        ConfigMismatchError,
+        ("hidden_size=128.0", "got float"),
+    ),
+    Bad(
+        "config-size-negative",
+        tiny_load(lambda e: e.model_dir("ffn-neg", config_update(intermediate_size=-344))),
+        ConfigMismatchError,
+        ("intermediate_size=-344", "at least 1"),
+    ),
+    Bad(
+        "config-vocab-10**12",
+        tiny_load(lambda e: e.model_dir("vocab-huge", config_update(vocab_size=10**12))),
+        ConfigMismatchError,
+        ("vocab_size=1000000000000", "at most 4,194,304"),
+    ),
+    Bad(
+        "config-layers-10**6",
+        tiny_load(
+            lambda e: e.model_dir("layers-huge", config_update(num_hidden_layers=10**6)), inference_mode=True
+        ),
+        ConfigMismatchError,
+        ("num_hidden_layers=1000000", "at most 1,024"),
+    ),
+    Bad(
+        "config-field-rejected-by-transformers",
+        tiny_load(lambda e: e.model_dir("eps-str", config_update(rms_norm_eps="abc"))),
+        ConfigMismatchError,
+        (
+            "eps-str/config.json",
+            "is rejected by transformers",
+            "'rms_norm_eps' expected float, got str",
+            "Fix the field",
+        ),
+    ),
+    Bad(
+        "tokenizer-json-empty-object",
+        tiny_load(lambda e: e.model_dir("tok-empty", write("tokenizer.json", "{}"))),
+        TokenizerFileError,
+        ("tok-empty/tokenizer.json", "lacks 'model', 'added_tokens'", "Restore it"),
+    ),
+    Bad(
+        "tokenizer-json-deeply-nested",
+        tiny_load(lambda e: e.model_dir("tok-deep", write("tokenizer.json", "[" * 100_000 + "]" * 100_000))),
+        TokenizerFileError,
+        ("tok-deep/tokenizer.json", "nests JSON deeper than 64"),
+    ),
+    Bad(
+        "tokenizer-json-huge",
+        tiny_load(lambda e: e.model_dir("tok-huge", write("tokenizer.json", b" " * (64 * 2**20 + 1)))),
+        TokenizerFileError,
+        ("tok-huge/tokenizer.json", "above 64 MiB are refused"),
+    ),
     # permissions
-    Bad("model-path-unreadable", _denied(lambda e: e.tiny, 4, tiny_load(lambda e: e.tiny)), ModelPathError,
-        ("cannot be read (permission denied)", "chmod -R u+rX"), FileNotFoundError),
-    Bad("save-into-a-read-only-folder", _denied(lambda e: e.folder("read-only"), 2,
-        lambda e: save_backbone(e.backbone, e.folder("read-only") / "ckpt")), OutputPathError,
-        ("read-only/ckpt", "permission denied", "chmod u+w"), FileNotFoundError),
-    Bad("embedded-cache-unwritable", _cache_unwritable, OutputPathError,
-        ("embedded model 'llama2-tiny'", "read-only-cache", "permission denied", "LLM_BACKBONES_CACHE"), FileNotFoundError),
+    Bad(
+        "model-path-unreadable",
+        _denied(lambda e: e.tiny, 4, tiny_load(lambda e: e.tiny)),
+        ModelPathError,
+        ("cannot be read (permission denied)", "chmod -R u+rX"),
+        FileNotFoundError,
+    ),
+    Bad(
+        "save-into-a-read-only-folder",
+        _denied(
+            lambda e: e.folder("read-only"),
+            2,
+            lambda e: save_backbone(e.backbone, e.folder("read-only") / "ckpt"),
+        ),
+        OutputPathError,
+        ("read-only/ckpt", "permission denied", "chmod u+w"),
+        FileNotFoundError,
+    ),
+    Bad(
+        "embedded-cache-unwritable",
+        _cache_unwritable,
+        OutputPathError,
+        ("embedded model 'llama2-tiny'", "read-only-cache", "permission denied", "LLM_BACKBONES_CACHE"),
+        FileNotFoundError,
+    ),
     # save_backbone over what it did not write
-    Bad("save-over-a-checkpoint-with-foreign-files", lambda e: save_backbone(
-        e.backbone, e.checkpoint_copy("ck-foreign", write("notes.txt", "mine"))), OutputPathError,
-        ("ck-foreign", "1 item(s) it did not write: notes.txt", "would delete them"), FileNotFoundError),
-    Bad("save-through-a-dangling-symlink", lambda e: save_backbone(e.backbone, _dangling_link(e)), OutputPathError,
-        ("link-to-nothing is a symlink to", "nothing-here", "not a directory"), FileNotFoundError),
+    Bad(
+        "save-over-a-checkpoint-with-foreign-files",
+        lambda e: save_backbone(e.backbone, e.checkpoint_copy("ck-foreign", write("notes.txt", "mine"))),
+        OutputPathError,
+        ("ck-foreign", "1 item(s) it did not write: notes.txt", "would delete them"),
+        FileNotFoundError,
+    ),
+    Bad(
+        "save-through-a-dangling-symlink",
+        lambda e: save_backbone(e.backbone, _dangling_link(e)),
+        OutputPathError,
+        ("link-to-nothing is a symlink to", "nothing-here", "not a directory"),
+        FileNotFoundError,
+    ),
     # file hashes in the fingerprint
-    Bad("load-flipped-weight-byte", lambda e: load_backbone(e.checkpoint_copy("ck-flipped", _flip_byte(0.6)),
-        inference_mode=True), FingerprintMismatchError,
-        ("ck-flipped", "model.safetensors: sha256", "modified or corrupted after the save", "verify=False")),
-    Bad("load-edited-config", lambda e: load_backbone(e.checkpoint_copy("ck-eps", config_update(rms_norm_eps=1e-6)),
-        inference_mode=True), FingerprintMismatchError, ("config.json: sha256", "verify=False")),
-    Bad("load-edited-fingerprint-dtype", lambda e: load_backbone(e.checkpoint_copy(
-        "ck-dtype", fingerprint_update(dtype="float16")), inference_mode=True), FingerprintMismatchError,
-        ("dtype='float16'", "stored in 'float32'", "fingerprint.json was edited")),
+    Bad(
+        "load-flipped-weight-byte",
+        lambda e: load_backbone(e.checkpoint_copy("ck-flipped", _flip_byte(0.6)), inference_mode=True),
+        FingerprintMismatchError,
+        ("ck-flipped", "model.safetensors: sha256", "modified or corrupted after the save", "verify=False"),
+    ),
+    Bad(
+        "load-edited-config",
+        lambda e: load_backbone(
+            e.checkpoint_copy("ck-eps", config_update(rms_norm_eps=1e-6)), inference_mode=True
+        ),
+        FingerprintMismatchError,
+        ("config.json: sha256", "verify=False"),
+    ),
+    Bad(
+        "load-edited-fingerprint-dtype",
+        lambda e: load_backbone(
+            e.checkpoint_copy("ck-dtype", fingerprint_update(dtype="float16")), inference_mode=True
+        ),
+        FingerprintMismatchError,
+        ("dtype='float16'", "stored in 'float32'", "fingerprint.json was edited"),
+    ),
 )
 CASES += NOTHING_SILENT
 
@@ -840,41 +1589,135 @@ class BadCli:
 
 
 CLI_CASES = [
-    BadCli("cli-misspelled-backbone", lambda e: ["demo", "--backbone", "llama2-7b-chatt"], UnknownBackboneError,
-           ("Unknown LLM backbone id 'llama2-7b-chatt'", "Closest known ids: llama2-7b-chat")),
-    BadCli("cli-model-path-missing", lambda e: ["demo", "--model-path", str(e.root / "absent")], ModelPathError,
-           ("absent", "is not a directory")),
-    BadCli("cli-model-path-a-file", lambda e: ["demo", "--model-path", str(e.file("weights.bin"))], ModelPathError,
-           ("weights.bin", "is not a directory")),
-    BadCli("cli-model-path-bad-config", lambda e: ["demo", "--model-path", str(e.model_dir("config-not-json", write("config.json", "{not json")))],
-           ConfigMismatchError, ("config.json", "not valid JSON")),
-    BadCli("cli-model-path-truncated-weights", lambda e: ["demo", "--model-path", str(e.model_dir("weights-truncated", truncate("model.safetensors", 0.5)))],
-           ModelWeightsError, ("model.safetensors", "truncated or corrupted")),
-    BadCli("cli-model-path-other-architecture", lambda e: ["demo", "--model-path", str(e.model_dir("mistral", config_update(model_type="mistral")))],
-           ConfigMismatchError, ("is a 'mistral' model", "needs 'llama'")),
-    BadCli("cli-metrics-json-folder-missing", lambda e: ["demo", "--metrics-json", str(e.root / "nope" / "m.json")],
-           OutputPathError, ("--metrics-json", "nope", "does not exist", "mkdir -p")),
-    BadCli("cli-metrics-json-a-directory", lambda e: ["demo", "--metrics-json", str(e.root)], OutputPathError,
-           ("--metrics-json", "is a directory", "metrics.json")),
-    BadCli("cli-prompt-file-missing", lambda e: ["prompt", "llama2-7b-pure", "--conversation", str(e.root / "none.json")],
-           DataFileError, ("none.json", "does not exist", '"conversations"')),
-    BadCli("cli-prompt-not-json", lambda e: ["prompt", "llama2-7b-pure", "--conversation", str(e.file("bad.json", "{not json"))],
-           ConversationError, ("bad.json", "is not valid JSON")),
-    BadCli("cli-prompt-empty-list", lambda e: ["prompt", "llama2-7b-pure", "--conversation", str(e.file("empty.json", "[]"))],
-           ConversationError, ("empty.json", "non-empty JSON list")),
-    BadCli("cli-finetune-data-missing",
-           lambda e: ["finetune", "--backbone", "llama2-tiny-pure", "--data", str(e.root / "absent.json"), "--device", "cpu"],
-           DataFileError, ("absent.json", "does not exist")),
-    BadCli("cli-finetune-assistant-first", lambda e: [
-        "finetune", "--backbone", "llama2-tiny-pure", "--device", "cpu", "--data",
-        str(e.file("gpt-first.json", '[{"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]},'
-                   ' {"conversations": [{"from": "gpt", "value": "x"}, {"from": "human", "value": "y"}]}]'))],
-        ConversationError, ("Conversation 1 of", "gpt-first.json", "(2 in all)", "got role 'gpt'", "Fix or drop that record")),
-    BadCli("cli-finetune-output-under-a-file", lambda e: [
-        "finetune", "--backbone", "llama2-tiny-pure", "--device", "cpu", "--data",
-        str(e.file("one.json", '[{"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]}]')),
-        "--output", str(e.file("plain-file") / "run")],
-        OutputPathError, ("plain-file", "which is a file", "Choose a path under a folder")),
+    BadCli(
+        "cli-misspelled-backbone",
+        lambda e: ["demo", "--backbone", "llama2-7b-chatt"],
+        UnknownBackboneError,
+        ("Unknown LLM backbone id 'llama2-7b-chatt'", "Closest known ids: llama2-7b-chat"),
+    ),
+    BadCli(
+        "cli-model-path-missing",
+        lambda e: ["demo", "--model-path", str(e.root / "absent")],
+        ModelPathError,
+        ("absent", "is not a directory"),
+    ),
+    BadCli(
+        "cli-model-path-a-file",
+        lambda e: ["demo", "--model-path", str(e.file("weights.bin"))],
+        ModelPathError,
+        ("weights.bin", "is not a directory"),
+    ),
+    BadCli(
+        "cli-model-path-bad-config",
+        lambda e: [
+            "demo",
+            "--model-path",
+            str(e.model_dir("config-not-json", write("config.json", "{not json"))),
+        ],
+        ConfigMismatchError,
+        ("config.json", "not valid JSON"),
+    ),
+    BadCli(
+        "cli-model-path-truncated-weights",
+        lambda e: [
+            "demo",
+            "--model-path",
+            str(e.model_dir("weights-truncated", truncate("model.safetensors", 0.5))),
+        ],
+        ModelWeightsError,
+        ("model.safetensors", "truncated or corrupted"),
+    ),
+    BadCli(
+        "cli-model-path-other-architecture",
+        lambda e: ["demo", "--model-path", str(e.model_dir("mistral", config_update(model_type="mistral")))],
+        ConfigMismatchError,
+        ("is a 'mistral' model", "needs 'llama'"),
+    ),
+    BadCli(
+        "cli-metrics-json-folder-missing",
+        lambda e: ["demo", "--metrics-json", str(e.root / "nope" / "m.json")],
+        OutputPathError,
+        ("--metrics-json", "nope", "does not exist", "mkdir -p"),
+    ),
+    BadCli(
+        "cli-metrics-json-a-directory",
+        lambda e: ["demo", "--metrics-json", str(e.root)],
+        OutputPathError,
+        ("--metrics-json", "is a directory", "metrics.json"),
+    ),
+    BadCli(
+        "cli-prompt-file-missing",
+        lambda e: ["prompt", "llama2-7b-pure", "--conversation", str(e.root / "none.json")],
+        DataFileError,
+        ("none.json", "does not exist", '"conversations"'),
+    ),
+    BadCli(
+        "cli-prompt-not-json",
+        lambda e: ["prompt", "llama2-7b-pure", "--conversation", str(e.file("bad.json", "{not json"))],
+        ConversationError,
+        ("bad.json", "is not valid JSON"),
+    ),
+    BadCli(
+        "cli-prompt-empty-list",
+        lambda e: ["prompt", "llama2-7b-pure", "--conversation", str(e.file("empty.json", "[]"))],
+        ConversationError,
+        ("empty.json", "non-empty JSON list"),
+    ),
+    BadCli(
+        "cli-finetune-data-missing",
+        lambda e: [
+            "finetune",
+            "--backbone",
+            "llama2-tiny-pure",
+            "--data",
+            str(e.root / "absent.json"),
+            "--device",
+            "cpu",
+        ],
+        DataFileError,
+        ("absent.json", "does not exist"),
+    ),
+    BadCli(
+        "cli-finetune-assistant-first",
+        lambda e: [
+            "finetune",
+            "--backbone",
+            "llama2-tiny-pure",
+            "--device",
+            "cpu",
+            "--data",
+            str(
+                e.file(
+                    "gpt-first.json",
+                    '[{"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]},'
+                    ' {"conversations": [{"from": "gpt", "value": "x"}, {"from": "human", "value": "y"}]}]',
+                )
+            ),
+        ],
+        ConversationError,
+        ("Conversation 1 of", "gpt-first.json", "(2 in all)", "got role 'gpt'", "Fix or drop that record"),
+    ),
+    BadCli(
+        "cli-finetune-output-under-a-file",
+        lambda e: [
+            "finetune",
+            "--backbone",
+            "llama2-tiny-pure",
+            "--device",
+            "cpu",
+            "--data",
+            str(
+                e.file(
+                    "one.json",
+                    '[{"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]}]',
+                )
+            ),
+            "--output",
+            str(e.file("plain-file") / "run"),
+        ],
+        OutputPathError,
+        ("plain-file", "which is a file", "Choose a path under a folder"),
+    ),
 ]
 
 # Click's own usage errors: exit code 2 with a usage line (not llm-backbones exceptions).
@@ -895,36 +1738,38 @@ N_BAD_INPUTS = len(CASES) + len(CLI_CASES) + len(CLI_USAGE_CASES)
 
 # Rows over ~0.3 s each on a 2-core CPU (they build, save or load the tiny model): marked `slow`, so run by
 # `make test` and left out of `make check`'s fast lane.
-SLOW_CASES = frozenset({
-    "cli-model-path-truncated-weights",
-    "empty-conversation",
-    "finetune-lr-diverges",
-    "load-edited-config",
-    "load-edited-fingerprint-dtype",
-    "load-fingerprint-other-pad-id",
-    "load-flipped-weight-byte",
-    "load-inf-inference-mode",
-    "load-missing-tensor-inference-mode",
-    "load-truncated-weights-inference-mode",
-    "load-truncated-weights-training-mode",
-    "load_backbone-misspelled-override",
-    "over-long-cuts-the-reply",
-    "over-long-for-model-max-length",
-    "pickle-of-objects-with-allow-pickle",
-    "save-meta-backbone",
-    "tokenizer-breaking-the-bos-policy",
-    "tokenizer-json-huge",
-    "vla-pt-stray-tensor",
-    "weights-empty-file",
-    "weights-header-garbage",
-    "weights-missing",
-    "weights-missing-lm-head",
-    "weights-nan",
-    "weights-pickle-only",
-    "weights-renamed-tensor",
-    "weights-truncated",
-    "weights-wrong-shape",
-})
+SLOW_CASES = frozenset(
+    {
+        "cli-model-path-truncated-weights",
+        "empty-conversation",
+        "finetune-lr-diverges",
+        "load-edited-config",
+        "load-edited-fingerprint-dtype",
+        "load-fingerprint-other-pad-id",
+        "load-flipped-weight-byte",
+        "load-inf-inference-mode",
+        "load-missing-tensor-inference-mode",
+        "load-truncated-weights-inference-mode",
+        "load-truncated-weights-training-mode",
+        "load_backbone-misspelled-override",
+        "over-long-cuts-the-reply",
+        "over-long-for-model-max-length",
+        "pickle-of-objects-with-allow-pickle",
+        "save-meta-backbone",
+        "tokenizer-breaking-the-bos-policy",
+        "tokenizer-json-huge",
+        "vla-pt-stray-tensor",
+        "weights-empty-file",
+        "weights-header-garbage",
+        "weights-missing",
+        "weights-missing-lm-head",
+        "weights-nan",
+        "weights-pickle-only",
+        "weights-renamed-tensor",
+        "weights-truncated",
+        "weights-wrong-shape",
+    }
+)
 
 
 def _marked(cases: list) -> list:
@@ -977,7 +1822,8 @@ def test_every_error_class_is_raised_by_some_row() -> None:
     import llm_backbones.errors as errors
 
     classes = {
-        obj for obj in vars(errors).values()
+        obj
+        for obj in vars(errors).values()
         if isinstance(obj, type) and issubclass(obj, LLMBackbonesError) and obj is not LLMBackbonesError
     }
     raised = {c.error for c in CASES} | {c.error for c in CLI_CASES}
@@ -986,7 +1832,9 @@ def test_every_error_class_is_raised_by_some_row() -> None:
 
 def test_readme_states_the_number_of_bad_inputs() -> None:
     text = README.read_text()
-    assert f"{N_BAD_INPUTS} bad inputs" in text, f"README must state the suite's count: {N_BAD_INPUTS} bad inputs"
+    assert f"{N_BAD_INPUTS} bad inputs" in text, (
+        f"README must state the suite's count: {N_BAD_INPUTS} bad inputs"
+    )
 
 
 def test_rows_have_unique_ids_and_public_entry_points() -> None:

@@ -39,8 +39,9 @@ def test_openvlas_class_name_is_the_same_collator() -> None:
 
 
 def test_openvla_keyword_call_shape() -> None:
-    collate = PaddedCollator(model_max_length=2048, pad_token_id=0, padding_side="right",
-                             pixel_values_dtype=torch.bfloat16)
+    collate = PaddedCollator(
+        model_max_length=2048, pad_token_id=0, padding_side="right", pixel_values_dtype=torch.bfloat16
+    )
     assert collate(BATCH)["input_ids"].tolist() == [[1, 5, 6, 7], [1, 8, 0, 0]]
 
 
@@ -53,8 +54,10 @@ def test_truncates_to_model_max_length() -> None:
 
 def test_pixel_values_tensor_and_dataset_names_pass_through() -> None:
     pixels = [torch.full((3, 2, 2), 0.5), torch.full((3, 2, 2), -0.5)]
-    batch = [ex([1, 2], [-100, 2], pixel_values=pixels[0], dataset_name="bridge"),
-             ex([1], [1], pixel_values=pixels[1], dataset_name="fractal")]
+    batch = [
+        ex([1, 2], [-100, 2], pixel_values=pixels[0], dataset_name="bridge"),
+        ex([1], [1], pixel_values=pixels[1], dataset_name="fractal"),
+    ]
     out = PaddedCollator(2048, 0)(batch)
     assert out["pixel_values"].shape == (2, 3, 2, 2)
     assert out["pixel_values"].dtype == torch.float32
@@ -64,8 +67,10 @@ def test_pixel_values_tensor_and_dataset_names_pass_through() -> None:
 
 
 def test_pixel_values_dict_for_fused_vision_backbones() -> None:
-    batch = [ex([1], [1], pixel_values={"dino": torch.zeros(3, 2, 2), "siglip": torch.ones(3, 4, 4)}),
-             ex([1], [1], pixel_values={"dino": torch.ones(3, 2, 2), "siglip": torch.zeros(3, 4, 4)})]
+    batch = [
+        ex([1], [1], pixel_values={"dino": torch.zeros(3, 2, 2), "siglip": torch.ones(3, 4, 4)}),
+        ex([1], [1], pixel_values={"dino": torch.ones(3, 2, 2), "siglip": torch.zeros(3, 4, 4)}),
+    ]
     out = PaddedCollator(2048, 0, "right", torch.bfloat16)(batch)
     assert sorted(out["pixel_values"]) == ["dino", "siglip"]
     assert out["pixel_values"]["dino"].shape == (2, 3, 2, 2)
@@ -90,8 +95,14 @@ def test_pad_to_multiple_of_is_keyword_only() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "words"),
     [
-        ({"model_max_length": 0, "pad_token_id": 0}, "model_max_length must be a positive integer or None, got 0"),
-        ({"model_max_length": 2048, "pad_token_id": -1}, "pad_token_id must be a non-negative integer, got -1"),
+        (
+            {"model_max_length": 0, "pad_token_id": 0},
+            "model_max_length must be a positive integer or None, got 0",
+        ),
+        (
+            {"model_max_length": 2048, "pad_token_id": -1},
+            "pad_token_id must be a non-negative integer, got -1",
+        ),
         ({"model_max_length": 2048, "pad_token_id": 0, "padding_side": "left"}, "padding_side='left'"),
         ({"model_max_length": 2048, "pad_token_id": 0, "pixel_values_dtype": "bf16"}, "got 'bf16'"),
     ],

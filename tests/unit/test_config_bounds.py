@@ -12,48 +12,111 @@ from pathlib import Path
 
 import pytest
 
+from llm_backbones.core.backbones.embedded import ASSETS_DIR
 from llm_backbones.core.backbones.files import (
     CONFIG_SIZE_BOUNDS,
     TOKENIZER_FILE_MAX_BYTES,
     check_config_sizes,
     check_tokenizer_files,
 )
-from llm_backbones.core.backbones.embedded import ASSETS_DIR
 from llm_backbones.errors import ConfigMismatchError, TokenizerFileError
 
 # The sizes of real models, from their config.json on the hub (text model of Llama-4).
 REAL_CONFIGS: dict[str, dict[str, int]] = {
     "meta-llama/Llama-2-7b-hf": dict(
-        vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=32, max_position_embeddings=4096),
+        vocab_size=32000,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        max_position_embeddings=4096,
+    ),
     "meta-llama/Llama-2-70b-hf": dict(
-        vocab_size=32000, hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
-        num_key_value_heads=8, max_position_embeddings=4096),
+        vocab_size=32000,
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        max_position_embeddings=4096,
+    ),
     "meta-llama/Llama-3.1-405B": dict(
-        vocab_size=128256, hidden_size=16384, intermediate_size=53248, num_hidden_layers=126,
-        num_attention_heads=128, num_key_value_heads=8, max_position_embeddings=131072),
+        vocab_size=128256,
+        hidden_size=16384,
+        intermediate_size=53248,
+        num_hidden_layers=126,
+        num_attention_heads=128,
+        num_key_value_heads=8,
+        max_position_embeddings=131072,
+    ),
     "meta-llama/Llama-4-Scout-17B-16E (text)": dict(
-        vocab_size=202048, hidden_size=5120, intermediate_size=8192, num_hidden_layers=48, num_attention_heads=40,
-        num_key_value_heads=8, head_dim=128, max_position_embeddings=10485760),
+        vocab_size=202048,
+        hidden_size=5120,
+        intermediate_size=8192,
+        num_hidden_layers=48,
+        num_attention_heads=40,
+        num_key_value_heads=8,
+        head_dim=128,
+        max_position_embeddings=10485760,
+    ),
     "mistralai/Mistral-7B-Instruct-v0.3": dict(
-        vocab_size=32768, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=8, max_position_embeddings=32768),
+        vocab_size=32768,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=32768,
+    ),
     "Qwen/Qwen2.5-72B": dict(
-        vocab_size=152064, hidden_size=8192, intermediate_size=29568, num_hidden_layers=80, num_attention_heads=64,
-        num_key_value_heads=8, max_position_embeddings=131072),
+        vocab_size=152064,
+        hidden_size=8192,
+        intermediate_size=29568,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        max_position_embeddings=131072,
+    ),
     # hidden 4608 is not 32 heads x head_dim 128: an explicit head_dim must be accepted
     "google/gemma-2-27b": dict(
-        vocab_size=256000, hidden_size=4608, intermediate_size=36864, num_hidden_layers=46, num_attention_heads=32,
-        num_key_value_heads=16, head_dim=128, max_position_embeddings=8192),
+        vocab_size=256000,
+        hidden_size=4608,
+        intermediate_size=36864,
+        num_hidden_layers=46,
+        num_attention_heads=32,
+        num_key_value_heads=16,
+        head_dim=128,
+        max_position_embeddings=8192,
+    ),
     "google/gemma-3-27b (text)": dict(
-        vocab_size=262208, hidden_size=5376, intermediate_size=21504, num_hidden_layers=62, num_attention_heads=32,
-        num_key_value_heads=16, head_dim=128, max_position_embeddings=131072),
+        vocab_size=262208,
+        hidden_size=5376,
+        intermediate_size=21504,
+        num_hidden_layers=62,
+        num_attention_heads=32,
+        num_key_value_heads=16,
+        head_dim=128,
+        max_position_embeddings=131072,
+    ),
     "microsoft/phi-2": dict(
-        vocab_size=51200, hidden_size=2560, intermediate_size=10240, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=32, max_position_embeddings=2048),
+        vocab_size=51200,
+        hidden_size=2560,
+        intermediate_size=10240,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        max_position_embeddings=2048,
+    ),
     "microsoft/Phi-3.5-mini-instruct": dict(
-        vocab_size=32064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=32, max_position_embeddings=131072),
+        vocab_size=32064,
+        hidden_size=3072,
+        intermediate_size=8192,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        max_position_embeddings=131072,
+    ),
 }
 
 
@@ -70,16 +133,27 @@ def test_the_shipped_tiny_config_is_within_the_bounds() -> None:
 LLAMA = REAL_CONFIGS["meta-llama/Llama-2-7b-hf"]
 BAD: list[tuple[str, dict, tuple[str, ...]]] = [
     ("heads-zero", {"num_attention_heads": 0}, ("num_attention_heads=0", "at least 1")),
-    ("heads-not-dividing", {"num_attention_heads": 30},
-     ("num_attention_heads=30 does not divide hidden_size=4096", "32", "explicit head_dim")),
-    ("kv-heads-not-dividing", {"num_key_value_heads": 5}, ("num_key_value_heads=5 does not divide num_attention_heads=32",)),
+    (
+        "heads-not-dividing",
+        {"num_attention_heads": 30},
+        ("num_attention_heads=30 does not divide hidden_size=4096", "32", "explicit head_dim"),
+    ),
+    (
+        "kv-heads-not-dividing",
+        {"num_key_value_heads": 5},
+        ("num_key_value_heads=5 does not divide num_attention_heads=32",),
+    ),
     ("hidden-a-string", {"hidden_size": "4096"}, ("hidden_size='4096'", "an integer is needed, got str")),
     ("hidden-a-float", {"hidden_size": 4096.0}, ("hidden_size=4096.0", "got float")),
     ("hidden-a-bool", {"hidden_size": True}, ("hidden_size=True", "got bool")),
     ("intermediate-negative", {"intermediate_size": -11008}, ("intermediate_size=-11008", "at least 1")),
     ("vocab-10**12", {"vocab_size": 10**12}, ("vocab_size=1000000000000", "at most 4,194,304")),
     ("layers-10**6", {"num_hidden_layers": 10**6}, ("num_hidden_layers=1000000", "at most 1,024")),
-    ("hidden-too-big", {"hidden_size": 2**20, "num_attention_heads": 32}, ("hidden_size=1048576", "at most 65,536")),
+    (
+        "hidden-too-big",
+        {"hidden_size": 2**20, "num_attention_heads": 32},
+        ("hidden_size=1048576", "at most 65,536"),
+    ),
 ]
 
 
@@ -143,7 +217,15 @@ def test_the_real_tokenizer_files_pass(tiny_dir: Path) -> None:
         ("tokenizer.json", b"\xff\xfe", ("is not valid JSON",)),
         ("tokenizer_config.json", b"[1, 2]", ("tokenizer_config.json", "holds a JSON list")),
     ],
-    ids=["empty-object", "no-added-tokens", "deep-array", "deep-object", "truncated", "not-utf8", "config-a-list"],
+    ids=[
+        "empty-object",
+        "no-added-tokens",
+        "deep-array",
+        "deep-object",
+        "truncated",
+        "not-utf8",
+        "config-a-list",
+    ],
 )
 def test_bad_tokenizer_files_are_named(tiny_dir: Path, name: str, content: bytes, words) -> None:
     (tiny_dir / name).write_bytes(content)

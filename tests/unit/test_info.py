@@ -21,7 +21,12 @@ def test_every_id_offline_and_consistent_with_its_card(backbone_id) -> None:
     # two independent records: the architecture facts (counted on the meta device) and the card's size
     assert facts["parameters"] == pytest.approx(card_size(spec.parameters), rel=0.02)
     assert facts["embedding_rows_after"] % 64 == 0
-    assert 0 < facts["trainable_by_mode"]["lora"] < facts["trainable_by_mode"]["last-layer"] < facts["parameters"]
+    assert (
+        0
+        < facts["trainable_by_mode"]["lora"]
+        < facts["trainable_by_mode"]["last-layer"]
+        < facts["parameters"]
+    )
     assert facts["pad_token_id"] is not None
 
 

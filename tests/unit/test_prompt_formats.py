@@ -46,7 +46,9 @@ def llama2_tokenizer():
 def scratch_formats(monkeypatch):
     """Formats, builder classes and backbone ids registered by a test vanish after it."""
     monkeypatch.setattr(formats_module, "_FORMATS", dict(formats_module._FORMATS))
-    monkeypatch.setattr(formats_module, "PROMPT_FORMATS", formats_module.MappingProxyType(formats_module._FORMATS))
+    monkeypatch.setattr(
+        formats_module, "PROMPT_FORMATS", formats_module.MappingProxyType(formats_module._FORMATS)
+    )
     monkeypatch.setattr(builder_module, "PROMPT_FORMATS", formats_module.PROMPT_FORMATS)
     monkeypatch.setattr(builder_module, "_BUILDER_CLASSES", dict(builder_module._BUILDER_CLASSES))
     monkeypatch.setattr(registry, "_BUILDER_CLASSES", builder_module._BUILDER_CLASSES)
@@ -55,9 +57,22 @@ def scratch_formats(monkeypatch):
 
 def test_every_rendering_has_its_own_name() -> None:
     assert list(PROMPT_FORMATS) == [
-        "pure", "llama2-chat", "vicuna-v15", "mistral-instruct", "phi-2", "pure-llama3", "pure-qwen2",
-        "pure-gemma2", "llama3-instruct", "qwen2.5-instruct", "gemma2-instruct", "phi3.5-instruct",
-        "pure-prismatic", "llama2-chat-prismatic", "vicuna-v15-prismatic", "mistral-instruct-prismatic",
+        "pure",
+        "llama2-chat",
+        "vicuna-v15",
+        "mistral-instruct",
+        "phi-2",
+        "pure-llama3",
+        "pure-qwen2",
+        "pure-gemma2",
+        "llama3-instruct",
+        "qwen2.5-instruct",
+        "gemma2-instruct",
+        "phi3.5-instruct",
+        "pure-prismatic",
+        "llama2-chat-prismatic",
+        "vicuna-v15-prismatic",
+        "mistral-instruct-prismatic",
         "phi-2-prismatic",
     ]
     for name, fmt in PROMPT_FORMATS.items():
@@ -95,7 +110,9 @@ def test_builder_for_refuses_bad_options_where_they_are_given() -> None:
         builder_for("llama3-instruct", date="05 Mar 2026")
     with pytest.raises(PromptFormatError, match="has no date line"):
         builder_for("pure", date_string="05 Mar 2026")
-    with pytest.raises(PromptFormatError, match="Unknown prompt format 'llama2-caht'.*Did you mean 'llama2-chat'"):
+    with pytest.raises(
+        PromptFormatError, match="Unknown prompt format 'llama2-caht'.*Did you mean 'llama2-chat'"
+    ):
         builder_for("llama2-caht")
 
 
@@ -140,8 +157,12 @@ def test_a_new_format_from_outside_the_package(scratch_formats, llama2_tokenizer
     builder.add_turn("human", "Pick up the cup.")
     assert builder.get_prompt() == "<|im_start|>user\nPick up the cup.<|im_end|>\n<|im_start|>assistant\n"
     spec = register_backbone(
-        dataclasses.replace(get_spec("llama2-tiny-pure"), backbone_id="tiny-chatml", prompt_format="chatml",
-                            prompt_builder=None)
+        dataclasses.replace(
+            get_spec("llama2-tiny-pure"),
+            backbone_id="tiny-chatml",
+            prompt_format="chatml",
+            prompt_builder=None,
+        )
     )
     assert spec.prompt_builder is ChatMLPromptBuilder
     assert llm_backbones.prompt_builder_for("tiny-chatml") is ChatMLPromptBuilder
@@ -167,6 +188,11 @@ def test_register_prompt_format_refuses_what_would_confuse_names(scratch_formats
 def test_a_spec_needs_a_format(scratch_formats) -> None:
     base = get_spec("llama2-tiny-pure")
     with pytest.raises(InvalidSpecError, match="give prompt_format= a format name"):
-        BackboneSpec(backbone_id="x", llm_family="llama2", hf_hub_path="h", llm_cls=base.llm_cls,
-                     layer_cls=base.layer_cls)
+        BackboneSpec(
+            backbone_id="x",
+            llm_family="llama2",
+            hf_hub_path="h",
+            llm_cls=base.llm_cls,
+            layer_cls=base.layer_cls,
+        )
     assert PurePromptBuilder.format_key == "pure"

@@ -21,8 +21,12 @@ from llm_backbones import (
     registered_ids,
 )
 from llm_backbones.core import registry
+from llm_backbones.core.prompting import (
+    LLaMa2ChatPromptBuilder,
+    PurePromptBuilder,
+    VicunaV15ChatPromptBuilder,
+)
 from llm_backbones.errors import UnknownBackboneError
-from llm_backbones.core.prompting import LLaMa2ChatPromptBuilder, PurePromptBuilder, VicunaV15ChatPromptBuilder
 
 
 @pytest.fixture
@@ -33,8 +37,13 @@ def scratch_registry(monkeypatch):
 
 def test_public_api_names() -> None:
     for name in [
-        "LLMBackbone", "HFCausalLLMBackbone", "LLaMa2LLMBackbone", "LLAMA2_MODELS", "LLM_BACKBONES",
-        "get_llm_backbone_and_tokenizer", "prompt_builder_for",
+        "LLMBackbone",
+        "HFCausalLLMBackbone",
+        "LLaMa2LLMBackbone",
+        "LLAMA2_MODELS",
+        "LLM_BACKBONES",
+        "get_llm_backbone_and_tokenizer",
+        "prompt_builder_for",
     ]:
         assert name in llm_backbones.__all__ and hasattr(llm_backbones, name)
 
@@ -66,7 +75,9 @@ def test_spec_facts_of_llama2() -> None:
 
 
 def test_llama2_models_rejects_other_families(scratch_registry) -> None:
-    spec = dataclasses.replace(get_spec("llama2-7b-pure"), backbone_id="test-other-family", llm_family="other")
+    spec = dataclasses.replace(
+        get_spec("llama2-7b-pure"), backbone_id="test-other-family", llm_family="other"
+    )
     register_backbone(spec)
     assert "test-other-family" in LLM_BACKBONES and "test-other-family" not in LLAMA2_MODELS
     with pytest.raises(UnknownBackboneError, match="llama2 family"):
@@ -124,7 +135,9 @@ def test_family_views_in_the_original_shape() -> None:
 
     assert set(llm_backbones.MISTRAL_MODELS) == {"mistral-v0.1-7b-pure", "mistral-v0.1-7b-instruct"}
     assert llm_backbones.PHI_MODELS["phi-2-3b"] == {
-        "llm_family": "phi", "llm_cls": PhiForCausalLM, "hf_hub_path": "microsoft/phi-2",
+        "llm_family": "phi",
+        "llm_cls": PhiForCausalLM,
+        "hf_hub_path": "microsoft/phi-2",
     }
     assert llm_backbones.MISTRAL_MODELS["mistral-v0.1-7b-pure"]["llm_cls"] is MistralForCausalLM
     assert len(llm_backbones.LLAMA3_MODELS) == 6 and len(llm_backbones.QWEN25_MODELS) == 8

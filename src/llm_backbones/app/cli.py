@@ -30,7 +30,9 @@ def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
 ) -> None:
     _state["debug"] = debug
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     if not debug:  # the CLI shows its own progress; transformers' bars and notices would interleave
         from transformers.utils import logging as hf_logging
 
@@ -90,7 +92,9 @@ def list_backbones(
 @app.command()
 def info(
     backbone: Annotated[str, typer.Argument(help="Backbone id.")],
-    model_path: Annotated[Path | None, typer.Option(help="Read config and tokenizer from this local directory.")] = None,
+    model_path: Annotated[
+        Path | None, typer.Option(help="Read config and tokenizer from this local directory.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Everything about one id, offline: vocabulary before/after PAD, rows, special ids, layer, dtype,
@@ -117,10 +121,14 @@ def info(
 @app.command()
 def demo(
     backbone: Annotated[str, typer.Option(help="Backbone id.")] = "llama2-tiny-pure",
-    model_path: Annotated[Path | None, typer.Option(help="Local HF-format directory replacing the hub path.")] = None,
+    model_path: Annotated[
+        Path | None, typer.Option(help="Local HF-format directory replacing the hub path.")
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     steps: Annotated[int, typer.Option(min=1, help="Fine-tuning steps.")] = 60,
-    metrics_json: Annotated[Path | None, typer.Option(help="Write the demo's numbers to this JSON file.")] = None,
+    metrics_json: Annotated[
+        Path | None, typer.Option(help="Write the demo's numbers to this JSON file.")
+    ] = None,
 ) -> None:
     """Teach a backbone OpenVLA-style 7-D actions for eight robot instructions, then predict them."""
     try:
@@ -134,7 +142,9 @@ def demo(
 def _check_output_file(path: Path, option: str) -> None:
     """Fail before any work when the output file cannot be written (not after a long run)."""
     if path.is_dir():
-        raise OutputPathError(f"{option} {str(path)!r} is a directory; pass a file path such as {str(path / 'metrics.json')!r}.")
+        raise OutputPathError(
+            f"{option} {str(path)!r} is a directory; pass a file path such as {str(path / 'metrics.json')!r}."
+        )
     if not path.parent.is_dir():
         raise OutputPathError(
             f"{option} {str(path)!r}: the folder {str(path.parent)!r} does not exist. Create it first "
@@ -163,7 +173,9 @@ def _summary_table(backbone, tokenizer, build_s: float) -> Table:
     return table
 
 
-def _demo(backbone_id: str, model_path: Path | None, device: str, steps: int, metrics_json: Path | None) -> None:
+def _demo(
+    backbone_id: str, model_path: Path | None, device: str, steps: int, metrics_json: Path | None
+) -> None:
     import torch
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -180,22 +192,34 @@ def _demo(backbone_id: str, model_path: Path | None, device: str, steps: int, me
     backbone.to(device)
     console.print(_summary_table(backbone, tokenizer, time.perf_counter() - start))
 
-    columns = (TextColumn("fine-tuning"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
-               TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn())
+    columns = (
+        TextColumn("fine-tuning"),
+        BarColumn(),
+        TextColumn("step {task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("train", total=steps, loss=float("nan"))
         result = run_vla_demo(
-            backbone, tokenizer, steps=steps, on_step=lambda i, loss: progress.update(task, advance=1, loss=loss)
+            backbone,
+            tokenizer,
+            steps=steps,
+            on_step=lambda i, loss: progress.update(task, advance=1, loss=loss),
         )
 
     table = Table(title="Greedy action prediction (7-D, OpenVLA action tokens)")
     for column in ("instruction", "true action", "predicted action", "max abs error"):
         table.add_column(column, overflow="fold")
-    for text, truth, pred in zip(result.instructions, result.true_actions, result.predicted_actions, strict=True):
+    for text, truth, pred in zip(
+        result.instructions, result.true_actions, result.predicted_actions, strict=True
+    ):
         table.add_row(
             text,
             " ".join(f"{v:+.2f}" for v in truth.tolist()),
-            " ".join(f"{v:+.2f}" for v in pred.tolist()) if not pred.isnan().any() else "(not all action tokens)",
+            " ".join(f"{v:+.2f}" for v in pred.tolist())
+            if not pred.isnan().any()
+            else "(not all action tokens)",
             f"{(truth - pred).abs().max().item():.4f}" if not pred.isnan().any() else "-",
         )
     console.print(table)
@@ -220,47 +244,112 @@ def _demo(backbone_id: str, model_path: Path | None, device: str, steps: int, me
 def finetune(
     backbone: Annotated[str | None, typer.Option(help="Backbone id.")] = None,
     data: Annotated[Path | None, typer.Option(help="LLaVA/Prismatic conversation JSON file.")] = None,
-    model_path: Annotated[Path | None, typer.Option(help="Local HF-format directory replacing the hub path.")] = None,
+    model_path: Annotated[
+        Path | None, typer.Option(help="Local HF-format directory replacing the hub path.")
+    ] = None,
     mode: Annotated[str | None, typer.Option(help="full, last-layer or lora (default: full).")] = None,
-    prompt_format: Annotated[str | None, typer.Option(help="Prompt format to train with, e.g. llama2-chat-prismatic "
-                                                      "(default: the backbone's; see `llm-backbones list`).")] = None,
+    prompt_format: Annotated[
+        str | None,
+        typer.Option(
+            help="Prompt format to train with, e.g. llama2-chat-prismatic "
+            "(default: the backbone's; see `llm-backbones list`)."
+        ),
+    ] = None,
     steps: Annotated[int | None, typer.Option(help="Optimizer steps of the whole run (default: 10).")] = None,
-    batch_size: Annotated[int | None, typer.Option(
-        help="Global batch of one optimizer step, split over --grad-accum micro-batches and the ranks (default: 8).")] = None,
-    grad_accum: Annotated[int | None, typer.Option(
-        help="Micro-batches accumulated per optimizer step; the global batch stays --batch-size (default: 1).")] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Global batch of one optimizer step, split over --grad-accum micro-batches and the ranks (default: 8)."
+        ),
+    ] = None,
+    grad_accum: Annotated[
+        int | None,
+        typer.Option(
+            help="Micro-batches accumulated per optimizer step; the global batch stays --batch-size (default: 1)."
+        ),
+    ] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: 1e-4).")] = None,
-    lr_schedule: Annotated[str | None, typer.Option(
-        help="After the warm-up: cosine (down toward 0 at --steps) or constant (default: cosine).")] = None,
-    warmup_steps: Annotated[int | None, typer.Option(help="Steps of linear warm-up up to --lr (default: 0).")] = None,
-    max_grad_norm: Annotated[float | None, typer.Option(
-        help="Clip the global gradient norm to this; 0 turns clipping off (default: 1.0).")] = None,
-    max_length: Annotated[int | None, typer.Option(
-        help="Truncate examples to this many tokens (default: the backbone's llm_max_length).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Data order and initialisation depend only on it (default: 0).")] = None,
-    precision: Annotated[str | None, typer.Option(help="fp32 or bf16 (default: bf16 on CUDA, fp32 on CPU).")] = None,
-    fsdp: Annotated[int | None, typer.Option(help="FSDP version under torchrun: 2 (fully_shard) or 1 (default: 2).")] = None,
+    lr_schedule: Annotated[
+        str | None,
+        typer.Option(
+            help="After the warm-up: cosine (down toward 0 at --steps) or constant (default: cosine)."
+        ),
+    ] = None,
+    warmup_steps: Annotated[
+        int | None, typer.Option(help="Steps of linear warm-up up to --lr (default: 0).")
+    ] = None,
+    max_grad_norm: Annotated[
+        float | None,
+        typer.Option(help="Clip the global gradient norm to this; 0 turns clipping off (default: 1.0)."),
+    ] = None,
+    max_length: Annotated[
+        int | None,
+        typer.Option(help="Truncate examples to this many tokens (default: the backbone's llm_max_length)."),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Data order and initialisation depend only on it (default: 0).")
+    ] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="fp32 or bf16 (default: bf16 on CUDA, fp32 on CPU).")
+    ] = None,
+    fsdp: Annotated[
+        int | None, typer.Option(help="FSDP version under torchrun: 2 (fully_shard) or 1 (default: 2).")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
-    fast: Annotated[bool | None, typer.Option("--fast/--no-fast", help="backbone.enable_fast_training(): the loss "
-                                              "without full logits; compiled decoder layers on CUDA (default: off).")] = None,
-    gradient_checkpointing: Annotated[bool | None, typer.Option(
-        "--gradient-checkpointing/--no-gradient-checkpointing",
-        help="Recompute each decoder layer's activations in backward (default: off).")] = None,
-    eval_data: Annotated[Path | None, typer.Option(help="Conversation JSON file to report the mean eval loss on.")] = None,
-    eval_every: Annotated[int | None, typer.Option(
-        help="Evaluate every N steps, and after the last (default: 0, after the last only).")] = None,
-    log_every: Annotated[int | None, typer.Option(help="Write a metrics record every N steps (default: 1).")] = None,
-    save_every: Annotated[int | None, typer.Option(
-        help="Checkpoint (DCP) every N steps and after the last; 0: none (default: 500).")] = None,
+    fast: Annotated[
+        bool | None,
+        typer.Option(
+            "--fast/--no-fast",
+            help="backbone.enable_fast_training(): the loss "
+            "without full logits; compiled decoder layers on CUDA (default: off).",
+        ),
+    ] = None,
+    gradient_checkpointing: Annotated[
+        bool | None,
+        typer.Option(
+            "--gradient-checkpointing/--no-gradient-checkpointing",
+            help="Recompute each decoder layer's activations in backward (default: off).",
+        ),
+    ] = None,
+    eval_data: Annotated[
+        Path | None, typer.Option(help="Conversation JSON file to report the mean eval loss on.")
+    ] = None,
+    eval_every: Annotated[
+        int | None,
+        typer.Option(help="Evaluate every N steps, and after the last (default: 0, after the last only)."),
+    ] = None,
+    log_every: Annotated[
+        int | None, typer.Option(help="Write a metrics record every N steps (default: 1).")
+    ] = None,
+    save_every: Annotated[
+        int | None,
+        typer.Option(help="Checkpoint (DCP) every N steps and after the last; 0: none (default: 500)."),
+    ] = None,
     keep: Annotated[int | None, typer.Option(help="Checkpoints kept, newest first (default: 2).")] = None,
-    output: Annotated[Path | None, typer.Option(
-        help="Run folder: checkpoints/, metrics.jsonl, run_config.json and the final HF-format model.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output from its latest complete "
-                                         "checkpoint (settings not given: the run's own).")] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            help="Run folder: checkpoints/, metrics.jsonl, run_config.json and the final HF-format model."
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the run in --output from its latest complete "
+            "checkpoint (settings not given: the run's own).",
+        ),
+    ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run in --output.")] = False,
-    config: Annotated[Path | None, typer.Option(
-        help="YAML or JSON file of these settings (keys as the flags); flags given here override it.")] = None,
-    metrics_json: Annotated[Path | None, typer.Option(help="Write losses, world size and trainable params here.")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="YAML or JSON file of these settings (keys as the flags); flags given here override it."
+        ),
+    ] = None,
+    metrics_json: Annotated[
+        Path | None, typer.Option(help="Write losses, world size and trainable params here.")
+    ] = None,
 ) -> None:
     """Fine-tune a backbone on conversations; single process, or `torchrun --nproc_per_node=N` (FSDP)."""
     import os
@@ -268,14 +357,34 @@ def finetune(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     given = {
-        "backbone": backbone, "data": data, "model_path": model_path, "mode": mode,
-        "prompt_format": prompt_format, "steps": steps,
-        "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr, "lr_schedule": lr_schedule,
-        "warmup_steps": warmup_steps, "max_grad_norm": max_grad_norm, "max_length": max_length, "seed": seed,
-        "precision": precision, "fsdp": fsdp, "device": device, "fast": fast,
-        "gradient_checkpointing": gradient_checkpointing, "eval_data": eval_data, "eval_every": eval_every,
-        "log_every": log_every, "save_every": save_every, "keep": keep, "output": output,
-        "resume": resume or None, "overwrite": overwrite or None, "metrics_json": metrics_json,
+        "backbone": backbone,
+        "data": data,
+        "model_path": model_path,
+        "mode": mode,
+        "prompt_format": prompt_format,
+        "steps": steps,
+        "batch_size": batch_size,
+        "grad_accum": grad_accum,
+        "lr": lr,
+        "lr_schedule": lr_schedule,
+        "warmup_steps": warmup_steps,
+        "max_grad_norm": max_grad_norm,
+        "max_length": max_length,
+        "seed": seed,
+        "precision": precision,
+        "fsdp": fsdp,
+        "device": device,
+        "fast": fast,
+        "gradient_checkpointing": gradient_checkpointing,
+        "eval_data": eval_data,
+        "eval_every": eval_every,
+        "log_every": log_every,
+        "save_every": save_every,
+        "keep": keep,
+        "output": output,
+        "resume": resume or None,
+        "overwrite": overwrite or None,
+        "metrics_json": metrics_json,
     }
     is_main = os.environ.get("RANK", "0") == "0"
     try:
@@ -292,20 +401,33 @@ def finetune(
         check_conversations(settings.backbone, conversations, repr(str(settings.data)), prompt_format=fmt)
         if settings.eval_data is not None:
             check_conversations(
-                settings.backbone, load_conversations(settings.eval_data), repr(str(settings.eval_data)), prompt_format=fmt
+                settings.backbone,
+                load_conversations(settings.eval_data),
+                repr(str(settings.eval_data)),
+                prompt_format=fmt,
             )
-        columns = (TextColumn(f"{settings.mode} fine-tuning"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
-                   TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("lr {task.fields[lr]:.2e}"),
-                   TextColumn("{task.fields[tps]:,.0f} tok/s"), TimeElapsedColumn())
+        columns = (
+            TextColumn(f"{settings.mode} fine-tuning"),
+            BarColumn(),
+            TextColumn("step {task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TextColumn("lr {task.fields[lr]:.2e}"),
+            TextColumn("{task.fields[tps]:,.0f} tok/s"),
+            TimeElapsedColumn(),
+        )
         with Progress(*columns, console=console, disable=not is_main) as progress:
-            task = progress.add_task("train", total=settings.steps, loss=float("nan"), lr=settings.lr, tps=0.0)
+            task = progress.add_task(
+                "train", total=settings.steps, loss=float("nan"), lr=settings.lr, tps=0.0
+            )
 
             def on_record(record: dict) -> None:
                 if "lr" in record:
                     progress.update(task, lr=record["lr"], tps=record["tokens_per_s"])
 
             result = run_finetune(
-                data=conversations, config=settings, on_record=on_record,
+                data=conversations,
+                config=settings,
+                on_record=on_record,
                 on_step=lambda step, loss: progress.update(task, completed=step, loss=loss),
             )
     except (LLMBackbonesError, OSError, ValueError) as exc:
@@ -318,20 +440,35 @@ def finetune(
     else:
         trained = f"nothing to train: the latest checkpoint is already at step {result.start_step}"
     evals = f"; eval loss {result.eval_losses[-1][1]:.4f}" if result.eval_losses else ""
-    console.print(f"{result.summary}; world size {result.world_size}; {trained}{evals}"
-                  + (f"; checkpoint: {result.output}" if result.output else ""), highlight=False)
+    console.print(
+        f"{result.summary}; world size {result.world_size}; {trained}{evals}"
+        + (f"; checkpoint: {result.output}" if result.output else ""),
+        highlight=False,
+    )
     if settings.metrics_json is not None:
-        metrics = {"losses": result.losses, "world_size": result.world_size, "trainable_params": result.trainable_params,
-                   "start_step": result.start_step, "eval_losses": result.eval_losses, "output": result.output}
+        metrics = {
+            "losses": result.losses,
+            "world_size": result.world_size,
+            "trainable_params": result.trainable_params,
+            "start_step": result.start_step,
+            "eval_losses": result.eval_losses,
+            "output": result.output,
+        }
         Path(settings.metrics_json).write_text(json.dumps(metrics, indent=2) + "\n")
 
 
 @app.command()
 def prompt(
     backbone: Annotated[str, typer.Argument(help="Backbone id.")],
-    conversation: Annotated[Path, typer.Option("--conversation", help="LLaVA/Prismatic conversation JSON file.")],
-    tokens: Annotated[bool, typer.Option("--tokens", help="Show token ids and pieces, supervised ones highlighted.")] = False,
-    model_path: Annotated[Path | None, typer.Option(help="Local HF-format directory for the tokenizer.")] = None,
+    conversation: Annotated[
+        Path, typer.Option("--conversation", help="LLaVA/Prismatic conversation JSON file.")
+    ],
+    tokens: Annotated[
+        bool, typer.Option("--tokens", help="Show token ids and pieces, supervised ones highlighted.")
+    ] = False,
+    model_path: Annotated[
+        Path | None, typer.Option(help="Local HF-format directory for the tokenizer.")
+    ] = None,
     model_family: Annotated[str, typer.Option(help="Selects the default system prompt.")] = "openvla",
     prismatic_compat: Annotated[bool, typer.Option(help="Render the original Prismatic strings.")] = False,
 ) -> None:
@@ -371,7 +508,9 @@ def _prompt(backbone_id, path, tokens, model_path, model_family, prismatic_compa
         gen_builder.add_turn(role, message)
     console.print(f"[bold]Builder[/]: {builder!r}", highlight=False)
     console.print("[bold]Training prompt[/]:", repr(builder.get_prompt()), highlight=False, soft_wrap=True)
-    console.print("[bold]Generation prompt[/]:", repr(gen_builder.get_prompt()), highlight=False, soft_wrap=True)
+    console.print(
+        "[bold]Generation prompt[/]:", repr(gen_builder.get_prompt()), highlight=False, soft_wrap=True
+    )
     if not tokens:
         return
     tokenizer = _tokenizer_for(backbone_id, model_path)
@@ -387,7 +526,9 @@ def _prompt(backbone_id, path, tokens, model_path, model_family, prismatic_compa
         text.append(f"{piece}", style=style)
         text.append(f"({token_id}) ")
     console.print(text, soft_wrap=True)
-    console.print(f"{len(ids)} tokens, {sum(label != IGNORE_INDEX for label in labels)} supervised (highlighted)")
+    console.print(
+        f"{len(ids)} tokens, {sum(label != IGNORE_INDEX for label in labels)} supervised (highlighted)"
+    )
 
 
 def _tokenizer_for(backbone_id: str, model_path: Path | None):

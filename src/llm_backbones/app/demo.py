@@ -72,7 +72,9 @@ def run_vla_demo(
     batch = {k: v.to(device) for k, v in collate(examples).items()}
 
     summary = apply_finetune_mode(backbone, "full")
-    optimizer = torch.optim.AdamW([p for p in backbone.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(
+        [p for p in backbone.parameters() if p.requires_grad], lr=lr, weight_decay=0.0
+    )
     losses = train_steps(backbone, (batch for _ in range(steps)), optimizer, on_step=on_step)
 
     backbone.eval()
@@ -81,7 +83,9 @@ def run_vla_demo(
     for text, truth in zip(INSTRUCTIONS, true_ids, strict=True):
         prompt = vla_prompt(tokenizer, builder, text, action_tokenizer=action_tokenizer)[None].to(device)
         try:
-            action = backbone.generate_actions(action_tokenizer, input_ids=prompt, action_dim=ACTION_DIM)[0].cpu()
+            action = backbone.generate_actions(action_tokenizer, input_ids=prompt, action_dim=ACTION_DIM)[
+                0
+            ].cpu()
         except ActionError:  # not (yet) an action: every token of it counts as wrong
             action = torch.full((ACTION_DIM,), float("nan"), dtype=torch.float64)
         else:  # a bin centre encodes back to its own bin: compare the tokens

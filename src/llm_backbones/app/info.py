@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from llm_backbones.training.finetune import trainable_counts_by_mode
 from llm_backbones.core.registry import BackboneSpec, get_spec
+from llm_backbones.training.finetune import trainable_counts_by_mode
 
 
 def backbone_info(backbone_id: str, model_path: str | Path | None = None) -> dict[str, Any]:
@@ -27,12 +27,16 @@ def backbone_info(backbone_id: str, model_path: str | Path | None = None) -> dic
             "source": spec.source,
             "config": dict(spec.arch),
             "tokenizer_size": spec.tokenizer_size,
-            "pad_token_id": spec.arch.get("pad_token_id") if spec.pad_policy == "reuse" else spec.tokenizer_size,
+            "pad_token_id": spec.arch.get("pad_token_id")
+            if spec.pad_policy == "reuse"
+            else spec.tokenizer_size,
             "bos_token_id": spec.arch.get("bos_token_id"),
             "eos_token_id": spec.arch.get("eos_token_id"),
         }
     config = dict(facts["config"])
-    tokens_after = facts["tokenizer_size"] + (1 if spec.pad_policy == "add" and facts.pop("pad_is_new", True) else 0)
+    tokens_after = facts["tokenizer_size"] + (
+        1 if spec.pad_policy == "add" and facts.pop("pad_is_new", True) else 0
+    )
     rows = spec.embedding_rows(config["vocab_size"], tokens_after)
     llm_config = spec.llm_cls.config_class(**{**config, "vocab_size": rows})
     with torch.device("meta"):
@@ -92,7 +96,11 @@ def _local_facts(spec: BackboneSpec, model_path: str | Path | None) -> dict[str,
         pad_id = len(tokenizer) if new else vocab[spec.pad_token]
     return {
         "source": str(path),
-        "config": {k: v for k, v in config.items() if k not in ("architectures", "model_type", "torch_dtype", "dtype")},
+        "config": {
+            k: v
+            for k, v in config.items()
+            if k not in ("architectures", "model_type", "torch_dtype", "dtype")
+        },
         "tokenizer_size": len(tokenizer) - (0 if new or spec.pad_policy == "reuse" else 1),
         "pad_is_new": new,
         "pad_token_id": pad_id,

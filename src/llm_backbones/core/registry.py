@@ -154,14 +154,23 @@ class BackboneSpec:
             fmt = get_prompt_format(name)
         except PromptFormatError as exc:
             raise InvalidSpecError(f"Backbone {self.backbone_id!r}: {exc}") from None
-        if builder_cls is not None and getattr(builder_cls, "format_key", None) not in (None, fmt.official_name):
+        if builder_cls is not None and getattr(builder_cls, "format_key", None) not in (
+            None,
+            fmt.official_name,
+        ):
             raise InvalidSpecError(
                 f"Backbone {self.backbone_id!r}: prompt_builder={builder_cls.__name__} renders "
                 f"{builder_cls.format_key!r}, not prompt_format={name!r}. Give one of the two."
             )
-        if builder_cls is None or not isinstance(builder_cls, type) or not issubclass(builder_cls, PromptBuilder):
+        if (
+            builder_cls is None
+            or not isinstance(builder_cls, type)
+            or not issubclass(builder_cls, PromptBuilder)
+        ):
             builder_cls = _BUILDER_CLASSES.get(fmt.official_name)
-        builder = builder_cls if builder_cls is not None and builder_cls.format_key == name else builder_for(name)
+        builder = (
+            builder_cls if builder_cls is not None and builder_cls.format_key == name else builder_for(name)
+        )
         object.__setattr__(self, "prompt_format", name)
         object.__setattr__(self, "prompt_builder", builder)
 
@@ -318,9 +327,15 @@ def registry_write_error(
 
 
 # The original's per-family dicts, and one per newer family: live views of the registry.
-_VIEW_NAMES = {"llama2": "LLAMA2_MODELS", "mistral": "MISTRAL_MODELS", "phi": "PHI_MODELS",
-               "llama3": "LLAMA3_MODELS", "qwen2.5": "QWEN25_MODELS", "gemma2": "GEMMA2_MODELS",
-               "phi3": "PHI3_MODELS"}
+_VIEW_NAMES = {
+    "llama2": "LLAMA2_MODELS",
+    "mistral": "MISTRAL_MODELS",
+    "phi": "PHI_MODELS",
+    "llama3": "LLAMA3_MODELS",
+    "qwen2.5": "QWEN25_MODELS",
+    "gemma2": "GEMMA2_MODELS",
+    "phi3": "PHI3_MODELS",
+}
 LLAMA2_MODELS: Mapping[str, dict[str, Any]] = _FamilyView("llama2")
 MISTRAL_MODELS: Mapping[str, dict[str, Any]] = _FamilyView("mistral")
 PHI_MODELS: Mapping[str, dict[str, Any]] = _FamilyView("phi")
@@ -353,13 +368,33 @@ def _family(family: str, llm_cls: str, layer_cls: str, **family_kw: Any) -> Any:
     return add
 
 
-def _arch(vocab: int, hidden: int, mlp: int, layers: int, heads: int, kv: int, *, tied: bool, bos: int | None,
-          eos: int, **extra: Any) -> Mapping[str, Any]:
+def _arch(
+    vocab: int,
+    hidden: int,
+    mlp: int,
+    layers: int,
+    heads: int,
+    kv: int,
+    *,
+    tied: bool,
+    bos: int | None,
+    eos: int,
+    **extra: Any,
+) -> Mapping[str, Any]:
     """Architecture facts in config.json's field names (the source: each entry's hub config.json)."""
     return MappingProxyType(
-        {"vocab_size": vocab, "hidden_size": hidden, "intermediate_size": mlp, "num_hidden_layers": layers,
-         "num_attention_heads": heads, "num_key_value_heads": kv, "tie_word_embeddings": tied,
-         "bos_token_id": bos, "eos_token_id": eos, **extra}
+        {
+            "vocab_size": vocab,
+            "hidden_size": hidden,
+            "intermediate_size": mlp,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "num_key_value_heads": kv,
+            "tie_word_embeddings": tied,
+            "bos_token_id": bos,
+            "eos_token_id": eos,
+            **extra,
+        }
     )
 
 
@@ -369,7 +404,9 @@ _LLAMA2 = {"tokenizer_size": 32000}
 
 # === LLaMA-2 family (Prismatic's LLAMA2_MODELS) ===
 # No PAD in the SentencePiece vocabulary (32000): add <PAD> (32000), rows 32000 -> 32064 (the seed's).
-_llama2 = _family("llama2", "LlamaForCausalLM", "llama.modeling_llama.LlamaDecoderLayer", tokenizer_json_as_written=True)
+_llama2 = _family(
+    "llama2", "LlamaForCausalLM", "llama.modeling_llama.LlamaDecoderLayer", tokenizer_json_as_written=True
+)
 _llama2("llama2-7b-pure", "meta-llama/Llama-2-7b-hf", "pure", "6.74B", arch=_LLAMA2_7B, **_LLAMA2)
 _llama2("llama2-13b-pure", "meta-llama/Llama-2-13b-hf", "pure", "13.0B", arch=_LLAMA2_13B, **_LLAMA2)
 _llama2("llama2-7b-chat", "meta-llama/Llama-2-7b-chat-hf", "llama2-chat", "6.74B", arch=_LLAMA2_7B, **_LLAMA2)
@@ -394,12 +431,22 @@ _llama2(
 # === Mistral v0.1 (Prismatic's MISTRAL_MODELS) ===
 # Same SentencePiece layout as LLaMA-2 (32000 pieces, <s>=1 added as BOS, no PAD, no reserved token):
 # add <PAD> (32000) and resize 32000 -> 32064, as Prismatic's Mistral backbone did.
-_mistral = _family("mistral", "MistralForCausalLM", "mistral.modeling_mistral.MistralDecoderLayer", tokenizer_json_as_written=True)
-_MISTRAL_7B = {"arch": _arch(32000, 4096, 14336, 32, 32, 8, tied=False, bos=1, eos=2, sliding_window=4096),
-               "tokenizer_size": 32000}
+_mistral = _family(
+    "mistral",
+    "MistralForCausalLM",
+    "mistral.modeling_mistral.MistralDecoderLayer",
+    tokenizer_json_as_written=True,
+)
+_MISTRAL_7B = {
+    "arch": _arch(32000, 4096, 14336, 32, 32, 8, tied=False, bos=1, eos=2, sliding_window=4096),
+    "tokenizer_size": 32000,
+}
 _mistral("mistral-v0.1-7b-pure", "mistralai/Mistral-7B-v0.1", "pure", "7.24B", **_MISTRAL_7B)
 _mistral(
-    "mistral-v0.1-7b-instruct", "mistralai/Mistral-7B-Instruct-v0.1", "mistral-instruct", "7.24B",
+    "mistral-v0.1-7b-instruct",
+    "mistralai/Mistral-7B-Instruct-v0.1",
+    "mistral-instruct",
+    "7.24B",
     **_MISTRAL_7B,
 )
 
@@ -408,9 +455,15 @@ _mistral(
 # embedding already has 51200 rows. Add <|pad|> (Prismatic's choice, id 50295) into a spare row: no resize
 # (the seed's resize to len(tokenizer) rounded to 64 would shrink 51200 -> 50304). Not <|endoftext|>:
 # that is Phi-2's BOS/EOS, present in every prompt.
-_phi = _family("phi", "PhiForCausalLM", "phi.modeling_phi.PhiDecoderLayer", adds_bos=False, pad_token="<|pad|>")
+_phi = _family(
+    "phi", "PhiForCausalLM", "phi.modeling_phi.PhiDecoderLayer", adds_bos=False, pad_token="<|pad|>"
+)
 _phi(
-    "phi-2-3b", "microsoft/phi-2", "phi-2", "2.78B", tokenizer_size=50295,
+    "phi-2-3b",
+    "microsoft/phi-2",
+    "phi-2",
+    "2.78B",
+    tokenizer_size=50295,
     arch=_arch(51200, 2560, 10240, 32, 32, 32, tied=False, bos=50256, eos=50256, partial_rotary_factor=0.4),
 )
 
@@ -420,14 +473,25 @@ _phi(
 # from Llama 3.1 on; reuse it (the tokenizer config declares no pad): no new row, so the 1B/3B models'
 # tied embeddings are untouched. Not <|end_of_text|>/<|eot_id|>: those end replies.
 _llama3 = _family(
-    "llama3", "LlamaForCausalLM", "llama.modeling_llama.LlamaDecoderLayer", pad_token="<|finetune_right_pad_id|>", pad_policy="reuse"
+    "llama3",
+    "LlamaForCausalLM",
+    "llama.modeling_llama.LlamaDecoderLayer",
+    pad_token="<|finetune_right_pad_id|>",
+    pad_policy="reuse",
 )
 _L3 = {"rope_theta": 500000.0, "max_position_embeddings": 131072, "pad_token_id": 128004}  # the reserved PAD
-_LLAMA31_8B = {"tokenizer_size": 128256, "arch": _arch(128256, 4096, 14336, 32, 32, 8, tied=False, bos=128000, eos=128001, **_L3)}
-_LLAMA32_1B = {"tokenizer_size": 128256,
-               "arch": _arch(128256, 2048, 8192, 16, 32, 8, tied=True, bos=128000, eos=128001, head_dim=64, **_L3)}
-_LLAMA32_3B = {"tokenizer_size": 128256,
-               "arch": _arch(128256, 3072, 8192, 28, 24, 8, tied=True, bos=128000, eos=128001, head_dim=128, **_L3)}
+_LLAMA31_8B = {
+    "tokenizer_size": 128256,
+    "arch": _arch(128256, 4096, 14336, 32, 32, 8, tied=False, bos=128000, eos=128001, **_L3),
+}
+_LLAMA32_1B = {
+    "tokenizer_size": 128256,
+    "arch": _arch(128256, 2048, 8192, 16, 32, 8, tied=True, bos=128000, eos=128001, head_dim=64, **_L3),
+}
+_LLAMA32_3B = {
+    "tokenizer_size": 128256,
+    "arch": _arch(128256, 3072, 8192, 28, 24, 8, tied=True, bos=128000, eos=128001, head_dim=128, **_L3),
+}
 _llama3("llama3.1-8b-pure", "meta-llama/Llama-3.1-8B", "pure-llama3", "8.03B", **_LLAMA31_8B)
 _llama3("llama3.1-8b-instruct", "meta-llama/Llama-3.1-8B-Instruct", "llama3-instruct", "8.03B", **_LLAMA31_8B)
 _llama3("llama3.2-1b-pure", "meta-llama/Llama-3.2-1B", "pure-llama3", "1.24B", **_LLAMA32_1B)
@@ -449,15 +513,29 @@ _QWEN25 = {  # size: (card parameters, arch facts); instruct models end turns wi
 for _size, (_params, _facts) in _QWEN25.items():
     _id, _hub = f"qwen2.5-{_size.lower()}", f"Qwen/Qwen2.5-{_size}"
     _qwen(f"{_id}-pure", _hub, "pure-qwen2", _params, arch=_facts, tokenizer_size=151665)
-    _qwen(f"{_id}-instruct", f"{_hub}-Instruct", "qwen2.5-instruct", _params, arch=_facts, tokenizer_size=151665)
+    _qwen(
+        f"{_id}-instruct", f"{_hub}-Instruct", "qwen2.5-instruct", _params, arch=_facts, tokenizer_size=151665
+    )
 
 # === Gemma-2 ===
 # SentencePiece, 256000 tokens = rows (a multiple of 64), <bos> added by the tokenizer; <pad> (0) is a
 # reserved PAD the tokenizer declares and no prompt contains: reuse it. Embeddings are tied.
-_gemma = _family("gemma2", "Gemma2ForCausalLM", "gemma2.modeling_gemma2.Gemma2DecoderLayer", pad_token="<pad>", pad_policy="reuse")
+_gemma = _family(
+    "gemma2",
+    "Gemma2ForCausalLM",
+    "gemma2.modeling_gemma2.Gemma2DecoderLayer",
+    pad_token="<pad>",
+    pad_policy="reuse",
+)
 _G2 = {"head_dim": 256, "pad_token_id": 0}
-_GEMMA2_2B = {"tokenizer_size": 256000, "arch": _arch(256000, 2304, 9216, 26, 8, 4, tied=True, bos=2, eos=1, **_G2)}
-_GEMMA2_9B = {"tokenizer_size": 256000, "arch": _arch(256000, 3584, 14336, 42, 16, 8, tied=True, bos=2, eos=1, **_G2)}
+_GEMMA2_2B = {
+    "tokenizer_size": 256000,
+    "arch": _arch(256000, 2304, 9216, 26, 8, 4, tied=True, bos=2, eos=1, **_G2),
+}
+_GEMMA2_9B = {
+    "tokenizer_size": 256000,
+    "arch": _arch(256000, 3584, 14336, 42, 16, 8, tied=True, bos=2, eos=1, **_G2),
+}
 _gemma("gemma2-2b-pure", "google/gemma-2-2b", "pure-gemma2", "2.61B", **_GEMMA2_2B)
 _gemma("gemma2-2b-instruct", "google/gemma-2-2b-it", "gemma2-instruct", "2.61B", **_GEMMA2_2B)
 _gemma("gemma2-9b-pure", "google/gemma-2-9b", "pure-gemma2", "9.24B", **_GEMMA2_9B)
@@ -468,9 +546,18 @@ _gemma("gemma2-9b-instruct", "google/gemma-2-9b-it", "gemma2-instruct", "9.24B",
 # (add_bos_token: false). The tokenizer declares <|endoftext|> (32000) as PAD; the chat format ends turns
 # with <|end|> and never writes <|endoftext|>: reuse it, no new row.
 _phi3 = _family(
-    "phi3", "Phi3ForCausalLM", "phi3.modeling_phi3.Phi3DecoderLayer", adds_bos=False, pad_token="<|endoftext|>", pad_policy="reuse"
+    "phi3",
+    "Phi3ForCausalLM",
+    "phi3.modeling_phi3.Phi3DecoderLayer",
+    adds_bos=False,
+    pad_token="<|endoftext|>",
+    pad_policy="reuse",
 )
 _phi3(
-    "phi-3.5-mini-instruct", "microsoft/Phi-3.5-mini-instruct", "phi3.5-instruct", "3.82B",
-    tokenizer_size=32011, arch=_arch(32064, 3072, 8192, 32, 32, 32, tied=False, bos=1, eos=32000, pad_token_id=32000),
+    "phi-3.5-mini-instruct",
+    "microsoft/Phi-3.5-mini-instruct",
+    "phi3.5-instruct",
+    "3.82B",
+    tokenizer_size=32011,
+    arch=_arch(32064, 3072, 8192, 32, 32, 32, tied=False, bos=1, eos=32000, pad_token_id=32000),
 )

@@ -45,8 +45,12 @@ class ActionTokenizer:
         for name, value in (("min_action", min_action), ("max_action", max_action)):
             if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
                 raise ActionError(f"{name} must be a finite number, got {value!r}. OpenVLA uses -1 and 1.")
-        if action_dim is not None and (isinstance(action_dim, bool) or not isinstance(action_dim, int) or action_dim < 1):
-            raise ActionError(f"action_dim must be a positive integer or None, got {action_dim!r} (OpenVLA: 7).")
+        if action_dim is not None and (
+            isinstance(action_dim, bool) or not isinstance(action_dim, int) or action_dim < 1
+        ):
+            raise ActionError(
+                f"action_dim must be a positive integer or None, got {action_dim!r} (OpenVLA: 7)."
+            )
         if not isinstance(getattr(tokenizer, "vocab_size", None), int):
             raise ActionError(
                 f"tokenizer must be an HF tokenizer with an integer vocab_size, got {type(tokenizer).__name__}. "
@@ -57,14 +61,22 @@ class ActionTokenizer:
                 f"min_action={min_action} must be below max_action={max_action}; OpenVLA uses -1 and 1."
             )
         if bins + 1 > tokenizer.vocab_size:
-            raise ActionError(f"bins={bins} needs more tokens than the vocabulary has ({tokenizer.vocab_size}).")
+            raise ActionError(
+                f"bins={bins} needs more tokens than the vocabulary has ({tokenizer.vocab_size})."
+            )
         if not math.isfinite(float(max_action) - float(min_action)):
             raise ActionError(
                 f"The action range [{min_action}, {max_action}] is too wide for float64 (its width overflows), so "
                 "bin centres would be inf/nan. Normalize actions to a finite range first (OpenVLA: [-1, 1])."
             )
         first = int(tokenizer.vocab_size) - bins
-        clash = sorted({int(i) for i in getattr(tokenizer, "all_special_ids", []) if first <= int(i) < tokenizer.vocab_size})
+        clash = sorted(
+            {
+                int(i)
+                for i in getattr(tokenizer, "all_special_ids", [])
+                if first <= int(i) < tokenizer.vocab_size
+            }
+        )
         if clash:
             names = tokenizer.convert_ids_to_tokens(clash[:5])
             raise ActionError(
@@ -95,7 +107,9 @@ class ActionTokenizer:
 
     def encode(self, actions: torch.Tensor | Sequence[float] | Sequence[Sequence[float]]) -> torch.Tensor:
         """Actions `[..., D]` -> token ids `[..., D]` (LongTensor)."""
-        actions = _as_tensor(actions, "Actions", "a float tensor or a (nested) list of numbers of shape [..., D]")
+        actions = _as_tensor(
+            actions, "Actions", "a float tensor or a (nested) list of numbers of shape [..., D]"
+        )
         if actions.is_complex():
             raise ActionError(
                 f"Actions must be real numbers, got a {actions.dtype} tensor. Pass the real part (actions.real) "
@@ -125,7 +139,9 @@ class ActionTokenizer:
         discretized = torch.bucketize(clipped, self.bins, right=True)
         return self.base_vocab_size - discretized
 
-    def __call__(self, actions: torch.Tensor | Sequence[float] | Sequence[Sequence[float]]) -> str | list[str]:
+    def __call__(
+        self, actions: torch.Tensor | Sequence[float] | Sequence[Sequence[float]]
+    ) -> str | list[str]:
         """OpenVLA's interface: the action tokens as text (one string per action vector)."""
         ids = self.encode(actions)
         if ids.dim() == 1:
@@ -138,7 +154,9 @@ class ActionTokenizer:
         Raises `ActionError` for an id outside the action range (`token_id_range`): a generated text token
         is not silently clipped into an action, as OpenVLA's decoding would do.
         """
-        raw = _as_tensor(action_token_ids, "Action token ids", "integer token ids (a LongTensor or a list of ints)")
+        raw = _as_tensor(
+            action_token_ids, "Action token ids", "integer token ids (a LongTensor or a list of ints)"
+        )
         if raw.is_complex() or raw.dtype == torch.bool:
             raise ActionError(
                 f"Action token ids must be integers, got a {raw.dtype} tensor. Pass the generated ids (a LongTensor)."

@@ -25,9 +25,9 @@ from typing import Any, NamedTuple
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from llm_backbones.errors import ConversationError, DataFileError, InputShapeError, TokenizationError
 from llm_backbones.core.prompting import PromptBuilder, PromptFormat, builder_for
 from llm_backbones.core.prompting.builder import DEFAULT_MODEL_FAMILY
+from llm_backbones.errors import ConversationError, DataFileError, InputShapeError, TokenizationError
 from llm_backbones.runtime.fused_loss import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,9 @@ def load_conversations(path: str | Path) -> list[Conversation]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConversationError(f"{str(path)!r} is not valid JSON ({exc}); expected a list of conversations.") from None
+        raise ConversationError(
+            f"{str(path)!r} is not valid JSON ({exc}); expected a list of conversations."
+        ) from None
     if isinstance(data, Mapping) and "conversations" in data:
         data = [data]
     elif isinstance(data, list) and data and isinstance(data[0], Mapping) and "conversations" not in data[0]:
@@ -80,7 +82,10 @@ def load_conversations(path: str | Path) -> list[Conversation]:
             f"{str(path)!r} must hold a non-empty JSON list of records ({{'conversations': [...]}}) or of "
             f"conversations, got {type(data).__name__} {str(data)[:60]!r}."
         )
-    return [item["conversations"] if isinstance(item, Mapping) and "conversations" in item else item for item in data]
+    return [
+        item["conversations"] if isinstance(item, Mapping) and "conversations" in item else item
+        for item in data
+    ]
 
 
 @dataclass(frozen=True)
@@ -289,7 +294,9 @@ def _reply_spans(
     """
     texts = rendered.texts
     text = texts[-1]
-    input_ids, offsets, marks = _encode_with_offsets(tokenizer, text, rendered.messages, special_tokens_in_messages)
+    input_ids, offsets, marks = _encode_with_offsets(
+        tokenizer, text, rendered.messages, special_tokens_in_messages
+    )
     # The tokens of a prefix `text[:n]` differ from the whole text's only after the last special token the
     # template wrote before `n` (the tokenizer encodes the text between special tokens piece by piece), so
     # each boundary is checked by encoding that last piece alone: linear in the conversation.
@@ -304,7 +311,9 @@ def _reply_spans(
         if input_ids[base : base + len(piece)] == piece:
             return base + len(piece), True
         # a pre-tokenizer that depends on the position (Metaspace, prepend_scheme="first"): the whole prefix
-        exact = _encode_with_offsets(tokenizer, text[:n_chars], rendered.messages, special_tokens_in_messages).ids
+        exact = _encode_with_offsets(
+            tokenizer, text[:n_chars], rendered.messages, special_tokens_in_messages
+        ).ids
         return len(exact), input_ids[: len(exact)] == exact
 
     spans = []
@@ -391,9 +400,15 @@ def tokenize_conversation(
         ]
         dropped = [f"drops {', '.join(lost)}"] if lost else []
         logger.warning(
-            "max_length=%d truncates a %d-token conversation: %s", limit, total, "; ".join(cut + dropped) or "only unsupervised tokens are cut"
+            "max_length=%d truncates a %d-token conversation: %s",
+            limit,
+            total,
+            "; ".join(cut + dropped) or "only unsupervised tokens are cut",
         )
-    return {"input_ids": torch.tensor(input_ids, dtype=torch.long), "labels": torch.tensor(labels, dtype=torch.long)}
+    return {
+        "input_ids": torch.tensor(input_ids, dtype=torch.long),
+        "labels": torch.tensor(labels, dtype=torch.long),
+    }
 
 
 def tokenize_prompt(
@@ -427,7 +442,9 @@ def tokenize_prompt(
         )
     if reply is None:
         rendered = _seams(prompt_builder_fn, conversation, model_family, system_prompt, builder_options)
-        ids = _encode_with_offsets(tokenizer, rendered.texts[-1], rendered.messages, special_tokens_in_messages).ids
+        ids = _encode_with_offsets(
+            tokenizer, rendered.texts[-1], rendered.messages, special_tokens_in_messages
+        ).ids
     else:
         full = [*conversation, {"from": "gpt", "value": reply}]
         rendered = _seams(prompt_builder_fn, full, model_family, system_prompt, builder_options)
@@ -442,7 +459,9 @@ def tokenize_prompt(
     return torch.tensor(ids, dtype=torch.long)
 
 
-def vla_conversation(instruction: str, action_text: str | None = None, *, lowercase: bool = True) -> list[dict]:
+def vla_conversation(
+    instruction: str, action_text: str | None = None, *, lowercase: bool = True
+) -> list[dict]:
     """OpenVLA's conversation: "What action should the robot take to {instruction}?" and the action reply.
 
     OpenVLA lower-cases the instruction in training and at inference (`lowercase=True`, its behaviour).
@@ -520,7 +539,11 @@ def vla_prompt(
         stand_in = tokenizer.decode([tokenizer.vocab_size - 1])
     conversation = vla_conversation(instruction, lowercase=lowercase)
     return tokenize_prompt(
-        tokenizer, prompt_builder_fn, conversation, max_length=max_length, reply=stand_in,
+        tokenizer,
+        prompt_builder_fn,
+        conversation,
+        max_length=max_length,
+        reply=stand_in,
         builder_options=builder_options,
     )
 
@@ -577,7 +600,9 @@ def insert_patch_embeddings(
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     patch_mask = attention_mask.new_ones((batch, n_patches))
-    out["attention_mask"] = torch.cat([attention_mask[:, :insert_at], patch_mask, attention_mask[:, insert_at:]], 1)
+    out["attention_mask"] = torch.cat(
+        [attention_mask[:, :insert_at], patch_mask, attention_mask[:, insert_at:]], 1
+    )
     if labels is not None:
         patch_labels = labels.new_full((batch, n_patches), IGNORE_INDEX)
         out["labels"] = torch.cat([labels[:, :insert_at], patch_labels, labels[:, insert_at:]], dim=1)
@@ -612,7 +637,11 @@ class PaddedCollator:
                     f"PaddedCollator {name} must be a positive integer or None, got {value!r}. Pass e.g. "
                     "PaddedCollator(model_max_length=tokenizer.model_max_length, pad_token_id=tokenizer.pad_token_id)."
                 )
-        if isinstance(self.pad_token_id, bool) or not isinstance(self.pad_token_id, int) or self.pad_token_id < 0:
+        if (
+            isinstance(self.pad_token_id, bool)
+            or not isinstance(self.pad_token_id, int)
+            or self.pad_token_id < 0
+        ):
             raise InputShapeError(
                 f"PaddedCollator pad_token_id must be a non-negative integer, got {self.pad_token_id!r}; pass "
                 "the backbone's pad_token_id (backbone.pad_token_id)."
@@ -664,7 +693,9 @@ class PaddedCollator:
             batch["dataset_names"] = [e.get("dataset_name") for e in examples]
         return batch
 
-    def _stack_pixel_values(self, examples: Sequence[Mapping[str, Any]]) -> torch.Tensor | dict[str, torch.Tensor]:
+    def _stack_pixel_values(
+        self, examples: Sequence[Mapping[str, Any]]
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
         values = [e.get("pixel_values") for e in examples]
         missing = [i for i, v in enumerate(values) if v is None]
         if missing:

@@ -35,6 +35,7 @@ from llm_backbones.core.backbones import files as _files
 from llm_backbones.core.backbones.backbone import LLMBackbone
 from llm_backbones.core.backbones.factory import get_llm_backbone_and_tokenizer
 from llm_backbones.core.backbones.files import unreadable_safetensors
+from llm_backbones.core.registry import get_spec
 from llm_backbones.errors import (
     CheckpointError,
     FingerprintMismatchError,
@@ -44,7 +45,6 @@ from llm_backbones.errors import (
     OutputPathError,
     StateDictMismatchError,
 )
-from llm_backbones.core.registry import get_spec
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +173,9 @@ def read_fingerprint(path: str | Path) -> dict[str, Any]:
 
 def compare_fingerprints(saved: dict[str, Any], built: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """`{field: (saved, built)}` for every checked field that differs."""
-    return {key: (saved.get(key), built.get(key)) for key in CHECKED_FIELDS if saved.get(key) != built.get(key)}
+    return {
+        key: (saved.get(key), built.get(key)) for key in CHECKED_FIELDS if saved.get(key) != built.get(key)
+    }
 
 
 def _hashed(name: str) -> bool:
@@ -197,14 +199,18 @@ def verify_files(path: Path, saved: dict[str, Any]) -> None:
     if recorded is None:
         logger.warning(
             "Checkpoint %s has no file hashes (fingerprint_version %s): its weights and config cannot be verified. "
-            "Save it again with this llm-backbones to add them.", path, saved.get("fingerprint_version"),
+            "Save it again with this llm-backbones to add them.",
+            path,
+            saved.get("fingerprint_version"),
         )
         return
     file = path / FINGERPRINT_FILE
     if not isinstance(recorded, dict) or not all(
         isinstance(k, str) and isinstance(v, str) and Path(k).name == k for k, v in recorded.items()
     ):
-        raise CheckpointError(f"{file} has a malformed file_sha256 ({{file name: sha256}} expected). Save the backbone again.")
+        raise CheckpointError(
+            f"{file} has a malformed file_sha256 ({{file name: sha256}} expected). Save the backbone again."
+        )
     broken = unreadable_safetensors(path)
     if broken:
         raise ModelWeightsError(
@@ -232,7 +238,9 @@ def verify_files(path: Path, saved: dict[str, Any]) -> None:
             )
     if problems:
         raise FingerprintMismatchError(
-            f"Checkpoint {path} is not what save_backbone wrote:\n" + "\n".join(lines) + "\nA file was modified "
+            f"Checkpoint {path} is not what save_backbone wrote:\n"
+            + "\n".join(lines)
+            + "\nA file was modified "
             "or corrupted after the save (an edit, a bad copy, a disk error). Copy the checkpoint again from a "
             "good source, or pass verify=False to load it as it is.",
             problems,
@@ -255,15 +263,20 @@ def _verify(path: Path, saved: dict[str, Any], built: dict[str, Any], *, ignore:
     if saved.get("backbone_id") != built["backbone_id"]:
         logger.warning(
             "Checkpoint %s was saved as %r and is loaded as %r (llm_backbone_id= override)",
-            path, saved.get("backbone_id"), built["backbone_id"],
+            path,
+            saved.get("backbone_id"),
+            built["backbone_id"],
         )
     if saved.get("versions") != built["versions"]:
-        logger.info("Checkpoint %s was saved with %s; running %s", path, saved.get("versions"), built["versions"])
+        logger.info(
+            "Checkpoint %s was saved with %s; running %s", path, saved.get("versions"), built["versions"]
+        )
     mismatches = compare_fingerprints(saved, built)
     if not mismatches:
         return
     lines = [
-        f"  - {key}: saved {_short(a)}, built {_short(b)} ({CHECKED_FIELDS[key]})" for key, (a, b) in mismatches.items()
+        f"  - {key}: saved {_short(a)}, built {_short(b)} ({CHECKED_FIELDS[key]})"
+        for key, (a, b) in mismatches.items()
     ]
     message = (
         f"Checkpoint {path} does not match what was built from it:\n" + "\n".join(lines) + "\n"
@@ -343,7 +356,9 @@ def _check_target(path: object) -> Path:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError) as exc:
-            raise OutputPathError(f"Cannot create the folder of {target}: {exc}. Choose another path.") from exc
+            raise OutputPathError(
+                f"Cannot create the folder of {target}: {exc}. Choose another path."
+            ) from exc
     except PermissionError as exc:
         raise _not_writable(target, exc) from None
     if not os.access(target.parent, os.W_OK | os.X_OK):
@@ -411,7 +426,9 @@ def save_backbone(backbone: LLMBackbone, path: str | Path) -> Path:
     if leftovers:
         logger.warning(
             "Found %d temporary directories of interrupted saves of %s: %s. Delete them once no save is running.",
-            len(leftovers), target, ", ".join(leftovers),
+            len(leftovers),
+            target,
+            ", ".join(leftovers),
         )
     fingerprint = backbone_fingerprint(backbone)
     try:
@@ -495,7 +512,10 @@ def load_backbone(
         verify_files(checkpoint, saved)
     if any(p.device.type == "meta" for p in backbone.parameters()):
         load_weights_into(
-            backbone, checkpoint, strict=strict, allow_external_files=overrides.get("allow_external_files", False)
+            backbone,
+            checkpoint,
+            strict=strict,
+            allow_external_files=overrides.get("allow_external_files", False),
         )
     return backbone, tokenizer
 
@@ -518,7 +538,9 @@ def load_weights_into(
     state: dict[str, torch.Tensor] = {}
     origin: dict[str, Path] = {}
     for file in files:
-        _files.readable(_files.contained(directory, file.name, allow_external=allow_external_files), "The weight file")
+        _files.readable(
+            _files.contained(directory, file.name, allow_external=allow_external_files), "The weight file"
+        )
         try:
             tensors = load_file(str(file))
         except SafetensorError as exc:
@@ -532,7 +554,8 @@ def load_weights_into(
     own = backbone.llm.state_dict(keep_vars=True)
     wrong = [
         f"{k} is {list(v.shape)} in {origin[k].name}, the architecture needs {list(own[k].shape)}"
-        for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)
+        for k, v in state.items()
+        if k in own and tuple(v.shape) != tuple(own[k].shape)
     ]
     if wrong:
         raise ModelWeightsError(
@@ -549,13 +572,16 @@ def load_weights_into(
         )
         if strict:
             raise NonFiniteWeightsError(
-                message + " Restore it from a good copy (or an earlier checkpoint); strict=False loads it anyway.",
+                message
+                + " Restore it from a good copy (or an earlier checkpoint); strict=False loads it anyway.",
                 tensor=name,
                 file=str(origin[name]),
             )
         logger.warning("%s Loading anyway (strict=False).", message)
     dtypes = {name: p.dtype for name, p in params.items()}
-    state = {f"llm.{k}": v.to(dtypes[k]) if k in dtypes and v.is_floating_point() else v for k, v in state.items()}
+    state = {
+        f"llm.{k}": v.to(dtypes[k]) if k in dtypes and v.is_floating_point() else v for k, v in state.items()
+    }
     # the backbone's own load_state_dict: assigns onto the meta-built model and re-ties embeddings
     result = backbone.load_state_dict(state, strict=False)
     still_meta = [name for name, p in backbone.llm.named_parameters() if p.device.type == "meta"]
@@ -568,9 +594,12 @@ def load_weights_into(
         )
         if strict:
             raise StateDictMismatchError(
-                message + " Restore the checkpoint's files, or pass strict=False to load what matches (the missing "
+                message
+                + " Restore the checkpoint's files, or pass strict=False to load what matches (the missing "
                 "parameters then stay on the meta device until you load them).",
                 still_meta,
                 unexpected,
             )
-        logger.warning("%s Loading anyway (strict=False): the missing parameters stay on the meta device.", message)
+        logger.warning(
+            "%s Loading anyway (strict=False): the missing parameters stay on the meta device.", message
+        )

@@ -41,9 +41,10 @@ from safetensors import SafetensorError, safe_open
 from transformers import PreTrainedTokenizerBase
 
 from llm_backbones import _fs
-from llm_backbones.data.actions import ActionTokenizer
 from llm_backbones.core.backbones.backbone import HFCausalLLMBackbone
 from llm_backbones.core.backbones.factory import get_llm_backbone_and_tokenizer
+from llm_backbones.core.registry import get_spec
+from llm_backbones.data.actions import ActionTokenizer
 from llm_backbones.errors import (
     ActionError,
     ModelPathError,
@@ -53,7 +54,6 @@ from llm_backbones.errors import (
     VLACheckpointError,
     closest,
 )
-from llm_backbones.core.registry import get_spec
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,10 @@ DEFAULT_ACTION_BINS = 256  # OpenVLA's `n_action_bins` default and Prismatic's A
 DEFAULT_LLM_MAX_LENGTH = 2048  # every Prismatic ModelConfig's llm_max_length
 # Tokenizer files copied from an HF OpenVLA checkpoint (the backbone loads its tokenizer from there).
 TOKENIZER_FILES: tuple[str, ...] = (
-    "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
     "added_tokens.json",
 )
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl"})
@@ -75,24 +78,54 @@ _STEP = re.compile(r"step-(\d+)")
 # (`vla.base_vlm`) names its LLM. Every one of them has llm_max_length 2048.
 _PRISMATIC_MODELS_BY_LLM: dict[str, tuple[str, ...]] = {
     "vicuna-v15-7b": (
-        "reproduction-llava-v15+7b", "one-stage+7b", "full-ft-multi-stage+7b", "full-ft-one-stage+7b",
-        "in1k-224px+7b", "dinov2-224px+7b", "clip-224px+7b", "siglip-224px+7b", "clip-336px-resize-crop+7b",
-        "clip-336px-resize-naive+7b", "siglip-384px-letterbox+7b", "siglip-384px-resize-crop+7b",
-        "siglip-384px-resize-naive+7b", "dinoclip-336px-letterbox+7b", "dinoclip-336px-resize-naive+7b",
-        "dinosiglip-384px-letterbox+7b", "dinosiglip-384px-resize-naive+7b",
-        "dinosiglip-224px-resize-naive+7b", "vicuna-no-cotraining+7b", "train-1.25-epochs+7b",
-        "train-1.5-epochs+7b", "train-2-epochs+7b", "train-3-epochs+7b", "llava-lvis4v+7b", "llava-lrv+7b",
+        "reproduction-llava-v15+7b",
+        "one-stage+7b",
+        "full-ft-multi-stage+7b",
+        "full-ft-one-stage+7b",
+        "in1k-224px+7b",
+        "dinov2-224px+7b",
+        "clip-224px+7b",
+        "siglip-224px+7b",
+        "clip-336px-resize-crop+7b",
+        "clip-336px-resize-naive+7b",
+        "siglip-384px-letterbox+7b",
+        "siglip-384px-resize-crop+7b",
+        "siglip-384px-resize-naive+7b",
+        "dinoclip-336px-letterbox+7b",
+        "dinoclip-336px-resize-naive+7b",
+        "dinosiglip-384px-letterbox+7b",
+        "dinosiglip-384px-resize-naive+7b",
+        "dinosiglip-224px-resize-naive+7b",
+        "vicuna-no-cotraining+7b",
+        "train-1.25-epochs+7b",
+        "train-1.5-epochs+7b",
+        "train-2-epochs+7b",
+        "train-3-epochs+7b",
+        "llava-lvis4v+7b",
+        "llava-lrv+7b",
         "llava-lvis4v-lrv+7b",
     ),
     "vicuna-v15-13b": ("reproduction-llava-v15+13b", "one-stage+13b"),
     "llama2-7b-pure": (
-        "llama2+7b", "llama2-no-cotraining+7b", "prism-clip-controlled+7b", "prism-clip+7b",
-        "prism-siglip-controlled+7b", "prism-siglip+7b", "prism-dinosiglip-controlled+7b",
-        "prism-dinosiglip+7b", "prism-dinosiglip-224px-controlled+7b", "prism-dinosiglip-224px+7b",
+        "llama2+7b",
+        "llama2-no-cotraining+7b",
+        "prism-clip-controlled+7b",
+        "prism-clip+7b",
+        "prism-siglip-controlled+7b",
+        "prism-siglip+7b",
+        "prism-dinosiglip-controlled+7b",
+        "prism-dinosiglip+7b",
+        "prism-dinosiglip-224px-controlled+7b",
+        "prism-dinosiglip-224px+7b",
     ),
     "llama2-13b-pure": (
-        "llama2+13b", "prism-clip-controlled+13b", "prism-clip+13b", "prism-siglip-controlled+13b",
-        "prism-siglip+13b", "prism-dinosiglip-controlled+13b", "prism-dinosiglip+13b",
+        "llama2+13b",
+        "prism-clip-controlled+13b",
+        "prism-clip+13b",
+        "prism-siglip-controlled+13b",
+        "prism-siglip+13b",
+        "prism-dinosiglip-controlled+13b",
+        "prism-dinosiglip+13b",
     ),
     "llama2-7b-chat": ("llama2-chat+7b",),
     "llama2-13b-chat": ("llama2-chat+13b",),
@@ -282,8 +315,12 @@ def load_vla_backbone(
             "tokenizer), a Prismatic run directory (config.json, checkpoints/step-*.pt) or a Prismatic .pt "
             "checkpoint."
         )
-    common = {"dtype": dtype, "n_action_bins": n_action_bins, "llm_max_length": llm_max_length,
-              "attn_implementation": attn_implementation}
+    common = {
+        "dtype": dtype,
+        "n_action_bins": n_action_bins,
+        "llm_max_length": llm_max_length,
+        "attn_implementation": attn_implementation,
+    }
     hf_config = _read_hf_config(path) if path.is_dir() else None
     if hf_config is not None:
         for name, value in (("step", step), ("base_model_path", base_model_path)):
@@ -296,8 +333,12 @@ def load_vla_backbone(
         return _load_hf_layout(path, hf_config, llm_backbone_id=llm_backbone_id, **common)
     if path.is_file() or (path / "checkpoints").is_dir():
         return _load_prismatic_layout(
-            path, llm_backbone_id=llm_backbone_id, step=step, base_model_path=base_model_path,
-            hf_token=hf_token, **common,
+            path,
+            llm_backbone_id=llm_backbone_id,
+            step=step,
+            base_model_path=base_model_path,
+            hf_token=hf_token,
+            **common,
         )
     found = sorted(p.name for p in path.iterdir())[:12]
     raise VLACheckpointError(
@@ -481,7 +522,7 @@ def _load_hf_layout(
             f"{list(files)[:3]}): this is not the LLM of an OpenVLA / Prismatic HF checkpoint."
         )
     raw = _read_safetensors(llm_names, files)
-    state = {BACKBONE_LLM_PREFIX + n[len(HF_LLM_PREFIX):]: t for n, t in raw.items()}
+    state = {BACKBONE_LLM_PREFIX + n[len(HF_LLM_PREFIX) :]: t for n, t in raw.items()}
     del raw
     tokenizer_files = [f for f in TOKENIZER_FILES if (directory / f).is_file()]
     if not any(f in tokenizer_files for f in ("tokenizer.json", "tokenizer.model")):
@@ -495,7 +536,9 @@ def _load_hf_layout(
         for name in tokenizer_files:
             shutil.copyfile(directory / name, Path(tmp) / name)
         backbone, tokenizer = get_llm_backbone_and_tokenizer(
-            backbone_id, llm_max_length=max_length, model_path=tmp,
+            backbone_id,
+            llm_max_length=max_length,
+            model_path=tmp,
             **_backbone_kwargs(dtype or _stored_dtype(state), attn_implementation),
         )
     tokenizer.name_or_path = str(directory)
@@ -507,14 +550,22 @@ def _load_hf_layout(
             "come from different checkpoints. Restore the tokenizer files of this checkpoint."
         )
     _load_llm_state(
-        backbone, state, directory, name_of=lambda k: HF_LLM_PREFIX + k[len(BACKBONE_LLM_PREFIX):]
+        backbone, state, directory, name_of=lambda k: HF_LLM_PREFIX + k[len(BACKBONE_LLM_PREFIX) :]
     )
     norm_stats = config.get("norm_stats")
     if norm_stats is None and (directory / "dataset_statistics.json").is_file():
         norm_stats = _read_json(directory / "dataset_statistics.json", "the action statistics")
     return _finish(
-        backbone, tokenizer, norm_stats, unused, backbone_id, "openvla-hf", directory, config,
-        n_action_bins or config.get("n_action_bins") or DEFAULT_ACTION_BINS, n_llm=len(state),
+        backbone,
+        tokenizer,
+        norm_stats,
+        unused,
+        backbone_id,
+        "openvla-hf",
+        directory,
+        config,
+        n_action_bins or config.get("n_action_bins") or DEFAULT_ACTION_BINS,
+        n_llm=len(state),
     )
 
 
@@ -657,11 +708,14 @@ def _load_prismatic_layout(
             f"{checkpoint}: model['llm_backbone'] holds entries that are not named tensors (e.g. {bad[:3]}). "
             "Pass a checkpoint of a Prismatic / OpenVLA training run."
         )
-    unused = tuple(sorted(
-        f"{group}.{name}"
-        for group, tensors in model.items() if group != PRISMATIC_LLM_KEY
-        for name in (tensors if isinstance(tensors, Mapping) else {})
-    ))
+    unused = tuple(
+        sorted(
+            f"{group}.{name}"
+            for group, tensors in model.items()
+            if group != PRISMATIC_LLM_KEY
+            for name in (tensors if isinstance(tensors, Mapping) else {})
+        )
+    )
     kwargs = _backbone_kwargs(dtype or _stored_dtype(state), attn_implementation)
     if base_model_path is not None:
         kwargs["model_path"] = base_model_path
@@ -681,8 +735,16 @@ def _load_prismatic_layout(
     statistics = run_dir / "dataset_statistics.json"
     norm_stats = _read_json(statistics, "the action statistics") if statistics.is_file() else {}
     return _finish(
-        backbone, tokenizer, norm_stats, unused, backbone_id, "prismatic", checkpoint, config,
-        n_action_bins or DEFAULT_ACTION_BINS, n_llm=len(state),
+        backbone,
+        tokenizer,
+        norm_stats,
+        unused,
+        backbone_id,
+        "prismatic",
+        checkpoint,
+        config,
+        n_action_bins or DEFAULT_ACTION_BINS,
+        n_llm=len(state),
     )
 
 
@@ -719,7 +781,8 @@ def _load_llm_state(
         )
     wrong = [
         f"{name_of(k)} {tuple(v.shape)} vs {tuple(own[k].shape)}"
-        for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)
+        for k, v in state.items()
+        if tuple(v.shape) != tuple(own[k].shape)
     ]
     if wrong:
         raise ModelWeightsError(
@@ -768,8 +831,14 @@ def _finish(
     more = f", ... ({len(unused) - 8} more in LoadedVLA.unused_tensors)" if len(unused) > 8 else ""
     logger.info(
         "Loaded the %s LLM (%d tensors) of %s (%s layout); left alone %d other tensors (%s): %s%s",
-        backbone_id, n_llm, source, layout, len(unused),
-        ", ".join(f"{g}: {n}" for g, n in sorted(groups.items())) or "none", ", ".join(unused[:8]), more,
+        backbone_id,
+        n_llm,
+        source,
+        layout,
+        len(unused),
+        ", ".join(f"{g}: {n}" for g, n in sorted(groups.items())) or "none",
+        ", ".join(unused[:8]),
+        more,
     )
     return LoadedVLA(
         backbone=backbone,

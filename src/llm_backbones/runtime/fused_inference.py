@@ -27,7 +27,9 @@ def _concatenated(linears: list[nn.Linear]) -> nn.Linear:
     first = linears[0]
     weight = torch.cat([linear.weight.detach() for linear in linears], dim=0)
     bias = None if first.bias is None else torch.cat([linear.bias.detach() for linear in linears], dim=0)
-    fused = nn.Linear(first.in_features, weight.shape[0], bias=bias is not None, device="meta", dtype=weight.dtype)
+    fused = nn.Linear(
+        first.in_features, weight.shape[0], bias=bias is not None, device="meta", dtype=weight.dtype
+    )
     fused.weight = nn.Parameter(weight, requires_grad=first.weight.requires_grad)
     if bias is not None:
         fused.bias = nn.Parameter(bias, requires_grad=first.bias.requires_grad)
@@ -54,7 +56,8 @@ class FusedLlamaAttention(LlamaAttention):
         input_shape = hidden_states.shape[:-1]
         heads_shape = (*input_shape, -1, self.head_dim)
         query, key, value = [
-            part.view(heads_shape).transpose(1, 2) for part in self.qkv_proj(hidden_states).split(self.qkv_sizes, -1)
+            part.view(heads_shape).transpose(1, 2)
+            for part in self.qkv_proj(hidden_states).split(self.qkv_sizes, -1)
         ]
         cos, sin = position_embeddings
         query, key = modeling_llama.apply_rotary_pos_emb(query, key, cos, sin)
@@ -64,8 +67,14 @@ class FusedLlamaAttention(LlamaAttention):
             self.config._attn_implementation, modeling_llama.eager_attention_forward
         )
         out, weights = attention(
-            self, query, key, value, attention_mask,
-            dropout=0.0 if not self.training else self.attention_dropout, scaling=self.scaling, **kwargs,
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling,
+            **kwargs,
         )
         return self.o_proj(out.reshape(*input_shape, -1).contiguous()), weights
 
@@ -106,7 +115,9 @@ def fuse_projections(model: nn.Module) -> int:
         already = any(isinstance(m, (FusedLlamaAttention, FusedLlamaMLP)) for m in model.modules())
         if already:
             return 0
-        names = sorted({type(m).__name__ for m in model.modules() if m.__class__.__name__.endswith(("Attention", "MLP"))})
+        names = sorted(
+            {type(m).__name__ for m in model.modules() if m.__class__.__name__.endswith(("Attention", "MLP"))}
+        )
         raise ConfigMismatchError(
             f"fuse_projections supports LLaMA layers (LlamaAttention, LlamaMLP); {type(model).__name__} has "
             f"{names or 'none of them'}. Use the unfused model for this architecture."

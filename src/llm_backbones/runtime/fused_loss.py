@@ -12,13 +12,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-
-
 # The label value the loss skips (prompt tokens, padding): torch's cross-entropy default, as HF uses it.
 IGNORE_INDEX = -100
 
+
 def _chunk_loss_sum(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor, softcap: float | None
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    labels: torch.Tensor,
+    softcap: float | None,
 ) -> torch.Tensor:
     logits = F.linear(hidden, weight, bias).float()
     if softcap:  # Gemma-2's final-logit soft-capping, as its HF head applies it

@@ -20,7 +20,7 @@ import math
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import torch
@@ -34,7 +34,9 @@ logger = logging.getLogger(__name__)
 
 # transformers renamed the forward keyword `past_key_values` to `cache` in 5.2x (the old name warns, and
 # goes in 5.40); every model class of one release takes the same one.
-CACHE_KEYWORD = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+CACHE_KEYWORD = (
+    "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+)
 
 # Prompt lengths are rounded up to a multiple of this (left padding) on the compiled path.
 DEFAULT_BUCKET_SIZE = 32
@@ -75,7 +77,7 @@ def decode_one_token(model, cache, token, attention_mask, position_ids) -> torch
     return _step(model, cache, position_ids, input_ids=token[:, None], attention_mask=attention_mask)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _compiled(
     fn: Callable, backend: str | Callable, dynamic: bool | None, options: tuple[tuple[str, Any], ...] = ()
 ) -> Callable:
@@ -141,7 +143,9 @@ def _static_loop(
     if dynamic_length:
         torch._dynamo.maybe_mark_dynamic(inputs_embeds, 1)
         torch._dynamo.maybe_mark_dynamic(position_ids, 1)
-    full_mask = torch.cat([attention_mask.long(), attention_mask.new_ones((batch, slots - length), dtype=torch.long)], 1)
+    full_mask = torch.cat(
+        [attention_mask.long(), attention_mask.new_ones((batch, slots - length), dtype=torch.long)], 1
+    )
     token = _run_step(prefill_step, graphs, model, cache, inputs_embeds, full_mask, position_ids)
     tokens = [token]
     last = position_ids[:, -1:]
@@ -152,7 +156,10 @@ def _static_loop(
 
 
 def _dynamic_loop(
-    model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None, max_new_tokens: int
+    model: PreTrainedModel,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    max_new_tokens: int,
 ) -> torch.Tensor:
     """Greedy decoding over a dynamic cache (HF generate's default), eager."""
     batch, length = inputs_embeds.shape[:2]
@@ -180,7 +187,9 @@ def _new_static_cache(
     heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     cache = StaticCache(config=model.config, max_cache_len=max_len)
-    cache.early_initialization(batch_size=batch, num_heads=heads, head_dim=head_dim, dtype=dtype, device=device)
+    cache.early_initialization(
+        batch_size=batch, num_heads=heads, head_dim=head_dim, dtype=dtype, device=device
+    )
     return cache
 
 
@@ -270,7 +279,9 @@ class PreparedGeneration:
             "again, or pass compiled=False for the eager path."
         )
 
-    def _cache(self, model: PreTrainedModel, batch: int, dtype: torch.dtype, device: torch.device) -> StaticCache:
+    def _cache(
+        self, model: PreTrainedModel, batch: int, dtype: torch.dtype, device: torch.device
+    ) -> StaticCache:
         key = (batch, dtype, device)
         cache = self._caches.get(key)
         if cache is None:
@@ -299,7 +310,11 @@ class PreparedGeneration:
         return bucket
 
     def run(
-        self, model: PreTrainedModel, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+        self,
+        model: PreTrainedModel,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        max_new_tokens: int,
         bucket: int,
     ) -> torch.Tensor:
         """Left-pad to `bucket`, then prefill and decode with the compiled steps; new ids `[B, N]`."""
@@ -313,11 +328,21 @@ class PreparedGeneration:
             mask[:, bucket - length :] = attention_mask
             cache = self._cache(model, batch, padded.dtype, padded.device)
             return _static_loop(
-                model, cache, self.buckets[-1] + self.max_new_tokens, padded, mask, max_new_tokens,
-                prefill_step=self._prefill, decode_step=self._decode, graphs=self.graphs, dynamic_length=True,
+                model,
+                cache,
+                self.buckets[-1] + self.max_new_tokens,
+                padded,
+                mask,
+                max_new_tokens,
+                prefill_step=self._prefill,
+                decode_step=self._decode,
+                graphs=self.graphs,
+                dynamic_length=True,
             )
 
-    def warm_up(self, model: PreTrainedModel, batch_sizes: Iterable[int], dtype: torch.dtype, device: torch.device) -> None:
+    def warm_up(
+        self, model: PreTrainedModel, batch_sizes: Iterable[int], dtype: torch.dtype, device: torch.device
+    ) -> None:
         """Compile (and record CUDA graphs) for every batch size and bucket now."""
         started = time.perf_counter()
         dim = model.config.get_text_config().hidden_size
@@ -343,10 +368,15 @@ def prepared_generation(model: PreTrainedModel) -> PreparedGeneration | None:
     return _prepared.get(model)
 
 
-def prompt_buckets(max_prompt_length: int, min_prompt_length: int = 1, bucket_size: int = DEFAULT_BUCKET_SIZE) -> tuple[int, ...]:
+def prompt_buckets(
+    max_prompt_length: int, min_prompt_length: int = 1, bucket_size: int = DEFAULT_BUCKET_SIZE
+) -> tuple[int, ...]:
     """Multiples of `bucket_size` that cover prompt lengths `min_prompt_length..max_prompt_length`."""
-    for name, value in (("max_prompt_length", max_prompt_length), ("min_prompt_length", min_prompt_length),
-                        ("bucket_size", bucket_size)):
+    for name, value in (
+        ("max_prompt_length", max_prompt_length),
+        ("min_prompt_length", min_prompt_length),
+        ("bucket_size", bucket_size),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise InputShapeError(f"{name} must be a positive integer, got {value!r}.")
     if min_prompt_length > max_prompt_length:
@@ -421,7 +451,10 @@ def prepare_for_generation(
     else:
         options = decode_options = ()
     plan = PreparedGeneration(
-        buckets=chosen, max_new_tokens=max_new_tokens, backend=compile_backend, options=options,
+        buckets=chosen,
+        max_new_tokens=max_new_tokens,
+        backend=compile_backend,
+        options=options,
         decode_options=decode_options,
     )
     # One prefill graph and one decode graph per batch size; dynamo's default limit (8 per function) would
@@ -433,27 +466,36 @@ def prepare_for_generation(
     _prepared[model] = plan
     logger.info(
         "Prepared compiled generation: batch sizes %s, prompt buckets %s, %d new tokens, %.1f s",
-        list(batches), list(chosen), max_new_tokens, plan.seconds,
+        list(batches),
+        list(chosen),
+        max_new_tokens,
+        plan.seconds,
     )
     return plan
 
 
 def _check_inputs(input_ids, inputs_embeds, attention_mask, max_new_tokens) -> None:
     if (input_ids is None) == (inputs_embeds is None):
-        raise InputShapeError("Pass exactly one of input_ids ([batch, tokens]) or inputs_embeds ([batch, tokens, dim]).")
+        raise InputShapeError(
+            "Pass exactly one of input_ids ([batch, tokens]) or inputs_embeds ([batch, tokens, dim])."
+        )
     if input_ids is not None and input_ids.dim() != 2:
         raise InputShapeError(
             f"input_ids must be [batch, tokens], got shape {tuple(input_ids.shape)}; add a batch dimension "
             "(input_ids[None])."
         )
     if inputs_embeds is not None and inputs_embeds.dim() != 3:
-        raise InputShapeError(f"inputs_embeds must be [batch, tokens, dim], got shape {tuple(inputs_embeds.shape)}.")
+        raise InputShapeError(
+            f"inputs_embeds must be [batch, tokens, dim], got shape {tuple(inputs_embeds.shape)}."
+        )
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
         raise InputShapeError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
     if attention_mask is not None:
         shape = tuple((input_ids if input_ids is not None else inputs_embeds).shape[:2])
         if tuple(attention_mask.shape) != shape:
-            raise InputShapeError(f"attention_mask has shape {tuple(attention_mask.shape)}, the inputs {shape}.")
+            raise InputShapeError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}, the inputs {shape}."
+            )
         if not bool(attention_mask[:, -1].all()):
             raise InputShapeError(
                 "Generation needs left padding: some rows of attention_mask end with 0 (right padding, as "
@@ -503,10 +545,17 @@ def generate_greedy(
         plan = prepared_generation(model)
         if plan is None:
             plan = prepare_for_generation(
-                model, batch_sizes=(batch,), min_prompt_length=length, max_prompt_length=length,
+                model,
+                batch_sizes=(batch,),
+                min_prompt_length=length,
+                max_prompt_length=length,
                 max_new_tokens=max_new_tokens,
             )
-        mask = attention_mask if attention_mask is not None else torch.ones((batch, length), dtype=torch.long, device=device)
+        mask = (
+            attention_mask
+            if attention_mask is not None
+            else torch.ones((batch, length), dtype=torch.long, device=device)
+        )
         return plan.run(model, inputs_embeds, mask, max_new_tokens, plan.check(batch, length, max_new_tokens))
 
     compile_decode = bool(compile_decode)
@@ -516,14 +565,22 @@ def generate_greedy(
     if not static_cache:
         return _dynamic_loop(model, inputs_embeds, attention_mask, max_new_tokens)
     _check_static_attention(model, "static_cache=True")
-    mask = attention_mask if attention_mask is not None else torch.ones((batch, length), dtype=torch.long, device=device)
+    mask = (
+        attention_mask
+        if attention_mask is not None
+        else torch.ones((batch, length), dtype=torch.long, device=device)
+    )
     slots = length + max_new_tokens
     cache = _static_cache(model, batch, slots, inputs_embeds.dtype, device)
     if not compile_decode:
         return _static_loop(model, cache, slots, inputs_embeds, mask, max_new_tokens)
     graphs = device.type == "cuda"
-    decode = _compiled(decode_one_token, "inductor", False, _inductor_options("reduce-overhead" if graphs else None))
-    return _static_loop(model, cache, slots, inputs_embeds, mask, max_new_tokens, decode_step=decode, graphs=graphs)
+    decode = _compiled(
+        decode_one_token, "inductor", False, _inductor_options("reduce-overhead" if graphs else None)
+    )
+    return _static_loop(
+        model, cache, slots, inputs_embeds, mask, max_new_tokens, decode_step=decode, graphs=graphs
+    )
 
 
 def generate_actions(

@@ -45,8 +45,8 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from llm_backbones import _fs
-from llm_backbones.training.distributed import DistributedContext, all_finite, barrier
 from llm_backbones.errors import CheckpointError, FinetuneError, OutputPathError
+from llm_backbones.training.distributed import DistributedContext, all_finite, barrier
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,10 @@ class RunDir:
 
     def holds_run(self) -> bool:
         """Whether the folder holds a run (or a `save_backbone` export) of llm-backbones."""
-        return any(p.exists() for p in (self.checkpoints, self.run_config, self.metrics, self.path / EXPORT_FINGERPRINT))
+        return any(
+            p.exists()
+            for p in (self.checkpoints, self.run_config, self.metrics, self.path / EXPORT_FINGERPRINT)
+        )
 
     def describe(self) -> str:
         parts = []
@@ -97,7 +100,9 @@ class RunDir:
     def check(self, *, resume: bool, overwrite: bool) -> None:
         """Refuse an output that would be written over by mistake; read-only (every rank may call it)."""
         if self.path.exists() and not self.path.is_dir():
-            raise OutputPathError(f"--output {str(self.path)!r} is a file; a run writes a folder. Choose another path.")
+            raise OutputPathError(
+                f"--output {str(self.path)!r} is a file; a run writes a folder. Choose another path."
+            )
         blocking = next((p for p in self.path.parents if p.exists() and not p.is_dir()), None)
         if blocking is not None:
             raise OutputPathError(
@@ -144,7 +149,11 @@ class RunDir:
             return None
         name = marker.read_text(encoding="utf-8").strip()
         path = self.checkpoints / name
-        if not _STEP_DIR.match(name) or not (path / ".metadata").is_file() or not (path / META_FILE).is_file():
+        if (
+            not _STEP_DIR.match(name)
+            or not (path / ".metadata").is_file()
+            or not (path / META_FILE).is_file()
+        ):
             raise CheckpointError(
                 f"{marker} names {name!r}, which is not a complete checkpoint (a step-N folder with .metadata and "
                 f"{META_FILE}). The folder was changed by hand; point {LATEST} at a complete step-N folder, or start "
@@ -155,7 +164,11 @@ class RunDir:
     def step_dirs(self) -> list[tuple[int, Path]]:
         if not self.checkpoints.is_dir():
             return []
-        found = [(int(m.group(1)), p) for p in self.checkpoints.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
+        found = [
+            (int(m.group(1)), p)
+            for p in self.checkpoints.iterdir()
+            if p.is_dir() and (m := _STEP_DIR.match(p.name))
+        ]
         return sorted(found)
 
     def remove_partial(self) -> None:
@@ -177,7 +190,9 @@ def read_meta(checkpoint: Path) -> dict[str, Any]:
     try:
         return json.loads((checkpoint / META_FILE).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{checkpoint / META_FILE} cannot be read ({exc}); resume from another checkpoint.") from None
+        raise CheckpointError(
+            f"{checkpoint / META_FILE} cannot be read ({exc}); resume from another checkpoint."
+        ) from None
 
 
 def check_resume_settings(meta: dict[str, Any], settings: dict[str, Any]) -> list[str]:
@@ -270,11 +285,14 @@ def write_checkpoint(
     start = time.perf_counter()
     _dcp_call(dcp.save, state, ctx=ctx, storage_writer=dcp.FileSystemWriter(partial))
     logger.info("Checkpoint of step %d written in %.2f s", step, time.perf_counter() - start)
-    return PendingCheckpoint(step, partial, run.checkpoints / step_name(step),
-                             {**meta, "step": step, "world_size": ctx.world_size})
+    return PendingCheckpoint(
+        step, partial, run.checkpoints / step_name(step), {**meta, "step": step, "world_size": ctx.world_size}
+    )
 
 
-def publish_checkpoint(run: RunDir, pending: PendingCheckpoint, *, ctx: DistributedContext, keep: int) -> Path:
+def publish_checkpoint(
+    run: RunDir, pending: PendingCheckpoint, *, ctx: DistributedContext, keep: int
+) -> Path:
     """Rank 0 renames a written checkpoint into place and names it in `latest`, then deletes all but the
     newest `keep`; every rank calls it (and waits). Returns the checkpoint's folder."""
     if ctx.is_main:
@@ -292,7 +310,12 @@ def discard_checkpoint(pending: PendingCheckpoint | None, *, ctx: DistributedCon
 
 def _publish(run: RunDir, partial: Path, final: Path, meta: dict[str, Any]) -> None:
     """Rank 0, once every rank's shards are written: meta.json, rename into place, then `latest`."""
-    meta = {"format": FORMAT, "torch": torch.__version__, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **meta}
+    meta = {
+        "format": FORMAT,
+        "torch": torch.__version__,
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **meta,
+    }
     _fs.write_text_atomic(partial / META_FILE, json.dumps(meta, indent=2) + "\n")
     _fs.fsync_tree(partial)  # DCP syncs its data files; .metadata too, to be sure
     # replaces a step re-done after a resume; `latest` never names it (it is newer)
@@ -309,7 +332,12 @@ def _prune(run: RunDir, keep: int) -> None:
 
 
 def load_checkpoint(
-    checkpoint: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, *, ctx: DistributedContext
+    checkpoint: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    *,
+    ctx: DistributedContext,
 ) -> dict[str, Any]:
     """Load a checkpoint of `write_checkpoint` into the (sharded or not) model, optimizer and scheduler,
     whatever world size wrote it; restore this rank's RNG state. Returns the `train` state (`step`, ...)."""
@@ -328,7 +356,10 @@ def load_checkpoint(
             f"backbone or fine-tune mode? Resume with the run's own settings ({RUN_CONFIG}), or start over with --overwrite."
         ) from exc
     result = set_state_dict(
-        model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+        model,
+        optimizer,
+        model_state_dict=state["model"],
+        optim_state_dict=state["optimizer"],
         options=StateDictOptions(ignore_frozen_params=True, strict=False),
     )
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
@@ -363,7 +394,12 @@ def publish_export(run: RunDir, staged: Path) -> Path:
         old_fingerprint.unlink()
     run_files = {RUN_CONFIG, METRICS_FILE}
     for child in run.path.iterdir():
-        if child.is_file() and child.name not in run_files and child.name not in names and not child.name.startswith("."):
+        if (
+            child.is_file()
+            and child.name not in run_files
+            and child.name not in names
+            and not child.name.startswith(".")
+        ):
             child.unlink()  # e.g. model-00001-of-00002.safetensors of an earlier, sharded export
     for name in sorted(names - {EXPORT_FINGERPRINT}) + [EXPORT_FINGERPRINT]:
         if (staged / name).is_dir():

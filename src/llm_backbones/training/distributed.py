@@ -16,7 +16,11 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    set_model_state_dict,
+)
 from torch.distributed.fsdp import FullyShardedDataParallel, MixedPrecision, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
@@ -78,7 +82,9 @@ def shard_fsdp2(
     return backbone
 
 
-def shard_fsdp2_from_rank0(backbone, ctx: DistributedContext, *, param_dtype: torch.dtype | None = None) -> nn.Module:
+def shard_fsdp2_from_rank0(
+    backbone, ctx: DistributedContext, *, param_dtype: torch.dtype | None = None
+) -> nn.Module:
     """FSDP2-shard a backbone whose weights only rank 0 holds (the others built it on the meta device),
     then send every rank its shards from rank 0's full state dict. Non-persistent buffers (RoPE
     frequencies), real on every rank, are kept."""
@@ -90,14 +96,22 @@ def shard_fsdp2_from_rank0(backbone, ctx: DistributedContext, *, param_dtype: to
     with torch.no_grad():
         for name, b in buffers.items():
             backbone.get_buffer(name).copy_(b)
-    set_model_state_dict(backbone, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    set_model_state_dict(
+        backbone, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    )
     return backbone
 
 
-def wrap_fsdp1(backbone, device: torch.device, *, param_dtype: torch.dtype | None = None) -> FullyShardedDataParallel:
+def wrap_fsdp1(
+    backbone, device: torch.device, *, param_dtype: torch.dtype | None = None
+) -> FullyShardedDataParallel:
     """FSDP1 through the backbone's own `get_fsdp_wrapping_policy()` (one unit per decoder layer)."""
     # Buffers stay fp32: RoPE's inv_freq in bf16 would shift every position's angle (FSDP2 keeps them too).
-    mixed = MixedPrecision(param_dtype=param_dtype, reduce_dtype=torch.float32, buffer_dtype=None) if param_dtype else None
+    mixed = (
+        MixedPrecision(param_dtype=param_dtype, reduce_dtype=torch.float32, buffer_dtype=None)
+        if param_dtype
+        else None
+    )
     return FullyShardedDataParallel(
         backbone,
         auto_wrap_policy=backbone.get_fsdp_wrapping_policy(),

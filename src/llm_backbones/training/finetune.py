@@ -175,7 +175,9 @@ def run_finetune(
     source = "the training data" if cfg.data is None else repr(str(cfg.data))
     check_conversations(cfg.backbone, conversations, source, prompt_format=cfg.prompt_format)
     if eval_conversations is not None:
-        check_conversations(cfg.backbone, eval_conversations, repr(str(cfg.eval_data)), prompt_format=cfg.prompt_format)
+        check_conversations(
+            cfg.backbone, eval_conversations, repr(str(cfg.eval_data)), prompt_format=cfg.prompt_format
+        )
     ctx = init_distributed(cfg.device)
     try:
         return _train(cfg, ctx, run, conversations, eval_conversations, on_step, on_record)
@@ -194,23 +196,29 @@ def preflight(cfg: FinetuneConfig, *, in_memory_data: bool = False):
 
     cfg.validate(int(os.environ.get("WORLD_SIZE", "1")))
     if cfg.backbone is None:
-        raise FinetuneError("No backbone given: pass --backbone ID (e.g. llama2-tiny-pure), or `backbone:` in --config.")
+        raise FinetuneError(
+            "No backbone given: pass --backbone ID (e.g. llama2-tiny-pure), or `backbone:` in --config."
+        )
     if not in_memory_data and cfg.data is None:
-        raise FinetuneError("No training data given: pass --data FILE.json (LLaVA/Prismatic conversations), or `data:` in --config.")
+        raise FinetuneError(
+            "No training data given: pass --data FILE.json (LLaVA/Prismatic conversations), or `data:` in --config."
+        )
     run = RunDir(cfg.output) if cfg.output is not None else None
     if run is not None:
         run.check(resume=cfg.resume, overwrite=cfg.overwrite)
     return run
 
 
-def check_conversations(backbone_id: str, conversations: list, source: str, *, prompt_format: str | None = None) -> None:
+def check_conversations(
+    backbone_id: str, conversations: list, source: str, *, prompt_format: str | None = None
+) -> None:
     """Render every conversation with the id's prompt builder, or `prompt_format`'s (no model, no tokenizer): a
     bad record (empty, assistant first, unknown role, non-string text) is reported with its index before
     anything is built."""
-    from llm_backbones.data.examples import _seams
-    from llm_backbones.errors import ConversationError, LLMBackbonesError
     from llm_backbones.core.prompting.builder import DEFAULT_MODEL_FAMILY
     from llm_backbones.core.registry import prompt_builder_for
+    from llm_backbones.data.examples import _seams
+    from llm_backbones.errors import ConversationError, LLMBackbonesError
 
     builder = prompt_format if prompt_format is not None else prompt_builder_for(backbone_id)
     for index, conversation in enumerate(conversations):
@@ -238,8 +246,11 @@ def _prepare_output(cfg: FinetuneConfig, run) -> tuple[Any, dict[str, Any] | Non
         meta = read_meta(checkpoint)
         changed = check_resume_settings(meta, cfg.saved())
         if changed:
-            logger.warning("Resuming step %s with changed settings (the run differs from then on): %s",
-                           meta["step"], "; ".join(changed))
+            logger.warning(
+                "Resuming step %s with changed settings (the run differs from then on): %s",
+                meta["step"],
+                "; ".join(changed),
+            )
         if meta["step"] > cfg.steps:
             raise FinetuneError(
                 f"The latest checkpoint in {run.path} is at step {meta['step']}, beyond --steps {cfg.steps}; pass "
@@ -251,10 +262,11 @@ def _prepare_output(cfg: FinetuneConfig, run) -> tuple[Any, dict[str, Any] | Non
     return checkpoint, meta
 
 
-def _train(cfg: FinetuneConfig, ctx, run, conversations, eval_conversations, on_step, on_record) -> FinetuneResult:
+def _train(
+    cfg: FinetuneConfig, ctx, run, conversations, eval_conversations, on_step, on_record
+) -> FinetuneResult:
     from llm_backbones.core.backbones.factory import get_llm_backbone_and_tokenizer
     from llm_backbones.data.examples import PaddedCollator, tokenize_conversation
-    from llm_backbones.training.distributed import all_finite, full_state_dict, on_main, shard_fsdp2_from_rank0, wrap_fsdp1
     from llm_backbones.errors import CheckpointError
     from llm_backbones.training.checkpoint import (
         STAGED_EXPORT,
@@ -264,7 +276,21 @@ def _train(cfg: FinetuneConfig, ctx, run, conversations, eval_conversations, on_
         publish_export,
         write_checkpoint,
     )
-    from llm_backbones.training.loop import MetricsLog, evaluate, lr_factor, lr_scheduler, peak_memory_bytes, rank_micro_batches
+    from llm_backbones.training.distributed import (
+        all_finite,
+        full_state_dict,
+        on_main,
+        shard_fsdp2_from_rank0,
+        wrap_fsdp1,
+    )
+    from llm_backbones.training.loop import (
+        MetricsLog,
+        evaluate,
+        lr_factor,
+        lr_scheduler,
+        peak_memory_bytes,
+        rank_micro_batches,
+    )
 
     checkpoint, meta = on_main(ctx, lambda: _prepare_output(cfg, run)) if run is not None else (None, None)
     precision = cfg.precision or ("bf16" if ctx.device.type == "cuda" else "fp32")
@@ -273,14 +299,20 @@ def _train(cfg: FinetuneConfig, ctx, run, conversations, eval_conversations, on_
     # FSDP2: only rank 0 reads the weights; the other ranks build the architecture on the meta device and
     # receive their shards from rank 0 (one copy of the model in host memory, not one per rank).
     backbone, tokenizer = get_llm_backbone_and_tokenizer(
-        cfg.backbone, model_path=cfg.model_path, inference_mode=fsdp2 and not ctx.is_main, prompt_format=cfg.prompt_format
+        cfg.backbone,
+        model_path=cfg.model_path,
+        inference_mode=fsdp2 and not ctx.is_main,
+        prompt_format=cfg.prompt_format,
     )
     if backbone.inference_mode:
         backbone.set_training_flags()
     max_length = cfg.max_length or backbone.llm_max_length
 
     def tokenize(items):
-        return [tokenize_conversation(tokenizer, backbone.prompt_builder_fn, c, max_length=max_length) for c in items]
+        return [
+            tokenize_conversation(tokenizer, backbone.prompt_builder_fn, c, max_length=max_length)
+            for c in items
+        ]
 
     examples = tokenize(conversations)
     eval_examples = tokenize(eval_conversations) if eval_conversations is not None else None
@@ -305,13 +337,17 @@ def _train(cfg: FinetuneConfig, ctx, run, conversations, eval_conversations, on_
         backbone.to(ctx.device)
     autocast = torch.autocast(ctx.device.type, dtype=half) if half is not None and not ctx.enabled else None
     # Fused AdamW: one kernel over all tensors (5x the single-tensor loop on a CPU); DTensor shards too.
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0, fused=True)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0, fused=True
+    )
     scheduler = lr_scheduler(optimizer, cfg)
     start_step = 0
     if checkpoint is not None:
         start_step = load_checkpoint(checkpoint, model, optimizer, scheduler, ctx=ctx)["step"]
         # From here the schedule follows this run's settings (the same numbers when they did not change).
-        factor = lr_factor(start_step, schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps)
+        factor = lr_factor(
+            start_step, schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps
+        )
         scheduler.base_lrs = [cfg.lr for _ in optimizer.param_groups]
         for group in optimizer.param_groups:
             group["initial_lr"], group["lr"] = cfg.lr, cfg.lr * factor
@@ -343,9 +379,18 @@ def _train(cfg: FinetuneConfig, ctx, run, conversations, eval_conversations, on_
             started = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             shares = rank_micro_batches(order.batch(step - 1), cfg.grad_accum, ctx.world_size, ctx.rank)
-            micro = [{k: v.to(ctx.device) for k, v in collate([examples[i] for i in share]).items()} for share in shares]
+            micro = [
+                {k: v.to(ctx.device) for k, v in collate([examples[i] for i in share]).items()}
+                for share in shares
+            ]
             stats = optimizer_step(
-                model, micro, optimizer, step=step, ctx=ctx, autocast=autocast, fused_loss=cfg.fast,
+                model,
+                micro,
+                optimizer,
+                step=step,
+                ctx=ctx,
+                autocast=autocast,
+                fused_loss=cfg.fast,
                 max_grad_norm=cfg.max_grad_norm,
             )
             scheduler.step()
@@ -359,22 +404,37 @@ def _train(cfg: FinetuneConfig, ctx, run, conversations, eval_conversations, on_
                 on_step(step, stats.loss)
             last = step == cfg.steps
             if step % cfg.log_every == 0 or last:
-                emit({
-                    "step": step, "loss": stats.loss, "lr": lr, "grad_norm": stats.grad_norm,
-                    "tokens": stats.tokens, "supervised_tokens": stats.supervised_tokens,
-                    "tokens_per_s": window_tokens / max(window_seconds, 1e-9),
-                    "peak_memory_gb": peak_memory_bytes(ctx.device) / 1e9, "world_size": ctx.world_size,
-                })
+                emit(
+                    {
+                        "step": step,
+                        "loss": stats.loss,
+                        "lr": lr,
+                        "grad_norm": stats.grad_norm,
+                        "tokens": stats.tokens,
+                        "supervised_tokens": stats.supervised_tokens,
+                        "tokens_per_s": window_tokens / max(window_seconds, 1e-9),
+                        "peak_memory_gb": peak_memory_bytes(ctx.device) / 1e9,
+                        "world_size": ctx.world_size,
+                    }
+                )
                 window_tokens, window_seconds = 0, 0.0
             if eval_examples is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
                 eval_loss = evaluate(
-                    model, eval_examples, collate, micro_batch_size=micro_size, device=ctx.device, ctx=ctx,
-                    autocast=autocast, fused_loss=cfg.fast,
+                    model,
+                    eval_examples,
+                    collate,
+                    micro_batch_size=micro_size,
+                    device=ctx.device,
+                    ctx=ctx,
+                    autocast=autocast,
+                    fused_loss=cfg.fast,
                 )
                 result.eval_losses.append((step, eval_loss))
                 emit({"step": step, "eval_loss": eval_loss, "eval_examples": len(eval_examples)})
             if run is not None and cfg.save_every and (step % cfg.save_every == 0 or last):
-                pending = write_checkpoint(run, step, model, optimizer, scheduler, ctx=ctx, meta=checkpoint_meta)
+                pending = write_checkpoint(
+                    run, step, model, optimizer, scheduler, ctx=ctx, meta=checkpoint_meta
+                )
         if pending is not None:  # after the last step: no later loss to wait for
             result.checkpoints.append(str(publish_checkpoint(run, pending, ctx=ctx, keep=cfg.keep)))
             pending = None

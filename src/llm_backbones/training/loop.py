@@ -43,7 +43,9 @@ class FinetuneConfig:
     data: str | None = None
     model_path: str | None = None
     mode: str = "full"
-    prompt_format: str | None = None  # None: the backbone id's (e.g. "llama2-chat-prismatic" for Prismatic's strings)
+    prompt_format: str | None = (
+        None  # None: the backbone id's (e.g. "llama2-chat-prismatic" for Prismatic's strings)
+    )
     steps: int = 10
     batch_size: int = 8  # the global batch of one optimizer step, whatever the world size and accumulation
     grad_accum: int = 1
@@ -77,7 +79,9 @@ class FinetuneConfig:
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any], source: str, base: FinetuneConfig | None = None) -> FinetuneConfig:
+    def from_mapping(
+        cls, values: Mapping[str, Any], source: str, base: FinetuneConfig | None = None
+    ) -> FinetuneConfig:
         """`base` (default: the defaults) with `values` applied; keys may use `-` or `_`. Unknown keys and
         values of the wrong type raise `FinetuneError` naming `source` (a file, or "options")."""
         hints = typing.get_type_hints(cls)
@@ -95,7 +99,9 @@ class FinetuneConfig:
         return dataclasses.replace(base or cls(), **updates)
 
     @classmethod
-    def resolve(cls, config_file: str | Path | None = None, given: Mapping[str, Any] | None = None) -> FinetuneConfig:
+    def resolve(
+        cls, config_file: str | Path | None = None, given: Mapping[str, Any] | None = None
+    ) -> FinetuneConfig:
         """The settings of one invocation, each layer over the one before: the defaults; with `resume`, the
         run's own `run_config.json` in `output` (so `--output DIR --resume` alone continues a run); the
         `config_file`; then `given` (the flags on the command line)."""
@@ -134,16 +140,22 @@ class FinetuneConfig:
     def validate(self, world_size: int = 1) -> None:
         """Raise `FinetuneError` for a setting that cannot run; nothing is read or built."""
         if self.resume and self.overwrite:
-            raise FinetuneError("--resume and --overwrite exclude each other: continue the run in --output, or replace it.")
+            raise FinetuneError(
+                "--resume and --overwrite exclude each other: continue the run in --output, or replace it."
+            )
         if self.resume and self.output is None:
-            raise FinetuneError("--resume needs --output: the folder whose latest checkpoint to continue from.")
+            raise FinetuneError(
+                "--resume needs --output: the folder whose latest checkpoint to continue from."
+            )
         if self.mode not in FINETUNE_MODES or self.mode == "frozen":
             raise FinetuneError(
                 f"Unknown fine-tune mode {self.mode!r} for training; accepted: full, last-layer, lora ('frozen' "
                 "trains nothing)."
             )
         if self.precision not in (None, "fp32", "bf16"):
-            raise FinetuneError(f"precision must be fp32 or bf16, got {self.precision!r}; bf16 needs a GPU to be fast.")
+            raise FinetuneError(
+                f"precision must be fp32 or bf16, got {self.precision!r}; bf16 needs a GPU to be fast."
+            )
         if self.device not in (None, "cpu", "cuda"):
             raise FinetuneError(f"device must be 'cpu' or 'cuda', got {self.device!r}.")
         if self.fsdp not in (1, 2):
@@ -167,25 +179,33 @@ class FinetuneConfig:
                 "backbone's llm_max_length."
             )
         if not (math.isfinite(self.lr) and self.lr > 0):
-            raise FinetuneError(f"--lr must be a finite number > 0, got {self.lr!r}; e.g. 2e-5 for full fine-tuning.")
+            raise FinetuneError(
+                f"--lr must be a finite number > 0, got {self.lr!r}; e.g. 2e-5 for full fine-tuning."
+            )
         if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
             raise FinetuneError(
                 f"--max-grad-norm must be a finite number >= 0, got {self.max_grad_norm!r}; 0 turns clipping off."
             )
         if self.lr_schedule not in LR_SCHEDULES:
-            raise FinetuneError(f"--lr-schedule {self.lr_schedule!r} is unknown; accepted: {', '.join(LR_SCHEDULES)}.")
+            raise FinetuneError(
+                f"--lr-schedule {self.lr_schedule!r} is unknown; accepted: {', '.join(LR_SCHEDULES)}."
+            )
         if self.warmup_steps > self.steps:
             raise FinetuneError(
                 f"--warmup-steps {self.warmup_steps} is more than --steps {self.steps}; use at most {self.steps}."
             )
         split = world_size * self.grad_accum
         if self.batch_size % split:
-            over = f"{world_size} ranks" + (f" x {self.grad_accum} accumulation steps" if self.grad_accum > 1 else "")
+            over = f"{world_size} ranks" + (
+                f" x {self.grad_accum} accumulation steps" if self.grad_accum > 1 else ""
+            )
             raise FinetuneError(
                 f"--batch-size {self.batch_size} (global) does not split evenly over {over}; use a multiple of {split}."
             )
         if self.eval_every and self.eval_data is None:
-            raise FinetuneError(f"--eval-every {self.eval_every} needs --eval-data FILE.json (conversations to evaluate on).")
+            raise FinetuneError(
+                f"--eval-every {self.eval_every} needs --eval-data FILE.json (conversations to evaluate on)."
+            )
 
 
 def _flag(name: str) -> str:
@@ -235,7 +255,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     installs). A mapping of setting names to values."""
     path = Path(path)
     if not path.is_file():
-        raise FinetuneError(f"--config {str(path)!r} does not exist (or is not a file); pass a .yaml or .json file.")
+        raise FinetuneError(
+            f"--config {str(path)!r} does not exist (or is not a file); pass a .yaml or .json file."
+        )
     suffix = path.suffix.lower()
     text = path.read_text(encoding="utf-8")
     if suffix == ".json":
@@ -256,7 +278,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         except yaml.YAMLError as exc:
             raise FinetuneError(f"--config {str(path)!r} is not valid YAML ({exc}).") from None
     else:
-        raise FinetuneError(f"--config {str(path)!r}: unknown file type {suffix or '(none)'!r}; accepted: .yaml, .yml, .json.")
+        raise FinetuneError(
+            f"--config {str(path)!r}: unknown file type {suffix or '(none)'!r}; accepted: .yaml, .yml, .json."
+        )
     if values is None:
         values = {}
     if not isinstance(values, Mapping):
@@ -279,11 +303,15 @@ def lr_factor(step: int, *, schedule: str, warmup_steps: int, total_steps: int) 
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def lr_scheduler(optimizer: torch.optim.Optimizer, config: FinetuneConfig) -> torch.optim.lr_scheduler.LambdaLR:
+def lr_scheduler(
+    optimizer: torch.optim.Optimizer, config: FinetuneConfig
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A `LambdaLR` over `lr_factor` (its state, the step counter, goes into every checkpoint)."""
 
     def factor(step: int) -> float:
-        return lr_factor(step, schedule=config.lr_schedule, warmup_steps=config.warmup_steps, total_steps=config.steps)
+        return lr_factor(
+            step, schedule=config.lr_schedule, warmup_steps=config.warmup_steps, total_steps=config.steps
+        )
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
@@ -296,7 +324,9 @@ class DataOrder:
 
     def __init__(self, n_examples: int, batch_size: int, seed: int) -> None:
         if n_examples < 1:
-            raise FinetuneError("No training examples: the data holds no conversation; pass a non-empty --data file.")
+            raise FinetuneError(
+                "No training examples: the data holds no conversation; pass a non-empty --data file."
+            )
         self.n, self.batch_size, self.seed = n_examples, batch_size, seed
         self._restart()
 
@@ -327,11 +357,16 @@ def global_batch_indices(n_examples: int, batch_size: int, steps: int, seed: int
     return [order.batch(step) for step in range(steps)]
 
 
-def rank_micro_batches(global_batch: Sequence[int], grad_accum: int, world_size: int, rank: int) -> list[list[int]]:
+def rank_micro_batches(
+    global_batch: Sequence[int], grad_accum: int, world_size: int, rank: int
+) -> list[list[int]]:
     """This rank's share of each of the `grad_accum` micro-batches of a global batch."""
     micro = len(global_batch) // grad_accum
     per_rank = micro // world_size
-    return [list(global_batch[m * micro + rank * per_rank : m * micro + (rank + 1) * per_rank]) for m in range(grad_accum)]
+    return [
+        list(global_batch[m * micro + rank * per_rank : m * micro + (rank + 1) * per_rank])
+        for m in range(grad_accum)
+    ]
 
 
 # === One optimizer step ===
@@ -339,7 +374,9 @@ def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torc
     """(sum of next-token cross-entropies over supervised tokens, number of supervised tokens)."""
     shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
     shift_labels = labels[:, 1:].reshape(-1)
-    loss_sum = torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    loss_sum = torch.nn.functional.cross_entropy(
+        shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum"
+    )
     return loss_sum, (shift_labels != IGNORE_INDEX).sum()
 
 
@@ -348,12 +385,16 @@ def supervised_tokens(labels: torch.Tensor) -> torch.Tensor:
     return (labels[:, 1:] != IGNORE_INDEX).sum()
 
 
-def micro_loss_sum(model: nn.Module, batch: Mapping[str, torch.Tensor], *, autocast=None, fused_loss: bool = False) -> torch.Tensor:
+def micro_loss_sum(
+    model: nn.Module, batch: Mapping[str, torch.Tensor], *, autocast=None, fused_loss: bool = False
+) -> torch.Tensor:
     """The summed next-token loss of one micro-batch. With `fused_loss` (`enable_fast_training`) the
     backbone computes the loss chunk by chunk without the full logits and returns its mean."""
     with autocast if autocast is not None else contextlib.nullcontext():
         if fused_loss:
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+            out = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+            )
             return out.loss.float() * supervised_tokens(batch["labels"])
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     return causal_lm_loss_sum(logits, batch["labels"])[0]
@@ -407,7 +448,9 @@ def optimizer_step(
             f"Step {step}: the loss is {loss} (not finite); the run stopped before updating the weights, and "
             "nothing was written over the last checkpoint. Lower --lr, keep --max-grad-norm on, use fp32 "
             "(--precision fp32), or check the data; then --resume from the last checkpoint.",
-            step=step, what="loss", value=loss,
+            step=step,
+            what="loss",
+            value=loss,
         )
     grad_norm = float(clip_grad_norm(model, max_grad_norm))
     if not math.isfinite(grad_norm):
@@ -415,7 +458,9 @@ def optimizer_step(
             f"Step {step}: the gradient norm is {grad_norm} (not finite; loss {loss:.4f}); the run stopped before "
             "updating the weights, and nothing was written over the last checkpoint. Lower --lr, use fp32 "
             "(--precision fp32), or check the data; then --resume from the last checkpoint.",
-            step=step, what="gradient norm", value=grad_norm,
+            step=step,
+            what="gradient norm",
+            value=grad_norm,
         )
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -446,9 +491,18 @@ def evaluate(
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=device)
     for start in range(0, len(examples), per_round):
-        mine = list(examples[start + rank * micro_batch_size : min(start + (rank + 1) * micro_batch_size, len(examples))])
+        mine = list(
+            examples[
+                start + rank * micro_batch_size : min(start + (rank + 1) * micro_batch_size, len(examples))
+            ]
+        )
         if not mine:  # keep the collectives in step: one example, nothing supervised
-            mine = [{"input_ids": examples[0]["input_ids"], "labels": torch.full_like(examples[0]["labels"], IGNORE_INDEX)}]
+            mine = [
+                {
+                    "input_ids": examples[0]["input_ids"],
+                    "labels": torch.full_like(examples[0]["labels"], IGNORE_INDEX),
+                }
+            ]
         batch = {k: v.to(device) for k, v in collate(mine).items()}
         loss_sum = micro_loss_sum(model, batch, autocast=autocast, fused_loss=fused_loss)
         total[0] += loss_sum.double()
@@ -477,7 +531,9 @@ class MetricsLog:
     `start_step` (those of a run killed after its last checkpoint), so a resumed run's file reads as
     one uninterrupted run."""
 
-    def __init__(self, path: Path | None, *, start_step: int = 0, tensorboard_dir: Path | None = None) -> None:
+    def __init__(
+        self, path: Path | None, *, start_step: int = 0, tensorboard_dir: Path | None = None
+    ) -> None:
         self.path, self._file, self._tb = path, None, None
         if path is not None:
             _truncate_records(path, start_step)
@@ -496,8 +552,11 @@ class MetricsLog:
         if self._tb is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._tb.add_scalar(key.replace("_", "/", 1) if key.startswith("eval_") else f"train/{key}",
-                                        value, record["step"])
+                    self._tb.add_scalar(
+                        key.replace("_", "/", 1) if key.startswith("eval_") else f"train/{key}",
+                        value,
+                        record["step"],
+                    )
             self._tb.flush()
 
     def close(self) -> None:

@@ -15,7 +15,12 @@ def default_target_modules(llm: nn.Module) -> list[str]:
 
 
 def with_lora(
-    llm: nn.Module, *, r: int = 16, alpha: int = 32, dropout: float = 0.0, target_modules: list[str] | None = None
+    llm: nn.Module,
+    *,
+    r: int = 16,
+    alpha: int = 32,
+    dropout: float = 0.0,
+    target_modules: list[str] | None = None,
 ) -> nn.Module:
     """`llm` frozen, with LoRA adapters added (a peft model)."""
     from peft import LoraConfig, get_peft_model

@@ -190,7 +190,8 @@ class HFCausalLLMBackbone(LLMBackbone):
         if prompt_format is not None:  # another format than the id's: its builder follows from it
             overrides |= {"prompt_format": prompt_format, "prompt_builder": None}
         self.spec: BackboneSpec = replace(
-            get_spec(llm_backbone_id), **{k: v for k, v in overrides.items() if k == "prompt_builder" or v is not None}
+            get_spec(llm_backbone_id),
+            **{k: v for k, v in overrides.items() if k == "prompt_builder" or v is not None},
         )
         self.llm_family, self.hf_hub_path = self.spec.llm_family, self.spec.hf_hub_path
         self.llm_max_length, self.inference_mode = llm_max_length, inference_mode
@@ -203,7 +204,9 @@ class HFCausalLLMBackbone(LLMBackbone):
                 stacklevel=2,
             )
         with redacting(hf_token):
-            loader = HFLoader(self.spec, llm_backbone_id, llm_max_length=llm_max_length, inference_mode=inference_mode)
+            loader = HFLoader(
+                self.spec, llm_backbone_id, llm_max_length=llm_max_length, inference_mode=inference_mode
+            )
             self.llm, self.tokenizer = loader.load(
                 model_path,
                 hf_token,
@@ -217,7 +220,6 @@ class HFCausalLLMBackbone(LLMBackbone):
             )
         if not inference_mode:
             self.set_training_flags()
-
 
     def set_training_flags(self) -> None:
         """The seed's training-mode settings (also for a backbone built on the meta device that will be
@@ -241,7 +243,9 @@ class HFCausalLLMBackbone(LLMBackbone):
             own = self.state_dict(keep_vars=True)
             state_dict = {
                 key: value.to(own[key].dtype)
-                if key in own and isinstance(value, torch.Tensor) and value.is_floating_point()
+                if key in own
+                and isinstance(value, torch.Tensor)
+                and value.is_floating_point()
                 and own[key].is_floating_point()
                 else value
                 for key, value in state_dict.items()
@@ -382,7 +386,10 @@ class HFCausalLLMBackbone(LLMBackbone):
         the `PreparedGeneration`.
         """
         return prepare_for_generation(
-            self.llm, batch_sizes=batch_sizes, max_prompt_length=max_prompt_length, max_new_tokens=max_new_tokens,
+            self.llm,
+            batch_sizes=batch_sizes,
+            max_prompt_length=max_prompt_length,
+            max_new_tokens=max_new_tokens,
             **kwargs,
         )
 

@@ -7,9 +7,9 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from llm_backbones._redact import HubToken
 from llm_backbones.core.backbones.backbone import HFCausalLLMBackbone, LLMBackbone
 from llm_backbones.core.backbones.llama2 import LLaMa2LLMBackbone
-from llm_backbones._redact import HubToken
 from llm_backbones.core.registry import get_spec, registered_ids, registry_write_error
 
 # A family gets its own class only where its code (or its constructor defaults) truly differ. Mistral, Phi-2,

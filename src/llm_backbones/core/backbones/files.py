@@ -38,9 +38,21 @@ PICKLE_WEIGHTS = "pytorch_model.bin"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 # Files of an HF-format directory that the loaders (or transformers, for them) may open, weights aside.
 CHECKPOINT_FILES: tuple[str, ...] = (
-    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-    "added_tokens.json", "tokenizer.model", "spiece.model", "vocab.json", "merges.txt", "vocab.txt",
-    "chat_template.jinja", "chat_template.json", SAFE_INDEX, PICKLE_INDEX,
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "spiece.model",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    SAFE_INDEX,
+    PICKLE_INDEX,
 )
 
 # Upper bounds of config.json's sizes: generous for every released model (Llama-3.1-405B: hidden 16384,
@@ -194,7 +206,8 @@ def weight_files(
     safetensors. Returns an empty `WeightFiles` when there are none (the loader then says so).
     """
     candidates: list[str] = (
-        [explicit] if isinstance(explicit, str) and explicit
+        [explicit]
+        if isinstance(explicit, str) and explicit
         else [SAFE_WEIGHTS, SAFE_INDEX] + ([PICKLE_WEIGHTS, PICKLE_INDEX] if allow_pickle else [])
     )
     for name in candidates:
@@ -208,13 +221,18 @@ def weight_files(
             for shard in weight_map.values():
                 if not isinstance(shard, str) or shard not in files:
                     files[str(shard)] = _check_weight_name(
-                        directory, shard, named_by=index, allow_pickle=allow_pickle, allow_external=allow_external
+                        directory,
+                        shard,
+                        named_by=index,
+                        allow_pickle=allow_pickle,
+                        allow_external=allow_external,
                     )
             return WeightFiles(sorted(files.values()), index, {str(k): str(v) for k, v in weight_map.items()})
         named_by = directory / "config.json" if name == explicit else None
         file = (
-            _check_weight_name(directory, name, named_by=named_by, allow_pickle=allow_pickle,
-                               allow_external=allow_external)
+            _check_weight_name(
+                directory, name, named_by=named_by, allow_pickle=allow_pickle, allow_external=allow_external
+            )
             if named_by is not None
             else readable(contained(directory, name, allow_external=allow_external), "The weight file")
         )
@@ -287,7 +305,9 @@ def check_tokenizer_files(directory: Path) -> None:
     """`TokenizerFileError` naming the file for a tokenizer.json / tokenizer_config.json that is larger than
     `TOKENIZER_FILE_MAX_BYTES`, not JSON, nested deeper than `TOKENIZER_JSON_MAX_DEPTH`, or (tokenizer.json)
     without the `model` and `added_tokens` sections every serialized tokenizer has."""
-    fix = "Restore it from the base model (AutoTokenizer.from_pretrained(<base>).save_pretrained(model_path))."
+    fix = (
+        "Restore it from the base model (AutoTokenizer.from_pretrained(<base>).save_pretrained(model_path))."
+    )
     for name in ("tokenizer.json", "tokenizer_config.json"):
         file = directory / name
         if not file.is_file():
@@ -316,7 +336,9 @@ def check_tokenizer_files(directory: Path) -> None:
             raise TokenizerFileError(f"{file} holds a JSON {type(data).__name__}, not an object. {fix}")
         if name == "tokenizer.json":
             lacking = [
-                key for key, kind in (("model", dict), ("added_tokens", list)) if not isinstance(data.get(key), kind)
+                key
+                for key, kind in (("model", dict), ("added_tokens", list))
+                if not isinstance(data.get(key), kind)
             ]
             if lacking:
                 raise TokenizerFileError(

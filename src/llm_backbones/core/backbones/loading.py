@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from safetensors import SafetensorError
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoTokenizer,
@@ -60,8 +60,16 @@ logger = logging.getLogger(__name__)
 
 # Files a tokenizer may be built from (named in the error when none works).
 TOKENIZER_FILES = frozenset(
-    {"tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "merges.txt", "vocab.txt",
-     "special_tokens_map.json", "spiece.model"}
+    {
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "tokenizer.model",
+        "vocab.json",
+        "merges.txt",
+        "vocab.txt",
+        "special_tokens_map.json",
+        "spiece.model",
+    }
 )
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl"})
 
@@ -95,7 +103,9 @@ def as_llama_tokenizer_fast(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTok
     if isinstance(tokenizer, LlamaTokenizerFast):
         return tokenizer
     extra = set(vars(LlamaTokenizerFast)) - set(vars(type(tokenizer)))
-    methods = sorted(name for name in extra if callable(vars(LlamaTokenizerFast)[name]) and name != "__init__")
+    methods = sorted(
+        name for name in extra if callable(vars(LlamaTokenizerFast)[name]) and name != "__init__"
+    )
     if methods or not isinstance(tokenizer, LlamaTokenizerFast.__mro__[1]):
         raise TokenizerContractError(
             f"This transformers release's LlamaTokenizerFast defines {methods or 'another base class'}, so a "
@@ -156,9 +166,12 @@ def select_attn_implementation(
     elif not torch.cuda.is_available():
         choice, why = "sdpa", "flash-attention-2 was requested but CUDA is not available"
     elif dtype not in (torch.float16, torch.bfloat16):
-        choice, why = "sdpa", (
-            f"flash-attention-2 was requested but the weights load in {dtype} (it runs in float16/bfloat16 "
-            "only; pass dtype=torch.bfloat16)"
+        choice, why = (
+            "sdpa",
+            (
+                f"flash-attention-2 was requested but the weights load in {dtype} (it runs in float16/bfloat16 "
+                "only; pass dtype=torch.bfloat16)"
+            ),
         )
     elif llm_cls is not None and not getattr(llm_cls, "_supports_flash_attn", True):
         choice, why = "sdpa", f"flash-attention-2 was requested but {llm_cls.__name__} does not support it"
@@ -213,7 +226,9 @@ def _parameters_on_meta() -> Iterator[None]:
 class HFLoader:
     """Builds the HF model and tokenizer of one registry entry (see `HFCausalLLMBackbone` for the options)."""
 
-    def __init__(self, spec: BackboneSpec, identifier: str, *, llm_max_length: int, inference_mode: bool) -> None:
+    def __init__(
+        self, spec: BackboneSpec, identifier: str, *, llm_max_length: int, inference_mode: bool
+    ) -> None:
         self.spec, self.identifier = spec, identifier
         self.llm_max_length, self.inference_mode = llm_max_length, inference_mode
         self.llm: PreTrainedModel
@@ -251,8 +266,17 @@ class HFLoader:
             )
 
         # The weight files, checked (inside model_path, safetensors unless allowed) before anything is loaded.
-        files = None if self.inference_mode else self._weight_files(
-            source, local, config, hub_kwargs, allow_pickle=allow_pickle, allow_external_files=allow_external_files
+        files = (
+            None
+            if self.inference_mode
+            else self._weight_files(
+                source,
+                local,
+                config,
+                hub_kwargs,
+                allow_pickle=allow_pickle,
+                allow_external_files=allow_external_files,
+            )
         )
 
         # [Contract] fast tokenizer, right padding (training collates right-padded batches).
@@ -261,7 +285,9 @@ class HFLoader:
         # A checkpoint saved after this (save_backbone) already has the PAD token: no second one, no resize.
         self._set_pad_token(source)
 
-        attn = select_attn_implementation(attn_implementation, use_flash_attention_2, self.spec.llm_cls, dtype)
+        attn = select_attn_implementation(
+            attn_implementation, use_flash_attention_2, self.spec.llm_cls, dtype
+        )
         with _BUILD_LOCK:  # transformers swaps process-wide state while it builds a model (see _BUILD_LOCK)
             if self.inference_mode:
                 # Size the embeddings the way the trained checkpoint was resized (same rule as below).
@@ -270,8 +296,16 @@ class HFLoader:
                     self.llm = self.spec.llm_cls._from_config(config, attn_implementation=attn, dtype=dtype)
             else:
                 self.llm = self._load_weights(
-                    source, local, config, hub_kwargs, attn=attn, dtype=dtype, allow_pickle=allow_pickle,
-                    strict=strict, allow_external_files=allow_external_files, files=files,
+                    source,
+                    local,
+                    config,
+                    hub_kwargs,
+                    attn=attn,
+                    dtype=dtype,
+                    allow_pickle=allow_pickle,
+                    strict=strict,
+                    allow_external_files=allow_external_files,
+                    files=files,
                 )
                 rows = self.llm.get_input_embeddings().weight.shape[0]
                 if self._embedding_rows(rows) != rows:
@@ -289,7 +323,6 @@ class HFLoader:
     # Settings that only matter when sampling; reset at load (HF's defaults apply if a caller samples).
     SAMPLING_SETTINGS: tuple[str, ...] = ("temperature", "top_p")
 
-
     def _force_greedy_generation(self, source: str) -> None:
         """[Contract] greedy decoding unless the caller asks for sampling, as the original (it passed
         `do_sample=False, temperature=1.0, top_p=1.0` to `from_pretrained`): a checkpoint whose
@@ -302,7 +335,9 @@ class HFLoader:
             settings = ", ".join(f"{k}={getattr(config, k, None)}" for k in self.SAMPLING_SETTINGS)
             logger.info(
                 "The generation config of %s turns sampling on (do_sample=True, %s); generation stays greedy "
-                "(pass generate(do_sample=True, ...) to sample)", source, settings,
+                "(pass generate(do_sample=True, ...) to sample)",
+                source,
+                settings,
             )
         config.do_sample = False
         for name in self.SAMPLING_SETTINGS:
@@ -378,7 +413,11 @@ class HFLoader:
         where = f"{source}/config.json" if local else f"the config of {source!r}"
         try:
             config = AutoConfig.from_pretrained(source, **hub_kwargs)
-        except (ZeroDivisionError, TypeError, _StrictDataclassError) as exc:  # a field transformers' config rejects
+        except (
+            ZeroDivisionError,
+            TypeError,
+            _StrictDataclassError,
+        ) as exc:  # a field transformers' config rejects
             raise ConfigMismatchError(
                 f"{where} is rejected by transformers ({' '.join(str(exc).split())[:240]}). Fix the field it "
                 "names (the base model's config.json has the right value), or point model_path at the "
@@ -408,7 +447,9 @@ class HFLoader:
             )
         return config
 
-    def _load_tokenizer(self, source: str, local: bool, hub_kwargs: dict[str, Any]) -> PreTrainedTokenizerBase:
+    def _load_tokenizer(
+        self, source: str, local: bool, hub_kwargs: dict[str, Any]
+    ) -> PreTrainedTokenizerBase:
         kwargs = {"model_max_length": self.llm_max_length, "padding_side": "right", **hub_kwargs}
         try:
             return load_tokenizer(self.spec, source, local=local, **kwargs)
@@ -440,7 +481,12 @@ class HFLoader:
     ) -> PreTrainedModel:
         if files is None:
             files = self._weight_files(
-                source, local, config, hub_kwargs, allow_pickle=allow_pickle, allow_external_files=allow_external_files
+                source,
+                local,
+                config,
+                hub_kwargs,
+                allow_pickle=allow_pickle,
+                allow_external_files=allow_external_files,
             )
         try:
             llm, info = self.spec.llm_cls.from_pretrained(
@@ -462,7 +508,10 @@ class HFLoader:
                 f"{'; '.join(bad) if bad else 'a safetensors file'} is truncated or corrupted (an interrupted "
                 "download, copy or save). Copy or download the checkpoint again."
             ) from exc
-        except (pickle.UnpicklingError, EOFError) as exc:  # allow_pickle: torch.load(weights_only=True) refused
+        except (
+            pickle.UnpicklingError,
+            EOFError,
+        ) as exc:  # allow_pickle: torch.load(weights_only=True) refused
             names = ", ".join(str(f) for f in files.files) or f"the pickle weights of {source}"
             raise ModelWeightsError(
                 f"{names} cannot be loaded: allow_pickle=True loads pickle weights with "
@@ -492,26 +541,39 @@ class HFLoader:
         return llm
 
     def _weight_files(
-        self, source: str, local: bool, config: PretrainedConfig, hub_kwargs: dict[str, Any], *,
-        allow_pickle: bool, allow_external_files: bool,
+        self,
+        source: str,
+        local: bool,
+        config: PretrainedConfig,
+        hub_kwargs: dict[str, Any],
+        *,
+        allow_pickle: bool,
+        allow_external_files: bool,
     ) -> _files.WeightFiles:
         """Every weight file `from_pretrained` will open, checked before it opens any (see `_files.weight_files`)."""
         if not local:
             return self._hub_weight_files(source, hub_kwargs, allow_pickle=allow_pickle)
         return _files.weight_files(
-            Path(source), getattr(config, "transformers_weights", None),
-            allow_pickle=allow_pickle, allow_external=allow_external_files,
+            Path(source),
+            getattr(config, "transformers_weights", None),
+            allow_pickle=allow_pickle,
+            allow_external=allow_external_files,
         )
 
-    def _hub_weight_files(self, source: str, hub_kwargs: dict[str, Any], *, allow_pickle: bool) -> _files.WeightFiles:
+    def _hub_weight_files(
+        self, source: str, hub_kwargs: dict[str, Any], *, allow_pickle: bool
+    ) -> _files.WeightFiles:
         """For a hub path without `allow_pickle`: the shard names of its model.safetensors.index.json, refused
         unless they are safetensors files of the repository, before transformers downloads or opens one."""
         if allow_pickle:
             return _files.WeightFiles()
         try:
             index = cached_file(
-                source, _files.SAFE_INDEX, token=hub_kwargs.get("token"),
-                _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False,
+                source,
+                _files.SAFE_INDEX,
+                token=hub_kwargs.get("token"),
+                _raise_exceptions_for_missing_entries=False,
+                _raise_exceptions_for_connection_errors=False,
                 _raise_exceptions_for_gated_repo=False,
             )
         except Exception:  # noqa: BLE001 - from_pretrained then reports what is wrong with the hub path
@@ -567,7 +629,9 @@ class HFLoader:
                 missing,
                 unexpected,
             )
-        logger.warning("%s Loading anyway (strict=False): the missing tensors are freshly initialised.", message)
+        logger.warning(
+            "%s Loading anyway (strict=False): the missing tensors are freshly initialised.", message
+        )
 
     def _check_finite(self, llm: nn.Module, source: str, files: _files.WeightFiles, *, strict: bool) -> None:
         found = _files.first_non_finite(llm.named_parameters())
@@ -581,7 +645,8 @@ class HFLoader:
         )
         if strict:
             raise NonFiniteWeightsError(
-                message + " Restore the file from the original checkpoint (or an earlier training checkpoint); "
+                message
+                + " Restore the file from the original checkpoint (or an earlier training checkpoint); "
                 "strict=False loads it anyway, with a warning.",
                 tensor=name,
                 file=file,

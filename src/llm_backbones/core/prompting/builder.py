@@ -63,7 +63,11 @@ class PromptBuilder:
                     "PromptFormat, use builder_for(name), or a named builder such as PurePromptBuilder."
                 )
             prompt_format = self.format_key
-        if isinstance(prompt_format, PromptFormat) and prismatic_compat and prompt_format.name in PROMPT_FORMATS:
+        if (
+            isinstance(prompt_format, PromptFormat)
+            and prismatic_compat
+            and prompt_format.name in PROMPT_FORMATS
+        ):
             prompt_format = prompt_format.name  # a registered format: its Prismatic twin, if it has one
         if isinstance(prompt_format, str):
             prompt_format = get_prompt_format(prompt_format, prismatic_compat=prismatic_compat)
@@ -93,7 +97,11 @@ class PromptBuilder:
         role = self._check_turn(role, message)
         message = self._clean(message)
         if role == "human":
-            template = self.format.first_human if self.turn_count == 0 and self.format.first_human else self.format.human
+            template = (
+                self.format.first_human
+                if self.turn_count == 0 and self.format.first_human
+                else self.format.human
+            )
         else:
             template, message = self.format.gpt, message if message != "" else self.format.empty_reply
         wrapped = template.format(msg=message, system=self.system_prompt)
@@ -190,8 +198,7 @@ class PromptBuilder:
         """Strings only, and only text that can be encoded (no lone surrogates from a bad decode)."""
         if not isinstance(text, str):
             raise ConversationError(
-                f"{what} must be a string, got {type(text).__name__}: {text!r:.80}. "
-                "Convert it to text first."
+                f"{what} must be a string, got {type(text).__name__}: {text!r:.80}. Convert it to text first."
             )
         try:
             text.encode("utf-8")
@@ -229,7 +236,7 @@ class PromptBuilder:
 
 
 class PurePromptBuilder(PromptBuilder):
-    """"In: {msg}\\nOut: " / "{reply}</s>" — base (non-chat) models, OpenVLA's format."""
+    """ "In: {msg}\\nOut: " / "{reply}</s>" — base (non-chat) models, OpenVLA's format."""
 
     format_key = "pure"
 
@@ -306,10 +313,14 @@ class PromptBuilderFactory:
     """Makes builders of one format with options bound; called as Prismatic calls a builder class:
     `factory(model_family, system_prompt=None)`. Made by `builder_for`."""
 
-    def __init__(self, prompt_format: PromptFormat, builder_cls: type[PromptBuilder], options: Mapping[str, Any]):
+    def __init__(
+        self, prompt_format: PromptFormat, builder_cls: type[PromptBuilder], options: Mapping[str, Any]
+    ):
         self.format, self.builder_cls = prompt_format, builder_cls
         self.options: Mapping[str, Any] = MappingProxyType(dict(options))
-        self.__name__ = builder_cls.__name__ if builder_cls.format_key == prompt_format.name else prompt_format.name
+        self.__name__ = (
+            builder_cls.__name__ if builder_cls.format_key == prompt_format.name else prompt_format.name
+        )
         self.__call__()  # bad options fail here, where they were given, not at the first conversation
 
     @property
@@ -324,11 +335,11 @@ class PromptBuilderFactory:
         )
 
     def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, PromptBuilderFactory)
-            and (self.format, self.builder_cls, dict(self.options))
-            == (other.format, other.builder_cls, dict(other.options))
-        )
+        return isinstance(other, PromptBuilderFactory) and (
+            self.format,
+            self.builder_cls,
+            dict(self.options),
+        ) == (other.format, other.builder_cls, dict(other.options))
 
     def __hash__(self) -> int:
         return hash((self.format.name, self.builder_cls))
@@ -377,4 +388,3 @@ def builder_for(prompt_format: str | PromptFormat, **options: Any) -> PromptBuil
 
 def _factory_from(prompt_format: str | PromptFormat, options: dict[str, Any]) -> PromptBuilderFactory:
     return builder_for(prompt_format, **options)
-

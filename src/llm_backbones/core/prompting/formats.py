@@ -108,56 +108,55 @@ _QWEN_USER = "<|im_start|>user\n{msg}<|im_end|>\n<|im_start|>assistant\n"
 _GEMMA_USER = "<start_of_turn>user\n{msg}<end_of_turn>\n<start_of_turn>model\n"
 _PHI3_USER = "<|user|>\n{msg}<|end|>\n<|assistant|>\n"
 
-_PRISMATIC: dict[str, PromptFormat] = (
-    {
-        "pure": PromptFormat(
-            name="pure-prismatic", bos="<s>", eos="</s>", human="In: {msg}\nOut: ", gpt="{msg}</s>", **_COMPAT
-        ),
-        "llama2-chat": PromptFormat(
-            name="llama2-chat-prismatic",
-            bos="<s>",
-            eos="</s>",
-            first_human="[INST] {system}{msg} [/INST] ",
-            human="[INST] {msg} [/INST] ",
-            gpt="{msg}</s>",
-            # [Contract] the original's `<<SYS>` (one `>`) typo: Prismatic checkpoints were trained on it.
-            system="<<SYS>\n{system}\n<</SYS>>\n\n",
-            default_system=_per_family(VLM_SYSTEM_PROMPT),
-            **_COMPAT,
-        ),
-        "vicuna-v15": PromptFormat(
-            name="vicuna-v15-prismatic",
-            bos="<s>",
-            eos="</s>",
-            first_human="{system}USER: {msg} ASSISTANT: ",
-            human="USER: {msg} ASSISTANT: ",
-            gpt="{msg}</s>",
-            system="{system} ",
-            default_system=_per_family(VICUNA_SYSTEM_PROMPT),
-            **_COMPAT,
-        ),
-        "mistral-instruct": PromptFormat(
-            name="mistral-instruct-prismatic",
-            bos="<s>",
-            eos="</s>",
-            human="[INST] {msg} [/INST] ",
-            gpt="{msg}</s>",
-            **_COMPAT,
-        ),
-        "phi-2": PromptFormat(
-            name="phi-2-prismatic",
-            bos="<|endoftext|>",
-            eos="<|endoftext|>",
-            # Phi-2's tokenizer adds no BOS: the original prepends it to the first turn itself.
-            first_human="<|endoftext|>Input: {msg}\nOutput: ",
-            human="Input: {msg}\nOutput: ",
-            gpt="{msg}\n<|endoftext|>",
-            strip_bos=False,
-            potential_uses_first_human=False,
-            **_COMPAT,
-        ),
-    }
-)
+_PRISMATIC: dict[str, PromptFormat] = {
+    "pure": PromptFormat(
+        name="pure-prismatic", bos="<s>", eos="</s>", human="In: {msg}\nOut: ", gpt="{msg}</s>", **_COMPAT
+    ),
+    "llama2-chat": PromptFormat(
+        name="llama2-chat-prismatic",
+        bos="<s>",
+        eos="</s>",
+        first_human="[INST] {system}{msg} [/INST] ",
+        human="[INST] {msg} [/INST] ",
+        gpt="{msg}</s>",
+        # [Contract] the original's `<<SYS>` (one `>`) typo: Prismatic checkpoints were trained on it.
+        system="<<SYS>\n{system}\n<</SYS>>\n\n",
+        default_system=_per_family(VLM_SYSTEM_PROMPT),
+        **_COMPAT,
+    ),
+    "vicuna-v15": PromptFormat(
+        name="vicuna-v15-prismatic",
+        bos="<s>",
+        eos="</s>",
+        first_human="{system}USER: {msg} ASSISTANT: ",
+        human="USER: {msg} ASSISTANT: ",
+        gpt="{msg}</s>",
+        system="{system} ",
+        default_system=_per_family(VICUNA_SYSTEM_PROMPT),
+        **_COMPAT,
+    ),
+    "mistral-instruct": PromptFormat(
+        name="mistral-instruct-prismatic",
+        bos="<s>",
+        eos="</s>",
+        human="[INST] {msg} [/INST] ",
+        gpt="{msg}</s>",
+        **_COMPAT,
+    ),
+    "phi-2": PromptFormat(
+        name="phi-2-prismatic",
+        bos="<|endoftext|>",
+        eos="<|endoftext|>",
+        # Phi-2's tokenizer adds no BOS: the original prepends it to the first turn itself.
+        first_human="<|endoftext|>Input: {msg}\nOutput: ",
+        human="Input: {msg}\nOutput: ",
+        gpt="{msg}\n<|endoftext|>",
+        strip_bos=False,
+        potential_uses_first_human=False,
+        **_COMPAT,
+    ),
+}
+
 
 def _official(prismatic: PromptFormat, **changes: object) -> PromptFormat:
     """The official rendering of a format whose strings equal the original's, without its quirks."""
@@ -166,105 +165,103 @@ def _official(prismatic: PromptFormat, **changes: object) -> PromptFormat:
     )
 
 
-_OFFICIAL: dict[str, PromptFormat] = (
-    {
-        "pure": _official(_PRISMATIC["pure"]),
-        # Meta's reference (llama/generation.py `chat_completion`), equal to FastChat's `llama-2`:
-        # each (user, reply) pair is `<s>[INST] u [/INST] a </s>`; the system prompt opens the first
-        # user message; the generation prompt ends at `[/INST]`. An empty reply stays empty (Meta).
-        "llama2-chat": PromptFormat(
-            name="llama2-chat",
-            bos="<s>",
-            eos="</s>",
-            first_human="<s>[INST] {system}{msg} [/INST]",
-            human="<s>[INST] {msg} [/INST]",
-            gpt=" {msg} </s>",
-            system="<<SYS>>\n{system}\n<</SYS>>\n\n",
-            default_system=_per_family(VLM_SYSTEM_PROMPT),
-            empty_reply="",
+_OFFICIAL: dict[str, PromptFormat] = {
+    "pure": _official(_PRISMATIC["pure"]),
+    # Meta's reference (llama/generation.py `chat_completion`), equal to FastChat's `llama-2`:
+    # each (user, reply) pair is `<s>[INST] u [/INST] a </s>`; the system prompt opens the first
+    # user message; the generation prompt ends at `[/INST]`. An empty reply stays empty (Meta).
+    "llama2-chat": PromptFormat(
+        name="llama2-chat",
+        bos="<s>",
+        eos="</s>",
+        first_human="<s>[INST] {system}{msg} [/INST]",
+        human="<s>[INST] {msg} [/INST]",
+        gpt=" {msg} </s>",
+        system="<<SYS>>\n{system}\n<</SYS>>\n\n",
+        default_system=_per_family(VLM_SYSTEM_PROMPT),
+        empty_reply="",
+    ),
+    # FastChat `vicuna_v1.1` ("{system} USER: u ASSISTANT: a</s>USER: u2 ASSISTANT:"), Prismatic's
+    # Mistral-instruct and Phi-2 formats: the original's strings, without its quirks.
+    "vicuna-v15": _official(_PRISMATIC["vicuna-v15"]),
+    "mistral-instruct": _official(_PRISMATIC["mistral-instruct"]),
+    "phi-2": _official(_PRISMATIC["phi-2"], potential_uses_first_human=True),
+    # --- Pure format over other vocabularies: the reply ends with the family's own end-of-text
+    # token (the base model's EOS), so that generation stops there; "</s>" is plain text to them.
+    "pure-llama3": _pure("pure-llama3", bos="<|begin_of_text|>", eos="<|end_of_text|>"),
+    "pure-qwen2": _pure("pure-qwen2", bos="", eos="<|endoftext|>"),
+    "pure-gemma2": _pure("pure-gemma2", bos="<bos>", eos="<eos>"),
+    # --- Official chat templates (`tokenizer_config.json` "chat_template" of the instruct repos, as
+    # llama.cpp keeps them in models/templates/*.jinja), rendered with add_generation_prompt=True.
+    # Llama-3's and Gemma-2's templates `trim` messages (as the builder strips them); Qwen2.5's and
+    # Phi-3.5's write them as given, surrounding whitespace included (`strip_message=False`).
+    #
+    # meta-llama/Llama-3.1-8B-Instruct and Llama-3.2-{1B,3B}-Instruct (same text without tools):
+    # a system block always opens the conversation, with the knowledge-cutoff and date lines
+    # (date: the template's fallback "26 Jul 2024" unless the caller gives one), then the caller's
+    # system prompt (default: none). "<|begin_of_text|>" is removed: the tokenizer adds BOS.
+    "llama3-instruct": PromptFormat(
+        name="llama3-instruct",
+        bos="<|begin_of_text|>",
+        eos="<|eot_id|>",
+        first_human="<|begin_of_text|>{system}" + _LLAMA3_USER,
+        human=_LLAMA3_USER,
+        gpt="{msg}<|eot_id|>",
+        system=(
+            "<|start_header_id|>system<|end_header_id|>\n\n"
+            "Cutting Knowledge Date: December 2023\nToday Date: {date}\n\n{system}<|eot_id|>"
         ),
-        # FastChat `vicuna_v1.1` ("{system} USER: u ASSISTANT: a</s>USER: u2 ASSISTANT:"), Prismatic's
-        # Mistral-instruct and Phi-2 formats: the original's strings, without its quirks.
-        "vicuna-v15": _official(_PRISMATIC["vicuna-v15"]),
-        "mistral-instruct": _official(_PRISMATIC["mistral-instruct"]),
-        "phi-2": _official(_PRISMATIC["phi-2"], potential_uses_first_human=True),
-        # --- Pure format over other vocabularies: the reply ends with the family's own end-of-text
-        # token (the base model's EOS), so that generation stops there; "</s>" is plain text to them.
-        "pure-llama3": _pure("pure-llama3", bos="<|begin_of_text|>", eos="<|end_of_text|>"),
-        "pure-qwen2": _pure("pure-qwen2", bos="", eos="<|endoftext|>"),
-        "pure-gemma2": _pure("pure-gemma2", bos="<bos>", eos="<eos>"),
-        # --- Official chat templates (`tokenizer_config.json` "chat_template" of the instruct repos, as
-        # llama.cpp keeps them in models/templates/*.jinja), rendered with add_generation_prompt=True.
-        # Llama-3's and Gemma-2's templates `trim` messages (as the builder strips them); Qwen2.5's and
-        # Phi-3.5's write them as given, surrounding whitespace included (`strip_message=False`).
-        #
-        # meta-llama/Llama-3.1-8B-Instruct and Llama-3.2-{1B,3B}-Instruct (same text without tools):
-        # a system block always opens the conversation, with the knowledge-cutoff and date lines
-        # (date: the template's fallback "26 Jul 2024" unless the caller gives one), then the caller's
-        # system prompt (default: none). "<|begin_of_text|>" is removed: the tokenizer adds BOS.
-        "llama3-instruct": PromptFormat(
-            name="llama3-instruct",
-            bos="<|begin_of_text|>",
-            eos="<|eot_id|>",
-            first_human="<|begin_of_text|>{system}" + _LLAMA3_USER,
-            human=_LLAMA3_USER,
-            gpt="{msg}<|eot_id|>",
-            system=(
-                "<|start_header_id|>system<|end_header_id|>\n\n"
-                "Cutting Knowledge Date: December 2023\nToday Date: {date}\n\n{system}<|eot_id|>"
-            ),
-            default_system=_per_family(""),
-            default_date=LLAMA3_DEFAULT_DATE,
-            empty_reply="",
-            strip_trailing_whitespace=False,
-        ),
-        # Qwen/Qwen2.5-*-Instruct: ChatML; without a system message the template writes Qwen's own.
-        # No BOS (the tokenizer adds none and the template writes none).
-        "qwen2.5-instruct": PromptFormat(
-            name="qwen2.5-instruct",
-            strip_message=False,  # the template writes message['content'] as given
-            bos="",
-            eos="<|im_end|>",
-            first_human="{system}" + _QWEN_USER,
-            human=_QWEN_USER,
-            gpt="{msg}<|im_end|>\n",
-            system="<|im_start|>system\n{system}<|im_end|>\n",
-            default_system=_per_family(QWEN25_SYSTEM_PROMPT),
-            empty_reply="",
-            strip_trailing_whitespace=False,
-        ),
-        # google/gemma-2-{2b,9b}-it: no system role (the template raises on one); the reply role is
-        # "model". "<bos>" is removed: the tokenizer adds BOS.
-        "gemma2-instruct": PromptFormat(
-            name="gemma2-instruct",
-            bos="<bos>",
-            eos="<end_of_turn>",
-            first_human="<bos>" + _GEMMA_USER,
-            human=_GEMMA_USER,
-            gpt="{msg}<end_of_turn>\n",
-            empty_reply="",
-            strip_trailing_whitespace=False,
-        ),
-        # microsoft/Phi-3.5-mini-instruct: a system block only for a non-empty system prompt (default:
-        # none); no BOS. With add_generation_prompt=False the template also appends eos_token after the
-        # last turn; the builder does not (a reply ends with "<|end|>\n", its end-of-turn token), so that
-        # every reply's text is a prefix of the next prompt.
-        "phi3.5-instruct": PromptFormat(
-            name="phi3.5-instruct",
-            strip_message=False,  # the template writes message['content'] as given
-            bos="",
-            eos="<|end|>",
-            first_human="{system}" + _PHI3_USER,
-            human=_PHI3_USER,
-            gpt="{msg}<|end|>\n",
-            system="<|system|>\n{system}<|end|>\n",
-            default_system=_per_family(""),
-            omit_empty_system=True,
-            empty_reply="",
-            strip_trailing_whitespace=False,
-        ),
-    }
-)
+        default_system=_per_family(""),
+        default_date=LLAMA3_DEFAULT_DATE,
+        empty_reply="",
+        strip_trailing_whitespace=False,
+    ),
+    # Qwen/Qwen2.5-*-Instruct: ChatML; without a system message the template writes Qwen's own.
+    # No BOS (the tokenizer adds none and the template writes none).
+    "qwen2.5-instruct": PromptFormat(
+        name="qwen2.5-instruct",
+        strip_message=False,  # the template writes message['content'] as given
+        bos="",
+        eos="<|im_end|>",
+        first_human="{system}" + _QWEN_USER,
+        human=_QWEN_USER,
+        gpt="{msg}<|im_end|>\n",
+        system="<|im_start|>system\n{system}<|im_end|>\n",
+        default_system=_per_family(QWEN25_SYSTEM_PROMPT),
+        empty_reply="",
+        strip_trailing_whitespace=False,
+    ),
+    # google/gemma-2-{2b,9b}-it: no system role (the template raises on one); the reply role is
+    # "model". "<bos>" is removed: the tokenizer adds BOS.
+    "gemma2-instruct": PromptFormat(
+        name="gemma2-instruct",
+        bos="<bos>",
+        eos="<end_of_turn>",
+        first_human="<bos>" + _GEMMA_USER,
+        human=_GEMMA_USER,
+        gpt="{msg}<end_of_turn>\n",
+        empty_reply="",
+        strip_trailing_whitespace=False,
+    ),
+    # microsoft/Phi-3.5-mini-instruct: a system block only for a non-empty system prompt (default:
+    # none); no BOS. With add_generation_prompt=False the template also appends eos_token after the
+    # last turn; the builder does not (a reply ends with "<|end|>\n", its end-of-turn token), so that
+    # every reply's text is a prefix of the next prompt.
+    "phi3.5-instruct": PromptFormat(
+        name="phi3.5-instruct",
+        strip_message=False,  # the template writes message['content'] as given
+        bos="",
+        eos="<|end|>",
+        first_human="{system}" + _PHI3_USER,
+        human=_PHI3_USER,
+        gpt="{msg}<|end|>\n",
+        system="<|system|>\n{system}<|end|>\n",
+        default_system=_per_family(""),
+        omit_empty_system=True,
+        empty_reply="",
+        strip_trailing_whitespace=False,
+    ),
+}
 
 _FORMATS: dict[str, PromptFormat] = {
     **{f.name: f for f in _OFFICIAL.values()},
@@ -319,4 +316,3 @@ def get_prompt_format(name: str, *, prismatic_compat: bool = False) -> PromptFor
     if prismatic_compat and not name.endswith(PRISMATIC_SUFFIX):
         return _FORMATS.get(name + PRISMATIC_SUFFIX, _FORMATS[name])
     return _FORMATS[name]
-
