@@ -37,8 +37,8 @@ lint: $(STAMP)
 
 # The fast lane before a commit (under a minute on 2 CPU cores): lint, then the unit tests not marked `slow`.
 # `make test` still runs everything, slow tests included.
-check: lint
-	$(PY) -m pytest -q -m "not slow" tests/unit
+check: lint $(REFERENCE)/templates
+	LLAMA_CPP_MODELS_DIR=$(REFERENCE) $(PY) -m pytest -q -m "not slow" tests/unit
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

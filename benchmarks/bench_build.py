@@ -57,7 +57,8 @@ else:  # the original: random-init the architecture in fp32 from the config, the
     llm.resize_token_embeddings(len(tok), pad_to_multiple_of=64)
     n = sum(p.numel() for p in llm.parameters())
 seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "import_seconds": start - t0, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+print(json.dumps({"seconds": seconds, "import_seconds": start - t0,
+                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
                   "parameters": n}))
 """
 
@@ -94,7 +95,8 @@ def main() -> None:
             {
                 "benchmark": "inference_mode build (no weights loaded yet)",
                 "date": date.today().isoformat(),
-                "device": f"CPU ({platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}",
+                "device": f"CPU ({platform.machine()}, {torch.get_num_threads()} threads), torch "
+                f"{torch.__version__}",
                 "llama2_7b_ours": full,
                 "targets_7b": {"seconds_max": 2.0, "peak_rss_gb_max": 1.5},
                 f"llama2_7b_arch_{args.layers}_layers": {

@@ -165,8 +165,8 @@ def computed_7b() -> dict:
         "written_per_trainable_parameter_bytes": 12,
         "frozen_parameters_written": False,
         "modes": modes,
-        "note": "seconds per checkpoint = checkpoint_gb_per_rank / the write bandwidth one rank gets from the "
-        "shared filesystem (all ranks write at once)",
+        "note": "seconds per checkpoint = checkpoint_gb_per_rank / the write bandwidth one rank gets "
+        "from the shared filesystem (all ranks write at once)",
     }
 
 

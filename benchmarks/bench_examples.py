@@ -103,8 +103,14 @@ def main() -> None:
                     family, system_prompt=system_prompt, prismatic_compat=True
                 )  # the baseline's strings
 
-            ours = rate(lambda c: tokenize_conversation(tokenizer, builder_fn, c), convs, args.repeats)
-            base = rate(lambda c: turn_by_turn(tokenizer, builder_fn, c), convs, args.repeats)
+            ours = rate(
+                lambda c, tokenizer=tokenizer: tokenize_conversation(tokenizer, builder_fn, c),
+                convs,
+                args.repeats,
+            )
+            base = rate(
+                lambda c, tokenizer=tokenizer: turn_by_turn(tokenizer, builder_fn, c), convs, args.repeats
+            )
             mismatches = sum(
                 not torch.equal(
                     turn_by_turn(tokenizer, builder_fn, c)["input_ids"],
@@ -128,7 +134,8 @@ def main() -> None:
             {
                 "benchmark": "training examples per second",
                 "date": date.today().isoformat(),
-                "device": f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+                "device": f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+                "threads)",
                 "results": results,
             },
             indent=2,

@@ -92,7 +92,8 @@ def sync(device: torch.device) -> None:
 
 
 def timed(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> dict:
-    """Median / min / max wall time (ms) of `repeats` calls after `warmup` calls (the first call's seconds too)."""
+    """Median / min / max wall time (ms) of `repeats` calls after `warmup` calls (the first call's seconds
+    too)."""
     start = time.perf_counter()
     fn()
     sync(device)
@@ -141,7 +142,8 @@ def build(config: dict, device: torch.device, dtype: torch.dtype):
 
 
 def vla_prompt(backbone, batch: int, text: int, seed: int, patches: int) -> torch.Tensor:
-    """BOS + `patches` random patch embeddings + `text` random token embeddings, `[batch, 1 + patches + text, dim]`."""
+    """BOS + `patches` random patch embeddings + `text` random token embeddings,
+    `[batch, 1 + patches + text, dim]`."""
     model = backbone.llm
     param = next(model.parameters())
     g = torch.Generator(device="cpu").manual_seed(seed)
@@ -176,7 +178,8 @@ def unique_graphs() -> int:
 
 
 def cudagraph_skips() -> int:
-    """Compiled graphs that inductor ran without CUDA graphs (it logs why: "skipping cudagraphs due to ...")."""
+    """Compiled graphs that inductor ran without CUDA graphs
+    (it logs why: "skipping cudagraphs due to ...")."""
     from torch._dynamo.utils import counters
 
     return int(counters["inductor"]["cudagraph_skips"])
@@ -199,10 +202,10 @@ def first_differences(ours: torch.Tensor, reference, reference_logits=None) -> l
     logits at that step, its top-2 margin, the gap to our token and the bf16 spacing there."""
     rows = []
     ref = reference.tolist()
-    for row, (a, b) in enumerate(zip(ours.tolist(), ref)):
+    for row, (a, b) in enumerate(zip(ours.tolist(), ref, strict=True)):
         if a == b:
             continue
-        step = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+        step = next(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
         entry = {"row": row, "step": step, "reference_token": b[step], "our_token": a[step]}
         if reference_logits is not None:
             logits = reference_logits[step][row].float()
@@ -244,7 +247,8 @@ class Bench:
             "config": "llama2-7b" + (" (small)" if args.small else ""),
             "dtype": str(self.dtype),
             "compile_backend": self.backend,
-            "prompt": f"BOS + {self.patches} patch embeddings + {TEXT} text tokens = {1 + self.patches + TEXT} tokens",
+            "prompt": f"BOS + {self.patches} patch embeddings + {TEXT} text tokens = "
+            f"{1 + self.patches + TEXT} tokens",
             "new_tokens": {"ours_action_step": ACTION_TOKENS, "hf_and_ours_like_for_like": HF_TOKENS},
             "repeats": self.repeats,
             "sections": {},
@@ -315,9 +319,11 @@ class Bench:
         model, result = self.backbone.llm, {}
         for batch in (1, 8):
             embeds = self.prompt(batch, TEXT, seed=batch)
-            dynamic = timed(lambda: hf_generate(model, embeds, HF_TOKENS), self.device, self.repeats, 2)
+            dynamic = timed(
+                lambda embeds=embeds: hf_generate(model, embeds, HF_TOKENS), self.device, self.repeats, 2
+            )
             static = timed(
-                lambda: hf_generate(model, embeds, HF_TOKENS, cache_implementation="static"),
+                lambda embeds=embeds: hf_generate(model, embeds, HF_TOKENS, cache_implementation="static"),
                 self.device,
                 self.repeats,
                 3,
@@ -521,8 +527,8 @@ class Bench:
             )
         elif fp32_agree and near_ties:
             verdict = (
-                "rounding: the fp32 paths all agree, and every difference in the model dtype starts where the "
-                "reference's top-2 logits are within 4 bf16 spacings"
+                "rounding: the fp32 paths all agree, and every difference in the model dtype starts where "
+                "the reference's top-2 logits are within 4 bf16 spacings"
             )
         else:
             verdict = "investigate: see fp32_same_tokens_as_hf_dynamic and first_differences"
@@ -575,13 +581,15 @@ class Bench:
                 fused = [torch.cat(ws) for ws in weights]
                 nbytes = sum(outs) * h * x.element_size()
                 variants = {
-                    "separate_cublas": lambda: [
+                    "separate_cublas": lambda x=x, weights=weights: [
                         torch.nn.functional.linear(x, w) for ws in weights for w in ws
                     ],
-                    "fused_cublas": lambda: [torch.nn.functional.linear(x, w) for w in fused],
+                    "fused_cublas": lambda x=x, fused=fused: [
+                        torch.nn.functional.linear(x, w) for w in fused
+                    ],
                 }
                 if tuned is not None and batch == 1:  # inductor decomposes only batch-1 products
-                    variants["fused_inductor_tuned"] = lambda: [tuned(x, w) for w in fused]
+                    variants["fused_inductor_tuned"] = lambda x=x, fused=fused: [tuned(x, w) for w in fused]
                 entry = {}
                 for variant, fn in variants.items():
                     try:

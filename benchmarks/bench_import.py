@@ -38,9 +38,20 @@ COMMANDS: dict[str, list[str]] = {
 TARGETS = {"import_llm_backbones": 0.1, "cli_help": 0.5, "cli_list_json": 1.25}
 
 
-def _run(args: list[str]) -> float:
+# With --before-src: the same commands on an earlier source tree (its CLI module was llm_backbones.cli).
+BEFORE: dict[str, list[str]] = {
+    "before_import_llm_backbones": ["-c", "import llm_backbones"],
+    "before_cli_help": ["-m", "llm_backbones.cli", "--help"],
+    "before_cli_list_json": ["-m", "llm_backbones.cli", "list", "--json"],
+}
+
+
+def _run(args: list[str], src: Path | None = None) -> float:
+    env = None if src is None else {**os.environ, "PYTHONPATH": str(src)}
     start = time.perf_counter()
-    subprocess.run([sys.executable, *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    subprocess.run(
+        [sys.executable, *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+    )
     return time.perf_counter() - start
 
 
@@ -62,23 +73,33 @@ def main() -> None:
         "--repeats", type=int, default=5, help="measured rounds; each command's median is reported"
     )
     parser.add_argument("--out", type=Path, help="also write the JSON to this file")
+    parser.add_argument(
+        "--before-src",
+        type=Path,
+        help="the src/ folder of an earlier checkout (git worktree add /tmp/before <commit>): its commands "
+        "are timed in the same rounds",
+    )
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
 
-    for command in COMMANDS.values():  # warm-up round: page cache, .pyc files
-        _run(command)
-    times: dict[str, list[float]] = {name: [] for name in COMMANDS}
+    commands = {name: (command, None) for name, command in COMMANDS.items()}
+    if args.before_src is not None:
+        commands |= {name: (command, args.before_src.resolve()) for name, command in BEFORE.items()}
+    for command, src in commands.values():  # warm-up round: page cache, .pyc files
+        _run(command, src)
+    times: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(args.repeats):
-        for name, command in COMMANDS.items():
-            times[name].append(_run(command))
+        for name, (command, src) in commands.items():
+            times[name].append(_run(command, src))
 
     baseline = statistics.median(times[BASELINE])
     results = {}
-    for name, command in COMMANDS.items():
+    for name, (command, src) in commands.items():
         median = statistics.median(times[name])
         results[name] = {
-            "command": " ".join(["python", *(repr(a) if " " in a else a for a in command)]),
+            "command": " ".join(["python", *(repr(a) if " " in a else a for a in command)])
+            + (f"  (PYTHONPATH={src})" if src else ""),
             "median_s": round(median, 3),
             "min_s": round(min(times[name]), 3),
             "ratio_to_import_torch": round(median / baseline, 3),

@@ -25,7 +25,8 @@ PRISMATIC_BUILDERS = [
 
 
 def padded_llama2_tokenizer(tokenizer_cls: Any = AutoTokenizer, **kwargs: Any) -> PreTrainedTokenizerBase:
-    """The embedded LLaMA-2 tokenizer with <PAD> (32000) added, as the backbone does (vocab_size stays 32000)."""
+    """The embedded LLaMA-2 tokenizer with <PAD> (32000) added, as the backbone does (vocab_size stays
+    32000)."""
     tokenizer = tokenizer_cls.from_pretrained(ASSETS_DIR / "llama2-tiny", **kwargs)
     tokenizer.add_special_tokens({"pad_token": "<PAD>"})
     return tokenizer

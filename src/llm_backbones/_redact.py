@@ -24,8 +24,8 @@ REDACTED = "<redacted hf_token>"
 
 
 class _HiddenStr(str):
-    """The token as the hub needs it (a `str`: headers, `==`, formatting give its value), with a redacted repr,
-    so that the keyword arguments of a hub call show no token in a traceback's locals."""
+    """The token as the hub needs it (a `str`: headers, `==`, formatting give its value), with a redacted
+    repr, so that the keyword arguments of a hub call show no token in a traceback's locals."""
 
     __slots__ = ()
 
@@ -150,8 +150,8 @@ def _exit(secret: str) -> None:
         if not _active and logging.getLogRecordFactory() is _redacting_factory:
             logging.setLogRecordFactory(_previous_factory or logging.LogRecord)
             _in_chain = False
-        # else: another factory was installed on top of ours (and calls it); ours stays in its chain and passes
-        # records through until a block is active again.
+        # else: another factory was installed on top of ours (and calls it); ours stays in its chain and
+        # passes records through until a block is active again.
 
 
 @contextlib.contextmanager

@@ -33,7 +33,8 @@ class UnknownBackboneError(LLMBackbonesError, ValueError, KeyError):
         super().__init__(
             f"Unknown LLM backbone id {backbone_id!r} (not in the {scope}).{hint} "
             f"Known ids: {', '.join(known)}. To add one, register it once: "
-            "`llm_backbones.register_backbone(llm_backbones.BackboneSpec(backbone_id=..., llm_family=..., ...))`."
+            "`llm_backbones.register_backbone("
+            "llm_backbones.BackboneSpec(backbone_id=..., llm_family=..., ...))`."
         )
         self.backbone_id = backbone_id
         self.closest = close
@@ -87,7 +88,8 @@ class ModelWeightsError(LLMBackbonesError, ValueError):
 
 
 class RemoteCodeError(LLMBackbonesError, ValueError):
-    """A checkpoint that needs custom code from its directory, which runs only with `trust_remote_code=True`."""
+    """A checkpoint that needs custom code from its directory, which runs only with
+    `trust_remote_code=True`."""
 
 
 class CheckpointError(LLMBackbonesError, ValueError):
@@ -95,7 +97,8 @@ class CheckpointError(LLMBackbonesError, ValueError):
 
 
 class FingerprintMismatchError(CheckpointError):
-    """What `load_backbone` built differs from what `save_backbone` recorded (tokenizer, prompt format, padding).
+    """What `load_backbone` built differs from what `save_backbone` recorded (tokenizer, prompt format,
+    padding).
 
     `mismatches` maps each differing fingerprint field to `(saved, built)`.
     """
@@ -162,9 +165,9 @@ class NonFiniteLossError(FinetuneError):
 
 
 class UnsafeFileError(LLMBackbonesError, ValueError):
-    """A file the loader refuses to open: a pickle (`pytorch_model.bin`, `*.pt`) named by a weights index while
-    `allow_pickle` is off, or a file outside the checkpoint directory (an index naming `../x.safetensors` or an
-    absolute path, a symlink pointing elsewhere) while `allow_external_files` is off.
+    """A file the loader refuses to open: a pickle (`pytorch_model.bin`, `*.pt`) named by a weights index
+    while `allow_pickle` is off, or a file outside the checkpoint directory (an index naming
+    `../x.safetensors` or an absolute path, a symlink pointing elsewhere) while `allow_external_files` is off.
 
     `path` is the file as named, `reason` says which of the two it is ("pickle" or "outside").
     """
@@ -186,5 +189,5 @@ class NonFiniteWeightsError(ModelWeightsError):
 
 
 class TokenizerFileError(LLMBackbonesError, ValueError):
-    """A tokenizer file that cannot be used: not JSON, nested deeper than any real tokenizer, larger than the size
-    limit, or without the sections a tokenizer.json has (`model`, `added_tokens`)."""
+    """A tokenizer file that cannot be used: not JSON, nested deeper than any real tokenizer, larger than the
+    size limit, or without the sections a tokenizer.json has (`model`, `added_tokens`)."""

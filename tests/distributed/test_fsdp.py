@@ -1,4 +1,5 @@
-"""FSDP2 and FSDP1 under `torchrun --nproc_per_node=2` (gloo, CPU) against one process on the same global batch."""
+"""FSDP2 and FSDP1 under `torchrun --nproc_per_node=2` (gloo, CPU) against one process on the same global
+batch."""
 
 from __future__ import annotations
 

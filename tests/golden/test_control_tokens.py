@@ -99,10 +99,12 @@ def test_control_strings_in_messages_stay_text(tokenizers, family, builder) -> N
     assert special_counts(tokenizer, ids) == special_counts(tokenizer, reference["input_ids"].tolist())
     assert all(controls[0] in tokenizer.decode(ids[a:b]) for a, b in [(0, len(ids))])
     # the replies' labels hold the same number of special ids as the clean conversation's (their end markers)
-    supervised = [t for t, label in zip(ids, example["labels"].tolist()) if label != IGNORE_INDEX]
+    supervised = [
+        t for t, label in zip(ids, example["labels"].tolist(), strict=True) if label != IGNORE_INDEX
+    ]
     clean_supervised = [
         t
-        for t, label in zip(reference["input_ids"].tolist(), reference["labels"].tolist())
+        for t, label in zip(reference["input_ids"].tolist(), reference["labels"].tolist(), strict=True)
         if label != IGNORE_INDEX
     ]
     assert special_counts(tokenizer, supervised) == special_counts(tokenizer, clean_supervised)

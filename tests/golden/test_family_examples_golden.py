@@ -24,9 +24,10 @@ from llm_backbones.data.examples import IGNORE_INDEX, tokenize_conversation, tok
 CONVERSATION = [{"from": "human", "value": "What is in the image?"}, {"from": "gpt", "value": "A red cube."}]
 
 GOLDEN = {
-    # <|begin_of_text|> <|start_header_id|> system <|end_header_id|> ĊĊ Cut ting ĠKnowledge ĠDate : ĠDecember Ġ 202 3
-    # Ċ Today ĠDate : Ġ 26 ĠJul Ġ 202 4 ĊĊ <|eot_id|> <|start_header_id|> user <|end_header_id|> ĊĊ What Ġis Ġin
-    # Ġthe Ġimage ? <|eot_id|> <|start_header_id|> assistant <|end_header_id|> ĊĊ | A Ġred Ġcube . <|eot_id|>
+    # <|begin_of_text|> <|start_header_id|> system <|end_header_id|> ĊĊ Cut ting ĠKnowledge ĠDate : ĠDecember
+    # Ġ 202 3 Ċ Today ĠDate : Ġ 26 ĠJul Ġ 202 4 ĊĊ <|eot_id|> <|start_header_id|> user <|end_header_id|> ĊĊ
+    # What Ġis Ġin Ġthe Ġimage ? <|eot_id|> <|start_header_id|> assistant <|end_header_id|> ĊĊ | A Ġred Ġcube
+    # . <|eot_id|>
     "llama3-instruct": (
         "llama3",
         Llama3InstructPromptBuilder,
@@ -87,8 +88,8 @@ GOLDEN = {
         [128000, 644, 25, 3639, 374, 304, 279, 2217, 5380, 2729, 25, 362, 2579, 24671, 13, 128001],
         11,
     ),
-    # <|im_start|> system Ċ You Ġare ĠQ wen , Ġcreated Ġby ĠAlibaba ĠCloud . ĠYou Ġare Ġa Ġhelpful Ġassistant .
-    # <|im_end|> Ċ <|im_start|> user Ċ What Ġis Ġin Ġthe Ġimage ? <|im_end|> Ċ <|im_start|> assistant Ċ |
+    # <|im_start|> system Ċ You Ġare ĠQ wen , Ġcreated Ġby ĠAlibaba ĠCloud . ĠYou Ġare Ġa Ġhelpful Ġassistant
+    # . <|im_end|> Ċ <|im_start|> user Ċ What Ġis Ġin Ġthe Ġimage ? <|im_end|> Ċ <|im_start|> assistant Ċ |
     # A Ġred Ġcube . <|im_end|> Ċ
     "qwen2.5-instruct": (
         "qwen2",

@@ -279,19 +279,22 @@ QWEN_B_DEFAULT = {
     "generation": (
         "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
         "<|im_start|>user\nPick up the cup.<|im_end|>\n<|im_start|>assistant\nPicked up.<|im_end|>\n"
-        "<|im_start|>user\nPut it in the sink.<|im_end|>\n<|im_start|>assistant\nDone.\nIt is in the sink.<|im_end|>\n"
+        "<|im_start|>user\nPut it in the sink.<|im_end|>\n"
+        "<|im_start|>assistant\nDone.\nIt is in the sink.<|im_end|>\n"
         "<|im_start|>user\nNow wash it.<|im_end|>\n<|im_start|>assistant\n"
     ),
     "prompt": (
         "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
         "<|im_start|>user\nPick up the cup.<|im_end|>\n<|im_start|>assistant\nPicked up.<|im_end|>\n"
-        "<|im_start|>user\nPut it in the sink.<|im_end|>\n<|im_start|>assistant\nDone.\nIt is in the sink.<|im_end|>\n"
+        "<|im_start|>user\nPut it in the sink.<|im_end|>\n"
+        "<|im_start|>assistant\nDone.\nIt is in the sink.<|im_end|>\n"
         "<|im_start|>user\nNow wash it.<|im_end|>\n<|im_start|>assistant\nWashing.<|im_end|>\n"
     ),
     "potential": (
         "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
         "<|im_start|>user\nPick up the cup.<|im_end|>\n<|im_start|>assistant\nPicked up.<|im_end|>\n"
-        "<|im_start|>user\nPut it in the sink.<|im_end|>\n<|im_start|>assistant\nDone.\nIt is in the sink.<|im_end|>\n"
+        "<|im_start|>user\nPut it in the sink.<|im_end|>\n"
+        "<|im_start|>assistant\nDone.\nIt is in the sink.<|im_end|>\n"
         "<|im_start|>user\nNow wash it.<|im_end|>\n<|im_start|>assistant\nWashing.<|im_end|>\n"
         "<|im_start|>user\nWhat next?<|im_end|>\n<|im_start|>assistant\n"
     ),
@@ -375,18 +378,23 @@ PHI35_A_DEFAULT = {
     ),
     "prompt": (
         "<|user|>\nWhat is in the image?<|end|>\n<|assistant|>\nA red cube next to a blue bowl.<|end|>\n"
-        "<|user|>\n  Déplace le cube rouge → à gauche 🤖  <|end|>\n<|assistant|>\n\tDone:  the cube is on the left.\n<|end|>\n"
+        "<|user|>\n  Déplace le cube rouge → à gauche 🤖  <|end|>\n<|assistant|>\n"
+        "\tDone:  the cube is on the left.\n<|end|>\n"
     ),
     "potential": (
         "<|user|>\nWhat is in the image?<|end|>\n<|assistant|>\nA red cube next to a blue bowl.<|end|>\n"
-        "<|user|>\n  Déplace le cube rouge → à gauche 🤖  <|end|>\n<|assistant|>\n\tDone:  the cube is on the left.\n<|end|>\n"
+        "<|user|>\n  Déplace le cube rouge → à gauche 🤖  <|end|>\n<|assistant|>\n"
+        "\tDone:  the cube is on the left.\n<|end|>\n"
         "<|user|>\nWhat next?<|end|>\n<|assistant|>\n"
     ),
 }
 
 PHI35_A_SYSTEM = {
     "turns": [
-        "<|system|>\nYou control a robot arm.<|end|>\n<|user|>\nWhat is in the image?<|end|>\n<|assistant|>\n",
+        (
+            "<|system|>\nYou control a robot arm.<|end|>\n"
+            "<|user|>\nWhat is in the image?<|end|>\n<|assistant|>\n"
+        ),
         "A red cube next to a blue bowl.<|end|>\n",
         "<|user|>\n  Déplace le cube rouge → à gauche 🤖  <|end|>\n<|assistant|>\n",
         "\tDone:  the cube is on the left.\n<|end|>\n",
@@ -399,12 +407,14 @@ PHI35_A_SYSTEM = {
     "prompt": (
         "<|system|>\nYou control a robot arm.<|end|>\n"
         "<|user|>\nWhat is in the image?<|end|>\n<|assistant|>\nA red cube next to a blue bowl.<|end|>\n"
-        "<|user|>\n  Déplace le cube rouge → à gauche 🤖  <|end|>\n<|assistant|>\n\tDone:  the cube is on the left.\n<|end|>\n"
+        "<|user|>\n  Déplace le cube rouge → à gauche 🤖  <|end|>\n<|assistant|>\n"
+        "\tDone:  the cube is on the left.\n<|end|>\n"
     ),
     "potential": (
         "<|system|>\nYou control a robot arm.<|end|>\n"
         "<|user|>\nWhat is in the image?<|end|>\n<|assistant|>\nA red cube next to a blue bowl.<|end|>\n"
-        "<|user|>\n  Déplace le cube rouge → à gauche 🤖  <|end|>\n<|assistant|>\n\tDone:  the cube is on the left.\n<|end|>\n"
+        "<|user|>\n  Déplace le cube rouge → à gauche 🤖  <|end|>\n<|assistant|>\n"
+        "\tDone:  the cube is on the left.\n<|end|>\n"
         "<|user|>\nWhat next?<|end|>\n<|assistant|>\n"
     ),
 }
@@ -531,7 +541,8 @@ FRESH_POTENTIAL = [
         Llama3InstructPromptBuilder,
         {},
         "<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
-        "Today Date: 26 Jul 2024\n\n<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nWhat next?<|eot_id|>"
+        "Today Date: 26 Jul 2024\n\n<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nWhat next?<|eot_id|>"
         "<|start_header_id|>assistant<|end_header_id|>\n\n",
         id="llama3",
     ),
@@ -568,7 +579,8 @@ FRESH_POTENTIAL = [
         {"system_prompt": "\n  You control a robot arm. \n"},  # trimmed, as the template does
         "<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
         "Today Date: 26 Jul 2024\n\nYou control a robot arm.<|eot_id|>"
-        "<|start_header_id|>user<|end_header_id|>\n\nWhat next?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+        "<|start_header_id|>user<|end_header_id|>\n\nWhat next?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n",
         id="llama3-padded-system",
     ),
 ]

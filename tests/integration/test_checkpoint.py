@@ -74,7 +74,8 @@ def test_files_and_fingerprint(saved) -> None:
     assert fp["special_token_ids"] == {"bos": 1, "eos": 2, "pad": 32000, "unk": 0}
     assert fp["prompt_format"] == "pure" and fp["prompt_builder"] == "PurePromptBuilder"
     assert fp["probe_prompt"] == (
-        "In: What action should the robot take to pick up the red block?\nOut: Move left.</s>In: And then?\nOut:"
+        "In: What action should the robot take to pick up the red block?\nOut: Move left.</s>"
+        "In: And then?\nOut:"
     )
     assert fp["probe_input_ids"][:4] == [1, 512, 29901, 1724]  # <s> "▁In" ":" "▁What"
     assert len(fp["tokenizer_sha256"]) == 64 and fp["dtype"] == "float32"

@@ -1,4 +1,5 @@
-"""Fused q/k/v and gate/up projections (`fuse_projections`): the unfused model's greedy tokens, no copy kept."""
+"""Fused q/k/v and gate/up projections (`fuse_projections`): the unfused model's greedy tokens, no copy
+kept."""
 
 from __future__ import annotations
 

@@ -34,7 +34,8 @@ from llm_backbones.persistence.openvla import LoadedVLA, load_vla_backbone
 pytestmark = pytest.mark.integration
 
 TINY = "llama2-tiny-pure"
-# The tiny LLaMA-2's text_config as OpenVLA's config.json would hold it (vocab_size already padded: 32000 + 64).
+# The tiny LLaMA-2's text_config as OpenVLA's config.json would hold it
+# (vocab_size already padded: 32000 + 64).
 TEXT_CONFIG = {
     "model_type": "llama",
     "vocab_size": 32064,
@@ -200,7 +201,8 @@ def assert_openvla_vocabulary(loaded: LoadedVLA) -> None:
 # ids -> bins: token t is bin 31999 - t (clamped to 0..254); bin i's centre is -1 + (2i + 1) / 255.
 ACTION_IDS = [[31999, 31872, 31745], [31744, 31999, 31872]]
 NORMALIZED = [[-254 / 255, 0.0, 254 / 255], [254 / 255, -254 / 255, 0.0]]
-# bridge_orig: 0.5 * (a + 1) * (q99 - q01) + q01 on the first two dimensions; the gripper (mask false) unchanged.
+# bridge_orig: 0.5 * (a + 1) * (q99 - q01) + q01 on the first two dimensions; the gripper (mask false)
+# unchanged.
 BRIDGE_ACTIONS = [
     [-0.1 + 0.2 / 255, 0.5, 254 / 255],  # -0.0992156..., 0.5, 0.9960784...
     [0.3 - 0.2 / 255, 0.5 / 255, 0.0],  #  0.2992156..., 0.0019607..., 0.0
@@ -247,7 +249,8 @@ def test_hf_layout_actions_round_trip(tiny, tmp_path) -> None:
 
 
 def test_hf_layout_forward_matches_the_written_weights(tiny, tmp_path) -> None:
-    """The loaded backbone computes with the checkpoint's weights: same logits as a model given them directly."""
+    """The loaded backbone computes with the checkpoint's weights: same logits as a model given them
+    directly."""
     tokenizer, shapes = tiny
     llm = random_llm(shapes, 3, torch.float32)
     loaded = load_vla_backbone(write_hf_openvla(tmp_path / "ckpt", tokenizer, llm))
@@ -369,7 +372,8 @@ def test_prismatic_step_and_pt_path_select_a_checkpoint(tiny, tmp_path) -> None:
 
 
 def test_prismatic_vla_run_names_its_llm_through_base_vlm(tiny, tmp_path) -> None:
-    """A VLA run's config has no llm_backbone_id: it comes from `vla.base_vlm` (here the base VLM's run dir)."""
+    """A VLA run's config has no llm_backbone_id: it comes from `vla.base_vlm` (here the base VLM's run
+    dir)."""
     tokenizer, shapes = tiny
     base = write_prismatic_run(tmp_path / "prism-tiny", {1: random_llm(shapes, 15, torch.float32)})
     llm = random_llm(shapes, 16, torch.float32)

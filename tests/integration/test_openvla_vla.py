@@ -48,7 +48,8 @@ def trained():
     actions = torch.rand(len(INSTRUCTIONS), 7, dtype=torch.float64) * 2 - 1
     patches = torch.randn(len(INSTRUCTIONS), PATCHES, backbone.embed_dim)
     examples = [
-        openvla_example(tokenizer, action_tokenizer, lang, a) for lang, a in zip(INSTRUCTIONS, actions)
+        openvla_example(tokenizer, action_tokenizer, lang, a)
+        for lang, a in zip(INSTRUCTIONS, actions, strict=True)
     ]
     width = max(len(e["input_ids"]) for e in examples)
     ids = torch.full((len(examples), width), backbone.pad_token_id)
@@ -72,7 +73,7 @@ def trained():
 
 def test_openvla_labels_supervise_exactly_actions_and_eos(trained) -> None:
     _, _, action_tokenizer, actions, _, examples, _, _ = trained
-    for example, action in zip(examples, actions):
+    for example, action in zip(examples, actions, strict=True):
         supervised = example["input_ids"][example["labels"] != IGNORE_INDEX].tolist()
         assert supervised == action_tokenizer.encode(action).tolist() + [2]
         assert example["input_ids"][-9].item() == 29871  # the lone "▁" before the actions: not supervised
@@ -95,7 +96,7 @@ def test_library_path_decodes_every_action_token(trained) -> None:
 
 def test_the_prompt_is_openvlas_training_prefix(trained) -> None:
     _, tokenizer, _, _, _, examples, _, _ = trained
-    for lang, example in zip(INSTRUCTIONS, examples):
+    for lang, example in zip(INSTRUCTIONS, examples, strict=True):
         prompt = vla_prompt(tokenizer, trained[0].prompt_builder_fn, lang).tolist()
         assert prompt == example["input_ids"][:-8].tolist()
         assert prompt[-1] == 29871

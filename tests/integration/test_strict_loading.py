@@ -161,8 +161,8 @@ def test_a_pickle_named_by_the_index_is_never_opened(tiny_llama_dir, tmp_path, m
 def test_the_hub_index_is_checked_before_any_shard_is_downloaded(
     tiny_llama_dir, tmp_path, monkeypatch
 ) -> None:
-    # A hub repository (faked: config and tokenizer come from the tiny directory) whose safetensors index names
-    # a pickle: refused before from_pretrained downloads or opens anything.
+    # A hub repository (faked: config and tokenizer come from the tiny directory) whose safetensors index
+    # names a pickle: refused before from_pretrained downloads or opens anything.
     index = tmp_path / "model.safetensors.index.json"
     index.write_text(json.dumps({"metadata": {}, "weight_map": {"lm_head.weight": "pytorch_model.bin"}}))
     for owner in (base.AutoConfig, base.PreTrainedTokenizerFast):

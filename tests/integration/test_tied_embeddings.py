@@ -1,4 +1,5 @@
-"""Tied input/output embeddings (Llama-3.2, Qwen2.5 0.5B-3B, Gemma-2) through resizing, inference mode and FSDP.
+"""Tied input/output embeddings (Llama-3.2, Qwen2.5 0.5B-3B, Gemma-2) through resizing, inference mode and
+FSDP.
 
 The registry's own pad policies never resize these families (a reserved PAD, or a spare row), so the
 resize path is exercised here with an "add" policy on tiny checkpoints that have no spare row: the
@@ -115,7 +116,9 @@ for backbone_id, path in json.loads(sys.argv[1]).items():
     results[backbone_id] = {
         "units": [type(u.module).__name__ for u in units],
         "root_params": list(units[0]._flat_param._fqns),
-        "still_tied": backbone.llm.get_output_embeddings().weight is backbone.llm.get_input_embeddings().weight,
+        "still_tied": (
+            backbone.llm.get_output_embeddings().weight is backbone.llm.get_input_embeddings().weight
+        ),
         "loss_finite": bool(torch.isfinite(loss)),
     }
     print("done", backbone_id, flush=True)

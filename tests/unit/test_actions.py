@@ -29,7 +29,8 @@ def openvla_token_id(x: float, bins: int = 256, vocab_size: int = 32000) -> int:
 
 
 def test_ids_of_minus_one_zero_one(action_tokenizer) -> None:
-    # -1 is the first edge (b=1); 0 lies in bin 128 (edge 127 = -1/255 <= 0 < edge 128 = 1/255); 1 is the last edge (b=256)
+    # -1 is the first edge (b=1); 0 lies in bin 128 (edge 127 = -1/255 <= 0 < edge 128 = 1/255); 1 is the last
+    # edge (b=256)
     assert action_tokenizer.encode([-1.0, 0.0, 1.0]).tolist() == [31999, 31872, 31744]
     assert action_tokenizer.encode([-5.0, 5.0]).tolist() == [31999, 31744]  # clipped
 

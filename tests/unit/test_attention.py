@@ -20,7 +20,8 @@ def test_class_without_sdpa_gets_eager(caplog) -> None:
         assert select_attn_implementation(None, True, Gemma2ForCausalLM) == "eager"  # no CUDA here
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0] == (
-        "Attention implementation: eager (use_flash_attention_2=False; Gemma2ForCausalLM does not support sdpa)"
+        "Attention implementation: eager (use_flash_attention_2=False; Gemma2ForCausalLM does not support "
+        "sdpa)"
     )
 
 

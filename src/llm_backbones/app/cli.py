@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -34,14 +36,30 @@ def _main(
         level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     if not debug:  # the CLI shows its own progress; transformers' bars and notices would interleave
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
+        _quiet_transformers()
         # for this command only: the previous filters come back when it ends (in-process callers keep theirs)
         ctx.with_resource(warnings.catch_warnings())
         for category in (FutureWarning, DeprecationWarning):
             warnings.filterwarnings("ignore", category=category, module=_THIRD_PARTY_MODULES)
+
+
+def _quiet_transformers() -> None:
+    """Errors only from transformers, and no hub progress bars. Without importing transformers, which
+    `list` and `--help` never need (it costs about as much as torch): through the environment variables it
+    and huggingface_hub read when imported, or their switches where a caller already imported them."""
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    else:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def _fail(exc: Exception) -> None:
@@ -76,7 +94,7 @@ def _registry_rows() -> list[dict[str, str]]:
 def list_backbones(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Every registered backbone id: family, parameters, hub path, prompt format, decoder layer, pad policy."""
+    """Every registered backbone id: family, parameters, hub path, prompt format, decoder layer, pad policy."""  # noqa: E501
     rows = _registry_rows()
     if as_json:
         print(json.dumps(rows, indent=2))
@@ -259,13 +277,15 @@ def finetune(
     batch_size: Annotated[
         int | None,
         typer.Option(
-            help="Global batch of one optimizer step, split over --grad-accum micro-batches and the ranks (default: 8)."
+            help="Global batch of one optimizer step, split over --grad-accum micro-batches and the ranks "
+            "(default: 8)."
         ),
     ] = None,
     grad_accum: Annotated[
         int | None,
         typer.Option(
-            help="Micro-batches accumulated per optimizer step; the global batch stays --batch-size (default: 1)."
+            help="Micro-batches accumulated per optimizer step; the global batch stays --batch-size "
+            "(default: 1)."
         ),
     ] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: 1e-4).")] = None,
@@ -472,7 +492,7 @@ def prompt(
     model_family: Annotated[str, typer.Option(help="Selects the default system prompt.")] = "openvla",
     prismatic_compat: Annotated[bool, typer.Option(help="Render the original Prismatic strings.")] = False,
 ) -> None:
-    """Render the training prompt and the generation prompt of a conversation (and, with --tokens, its labels)."""
+    """Render the training prompt and the generation prompt of a conversation (and, with --tokens, its labels)."""  # noqa: E501
     try:
         _prompt(backbone, conversation, tokens, model_path, model_family, prismatic_compat)
     except (LLMBackbonesError, OSError) as exc:

@@ -43,8 +43,8 @@ class LazyClass:
                 value = getattr(importlib.import_module(module), name)
             except (ImportError, AttributeError) as exc:
                 raise InvalidSpecError(
-                    f"Backbone {spec.backbone_id!r}: {self.field}={spec.__dict__[self.slot]!r} cannot be imported "
-                    f"({exc}). Give the class itself, or its full dotted name (e.g. "
+                    f"Backbone {spec.backbone_id!r}: {self.field}={spec.__dict__[self.slot]!r} cannot be "
+                    f"imported ({exc}). Give the class itself, or its full dotted name (e.g. "
                     "'transformers.LlamaForCausalLM')."
                 ) from None
             spec.__dict__[self.slot] = value
@@ -53,8 +53,8 @@ class LazyClass:
     def __set__(self, spec: Any, value: Any) -> None:
         if not (isinstance(value, type) or (isinstance(value, str) and "." in value)):
             raise InvalidSpecError(
-                f"{self.field} must be a class or its dotted name such as 'transformers.LlamaForCausalLM', got "
-                f"{type(value).__name__}: {value!r:.80}."
+                f"{self.field} must be a class or its dotted name such as 'transformers.LlamaForCausalLM', "
+                f"got {type(value).__name__}: {value!r:.80}."
             )
         spec.__dict__[self.slot] = value
 
@@ -148,7 +148,8 @@ class BackboneSpec:
             if name is None:
                 raise InvalidSpecError(
                     f"Backbone {self.backbone_id!r}: give prompt_format= a format name (e.g. 'pure', "
-                    f"'llama2-chat'), or prompt_builder= a named PromptBuilder class; got prompt_builder={builder!r}."
+                    "'llama2-chat'), or prompt_builder= a named PromptBuilder class; got "
+                    f"prompt_builder={builder!r}."
                 )
         try:
             fmt = get_prompt_format(name)

@@ -28,7 +28,8 @@ class ActionTokenizer:
         bins: number of bin edges (OpenVLA: 256).
         min_action, max_action: the clipping range (OpenVLA: -1, 1; normalize actions to it first).
         action_dim: if given, the size every action vector must have (e.g. 7 for OpenVLA's end-effector
-            deltas + gripper); a vector of another size raises instead of producing tokens for the wrong robot.
+            deltas + gripper); a vector of another size raises instead of producing tokens for the wrong
+            robot.
     """
 
     def __init__(
@@ -53,8 +54,8 @@ class ActionTokenizer:
             )
         if not isinstance(getattr(tokenizer, "vocab_size", None), int):
             raise ActionError(
-                f"tokenizer must be an HF tokenizer with an integer vocab_size, got {type(tokenizer).__name__}. "
-                "Pass the backbone's tokenizer (backbone.get_tokenizer())."
+                "tokenizer must be an HF tokenizer with an integer vocab_size, got "
+                f"{type(tokenizer).__name__}. Pass the backbone's tokenizer (backbone.get_tokenizer())."
             )
         if not min_action < max_action:
             raise ActionError(
@@ -66,8 +67,9 @@ class ActionTokenizer:
             )
         if not math.isfinite(float(max_action) - float(min_action)):
             raise ActionError(
-                f"The action range [{min_action}, {max_action}] is too wide for float64 (its width overflows), so "
-                "bin centres would be inf/nan. Normalize actions to a finite range first (OpenVLA: [-1, 1])."
+                f"The action range [{min_action}, {max_action}] is too wide for float64 (its width "
+                "overflows), so bin centres would be inf/nan. Normalize actions to a finite range first "
+                "(OpenVLA: [-1, 1])."
             )
         first = int(tokenizer.vocab_size) - bins
         clash = sorted(
@@ -79,11 +81,15 @@ class ActionTokenizer:
         )
         if clash:
             names = tokenizer.convert_ids_to_tokens(clash[:5])
+            at_most = (
+                tokenizer.vocab_size
+                - 1
+                - max(i for i in tokenizer.all_special_ids if i < tokenizer.vocab_size)
+            )
             raise ActionError(
-                f"bins={bins} maps actions onto ids {first}..{tokenizer.vocab_size - 1}, which include the special "
-                f"tokens {dict(zip(clash[:5], names, strict=True))}: an action would generate BOS/EOS/PAD. Use fewer "
-                f"bins (at most {tokenizer.vocab_size - 1 - max(i for i in tokenizer.all_special_ids if i < tokenizer.vocab_size)} "
-                "here; OpenVLA uses 256)."
+                f"bins={bins} maps actions onto ids {first}..{tokenizer.vocab_size - 1}, which include the "
+                f"special tokens {dict(zip(clash[:5], names, strict=True))}: an action would generate "
+                f"BOS/EOS/PAD. Use fewer bins (at most {at_most} here; OpenVLA uses 256)."
             )
         self.tokenizer = tokenizer
         self.n_bins, self.min_action, self.max_action = bins, float(min_action), float(max_action)
@@ -112,8 +118,8 @@ class ActionTokenizer:
         )
         if actions.is_complex():
             raise ActionError(
-                f"Actions must be real numbers, got a {actions.dtype} tensor. Pass the real part (actions.real) "
-                "if the imaginary part is zero."
+                f"Actions must be real numbers, got a {actions.dtype} tensor. Pass the real part "
+                "(actions.real) if the imaginary part is zero."
             )
         actions = actions.to(torch.float64)
         if actions.dim() == 0:
@@ -132,7 +138,8 @@ class ActionTokenizer:
         if not torch.isfinite(actions).all():
             bad = actions[~torch.isfinite(actions)].flatten()[:3].tolist()
             raise ActionError(
-                f"Actions must be finite, got {bad}. Replace NaN/inf before tokenizing (e.g. clamp or drop the step)."
+                f"Actions must be finite, got {bad}. Replace NaN/inf before tokenizing (e.g. clamp or drop "
+                "the step)."
             )
         clipped = actions.clamp(self.min_action, self.max_action)
         # torch.bucketize(right=True) == np.digitize(right=False): b such that bins[b-1] <= x < bins[b]
@@ -159,15 +166,16 @@ class ActionTokenizer:
         )
         if raw.is_complex() or raw.dtype == torch.bool:
             raise ActionError(
-                f"Action token ids must be integers, got a {raw.dtype} tensor. Pass the generated ids (a LongTensor)."
+                f"Action token ids must be integers, got a {raw.dtype} tensor. Pass the generated ids (a "
+                "LongTensor)."
             )
         if raw.is_floating_point():
             whole = torch.isfinite(raw) & (raw == raw.round())
             if not whole.all():
                 bad = raw[~whole].flatten()[:3].tolist()
                 raise ActionError(
-                    f"Action token ids must be whole numbers, got {bad}. Pass the generated ids (a LongTensor), "
-                    "not logits or decoded actions."
+                    f"Action token ids must be whole numbers, got {bad}. Pass the generated ids (a "
+                    "LongTensor), not logits or decoded actions."
                 )
         ids = raw.to(torch.long)
         low, high = self.token_id_range

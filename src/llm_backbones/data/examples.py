@@ -65,7 +65,8 @@ def load_conversations(path: str | Path) -> list[Conversation]:
     if not path.is_file():
         raise DataFileError(
             f"Conversation file {str(path)!r} does not exist (or is not a file); pass a LLaVA/Prismatic "
-            'JSON file: [{"conversations": [{"from": "human", "value": ...}, {"from": "gpt", "value": ...}]}].'
+            'JSON file: [{"conversations": [{"from": "human", "value": ...}, '
+            '{"from": "gpt", "value": ...}]}].'
         )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -98,7 +99,8 @@ class _Rendered:
 
 
 # What the functions below take as `prompt_builder_fn`: a builder class (`PurePromptBuilder`), what
-# `builder_for` returns, or a format name ("llama2-chat-prismatic"); `builder_options` go to each builder made.
+# `builder_for` returns, or a format name ("llama2-chat-prismatic"); `builder_options` go to each builder
+# made.
 BuilderSource = Callable[..., PromptBuilder] | str | PromptFormat
 
 
@@ -108,7 +110,8 @@ def make_builder(
     system_prompt: str | None = None,
     builder_options: Mapping[str, Any] | None = None,
 ) -> PromptBuilder:
-    """A fresh builder from any `BuilderSource`, with `builder_options` (`prismatic_compat=`, `date_string=`)."""
+    """A fresh builder from any `BuilderSource`, with `builder_options` (`prismatic_compat=`,
+    `date_string=`)."""
     options = dict(builder_options or {})
     if isinstance(prompt_builder_fn, (str, PromptFormat)):
         return builder_for(prompt_builder_fn, **options)(model_family, system_prompt)
@@ -240,9 +243,9 @@ def _encode_with_offsets(
     backend = _backend(tokenizer)
     if backend is None:
         raise TokenizationError(
-            f"{type(tokenizer).__name__} is a slow (Python) tokenizer: training examples need a fast tokenizer "
-            "(character offsets mark each reply's own tokens). Load it with use_fast=True, or use the "
-            "backbone's tokenizer (backbone.get_tokenizer())."
+            f"{type(tokenizer).__name__} is a slow (Python) tokenizer: training examples need a fast "
+            "tokenizer (character offsets mark each reply's own tokens). Load it with use_fast=True, or use "
+            "the backbone's tokenizer (backbone.get_tokenizer())."
         )
     encoding = backend.encode(text, add_special_tokens=True)
     ids, offsets = encoding.ids, encoding.offsets
@@ -256,11 +259,12 @@ def _encode_with_offsets(
         return _Encoding(ids, offsets, marks)  # no special token came from a message
     if not _encodes_piecewise(tokenizer):
         raise TokenizationError(
-            f"A message holds control-token strings ({sorted(tokenizer.convert_ids_to_tokens(sorted(set(ids) & special)))}), "
-            f"and this tokenizer ({type(tokenizer).__name__}) encodes text differently once it is cut at special "
-            "tokens (its pre-tokenizer depends on the position, e.g. Metaspace with prepend_scheme='first'), so "
-            "they cannot be kept as text exactly. Remove them from the messages, use the backbone's tokenizer, "
-            "or pass special_tokens_in_messages=True to parse them."
+            "A message holds control-token strings "
+            f"({sorted(tokenizer.convert_ids_to_tokens(sorted(set(ids) & special)))}), and this tokenizer "
+            f"({type(tokenizer).__name__}) encodes text differently once it is cut at special tokens (its "
+            "pre-tokenizer depends on the position, e.g. Metaspace with prepend_scheme='first'), so they "
+            "cannot be kept as text exactly. Remove them from the messages, use the backbone's tokenizer, or "
+            "pass special_tokens_in_messages=True to parse them."
         )
     # Split at the template's special tokens; encode each piece with specials read as text.
     text_only = _text_only(tokenizer)
@@ -574,12 +578,14 @@ def insert_patch_embeddings(
     batch, n_tokens = input_ids.shape
     if patch_embeddings.dim() != 3 or patch_embeddings.shape[0] != batch:
         raise InputShapeError(
-            f"patch_embeddings must be [batch={batch}, patches, dim], got shape {tuple(patch_embeddings.shape)}."
+            f"patch_embeddings must be [batch={batch}, patches, dim], got shape "
+            f"{tuple(patch_embeddings.shape)}."
         )
     for name, tensor in (("attention_mask", attention_mask), ("labels", labels)):
         if tensor is not None and tuple(tensor.shape) != tuple(input_ids.shape):
             raise InputShapeError(
-                f"{name} must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(tensor.shape)}."
+                f"{name} must have the shape of input_ids {tuple(input_ids.shape)}, got "
+                f"{tuple(tensor.shape)}."
             )
     if isinstance(insert_at, bool) or not isinstance(insert_at, int) or not 0 <= insert_at <= n_tokens:
         raise InputShapeError(
@@ -635,7 +641,8 @@ class PaddedCollator:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise InputShapeError(
                     f"PaddedCollator {name} must be a positive integer or None, got {value!r}. Pass e.g. "
-                    "PaddedCollator(model_max_length=tokenizer.model_max_length, pad_token_id=tokenizer.pad_token_id)."
+                    "PaddedCollator(model_max_length=tokenizer.model_max_length, "
+                    "pad_token_id=tokenizer.pad_token_id)."
                 )
         if (
             isinstance(self.pad_token_id, bool)
@@ -643,8 +650,8 @@ class PaddedCollator:
             or self.pad_token_id < 0
         ):
             raise InputShapeError(
-                f"PaddedCollator pad_token_id must be a non-negative integer, got {self.pad_token_id!r}; pass "
-                "the backbone's pad_token_id (backbone.pad_token_id)."
+                f"PaddedCollator pad_token_id must be a non-negative integer, got {self.pad_token_id!r}; "
+                "pass the backbone's pad_token_id (backbone.pad_token_id)."
             )
         if self.padding_side != "right":
             raise InputShapeError(
@@ -669,8 +676,8 @@ class PaddedCollator:
                 )
             if len(example["input_ids"]) != len(example["labels"]):
                 raise InputShapeError(
-                    f"Example {i}: {len(example['input_ids'])} input_ids but {len(example['labels'])} labels; "
-                    "they must be the same length."
+                    f"Example {i}: {len(example['input_ids'])} input_ids but {len(example['labels'])} "
+                    "labels; they must be the same length."
                 )
         lengths = [len(e["input_ids"]) for e in examples]
         width = max(lengths)

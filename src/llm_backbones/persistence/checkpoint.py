@@ -159,8 +159,8 @@ def read_fingerprint(path: str | Path) -> dict[str, Any]:
     missing = [key for key in _REQUIRED if key not in data]
     if missing:
         raise CheckpointError(
-            f"{file} lacks the fields {missing}: it was not written by save_backbone, or was edited. Save the "
-            "backbone again."
+            f"{file} lacks the fields {missing}: it was not written by save_backbone, or was edited. Save "
+            "the backbone again."
         )
     version = data.get("fingerprint_version")
     if not isinstance(version, int) or version > FINGERPRINT_VERSION:
@@ -198,8 +198,8 @@ def verify_files(path: Path, saved: dict[str, Any]) -> None:
     recorded = saved.get("file_sha256")
     if recorded is None:
         logger.warning(
-            "Checkpoint %s has no file hashes (fingerprint_version %s): its weights and config cannot be verified. "
-            "Save it again with this llm-backbones to add them.",
+            "Checkpoint %s has no file hashes (fingerprint_version %s): its weights and config cannot be "
+            "verified. Save it again with this llm-backbones to add them.",
             path,
             saved.get("fingerprint_version"),
         )
@@ -214,8 +214,8 @@ def verify_files(path: Path, saved: dict[str, Any]) -> None:
     broken = unreadable_safetensors(path)
     if broken:
         raise ModelWeightsError(
-            f"{'; '.join(broken)} cannot be read: it is truncated or corrupted. Copy the checkpoint again, or "
-            "save the backbone again."
+            f"{'; '.join(broken)} cannot be read: it is truncated or corrupted. Copy the checkpoint again, "
+            "or save the backbone again."
         )
     present = {p.name for p in path.iterdir() if p.is_file() and _hashed(p.name)}
     problems: dict[str, tuple[Any, Any]] = {}
@@ -241,15 +241,16 @@ def verify_files(path: Path, saved: dict[str, Any]) -> None:
             f"Checkpoint {path} is not what save_backbone wrote:\n"
             + "\n".join(lines)
             + "\nA file was modified "
-            "or corrupted after the save (an edit, a bad copy, a disk error). Copy the checkpoint again from a "
-            "good source, or pass verify=False to load it as it is.",
+            "or corrupted after the save (an edit, a bad copy, a disk error). Copy the checkpoint again from "
+            "a good source, or pass verify=False to load it as it is.",
             problems,
         )
     stored = _files.largest_floating_dtype(sorted(path.glob("*.safetensors")))
     if isinstance(saved.get("dtype"), str) and stored is not None and saved["dtype"] != stored:
         raise FingerprintMismatchError(
             f"{file} records dtype={saved['dtype']!r}, but the weights of {path} are stored in {stored!r}: "
-            f"fingerprint.json was edited. Restore it (dtype {stored!r}); to load in another dtype pass dtype=.",
+            f"fingerprint.json was edited. Restore it (dtype {stored!r}); to load in another dtype pass "
+            "dtype=.",
             {"dtype": (saved["dtype"], stored)},
         )
 
@@ -292,7 +293,8 @@ def _verify(path: Path, saved: dict[str, Any], built: dict[str, Any], *, ignore:
 
 # === Where save_backbone writes ===
 def _written_by_us(target: Path) -> set[str] | None:
-    """The file names the save that wrote checkpoint `target` listed, or None for a fingerprint without them."""
+    """The file names the save that wrote checkpoint `target` listed, or None for a fingerprint without
+    them."""
     try:
         data = json.loads((target / FINGERPRINT_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -302,7 +304,8 @@ def _written_by_us(target: Path) -> set[str] | None:
 
 
 def _foreign_entries(target: Path) -> list[str]:
-    """Entries of checkpoint `target` that save_backbone did not write there (replacing it would delete them)."""
+    """Entries of checkpoint `target` that save_backbone did not write there (replacing it would delete
+    them)."""
     listed = _written_by_us(target)
     foreign = []
     for entry in sorted(target.iterdir()):
@@ -318,9 +321,9 @@ def _foreign_entries(target: Path) -> list[str]:
 
 
 def _check_target(path: object) -> Path:
-    """The directory to write: `path`, or where it points if it is a symlink (the link stays and keeps pointing
-    at the new checkpoint). Refuses a file, a folder that is not a checkpoint of save_backbone, a checkpoint
-    that holds files the save did not write, and a folder this user cannot write in."""
+    """The directory to write: `path`, or where it points if it is a symlink (the link stays and keeps
+    pointing at the new checkpoint). Refuses a file, a folder that is not a checkpoint of save_backbone, a
+    checkpoint that holds files the save did not write, and a folder this user cannot write in."""
     if not isinstance(path, (str, os.PathLike)):
         raise OutputPathError(f"path must be a str or a path, got {type(path).__name__}: {path!r:.80}.")
     target = Path(path).expanduser().absolute()
@@ -329,29 +332,30 @@ def _check_target(path: object) -> Path:
             real = target.resolve()
             if not real.is_dir():
                 raise OutputPathError(
-                    f"{target} is a symlink to {real}, which is not a directory. Point the link at a checkpoint "
-                    "directory (or remove it), or choose another path."
+                    f"{target} is a symlink to {real}, which is not a directory. Point the link at a "
+                    "checkpoint directory (or remove it), or choose another path."
                 )
             logger.info("%s is a symlink: writing the checkpoint at its target %s", target, real)
             target = real
         if target.exists() and not target.is_dir():
             raise OutputPathError(
-                f"{target} exists and is a file; a checkpoint is a directory. Choose another path or remove the file."
+                f"{target} exists and is a file; a checkpoint is a directory. Choose another path or remove "
+                "the file."
             )
         if target.is_dir() and any(target.iterdir()):
             if not (target / FINGERPRINT_FILE).is_file():
                 raise OutputPathError(
                     f"{target} is a non-empty directory that is not a checkpoint of save_backbone (no "
-                    f"{FINGERPRINT_FILE}); refusing to replace it. Choose a new or empty directory, or an existing "
-                    "checkpoint to overwrite."
+                    f"{FINGERPRINT_FILE}); refusing to replace it. Choose a new or empty directory, or an "
+                    "existing checkpoint to overwrite."
                 )
             foreign = _foreign_entries(target)
             if foreign:
                 raise OutputPathError(
-                    f"{target} is a checkpoint of save_backbone that also holds {len(foreign)} item(s) it did not "
-                    f"write: {', '.join(foreign[:10])}{' ...' if len(foreign) > 10 else ''}. Replacing the "
-                    "checkpoint would delete them, so it was not replaced. Move them out of the directory, or "
-                    "save to a new path."
+                    f"{target} is a checkpoint of save_backbone that also holds {len(foreign)} item(s) it "
+                    f"did not write: {', '.join(foreign[:10])}{' ...' if len(foreign) > 10 else ''}. "
+                    "Replacing the checkpoint would delete them, so it was not replaced. Move them out of "
+                    "the directory, or save to a new path."
                 )
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -369,9 +373,9 @@ def _check_target(path: object) -> Path:
 def _not_writable(target: Path, exc: OSError) -> OutputPathError:
     where = exc.filename or target.parent
     return OutputPathError(
-        f"Cannot write the checkpoint {target}: permission denied on {where}. save_backbone writes beside the "
-        f"checkpoint and renames into place, so {target.parent} must be writable: choose a directory you can "
-        f"write to, or give this user write access (chmod u+w {str(target.parent)!r})."
+        f"Cannot write the checkpoint {target}: permission denied on {where}. save_backbone writes beside "
+        f"the checkpoint and renames into place, so {target.parent} must be writable: choose a directory you "
+        f"can write to, or give this user write access (chmod u+w {str(target.parent)!r})."
     )
 
 
@@ -425,7 +429,8 @@ def save_backbone(backbone: LLMBackbone, path: str | Path) -> Path:
     leftovers = [str(p) for p in _fs.siblings(target, "tmp")]
     if leftovers:
         logger.warning(
-            "Found %d temporary directories of interrupted saves of %s: %s. Delete them once no save is running.",
+            "Found %d temporary directories of interrupted saves of %s: %s. Delete them once no save is "
+            "running.",
             len(leftovers),
             target,
             ", ".join(leftovers),
@@ -464,12 +469,13 @@ def load_backbone(
 
     The backbone is built through the registry from the id in `fingerprint.json`, with `model_path=path`
     and `overrides` (`inference_mode=`, `dtype=` and `llm_max_length=` (default: the saved ones),
-    `attn_implementation=`, `hf_token=`, `llm_backbone_id=` to build it as another id, ...). Its fingerprint is then compared
-    with the saved one: a difference raises `FingerprintMismatchError`, or is logged as a warning with
-    `ignore_fingerprint=True`. Then, unless `verify=False`, the sha256 of the weights and config files and the
-    weights' dtype are checked against the fingerprint (`verify_files`). With `inference_mode=True` the
-    weights are loaded from the safetensors files into the meta-built model (no random init), after those
-    checks. `strict` as for `HFCausalLLMBackbone` (every parameter from the file, nothing left over, no NaN).
+    `attn_implementation=`, `hf_token=`, `llm_backbone_id=` to build it as another id, ...). Its fingerprint
+    is then compared with the saved one: a difference raises `FingerprintMismatchError`, or is logged as a
+    warning with `ignore_fingerprint=True`. Then, unless `verify=False`, the sha256 of the weights and config
+    files and the weights' dtype are checked against the fingerprint (`verify_files`). With
+    `inference_mode=True` the weights are loaded from the safetensors files into the meta-built model (no
+    random init), after those checks. `strict` as for `HFCausalLLMBackbone` (every parameter from the file,
+    nothing left over, no NaN).
     """
     if "hf_token" in overrides:  # first: no frame of the load holds the plain token
         overrides["hf_token"] = HubToken.wrap(overrides["hf_token"])
@@ -559,9 +565,10 @@ def load_weights_into(
     ]
     if wrong:
         raise ModelWeightsError(
-            f"The weights in {directory} do not fit the architecture of its config.json: {'; '.join(wrong[:5])}"
-            f"{' ...' if len(wrong) > 5 else ''}. The safetensors files and config.json come from different "
-            "models (or config.json was edited): restore the checkpoint's own files, or save the backbone again."
+            f"The weights in {directory} do not fit the architecture of its config.json: "
+            f"{'; '.join(wrong[:5])}{' ...' if len(wrong) > 5 else ''}. The safetensors files and "
+            "config.json come from different models (or config.json was edited): restore the checkpoint's "
+            "own files, or save the backbone again."
         )
     found = _files.first_non_finite((k, v) for k, v in state.items() if k in params)
     if found is not None:
@@ -588,9 +595,9 @@ def load_weights_into(
     unexpected = sorted(k.removeprefix("llm.") for k in result.unexpected_keys)
     if still_meta or unexpected:
         message = (
-            f"The weights in {directory} do not match the model: {len(still_meta)} missing {still_meta[:10]}, "
-            f"{len(unexpected)} unexpected {unexpected[:10]}. The safetensors files and config.json come from "
-            "different models, or a tensor was renamed or dropped."
+            f"The weights in {directory} do not match the model: {len(still_meta)} missing "
+            f"{still_meta[:10]}, {len(unexpected)} unexpected {unexpected[:10]}. The safetensors files and "
+            "config.json come from different models, or a tensor was renamed or dropped."
         )
         if strict:
             raise StateDictMismatchError(

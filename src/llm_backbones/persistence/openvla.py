@@ -510,8 +510,8 @@ def _load_hf_layout(
     if text_config["model_type"] != expected:
         raise VLACheckpointError(
             f"{directory}/config.json: text_config is a {text_config['model_type']!r} model, but "
-            f"llm_backbone_id={backbone_id!r} ({spec.llm_family}) needs {expected!r}. Pass the llm_backbone_id "
-            "the checkpoint was trained with."
+            f"llm_backbone_id={backbone_id!r} ({spec.llm_family}) needs {expected!r}. Pass the "
+            "llm_backbone_id the checkpoint was trained with."
         )
     files = _hf_weight_files(directory)
     llm_names = sorted(n for n in files if n.startswith(HF_LLM_PREFIX))

@@ -125,8 +125,8 @@ def fuse_projections(model: nn.Module) -> int:
     meta = [name for name, p in model.named_parameters() if p.device.type == "meta"]
     if meta:
         raise ModelWeightsError(
-            f"{len(meta)} parameters of {type(model).__name__} are on the meta device (e.g. {meta[0]!r}): the "
-            "weights are not loaded. Load them first (backbone.load_state_dict(...)), then fuse."
+            f"{len(meta)} parameters of {type(model).__name__} are on the meta device (e.g. {meta[0]!r}): "
+            "the weights are not loaded. Load them first (backbone.load_state_dict(...)), then fuse."
         )
     with torch.no_grad():
         for module in targets:

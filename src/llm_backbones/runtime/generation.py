@@ -54,7 +54,8 @@ def _step(
     inputs_embeds: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One forward over new positions (RoPE `position_ids` skip left padding); the greedy next token, `[B]`."""
+    """One forward over new positions (RoPE `position_ids` skip left padding); the greedy next token,
+    `[B]`."""
     out = model(
         input_ids=input_ids,
         inputs_embeds=inputs_embeds,
@@ -304,8 +305,8 @@ class PreparedGeneration:
             raise InputShapeError(
                 f"Batch size {batch} with prompts of up to {bucket} tokens was not prepared (prepared batch "
                 f"sizes: {list(self.batch_sizes)}, buckets {list(self.buckets)}). Call "
-                f"prepare_for_generation(..., batch_sizes={sorted({*self.batch_sizes, batch})}) again, or pass "
-                "compiled=False."
+                f"prepare_for_generation(..., batch_sizes={sorted({*self.batch_sizes, batch})}) again, or "
+                "pass compiled=False."
             )
         return bucket
 

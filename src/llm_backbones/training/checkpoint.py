@@ -3,7 +3,8 @@
 A run's `--output` folder:
 
     OUTPUT/
-      config.json, model.safetensors, tokenizer*, fingerprint.json   the final export (save_backbone, HF format)
+      config.json, model.safetensors, tokenizer*, fingerprint.json
+                               the final export (save_backbone, HF format)
       run_config.json          the settings of the run (`--config OUTPUT/run_config.json` repeats it)
       metrics.jsonl            one JSON record per logged step and per evaluation
       tensorboard/             the same metrics, when tensorboard is installed
@@ -106,27 +107,27 @@ class RunDir:
         blocking = next((p for p in self.path.parents if p.exists() and not p.is_dir()), None)
         if blocking is not None:
             raise OutputPathError(
-                f"--output {str(self.path)!r} lies under {str(blocking)!r}, which is a file, so the folder cannot be "
-                "made. Choose a path under a folder."
+                f"--output {str(self.path)!r} lies under {str(blocking)!r}, which is a file, so the folder "
+                "cannot be made. Choose a path under a folder."
             )
         existing = next(p for p in (self.path, *self.path.parents) if p.exists())
         if not os.access(existing, os.W_OK | os.X_OK):
             raise OutputPathError(
-                f"--output {str(self.path)!r} cannot be written: {str(existing)!r} is not writable by this user. "
-                "Choose a writable folder, or fix its permissions."
+                f"--output {str(self.path)!r} cannot be written: {str(existing)!r} is not writable by this "
+                "user. Choose a writable folder, or fix its permissions."
             )
         if not self.path.is_dir() or not any(self.path.iterdir()):
             return
         if not self.holds_run():
             raise OutputPathError(
                 f"--output {str(self.path)!r} is a non-empty folder that holds no llm-backbones run (no "
-                f"{RUN_CONFIG}, {CHECKPOINTS_DIR}/ or {EXPORT_FINGERPRINT}); refusing to write into it. Choose a "
-                "new or empty folder."
+                f"{RUN_CONFIG}, {CHECKPOINTS_DIR}/ or {EXPORT_FINGERPRINT}); refusing to write into it. "
+                "Choose a new or empty folder."
             )
         if not resume and not overwrite:
             raise OutputPathError(
-                f"--output {str(self.path)!r} already holds a run ({self.describe()}). Pass --resume to continue "
-                "it from its latest checkpoint, --overwrite to replace it, or choose a new folder."
+                f"--output {str(self.path)!r} already holds a run ({self.describe()}). Pass --resume to "
+                "continue it from its latest checkpoint, --overwrite to replace it, or choose a new folder."
             )
 
     def clear(self) -> None:
@@ -155,9 +156,9 @@ class RunDir:
             or not (path / META_FILE).is_file()
         ):
             raise CheckpointError(
-                f"{marker} names {name!r}, which is not a complete checkpoint (a step-N folder with .metadata and "
-                f"{META_FILE}). The folder was changed by hand; point {LATEST} at a complete step-N folder, or start "
-                "over with --overwrite."
+                f"{marker} names {name!r}, which is not a complete checkpoint (a step-N folder with "
+                f".metadata and {META_FILE}). The folder was changed by hand; point {LATEST} at a complete "
+                "step-N folder, or start over with --overwrite."
             )
         return path
 
@@ -203,9 +204,9 @@ def check_resume_settings(meta: dict[str, Any], settings: dict[str, Any]) -> lis
     if fixed:
         changes = "; ".join(f"--{k.replace('_', '-')} {saved[k]!r} -> {settings.get(k)!r}" for k in fixed)
         raise FinetuneError(
-            f"Cannot resume the checkpoint at step {meta.get('step')} with other settings: {changes}. Exact resume "
-            f"needs the same {', '.join(RESUME_FIXED)}; drop those flags (the run's own are in {RUN_CONFIG}), or "
-            "start a new run in another --output (or --overwrite)."
+            f"Cannot resume the checkpoint at step {meta.get('step')} with other settings: {changes}. Exact "
+            f"resume needs the same {', '.join(RESUME_FIXED)}; drop those flags (the run's own are in "
+            f"{RUN_CONFIG}), or start a new run in another --output (or --overwrite)."
         )
     return [
         f"{k.replace('_', '-')} {saved[k]!r} -> {settings.get(k)!r}"
@@ -261,8 +262,8 @@ def write_checkpoint(
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not all_finite(trainable, ctx):
         raise CheckpointError(
-            f"Step {step}: the weights hold NaN or infinite values; no checkpoint was written and {LATEST} still "
-            "names the last good one. Lower --lr or use --precision fp32, then --resume."
+            f"Step {step}: the weights hold NaN or infinite values; no checkpoint was written and {LATEST} "
+            "still names the last good one. Lower --lr or use --precision fp32, then --resume."
         )
     partial = run.checkpoints / f"{step_name(step)}.partial"
     if ctx.is_main:
@@ -352,8 +353,9 @@ def load_checkpoint(
         _dcp_call(dcp.load, state, ctx=ctx, storage_reader=dcp.FileSystemReader(checkpoint))
     except Exception as exc:  # DCP raises CheckpointException / RuntimeError with per-rank details
         raise CheckpointError(
-            f"Cannot load the checkpoint {checkpoint}: {str(exc).splitlines()[0][:300]}. Was it written by another "
-            f"backbone or fine-tune mode? Resume with the run's own settings ({RUN_CONFIG}), or start over with --overwrite."
+            f"Cannot load the checkpoint {checkpoint}: {str(exc).splitlines()[0][:300]}. Was it written by "
+            f"another backbone or fine-tune mode? Resume with the run's own settings ({RUN_CONFIG}), or "
+            "start over with --overwrite."
         ) from exc
     result = set_state_dict(
         model,

@@ -62,7 +62,8 @@ class TrainableSummary:
 
 
 def trainable_counts_by_mode(llm: nn.Module) -> dict[str, TrainableSummary]:
-    """What each mode would train on `llm` (e.g. built on the meta device); `llm` is consumed (LoRA wraps it)."""
+    """What each mode would train on `llm` (e.g. built on the meta device); `llm` is consumed (LoRA wraps
+    it)."""
     from llm_backbones.training.lora import with_lora
 
     counts = {}
@@ -201,7 +202,8 @@ def preflight(cfg: FinetuneConfig, *, in_memory_data: bool = False):
         )
     if not in_memory_data and cfg.data is None:
         raise FinetuneError(
-            "No training data given: pass --data FILE.json (LLaVA/Prismatic conversations), or `data:` in --config."
+            "No training data given: pass --data FILE.json (LLaVA/Prismatic conversations), or `data:` in "
+            "--config."
         )
     run = RunDir(cfg.output) if cfg.output is not None else None
     if run is not None:
@@ -212,8 +214,8 @@ def preflight(cfg: FinetuneConfig, *, in_memory_data: bool = False):
 def check_conversations(
     backbone_id: str, conversations: list, source: str, *, prompt_format: str | None = None
 ) -> None:
-    """Render every conversation with the id's prompt builder, or `prompt_format`'s (no model, no tokenizer): a
-    bad record (empty, assistant first, unknown role, non-string text) is reported with its index before
+    """Render every conversation with the id's prompt builder, or `prompt_format`'s (no model, no tokenizer):
+    a bad record (empty, assistant first, unknown role, non-string text) is reported with its index before
     anything is built."""
     from llm_backbones.core.prompting.builder import DEFAULT_MODEL_FAMILY
     from llm_backbones.core.registry import prompt_builder_for
@@ -226,7 +228,8 @@ def check_conversations(
             _seams(builder, conversation, DEFAULT_MODEL_FAMILY, None)
         except LLMBackbonesError as exc:
             raise ConversationError(
-                f"Conversation {index} of {source} ({len(conversations)} in all): {exc} Fix or drop that record."
+                f"Conversation {index} of {source} ({len(conversations)} in all): {exc} Fix or drop that "
+                "record."
             ) from exc
 
 
@@ -253,8 +256,8 @@ def _prepare_output(cfg: FinetuneConfig, run) -> tuple[Any, dict[str, Any] | Non
             )
         if meta["step"] > cfg.steps:
             raise FinetuneError(
-                f"The latest checkpoint in {run.path} is at step {meta['step']}, beyond --steps {cfg.steps}; pass "
-                f"--steps {meta['step']} or more to continue it."
+                f"The latest checkpoint in {run.path} is at step {meta['step']}, beyond --steps {cfg.steps}; "
+                f"pass --steps {meta['step']} or more to continue it."
             )
     elif cfg.resume:
         logger.warning("--resume: %s holds no complete checkpoint yet; starting from step 0", run.path)
@@ -318,8 +321,9 @@ def _train(
     eval_examples = tokenize(eval_conversations) if eval_conversations is not None else None
     if meta is not None and meta.get("n_examples") != len(examples):
         raise FinetuneError(
-            f"The checkpoint at step {meta['step']} was trained on {meta.get('n_examples')} examples, but --data now "
-            f"holds {len(examples)}: the data order would differ. Resume with the run's own data, or start a new run."
+            f"The checkpoint at step {meta['step']} was trained on {meta.get('n_examples')} examples, but "
+            f"--data now holds {len(examples)}: the data order would differ. Resume with the run's own data, "
+            "or start a new run."
         )
     summary = apply_finetune_mode(backbone, cfg.mode)
     if cfg.gradient_checkpointing:

@@ -118,7 +118,8 @@ class FinetuneConfig:
                     values = json.loads(saved.read_text(encoding="utf-8"))
                 except json.JSONDecodeError as exc:
                     raise FinetuneError(
-                        f"{saved} is not valid JSON ({exc}); restore it, or give every setting on the command line."
+                        f"{saved} is not valid JSON ({exc}); restore it, or give every setting on the "
+                        "command line."
                     ) from None
                 config = cls.from_mapping(values, str(saved), config)
         if file_values:
@@ -149,8 +150,8 @@ class FinetuneConfig:
             )
         if self.mode not in FINETUNE_MODES or self.mode == "frozen":
             raise FinetuneError(
-                f"Unknown fine-tune mode {self.mode!r} for training; accepted: full, last-layer, lora ('frozen' "
-                "trains nothing)."
+                f"Unknown fine-tune mode {self.mode!r} for training; accepted: full, last-layer, lora "
+                "('frozen' trains nothing)."
             )
         if self.precision not in (None, "fp32", "bf16"):
             raise FinetuneError(
@@ -184,7 +185,8 @@ class FinetuneConfig:
             )
         if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
             raise FinetuneError(
-                f"--max-grad-norm must be a finite number >= 0, got {self.max_grad_norm!r}; 0 turns clipping off."
+                f"--max-grad-norm must be a finite number >= 0, got {self.max_grad_norm!r}; 0 turns clipping "
+                "off."
             )
         if self.lr_schedule not in LR_SCHEDULES:
             raise FinetuneError(
@@ -192,7 +194,8 @@ class FinetuneConfig:
             )
         if self.warmup_steps > self.steps:
             raise FinetuneError(
-                f"--warmup-steps {self.warmup_steps} is more than --steps {self.steps}; use at most {self.steps}."
+                f"--warmup-steps {self.warmup_steps} is more than --steps {self.steps}; use at most "
+                f"{self.steps}."
             )
         split = world_size * self.grad_accum
         if self.batch_size % split:
@@ -200,7 +203,8 @@ class FinetuneConfig:
                 f" x {self.grad_accum} accumulation steps" if self.grad_accum > 1 else ""
             )
             raise FinetuneError(
-                f"--batch-size {self.batch_size} (global) does not split evenly over {over}; use a multiple of {split}."
+                f"--batch-size {self.batch_size} (global) does not split evenly over {over}; use a multiple "
+                f"of {split}."
             )
         if self.eval_every and self.eval_data is None:
             raise FinetuneError(
@@ -270,8 +274,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             import yaml
         except ImportError:
             raise FinetuneError(
-                f"--config {str(path)!r} is YAML, but PyYAML is not installed; `pip install pyyaml`, or write "
-                "the same settings as JSON."
+                f"--config {str(path)!r} is YAML, but PyYAML is not installed; `pip install pyyaml`, or "
+                "write the same settings as JSON."
             ) from None
         try:
             values = yaml.safe_load(text)
@@ -285,7 +289,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         values = {}
     if not isinstance(values, Mapping):
         raise FinetuneError(
-            f"--config {str(path)!r} must hold a mapping of settings (e.g. `steps: 100`), got {type(values).__name__}."
+            f"--config {str(path)!r} must hold a mapping of settings (e.g. `steps: 100`), got "
+            f"{type(values).__name__}."
         )
     return dict(values)
 
@@ -455,9 +460,9 @@ def optimizer_step(
     grad_norm = float(clip_grad_norm(model, max_grad_norm))
     if not math.isfinite(grad_norm):
         raise NonFiniteLossError(
-            f"Step {step}: the gradient norm is {grad_norm} (not finite; loss {loss:.4f}); the run stopped before "
-            "updating the weights, and nothing was written over the last checkpoint. Lower --lr, use fp32 "
-            "(--precision fp32), or check the data; then --resume from the last checkpoint.",
+            f"Step {step}: the gradient norm is {grad_norm} (not finite; loss {loss:.4f}); the run stopped "
+            "before updating the weights, and nothing was written over the last checkpoint. Lower --lr, use "
+            "fp32 (--precision fp32), or check the data; then --resume from the last checkpoint.",
             step=step,
             what="gradient norm",
             value=grad_norm,

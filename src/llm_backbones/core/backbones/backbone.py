@@ -357,7 +357,8 @@ class HFCausalLLMBackbone(LLMBackbone):
         max_new_tokens: int = 8,
         **kwargs: Any,
     ) -> torch.Tensor:
-        """Fast fixed-length greedy decoding (`llm_backbones.runtime.generation.generate_greedy`); new ids only.
+        """Fast fixed-length greedy decoding (`llm_backbones.runtime.generation.generate_greedy`); new ids
+        only.
 
         Eager by default; compiled after `prepare_for_generation` (or with `compiled=True`).
         """
@@ -378,7 +379,8 @@ class HFCausalLLMBackbone(LLMBackbone):
         max_new_tokens: int = 8,
         **kwargs: Any,
     ) -> Any:
-        """Compile greedy generation ahead of time (`llm_backbones.runtime.generation.prepare_for_generation`).
+        """Compile greedy generation ahead of time
+        (`llm_backbones.runtime.generation.prepare_for_generation`).
 
         Prompts are left-padded to a few lengths up to `max_prompt_length`, and the prefill and decode step
         compiled (CUDA graphs on CUDA) for each of `batch_sizes`, so that later `generate_greedy` /

@@ -47,8 +47,8 @@ def embedded_model_dir(name: str) -> Path:
     if not (src / "config.json").is_file():
         known = sorted(p.name for p in ASSETS_DIR.iterdir() if (p / "config.json").is_file())
         raise ModelPathError(
-            f"No embedded model {name!r} in {ASSETS_DIR}; known: {known}. Reinstall llm-backbones (the package "
-            "data is missing) or register the id with the right `embedded=` name."
+            f"No embedded model {name!r} in {ASSETS_DIR}; known: {known}. Reinstall llm-backbones (the "
+            "package data is missing) or register the id with the right `embedded=` name."
         )
     digest = hashlib.sha256()
     for f in _FILES:
@@ -64,9 +64,10 @@ def embedded_model_dir(name: str) -> Path:
             _create(src, target)
         except PermissionError as exc:
             raise OutputPathError(
-                f"Cannot create the weights of embedded model {name!r} in the cache {target.parent}: permission "
-                f"denied ({exc.filename or target.parent}). Point LLM_BACKBONES_CACHE at a writable directory "
-                "(e.g. `export LLM_BACKBONES_CACHE=/tmp/llm_backbones`), or make the cache writable."
+                f"Cannot create the weights of embedded model {name!r} in the cache {target.parent}: "
+                f"permission denied ({exc.filename or target.parent}). Point LLM_BACKBONES_CACHE at a "
+                "writable directory (e.g. `export LLM_BACKBONES_CACHE=/tmp/llm_backbones`), or make the "
+                "cache writable."
             ) from None
     logger.info("Created the weights of embedded model %s in %s (seed %d)", name, target, WEIGHTS_SEED)
     return target

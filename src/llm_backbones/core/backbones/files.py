@@ -167,8 +167,8 @@ def _check_weight_name(
     path = contained(directory, name, allow_external=allow_external, named_by=where)
     if not path.is_file():
         raise ModelWeightsError(
-            f"{where} names the weight file {name!r}, which is missing from {directory}. Copy or download the "
-            "checkpoint again (all shards)."
+            f"{where} names the weight file {name!r}, which is missing from {directory}. Copy or download "
+            "the checkpoint again (all shards)."
         )
     return readable(path, "The weight file")
 
@@ -178,8 +178,8 @@ def read_index(index: Path) -> dict[str, str]:
         data = json.loads(readable(index, "The weights index").read_text(encoding="utf-8"))
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
         raise ModelWeightsError(
-            f"{index} is not valid JSON ({str(exc)[:120]}): the index is truncated or corrupted. Restore it from "
-            "the original checkpoint."
+            f"{index} is not valid JSON ({str(exc)[:120]}): the index is truncated or corrupted. Restore it "
+            "from the original checkpoint."
         ) from None
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not weight_map or not isinstance(data.get("metadata", {}), dict):
@@ -189,8 +189,8 @@ def read_index(index: Path) -> dict[str, str]:
         )
     if "metadata" not in data:  # transformers reads it unconditionally
         raise ModelWeightsError(
-            f"{index} has no 'metadata' object (transformers needs one, e.g. {{\"total_size\": ...}}). Restore "
-            "the index from the original checkpoint."
+            f"{index} has no 'metadata' object (transformers needs one, e.g. {{\"total_size\": ...}}). "
+            "Restore the index from the original checkpoint."
         )
     return weight_map
 
@@ -200,10 +200,11 @@ def weight_files(
 ) -> WeightFiles:
     """The weight files of `directory` that `from_pretrained` will open, each checked before any is opened.
 
-    Follows transformers' own choice: `explicit` (config.json's `transformers_weights`), else model.safetensors, else
-    model.safetensors.index.json and its shards; with `allow_pickle` also pytorch_model.bin and its index.
-    Every file must lie inside `directory` (unless `allow_external`) and, unless `allow_pickle`, be
-    safetensors. Returns an empty `WeightFiles` when there are none (the loader then says so).
+    Follows transformers' own choice: `explicit` (config.json's `transformers_weights`), else
+    model.safetensors, else model.safetensors.index.json and its shards; with `allow_pickle` also
+    pytorch_model.bin and its index. Every file must lie inside `directory` (unless `allow_external`) and,
+    unless `allow_pickle`, be safetensors. Returns an empty `WeightFiles` when there are none (the loader then
+    says so).
     """
     candidates: list[str] = (
         [explicit]
@@ -315,9 +316,9 @@ def check_tokenizer_files(directory: Path) -> None:
         size = readable(file, "The tokenizer file").stat().st_size
         if size > TOKENIZER_FILE_MAX_BYTES:
             raise TokenizerFileError(
-                f"{file} has {size / 2**20:,.0f} MiB; tokenizer files above {TOKENIZER_FILE_MAX_BYTES // 2**20} "
-                f"MiB are refused (the largest real one, Gemma-3's tokenizer.json, has 33 MiB), so it is not a "
-                f"tokenizer or is corrupted. {fix}"
+                f"{file} has {size / 2**20:,.0f} MiB; tokenizer files above "
+                f"{TOKENIZER_FILE_MAX_BYTES // 2**20} MiB are refused (the largest real one, Gemma-3's "
+                f"tokenizer.json, has 33 MiB), so it is not a tokenizer or is corrupted. {fix}"
             )
         try:
             data = json.loads(file.read_bytes())
@@ -342,8 +343,8 @@ def check_tokenizer_files(directory: Path) -> None:
             ]
             if lacking:
                 raise TokenizerFileError(
-                    f"{file} lacks {', '.join(repr(k) for k in lacking)} (found keys {sorted(data)[:8]}), which "
-                    f"every tokenizer.json has (a `model` object and an `added_tokens` list). {fix}"
+                    f"{file} lacks {', '.join(repr(k) for k in lacking)} (found keys {sorted(data)[:8]}), "
+                    f"which every tokenizer.json has (a `model` object and an `added_tokens` list). {fix}"
                 )
 
 
@@ -425,8 +426,8 @@ def safetensors_header(file: Path) -> dict[str, tuple[str, int]]:
             return result
     except (SafetensorError, OSError) as exc:
         raise ModelWeightsError(
-            f"{file} ({file.stat().st_size} bytes) cannot be read ({exc}): it is truncated or corrupted. Copy "
-            "the checkpoint again."
+            f"{file} ({file.stat().st_size} bytes) cannot be read ({exc}): it is truncated or corrupted. "
+            "Copy the checkpoint again."
         ) from exc
 
 

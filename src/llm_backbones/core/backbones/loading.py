@@ -169,8 +169,8 @@ def select_attn_implementation(
         choice, why = (
             "sdpa",
             (
-                f"flash-attention-2 was requested but the weights load in {dtype} (it runs in float16/bfloat16 "
-                "only; pass dtype=torch.bfloat16)"
+                f"flash-attention-2 was requested but the weights load in {dtype} (it runs in "
+                "float16/bfloat16 only; pass dtype=torch.bfloat16)"
             ),
         )
     elif llm_cls is not None and not getattr(llm_cls, "_supports_flash_attn", True):
@@ -349,8 +349,8 @@ class HFLoader:
         if model_path is not None:
             if not isinstance(model_path, (str, os.PathLike)):
                 raise ModelPathError(
-                    f"model_path must be a str or a path, got {type(model_path).__name__}: {model_path!r:.80}. "
-                    "Pass the local directory of an HF-format checkpoint."
+                    f"model_path must be a str or a path, got {type(model_path).__name__}: "
+                    f"{model_path!r:.80}. Pass the local directory of an HF-format checkpoint."
                 )
             path = Path(model_path).expanduser()
             try:
@@ -380,9 +380,9 @@ class HFLoader:
 
     def _hub_error(self, source: str, what: str, exc: BaseException) -> ModelPathError:
         return ModelPathError(
-            f"Could not load the {what} of {self.identifier!r} from the hub path {source!r}: {_first_line(exc)} "
-            "Pass model_path= a local HF-format directory, or check the network and hf_token (gated "
-            "repositories such as meta-llama need an accepted licence and a token)."
+            f"Could not load the {what} of {self.identifier!r} from the hub path {source!r}: "
+            f"{_first_line(exc)} Pass model_path= a local HF-format directory, or check the network and "
+            "hf_token (gated repositories such as meta-llama need an accepted licence and a token)."
         )
 
     def _load_config(self, source: str, local: bool, hub_kwargs: dict[str, Any]) -> PretrainedConfig:
@@ -393,13 +393,14 @@ class HFLoader:
                 raw = json.loads(config_file.read_text(encoding="utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
                 raise ConfigMismatchError(
-                    f"{config_file} is not valid JSON ({str(exc)[:160]}): the file is corrupted or truncated. "
-                    "Restore it from the original checkpoint (or save the model again with save_pretrained)."
+                    f"{config_file} is not valid JSON ({str(exc)[:160]}): the file is corrupted or "
+                    "truncated. Restore it from the original checkpoint (or save the model again with "
+                    "save_pretrained)."
                 ) from None
             except PermissionError:
                 raise ModelPathError(
-                    f"{config_file} cannot be read (permission denied). Give this user read access (chmod u+r) "
-                    "or copy the checkpoint somewhere readable."
+                    f"{config_file} cannot be read (permission denied). Give this user read access (chmod "
+                    "u+r) or copy the checkpoint somewhere readable."
                 ) from None
             except OSError as exc:  # a directory named config.json, ...
                 raise ConfigMismatchError(f"{config_file} cannot be read ({exc}). Check the file.") from exc
@@ -427,9 +428,9 @@ class HFLoader:
             if "auto_map" in raw and not hub_kwargs["trust_remote_code"]:
                 raise RemoteCodeError(
                     f"{source}/config.json declares its own code (auto_map: {raw['auto_map']!r:.120}) for "
-                    f"model_type {raw.get('model_type')!r}. llm-backbones never runs a checkpoint's code unless "
-                    f"asked: read the .py files in {source}, then pass trust_remote_code=True; or use a "
-                    "checkpoint of a built-in architecture."
+                    f"model_type {raw.get('model_type')!r}. llm-backbones never runs a checkpoint's code "
+                    f"unless asked: read the .py files in {source}, then pass trust_remote_code=True; or use "
+                    "a checkpoint of a built-in architecture."
                 ) from exc
             expected = self.spec.llm_cls.config_class.model_type
             raise ConfigMismatchError(
@@ -460,8 +461,8 @@ class HFLoader:
                 raise self._hub_error(source, "tokenizer", exc) from exc
             found = sorted(p.name for p in Path(source).iterdir() if p.name in TOKENIZER_FILES)
             raise ModelPathError(
-                f"{source} has no usable tokenizer (tokenizer files found: {found or 'none'}; a fast tokenizer "
-                "needs tokenizer.json). Copy the base model's tokenizer into it: "
+                f"{source} has no usable tokenizer (tokenizer files found: {found or 'none'}; a fast "
+                "tokenizer needs tokenizer.json). Copy the base model's tokenizer into it: "
                 f"AutoTokenizer.from_pretrained(<base model>).save_pretrained({source!r})."
             ) from exc
 
@@ -496,7 +497,8 @@ class HFLoader:
                 dtype=dtype,
                 # [Contract] safetensors only: unpickling an untrusted file can run arbitrary code.
                 use_safetensors=None if allow_pickle else True,
-                # [Contract] strict: what is missing, left over or of another shape is reported, and refused below.
+                # [Contract] strict: what is missing, left over or of another shape is reported, and refused
+                # below.
                 output_loading_info=True,
                 ignore_mismatched_sizes=True,
                 **hub_kwargs,
@@ -505,8 +507,8 @@ class HFLoader:
             bad = _files.unreadable_safetensors(Path(source)) if local else []
             raise ModelWeightsError(
                 f"The weights of {source} cannot be read ({exc}): "
-                f"{'; '.join(bad) if bad else 'a safetensors file'} is truncated or corrupted (an interrupted "
-                "download, copy or save). Copy or download the checkpoint again."
+                f"{'; '.join(bad) if bad else 'a safetensors file'} is truncated or corrupted (an "
+                "interrupted download, copy or save). Copy or download the checkpoint again."
             ) from exc
         except (
             pickle.UnpicklingError,
@@ -516,8 +518,8 @@ class HFLoader:
             raise ModelWeightsError(
                 f"{names} cannot be loaded: allow_pickle=True loads pickle weights with "
                 f"torch.load(weights_only=True) only (tensors and plain containers), and it refused the file "
-                f"({_unpickler_reason(exc)}): the file holds other objects, or is truncated or corrupted. Where "
-                "you trust it, convert it once (torch.load(file, weights_only=False), then "
+                f"({_unpickler_reason(exc)}): the file holds other objects, or is truncated or corrupted. "
+                "Where you trust it, convert it once (torch.load(file, weights_only=False), then "
                 "model.save_pretrained(dir) writes model.safetensors); else copy the checkpoint again."
             ) from None
         except OSError as exc:
@@ -528,8 +530,8 @@ class HFLoader:
                 raise ModelPathError(
                     f"{source} holds only pickle weights ({', '.join(pickles)}); llm-backbones loads "
                     "safetensors only, since unpickling an untrusted file can run code. Convert them "
-                    "(load once where you trust them, then model.save_pretrained(dir) writes model.safetensors), "
-                    "or pass allow_pickle=True if you trust the file."
+                    "(load once where you trust them, then model.save_pretrained(dir) writes "
+                    "model.safetensors), or pass allow_pickle=True if you trust the file."
                 ) from exc
             raise ModelPathError(
                 f"{source} has no weights that can be loaded ({_first_line(exc)}). Expected "
@@ -550,7 +552,8 @@ class HFLoader:
         allow_pickle: bool,
         allow_external_files: bool,
     ) -> _files.WeightFiles:
-        """Every weight file `from_pretrained` will open, checked before it opens any (see `_files.weight_files`)."""
+        """Every weight file `from_pretrained` will open, checked before it opens any (see
+        `_files.weight_files`)."""
         if not local:
             return self._hub_weight_files(source, hub_kwargs, allow_pickle=allow_pickle)
         return _files.weight_files(
@@ -586,10 +589,11 @@ class HFLoader:
             outside = not _fs.is_inside(index.parent, name, follow_symlinks=False)
             if not name.endswith(".safetensors") or outside:
                 raise UnsafeFileError(
-                    f"The weights index of the hub path {source!r} names {name!r}, which is not a safetensors "
-                    "file of the repository; it was not downloaded or opened. llm-backbones loads safetensors "
-                    "only (unpickling can run code): use a repository revision with safetensors shards, or pass "
-                    "allow_pickle=True to load pickles with torch.load(weights_only=True).",
+                    f"The weights index of the hub path {source!r} names {name!r}, which is not a "
+                    "safetensors file of the repository; it was not downloaded or opened. llm-backbones "
+                    "loads safetensors only (unpickling can run code): use a repository revision with "
+                    "safetensors shards, or pass allow_pickle=True to load pickles with "
+                    "torch.load(weights_only=True).",
                     path=name,
                     reason="pickle" if not name.endswith(".safetensors") else "outside",
                 )
@@ -598,7 +602,8 @@ class HFLoader:
     def _check_loading_info(
         self, info: Mapping[str, Any], source: str, files: _files.WeightFiles, *, strict: bool
     ) -> None:
-        """Refuse weights of other shapes; refuse (or with `strict=False` log) missing or left-over tensors."""
+        """Refuse weights of other shapes; refuse (or with `strict=False` log) missing or left-over
+        tensors."""
         mismatched = sorted(info.get("mismatched_keys") or (), key=lambda item: item[0])
         if mismatched:
             shown = "; ".join(
@@ -607,9 +612,9 @@ class HFLoader:
             )
             raise ModelWeightsError(
                 f"The weights of {source} do not fit the architecture its config.json describes "
-                f"({len(mismatched)} tensors): {shown}{' ...' if len(mismatched) > 5 else ''}. config.json and the "
-                "weights come from different models (or config.json was edited): restore the checkpoint's own "
-                "config.json, or point model_path at the checkpoint these weights belong to."
+                f"({len(mismatched)} tensors): {shown}{' ...' if len(mismatched) > 5 else ''}. config.json "
+                "and the weights come from different models (or config.json was edited): restore the "
+                "checkpoint's own config.json, or point model_path at the checkpoint these weights belong to."
             )
         missing = sorted(info.get("missing_keys") or ())
         unexpected = sorted(info.get("unexpected_keys") or ())
@@ -618,9 +623,10 @@ class HFLoader:
         where = ", ".join(str(f) for f in files.files[:3]) or source
         message = (
             f"The weights of {where} do not match the {self.spec.llm_cls.__name__} architecture of "
-            f"{self.identifier!r}: {len(missing)} missing {missing[:10]}{' ...' if len(missing) > 10 else ''}, "
-            f"{len(unexpected)} unexpected {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}. A missing "
-            "tensor would be randomly initialised and an unexpected one dropped (a renamed tensor is both)."
+            f"{self.identifier!r}: {len(missing)} missing "
+            f"{missing[:10]}{' ...' if len(missing) > 10 else ''}, {len(unexpected)} unexpected "
+            f"{unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}. A missing tensor would be randomly "
+            "initialised and an unexpected one dropped (a renamed tensor is both)."
         )
         if strict:
             raise StateDictMismatchError(

@@ -1,4 +1,5 @@
-"""Prompt formats (data, one table) and the one builder that renders them; Prismatic's class names exported."""
+"""Prompt formats (data, one table) and the one builder that renders them; Prismatic's class names
+exported."""
 
 from llm_backbones.core.prompting.builder import (
     Gemma2InstructPromptBuilder,

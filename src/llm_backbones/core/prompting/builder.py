@@ -59,8 +59,8 @@ class PromptBuilder:
         if prompt_format is None:
             if self.format_key is None:
                 raise PromptFormatError(
-                    "PromptBuilder needs a format: pass prompt_format= a format name (e.g. 'llama2-chat') or a "
-                    "PromptFormat, use builder_for(name), or a named builder such as PurePromptBuilder."
+                    "PromptBuilder needs a format: pass prompt_format= a format name (e.g. 'llama2-chat') or "
+                    "a PromptFormat, use builder_for(name), or a named builder such as PurePromptBuilder."
                 )
             prompt_format = self.format_key
         if (
@@ -369,8 +369,9 @@ def builder_for(prompt_format: str | PromptFormat, **options: Any) -> PromptBuil
         near = closest(unknown[0], BUILDER_OPTIONS)
         hint = f" Did you mean {near[0]!r}?" if near else ""
         raise PromptFormatError(
-            f"Unknown builder option {unknown[0]!r}.{hint} Accepted: {', '.join(BUILDER_OPTIONS)}; the system "
-            "prompt and model_family are given when a builder is made (factory(model_family, system_prompt))."
+            f"Unknown builder option {unknown[0]!r}.{hint} Accepted: {', '.join(BUILDER_OPTIONS)}; the "
+            "system prompt and model_family are given when a builder is made (factory(model_family, "
+            "system_prompt))."
         )
     prismatic_compat = bool(options.pop("prismatic_compat", False))
     if isinstance(prompt_format, str):

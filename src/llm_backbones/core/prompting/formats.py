@@ -86,7 +86,8 @@ class PromptFormat:
 
     @property
     def official_name(self) -> str:
-        """The name of the format this one renders: itself, or the format of which it is the Prismatic twin."""
+        """The name of the format this one renders: itself, or the format of which it is the Prismatic
+        twin."""
         return self.name.removesuffix(PRISMATIC_SUFFIX) if self.prismatic else self.name
 
 
@@ -278,8 +279,8 @@ def register_prompt_format(prompt_format: PromptFormat, *, overwrite: bool = Fal
     """
     if not isinstance(prompt_format, PromptFormat):
         raise PromptFormatError(
-            f"register_prompt_format expects a PromptFormat, got {type(prompt_format).__name__}. Build one with "
-            "llm_backbones.PromptFormat(name=..., bos=..., eos=..., human=..., gpt=...)."
+            f"register_prompt_format expects a PromptFormat, got {type(prompt_format).__name__}. Build one "
+            "with llm_backbones.PromptFormat(name=..., bos=..., eos=..., human=..., gpt=...)."
         )
     name = prompt_format.name
     if not isinstance(name, str) or not name.strip():
@@ -287,7 +288,8 @@ def register_prompt_format(prompt_format: PromptFormat, *, overwrite: bool = Fal
     if name.endswith(PRISMATIC_SUFFIX) != prompt_format.prismatic:
         raise PromptFormatError(
             f"Prompt format {name!r}: a Prismatic rendering is named '<name>{PRISMATIC_SUFFIX}' and has "
-            f"prismatic=True, and only it; got prismatic={prompt_format.prismatic}. Rename it or fix the flag."
+            f"prismatic=True, and only it; got prismatic={prompt_format.prismatic}. Rename it or fix the "
+            "flag."
         )
     if prompt_format.prismatic and prompt_format.official_name not in _FORMATS:
         raise PromptFormatError(
