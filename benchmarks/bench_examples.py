@@ -20,12 +20,12 @@ from datetime import date
 import torch
 from transformers import AutoTokenizer, LlamaTokenizer
 
-from llm_backbones.core.backbones.embedded import ASSETS_DIR
-from llm_backbones.core.prompting import (
+from llm_backbones import (
     LLaMa2ChatPromptBuilder,
     PurePromptBuilder,
     VicunaV15ChatPromptBuilder,
 )
+from llm_backbones.core.backbones.embedded import ASSETS_DIR
 from llm_backbones.data.actions import ActionTokenizer
 from llm_backbones.data.examples import IGNORE_INDEX, tokenize_conversation
 

@@ -6,14 +6,14 @@ from typing import Any
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from llm_backbones.core.backbones.embedded import ASSETS_DIR
-from llm_backbones.core.prompting import (
+from llm_backbones import (
     LLaMa2ChatPromptBuilder,
     MistralInstructPromptBuilder,
     PhiPromptBuilder,
     PurePromptBuilder,
     VicunaV15ChatPromptBuilder,
 )
+from llm_backbones.core.backbones.embedded import ASSETS_DIR
 
 PRISMATIC_BUILDERS = [
     PurePromptBuilder,

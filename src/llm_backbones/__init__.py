@@ -43,14 +43,14 @@ _EXPORTS: dict[str, str] = {
         ["load_vla_backbone", "LoadedVLA", "unnormalize_actions"], "llm_backbones.persistence.openvla"
     ),
     **dict.fromkeys(
+        ["PromptFormat", "PROMPT_FORMATS", "get_prompt_format", "register_prompt_format"],
+        "llm_backbones.core.prompting.formats",
+    ),
+    **dict.fromkeys(
         [
             "PromptBuilder",
             "PromptBuilderFactory",
-            "PromptFormat",
-            "PROMPT_FORMATS",
             "builder_for",
-            "get_prompt_format",
-            "register_prompt_format",
             "PurePromptBuilder",
             "LLaMa2ChatPromptBuilder",
             "VicunaV15ChatPromptBuilder",
@@ -64,7 +64,7 @@ _EXPORTS: dict[str, str] = {
             "Gemma2InstructPromptBuilder",
             "Phi35InstructPromptBuilder",
         ],
-        "llm_backbones.core.prompting",
+        "llm_backbones.core.prompting.builder",
     ),
     "ActionTokenizer": "llm_backbones.data.actions",
     **dict.fromkeys(

@@ -15,7 +15,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from family_assets import write_converted_tokenizer, write_gemma2_standin
-from llm_backbones.core.prompting import (
+from llm_backbones import (
     Gemma2InstructPromptBuilder,
     Gemma2PurePromptBuilder,
     LLaMa2ChatPromptBuilder,

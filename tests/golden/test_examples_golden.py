@@ -28,7 +28,7 @@ import logging
 import pytest
 import torch
 
-from llm_backbones.core.prompting import (
+from llm_backbones import (
     LLaMa2ChatPromptBuilder,
     PurePromptBuilder,
     VicunaV15ChatPromptBuilder,

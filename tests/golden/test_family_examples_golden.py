@@ -13,7 +13,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from family_assets import write_converted_tokenizer
-from llm_backbones.core.prompting import (
+from llm_backbones import (
     Llama3InstructPromptBuilder,
     Llama3PurePromptBuilder,
     Phi35InstructPromptBuilder,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import pytest
 
-from llm_backbones.core.prompting import (
+from llm_backbones import (
     Gemma2InstructPromptBuilder,
     Gemma2PurePromptBuilder,
     LLaMa2ChatPromptBuilder,

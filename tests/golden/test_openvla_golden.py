@@ -19,8 +19,7 @@ import functools
 import pytest
 import torch
 
-from llm_backbones import ActionTokenizer
-from llm_backbones.core.prompting import PurePromptBuilder
+from llm_backbones import ActionTokenizer, PurePromptBuilder
 from llm_backbones.data.examples import IGNORE_INDEX, tokenize_prompt, vla_example, vla_prompt
 from llm_backbones.errors import ActionError
 from shared import padded_llama2_tokenizer

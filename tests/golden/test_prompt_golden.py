@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import pytest
 
-from llm_backbones.core.prompting import (
+from llm_backbones import (
     LLaMa2ChatPromptBuilder,
     MistralInstructPromptBuilder,
     PhiPromptBuilder,

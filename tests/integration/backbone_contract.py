@@ -25,8 +25,7 @@ import pytest
 import torch
 from torch import nn
 
-from llm_backbones import LLM_BACKBONES, get_llm_backbone_and_tokenizer, get_spec
-from llm_backbones.core.prompting import PromptBuilder
+from llm_backbones import LLM_BACKBONES, PromptBuilder, get_llm_backbone_and_tokenizer, get_spec
 from llm_backbones.data.examples import IGNORE_INDEX, tokenize_conversation, tokenize_prompt
 
 CONVERSATION = [

@@ -13,8 +13,7 @@ from backbone_contract import BackboneContract, Case, Family
 from transformers import Gemma2ForCausalLM
 from transformers.models.gemma2.modeling_gemma2 import Gemma2DecoderLayer
 
-from llm_backbones import HFCausalLLMBackbone
-from llm_backbones.core.prompting import Gemma2InstructPromptBuilder, Gemma2PurePromptBuilder
+from llm_backbones import Gemma2InstructPromptBuilder, Gemma2PurePromptBuilder, HFCausalLLMBackbone
 
 pytestmark = pytest.mark.integration
 

@@ -15,11 +15,13 @@ from backbone_contract import BackboneContract, Case, Family
 from transformers import LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-from llm_backbones import LLAMA2_MODELS, LLaMa2LLMBackbone, get_llm_backbone_and_tokenizer
-from llm_backbones.core.prompting import (
+from llm_backbones import (
+    LLAMA2_MODELS,
     LLaMa2ChatPromptBuilder,
+    LLaMa2LLMBackbone,
     PurePromptBuilder,
     VicunaV15ChatPromptBuilder,
+    get_llm_backbone_and_tokenizer,
 )
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,7 @@ from backbone_contract import BackboneContract, Case, Family
 from transformers import LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-from llm_backbones import HFCausalLLMBackbone
-from llm_backbones.core.prompting import Llama3InstructPromptBuilder, Llama3PurePromptBuilder
+from llm_backbones import HFCausalLLMBackbone, Llama3InstructPromptBuilder, Llama3PurePromptBuilder
 
 pytestmark = pytest.mark.integration
 

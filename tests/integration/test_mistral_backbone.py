@@ -12,8 +12,7 @@ from backbone_contract import BackboneContract, Case, Family
 from transformers import MistralForCausalLM
 from transformers.models.mistral.modeling_mistral import MistralDecoderLayer
 
-from llm_backbones import HFCausalLLMBackbone
-from llm_backbones.core.prompting import MistralInstructPromptBuilder, PurePromptBuilder
+from llm_backbones import HFCausalLLMBackbone, MistralInstructPromptBuilder, PurePromptBuilder
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,7 @@ from backbone_contract import BackboneContract, Case, Family
 from transformers import PhiForCausalLM
 from transformers.models.phi.modeling_phi import PhiDecoderLayer
 
-from llm_backbones import HFCausalLLMBackbone
-from llm_backbones.core.prompting import PhiPromptBuilder
+from llm_backbones import HFCausalLLMBackbone, PhiPromptBuilder
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,7 @@ from backbone_contract import BackboneContract, Case, Family
 from transformers import Phi3ForCausalLM
 from transformers.models.phi3.modeling_phi3 import Phi3DecoderLayer
 
-from llm_backbones import HFCausalLLMBackbone
-from llm_backbones.core.prompting import Phi35InstructPromptBuilder
+from llm_backbones import HFCausalLLMBackbone, Phi35InstructPromptBuilder
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,7 @@ from backbone_contract import BackboneContract, Case, Family
 from transformers import Qwen2ForCausalLM
 from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
 
-from llm_backbones import HFCausalLLMBackbone
-from llm_backbones.core.prompting import Qwen25InstructPromptBuilder, Qwen25PurePromptBuilder
+from llm_backbones import HFCausalLLMBackbone, Qwen25InstructPromptBuilder, Qwen25PurePromptBuilder
 
 pytestmark = pytest.mark.integration
 

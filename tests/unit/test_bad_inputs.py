@@ -30,8 +30,14 @@ from llm_backbones import (
     LLAMA2_MODELS,
     LLM_BACKBONES,
     ActionTokenizer,
+    LLaMa2ChatPromptBuilder,
     LLaMa2LLMBackbone,
+    MistralInstructPromptBuilder,
     PaddedCollator,
+    PhiPromptBuilder,
+    PromptBuilder,
+    PurePromptBuilder,
+    VicunaV15ChatPromptBuilder,
     get_llm_backbone_and_tokenizer,
     get_spec,
     insert_patch_embeddings,
@@ -44,14 +50,6 @@ from llm_backbones import (
     vla_example,
 )
 from llm_backbones.app.cli import app
-from llm_backbones.core.prompting import (
-    LLaMa2ChatPromptBuilder,
-    MistralInstructPromptBuilder,
-    PhiPromptBuilder,
-    PromptBuilder,
-    PurePromptBuilder,
-    VicunaV15ChatPromptBuilder,
-)
 from llm_backbones.errors import (
     ActionError,
     CheckpointError,

@@ -3,7 +3,10 @@
 Inputs mix valid values with junk of every type (None, numbers, bytes, lists, lone surrogates, NaN/inf,
 ragged lists, empty arrays). Each test lets only the typed errors of its module through (any other
 exception fails the test), checks that a rejected call changes nothing, and checks the invariants of
-every accepted result. Budgets are bounded (`max_examples`) so the suite stays fast.
+every accepted result. The builders and training examples are fuzzed in every prompt format of
+`PROMPT_FORMATS`, the examples with the tokenizer of a family that uses the format
+(`tests/format_tokenizers.py`; test ids "<format>@<tokenizer>"). Budgets are bounded (`max_examples`) so
+the suite stays fast.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from shared import PRISMATIC_BUILDERS as BUILDERS
-from shared import padded_llama2_tokenizer
 
+from format_tokenizers import FIRST_ID, FORMAT_PAIRS, family_tokenizer, pair_id, without_image_markers
+from llm_backbones import PROMPT_FORMATS, builder_for
 from llm_backbones.data.actions import ActionTokenizer
 from llm_backbones.data.examples import IGNORE_INDEX, tokenize_conversation, tokenize_prompt
 from llm_backbones.errors import ActionError, ConversationError, PromptFormatError, TokenizationError
+from shared import padded_llama2_tokenizer
 
 TOKENIZER = padded_llama2_tokenizer()
 ACTIONS = ActionTokenizer(TOKENIZER)
@@ -29,13 +33,24 @@ LOW, HIGH = ACTIONS.token_id_range
 HALF_BIN = (2.0 / 255) / 2
 
 FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Per format (17) or format/tokenizer pair (19): the former budget was 250 over ten renderings.
+FUZZ_BUILDER = settings(FUZZ, max_examples=60)
+FUZZ_EXAMPLE = settings(FUZZ, max_examples=40)
 
 # === Strategies ===
 text = st.text(st.characters(codec="utf-8"), max_size=15)
-fragments = st.sampled_from(["<image>", " ", "\n", "</s>", "<s>", "[INST]", "USER:", "{msg}", "{}", "é🤖", "\t"])
+fragments = st.sampled_from(
+    ["<image>", " ", "\n", "</s>", "<s>", "[INST]", "USER:", "{msg}", "{}", "é🤖", "\t"]
+    # the newer families' control-token strings
+    + ["<|eot_id|>", "<|begin_of_text|>", "<|im_end|>", "<end_of_turn>", "<bos>", "<|end|>", "<|endoftext|>"]
+)
 good_message = st.lists(st.one_of(fragments, text), max_size=4).map("".join)
 bad_message = st.one_of(
-    st.none(), st.integers(), st.floats(), st.binary(max_size=4), st.lists(text, max_size=2),
+    st.none(),
+    st.integers(),
+    st.floats(),
+    st.binary(max_size=4),
+    st.lists(text, max_size=2),
     st.sampled_from(["\ud800", "ok\udcffok"]),  # lone surrogates: text decoded with the wrong codec
 )
 
@@ -64,16 +79,30 @@ operations = st.lists(
 
 ALTERNATION = {0: ("human", "user"), 1: ("gpt", "assistant")}
 
+# Formats whose prompts keep their trailing whitespace (the official templates of the newer families: the
+# generation prompt ends with the newline the model was trained on). Every other format strips it (the
+# original's rule). Per format: how the prompt ends after a human turn (the generation prompt) and after a
+# reply.
+KEEPS_TRAILING_WHITESPACE = {
+    "llama3-instruct": ("<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>"),
+    "qwen2.5-instruct": ("<|im_start|>assistant\n", "<|im_end|>\n"),
+    "gemma2-instruct": ("<start_of_turn>model\n", "<end_of_turn>\n"),
+    "phi3.5-instruct": ("<|assistant|>\n", "<|end|>\n"),
+}
+# Formats that keep a message's surrounding whitespace (their official templates write it as given).
+KEEPS_MESSAGE_WHITESPACE = ("qwen2.5-instruct", "phi3.5-instruct")
 
-@FUZZ
-@given(
-    cls=st.sampled_from(BUILDERS), compat=st.booleans(), model_family=family, system=system_prompt, ops=operations
-)
-def test_prompt_builders_fuzz(cls, compat, model_family, system, ops) -> None:
+
+@pytest.mark.parametrize("name", list(PROMPT_FORMATS))
+@FUZZ_BUILDER
+@given(model_family=family, system=system_prompt, ops=operations)
+def test_prompt_builders_fuzz(name, model_family, system, ops) -> None:
     try:
-        builder = cls(model_family, system_prompt=system, prismatic_compat=compat)
+        builder = builder_for(name)(model_family, system_prompt=system)
     except (PromptFormatError, ConversationError):
         return
+    assert builder.format.name == name
+    ends = KEEPS_TRAILING_WHITESPACE.get(name)
     assert builder.get_prompt() == ""
     for op, turn_role, msg, alias in ops:
         raw, turns, prompt = builder.prompt, builder.turn_count, builder.get_prompt()
@@ -89,13 +118,25 @@ def test_prompt_builders_fuzz(cls, compat, model_family, system, ops) -> None:
             assert turn_role in ALTERNATION[turns % 2]  # only the alternating role is accepted
             assert builder.turn_count == turns + 1
             assert builder.prompt == raw + result  # add_turn returns exactly the text it added
-            assert msg.replace("<image>", "").strip() in result
+            cleaned = without_image_markers(msg)
+            cleaned = cleaned if name in KEEPS_MESSAGE_WHITESPACE else cleaned.strip()
+            assert cleaned in result
+            start, end = builder.message_spans[-1]  # and records where the message lies
+            assert builder.prompt[start:end] == (
+                (cleaned or builder.format.empty_reply) if turns % 2 else cleaned
+            )
         else:
             assert (builder.prompt, builder.turn_count) == (raw, turns)  # potential prompts change nothing
             assert turns % 2 == 0
-            assert result.startswith(prompt) and result == result.rstrip()
+            assert result.startswith(prompt)
+            assert result.endswith(ends[0]) if ends else result == result.rstrip()
         current = builder.get_prompt()
-        assert isinstance(current, str) and current == current.rstrip()
+        assert isinstance(current, str)
+        if ends is None:
+            assert current == current.rstrip()
+        elif builder.turn_count:  # the prompt as rendered (less a leading BOS), its last newline included
+            assert builder.prompt.endswith(current)
+            assert current.endswith(ends[0] if builder.turn_count % 2 else ends[1])
 
 
 # === Training examples ===
@@ -111,7 +152,10 @@ junk_turn = st.one_of(
     st.fixed_dictionaries({"from": role, "value": message}),
     st.fixed_dictionaries({"role": role, "content": message}),
     st.dictionaries(st.sampled_from(["from", "text", "speaker", "content"]), text, max_size=2),
-    text, st.none(), st.integers(), st.tuples(text, text),
+    text,
+    st.none(),
+    st.integers(),
+    st.tuples(text, text),
 )
 conversation = mostly(
     alternating(),
@@ -125,22 +169,27 @@ max_length = mostly(
 )
 
 
-@FUZZ
-@given(cls=st.sampled_from(BUILDERS), compat=st.booleans(), conv=conversation, limit=max_length, drop=st.booleans())
-def test_training_example_builder_fuzz(cls, compat, conv, limit, drop) -> None:
-    def builder_fn(model_family, system_prompt=None):
-        return cls(model_family, system_prompt=system_prompt, prismatic_compat=compat)
+@pytest.mark.parametrize(("name", "tokenizer_name"), FORMAT_PAIRS, ids=map(pair_id, FORMAT_PAIRS))
+@FUZZ_EXAMPLE
+@given(conv=conversation, limit=max_length, drop=st.booleans())
+def test_training_example_builder_fuzz(name, tokenizer_name, conv, limit, drop) -> None:
+    tokenizer = family_tokenizer(tokenizer_name)
+    # BOS inserted by the tokenizer (Phi-2's format writes its own); none where the family has none.
+    first = FIRST_ID[tokenizer_name]
+
+    def starts_right(ids: torch.Tensor) -> bool:
+        return ids[0].item() == first if first is not None else ids[0].item() != tokenizer.bos_token_id
 
     typed = (ConversationError, TokenizationError, PromptFormatError)
     try:
-        example = tokenize_conversation(TOKENIZER, builder_fn, conv, max_length=limit, drop_truncated_replies=drop)
+        example = tokenize_conversation(tokenizer, name, conv, max_length=limit, drop_truncated_replies=drop)
     except typed:
         example = None
     if example is not None:
         ids, labels = example["input_ids"], example["labels"]
         assert ids.dtype == labels.dtype == torch.long and ids.dim() == 1 and ids.shape == labels.shape
-        assert ids[0].item() == TOKENIZER.bos_token_id
-        assert ((ids >= 0) & (ids < len(TOKENIZER))).all()
+        assert starts_right(ids)
+        assert ((ids >= 0) & (ids < len(tokenizer))).all()
         supervised = labels != IGNORE_INDEX
         assert supervised.any()  # never an example with an empty mask
         assert torch.equal(labels[supervised], ids[supervised])  # labels are the tokens themselves
@@ -148,23 +197,28 @@ def test_training_example_builder_fuzz(cls, compat, conv, limit, drop) -> None:
             assert len(ids) <= limit
     # The generation prompt of the same conversation: typed error, or BOS-first ids.
     try:
-        prompt = tokenize_prompt(TOKENIZER, builder_fn, conv if not isinstance(conv, list) else conv[:-1] or conv)
+        prompt = tokenize_prompt(tokenizer, name, conv if not isinstance(conv, list) else conv[:-1] or conv)
     except typed:
         return
-    assert prompt.dtype == torch.long and prompt.dim() == 1 and prompt[0].item() == TOKENIZER.bos_token_id
+    assert prompt.dtype == torch.long and prompt.dim() == 1 and starts_right(prompt)
 
 
 # === Action tokenizer ===
 shapes = hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4)
 any_float = st.floats(allow_nan=True, allow_infinity=True, width=64)
 action_input = st.one_of(
-    hnp.arrays(st.sampled_from([np.float64, np.float32, np.float16]), shapes, elements=st.floats(-5, 5, width=16)),
+    hnp.arrays(
+        st.sampled_from([np.float64, np.float32, np.float16]), shapes, elements=st.floats(-5, 5, width=16)
+    ),
     hnp.arrays(np.float64, shapes, elements=any_float),
     hnp.arrays(st.sampled_from([np.int64, np.int8, np.bool_, np.complex128]), shapes),
     st.lists(any_float, max_size=8),
     st.lists(st.lists(st.floats(-2, 2), max_size=3), max_size=3),  # may be ragged
     st.lists(st.one_of(st.floats(-2, 2), text), min_size=1, max_size=3),
-    st.none(), text, st.integers(-10, 10), any_float,
+    st.none(),
+    text,
+    st.integers(-10, 10),
+    any_float,
 )
 
 
@@ -203,7 +257,9 @@ id_input = st.one_of(
     st.lists(st.floats(LOW - 2, HIGH + 2), max_size=4),
     st.lists(st.sampled_from([float(LOW), float(HIGH), math.nan, math.inf, 31800.5]), max_size=3),
     hnp.arrays(st.sampled_from([np.int64, np.int32, np.float64, np.bool_, np.complex64]), shapes),
-    st.none(), text, st.integers(LOW, HIGH),
+    st.none(),
+    text,
+    st.integers(LOW, HIGH),
 )
 
 

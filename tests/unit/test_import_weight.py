@@ -75,3 +75,17 @@ def test_list_loads_no_model_code() -> None:
     loaded = loaded_after(CLI.format(args=["list", "--json"]))
     assert "llama2-7b-pure" in {row["id"] for row in json.loads(loaded["stdout"])}
     assert loaded["heavy"] == []
+
+
+def test_every_public_name_resolves_to_the_module_the_face_names() -> None:
+    import importlib
+
+    import llm_backbones
+
+    for name, module in llm_backbones._EXPORTS.items():
+        value = getattr(llm_backbones, name)
+        assert value is getattr(importlib.import_module(module), name), name
+        defined_in = getattr(value, "__module__", None)
+        if isinstance(value, type) or callable(value) and defined_in:  # classes and functions: defined there
+            assert defined_in == module, (name, defined_in, module)
+    assert set(llm_backbones.__all__) == {"__version__", *llm_backbones._EXPORTS}

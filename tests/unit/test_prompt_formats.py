@@ -196,3 +196,19 @@ def test_a_spec_needs_a_format(scratch_formats) -> None:
             layer_cls=base.layer_cls,
         )
     assert PurePromptBuilder.format_key == "pure"
+
+
+def test_qwen_reply_starting_with_a_line_break_is_refused_with_the_fix() -> None:
+    # Qwen2.5's template keeps a reply's whitespace, and its tokenizer merges the template's "assistant\n"
+    # with a reply's leading "\n" into one token (271, "ĊĊ"): no generation prompt is then a token prefix of
+    # the training sequence. Refused, naming the fix; the stripped reply trains.
+    from format_tokenizers import family_tokenizer
+    from llm_backbones.errors import TokenizationError
+
+    qwen = family_tokenizer("qwen2")
+    conversation = [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "\nDone."}]
+    with pytest.raises(TokenizationError, match="remove the reply's leading whitespace"):
+        tokenize_conversation(qwen, "qwen2.5-instruct", conversation)
+    conversation[1]["value"] = "Done."
+    example = tokenize_conversation(qwen, "qwen2.5-instruct", conversation)
+    assert qwen.decode(example["input_ids"][example["labels"] != -100]) == "Done.<|im_end|>\n"

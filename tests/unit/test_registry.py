@@ -14,18 +14,16 @@ from llm_backbones import (
     LLAMA2_MODELS,
     LLM_BACKBONES,
     BackboneSpec,
+    LLaMa2ChatPromptBuilder,
     LLaMa2LLMBackbone,
+    PurePromptBuilder,
+    VicunaV15ChatPromptBuilder,
     get_spec,
     prompt_builder_for,
     register_backbone,
     registered_ids,
 )
 from llm_backbones.core import registry
-from llm_backbones.core.prompting import (
-    LLaMa2ChatPromptBuilder,
-    PurePromptBuilder,
-    VicunaV15ChatPromptBuilder,
-)
 from llm_backbones.errors import UnknownBackboneError
 
 

@@ -502,7 +502,7 @@ def prompt(
 def _prompt(backbone_id, path, tokens, model_path, model_family, prismatic_compat) -> None:
     from rich.text import Text
 
-    from llm_backbones.core.prompting import builder_for
+    from llm_backbones.core.prompting.builder import builder_for
     from llm_backbones.core.registry import get_spec
     from llm_backbones.data.examples import (
         IGNORE_INDEX,

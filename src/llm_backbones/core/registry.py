@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from llm_backbones.core.prompting import PromptBuilder, builder_for, get_prompt_format
-from llm_backbones.core.prompting.builder import _BUILDER_CLASSES
+from llm_backbones.core.prompting.builder import _BUILDER_CLASSES, PromptBuilder, builder_for
+from llm_backbones.core.prompting.formats import get_prompt_format
 from llm_backbones.errors import InvalidSpecError, PromptFormatError, RegistryError, UnknownBackboneError
 
 if TYPE_CHECKING:

@@ -25,8 +25,8 @@ from typing import Any, NamedTuple
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from llm_backbones.core.prompting import PromptBuilder, PromptFormat, builder_for
-from llm_backbones.core.prompting.builder import DEFAULT_MODEL_FAMILY
+from llm_backbones.core.prompting.builder import DEFAULT_MODEL_FAMILY, PromptBuilder, builder_for
+from llm_backbones.core.prompting.formats import PromptFormat
 from llm_backbones.errors import ConversationError, DataFileError, InputShapeError, TokenizationError
 from llm_backbones.runtime.fused_loss import IGNORE_INDEX
 
@@ -325,11 +325,17 @@ def _reply_spans(
         (start, start_ok), (end, end_ok) = prefix_tokens(len(texts[k])), prefix_tokens(len(texts[k + 1]))
         for ok, at in ((start_ok, k), (end_ok, k + 1)):
             if not ok:
+                fix = (
+                    "the reply's first characters merge with the end of its generation prompt (e.g. a reply "
+                    "starting with a line break after Qwen's 'assistant\\n'): remove the reply's leading "
+                    "whitespace"
+                    if at == k
+                    else "end the message with whitespace-free punctuation"
+                )
                 raise TokenizationError(
                     f"{name}: the tokens of {texts[at][-40:]!r} are not a prefix of the whole conversation's "
                     "tokens (a merge crosses the turn boundary), so training and generation would see "
-                    "different tokens. Report the conversation; as a workaround end the message with "
-                    "whitespace-free punctuation."
+                    f"different tokens. Here {fix}."
                 )
         # [Contract] OpenVLA: the lone "▁" before the action tokens is the prompt's, not supervised.
         while start < end and offsets[start][1] <= reply_start:

@@ -23,7 +23,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llm_backbones._redact import HubToken, redacting
 from llm_backbones.core.backbones.loading import HFLoader
-from llm_backbones.core.prompting import PromptBuilder
+from llm_backbones.core.prompting.builder import PromptBuilder
 from llm_backbones.core.registry import BackboneSpec, get_spec
 from llm_backbones.runtime.fused_loss import chunked_causal_lm_loss
 from llm_backbones.runtime.generation import (
