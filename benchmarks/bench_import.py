@@ -5,7 +5,8 @@ Each command runs in a fresh Python process and is timed from outside (wall cloc
 included); the commands take turns, one round after another, after one unmeasured round that warms the
 page cache, and each reports the median of `--repeats` rounds. `import torch` is the baseline: what every
 command that touches a model pays anyway. `import llm_backbones` and `--help` should load neither torch nor
-transformers (lazy package face); `list` reads the registry, which needs torch (dtypes) but no model code.
+transformers (lazy package face), nor should `list`: the registry holds class and dtype names, imported on
+first use.
 Which modules each loads is checked by tests/unit/test_import_weight.py. Prints JSON.
 
     python benchmarks/bench_import.py [--repeats 5] [--out benchmarks/results/DATE-import-cpu.json]
@@ -35,7 +36,7 @@ COMMANDS: dict[str, list[str]] = {
     "cli_list_json": ["-m", "llm_backbones", "list", "--json"],
 }
 # ratio to `import torch` measured in the same run, at most
-TARGETS = {"import_llm_backbones": 0.1, "cli_help": 0.5, "cli_list_json": 1.25}
+TARGETS = {"import_llm_backbones": 0.1, "cli_help": 0.5, "cli_list_json": 0.5}
 
 
 # With --before-src: the same commands on an earlier source tree (its CLI module was llm_backbones.cli).

@@ -14,28 +14,35 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-
 from llm_backbones.core.prompting.builder import _BUILDER_CLASSES, PromptBuilder, builder_for
 from llm_backbones.core.prompting.formats import get_prompt_format
 from llm_backbones.errors import InvalidSpecError, PromptFormatError, RegistryError, UnknownBackboneError
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
     from transformers import PreTrainedModel
 
 
-class LazyClass:
-    """A `BackboneSpec` field that holds a class, or its dotted name ("transformers.LlamaForCausalLM")
-    imported on first read: listing the registry imports no model code. `BackboneSpec.class_name(field)`
-    gives the name without importing."""
+_REQUIRED = object()
+
+
+class LazyImport:
+    """A `BackboneSpec` field that holds a value or its dotted name, imported on first read: a class
+    ("transformers.LlamaForCausalLM"), a dtype ("torch.bfloat16"). Listing the registry imports neither torch
+    nor any model code. `BackboneSpec.class_name(field)` gives a class's name without importing it."""
+
+    def __init__(self, what: str, example: str, accepts: Any, default: Any = _REQUIRED) -> None:
+        self.what, self.example, self.accepts, self.default = what, example, accepts, default
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.field, self.slot = name, f"_{name}"
 
     def __get__(self, spec: Any, owner: type | None = None) -> Any:
-        if spec is None:
-            raise AttributeError(self.field)  # no class-level default: the field is required
+        if spec is None:  # the dataclass asks for the default
+            if self.default is _REQUIRED:
+                raise AttributeError(self.field)
+            return self.default
         value = spec.__dict__[self.slot]
         if isinstance(value, str):
             module, _, name = value.rpartition(".")
@@ -44,19 +51,35 @@ class LazyClass:
             except (ImportError, AttributeError) as exc:
                 raise InvalidSpecError(
                     f"Backbone {spec.backbone_id!r}: {self.field}={spec.__dict__[self.slot]!r} cannot be "
-                    f"imported ({exc}). Give the class itself, or its full dotted name (e.g. "
-                    "'transformers.LlamaForCausalLM')."
+                    f"imported ({exc}). Give the {self.what} itself, or its full dotted name (e.g. "
+                    f"{self.example!r})."
                 ) from None
             spec.__dict__[self.slot] = value
         return value
 
     def __set__(self, spec: Any, value: Any) -> None:
-        if not (isinstance(value, type) or (isinstance(value, str) and "." in value)):
+        if not (self.accepts(value) or (isinstance(value, str) and "." in value)):
             raise InvalidSpecError(
-                f"{self.field} must be a class or its dotted name such as 'transformers.LlamaForCausalLM', "
-                f"got {type(value).__name__}: {value!r:.80}."
+                f"{self.field} must be a {self.what} or its dotted name such as {self.example!r}, got "
+                f"{type(value).__name__}: {value!r:.80}."
             )
         spec.__dict__[self.slot] = value
+
+    @staticmethod
+    def raw(spec: Any, field: str) -> Any:
+        """The field as given (a dotted name stays a name)."""
+        return spec.__dict__[f"_{field}"]
+
+
+def _is_class(value: Any) -> bool:
+    return isinstance(value, type)
+
+
+def _is_dtype(value: Any) -> bool:
+    return type(value).__module__ == "torch" and type(value).__name__ == "dtype"
+
+
+_LAZY_FIELDS = ("llm_cls", "layer_cls", "half_precision_dtype")
 
 
 PadPolicy = Literal["add", "reuse"]
@@ -104,14 +127,18 @@ class BackboneSpec:
     backbone_id: str
     llm_family: str
     hf_hub_path: str
-    llm_cls: type[PreTrainedModel] = LazyClass()  # type: ignore[assignment]
-    layer_cls: type[nn.Module] = LazyClass()  # type: ignore[assignment]
+    llm_cls: type[PreTrainedModel] = LazyImport("class", "transformers.LlamaForCausalLM", _is_class)  # type: ignore[assignment]
+    layer_cls: type[nn.Module] = LazyImport(  # type: ignore[assignment]
+        "class", "transformers.models.llama.modeling_llama.LlamaDecoderLayer", _is_class
+    )
     prompt_format: str | None = None
     prompt_builder: Callable[..., PromptBuilder] | None = None
     adds_bos: bool = True
     pad_token: str = "<PAD>"
     pad_to_multiple_of: int = 64
-    half_precision_dtype: torch.dtype = torch.bfloat16
+    half_precision_dtype: torch.dtype = LazyImport(  # type: ignore[assignment]
+        "torch dtype", "torch.bfloat16", _is_dtype, default="torch.bfloat16"
+    )
     pad_policy: PadPolicy = "add"
     parameters: str = ""
     arch: Mapping[str, Any] = field(default_factory=dict)
@@ -182,11 +209,11 @@ class BackboneSpec:
 
     @property
     def llm_cls_name(self) -> str:
-        return self.class_name(self.__dict__["_llm_cls"])
+        return self.class_name(LazyImport.raw(self, "llm_cls"))
 
     @property
     def layer_cls_name(self) -> str:
-        return self.class_name(self.__dict__["_layer_cls"])
+        return self.class_name(LazyImport.raw(self, "layer_cls"))
 
     def embedding_rows(self, rows: int, n_tokens: int) -> int:
         """The embedding rows needed for `n_tokens` tokens, given a checkpoint's `rows`: unchanged while
@@ -204,7 +231,7 @@ class BackboneSpec:
         # Pickle `arch` as a plain dict (a mappingproxy cannot be pickled); `_spec_from_fields` restores it.
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         fields["arch"] = dict(self.arch)
-        fields["llm_cls"], fields["layer_cls"] = self.__dict__["_llm_cls"], self.__dict__["_layer_cls"]
+        fields |= {name: LazyImport.raw(self, name) for name in _LAZY_FIELDS}
         return (_spec_from_fields, (fields,))
 
     @property
