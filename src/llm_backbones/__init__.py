@@ -7,10 +7,7 @@ collator, action tokens), `persistence` (save/load, OpenVLA checkpoints), `train
 `app` (CLI, demo, info); see the README's architecture section.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+import importlib as _importlib
 
 from llm_backbones._version import __version__
 
@@ -87,11 +84,11 @@ _SUBMODULES = frozenset({"errors", "core", "runtime", "data", "persistence", "tr
 __all__ = ["__version__", *_EXPORTS]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        value = getattr(_importlib.import_module(_EXPORTS[name]), name)
     elif name in _SUBMODULES:
-        value = importlib.import_module(f"{__name__}.{name}")
+        value = _importlib.import_module(f"{__name__}.{name}")
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value  # the next read is a plain lookup

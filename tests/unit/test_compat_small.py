@@ -37,7 +37,7 @@ def test_writing_llama2_models_names_register_backbone() -> None:
         "llm_family='llama2'",
         "hf_hub_path='me/my-llama-7b'",
         "llm_cls=LlamaForCausalLM",
-        "layer_cls=LlamaDecoderLayer",
+        "layer_cls='transformers.models.llama.modeling_llama.LlamaDecoderLayer'",
         "prompt_format=",
     ):
         assert part in message, part

@@ -212,3 +212,36 @@ def test_qwen_reply_starting_with_a_line_break_is_refused_with_the_fix() -> None
     conversation[1]["value"] = "Done."
     example = tokenize_conversation(qwen, "qwen2.5-instruct", conversation)
     assert qwen.decode(example["input_ids"][example["labels"] != -100]) == "Done.<|im_end|>\n"
+
+
+def test_a_spec_keeps_the_builder_it_was_given(scratch_formats) -> None:
+    base = get_spec("llama3.2-1b-instruct")
+    dated = builder_for("llama3-instruct", date_string="01 Jan 2025")
+    spec = dataclasses.replace(base, backbone_id="dated", prompt_builder=dated)
+    assert spec.prompt_builder is dated  # its options stay
+    assert "Today Date: 01 Jan 2025\n" in spec.prompt_builder().get_potential_prompt("Hi.")
+    with pytest.raises(InvalidSpecError, match="renders 'pure-prismatic', not prompt_format='pure'"):
+        dataclasses.replace(get_spec("llama2-7b-pure"), prompt_builder=builder_for("pure-prismatic"))
+    twin = get_spec("llama2-7b-chat").with_prompt_format("llama2-chat-prismatic")
+    builder = twin.prompt_builder("openvla", system_prompt=SYSTEM)
+    builder.add_turn("human", "Pick up the cup.")
+    assert (type(builder), builder.get_prompt()) == (LLaMa2ChatPromptBuilder, PRISMATIC_FIRST_TURN)
+
+
+def test_a_registered_format_needs_no_default_system_prompt(scratch_formats) -> None:
+    register_prompt_format(
+        PromptFormat(
+            name="mine",
+            bos="",
+            eos="</s>",
+            first_human="{system}Q: {msg}\nA:",
+            human="Q: {msg}\nA:",
+            gpt=" {msg}</s>",
+            system="{system}\n",
+        )
+    )
+    builder = builder_for("mine")("openvla", system_prompt="Be brief.")
+    builder.add_turn("human", "Hi")
+    assert builder.get_prompt() == "Be brief.\nQ: Hi\nA:"
+    with pytest.raises(PromptFormatError, match="'mine' prompt format has no default system prompt"):
+        builder_for("mine")("openvla")

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from llm_backbones.core.prompting.builder import DEFAULT_MODEL_FAMILY
 from llm_backbones.errors import LLMBackbonesError, OutputPathError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -36,30 +38,43 @@ def _main(
         level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     if not debug:  # the CLI shows its own progress; transformers' bars and notices would interleave
-        _quiet_transformers()
+        ctx.call_on_close(_quiet_transformers())
         # for this command only: the previous filters come back when it ends (in-process callers keep theirs)
         ctx.with_resource(warnings.catch_warnings())
         for category in (FutureWarning, DeprecationWarning):
             warnings.filterwarnings("ignore", category=category, module=_THIRD_PARTY_MODULES)
 
 
-def _quiet_transformers() -> None:
+def _quiet_transformers() -> Callable[[], None]:
     """Errors only from transformers, and no hub progress bars. Without importing transformers, which
     `list` and `--help` never need (it costs about as much as torch): through the environment variables it
-    and huggingface_hub read when imported, or their switches where a caller already imported them."""
+    and huggingface_hub read when imported, or their switches where a caller already imported them.
+    Returns what puts the environment back when the command ends."""
     if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-        return
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        return lambda: None
+    quiet = {"TRANSFORMERS_VERBOSITY": "error"}
     if "huggingface_hub" in sys.modules:
         from huggingface_hub.utils import disable_progress_bars
 
         disable_progress_bars()
     else:
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        quiet["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    before = {name: os.environ.get(name) for name in quiet}
+    for name, value in quiet.items():
+        os.environ.setdefault(name, value)
+
+    def restore() -> None:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    return restore
 
 
 def _fail(exc: Exception) -> None:
@@ -489,7 +504,9 @@ def prompt(
     model_path: Annotated[
         Path | None, typer.Option(help="Local HF-format directory for the tokenizer.")
     ] = None,
-    model_family: Annotated[str, typer.Option(help="Selects the default system prompt.")] = "openvla",
+    model_family: Annotated[
+        str, typer.Option(help="Selects the default system prompt.")
+    ] = DEFAULT_MODEL_FAMILY,
     prismatic_compat: Annotated[bool, typer.Option(help="Render the original Prismatic strings.")] = False,
 ) -> None:
     """Render the training prompt and the generation prompt of a conversation (and, with --tokens, its labels)."""  # noqa: E501
@@ -512,7 +529,10 @@ def _prompt(backbone_id, path, tokens, model_path, model_family, prismatic_compa
         tokenize_prompt,
     )
 
-    builder_fn = builder_for(get_spec(backbone_id).prompt_format, prismatic_compat=prismatic_compat)
+    spec = get_spec(backbone_id)
+    builder_fn = (
+        builder_for(spec.prompt_format, prismatic_compat=True) if prismatic_compat else spec.prompt_builder
+    )
 
     conversations = load_conversations(path)
     conversation = conversations[0]

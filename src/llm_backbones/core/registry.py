@@ -14,8 +14,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
-from llm_backbones.core.prompting.builder import _BUILDER_CLASSES, PromptBuilder, builder_for
-from llm_backbones.core.prompting.formats import get_prompt_format
+from llm_backbones.core.prompting.builder import (
+    _BUILDER_CLASSES,
+    PromptBuilder,
+    PromptBuilderFactory,
+    builder_for,
+)
+from llm_backbones.core.prompting.formats import PromptFormat, get_prompt_format
 from llm_backbones.errors import InvalidSpecError, PromptFormatError, RegistryError, UnknownBackboneError
 
 if TYPE_CHECKING:
@@ -54,6 +59,11 @@ class LazyImport:
                     f"imported ({exc}). Give the {self.what} itself, or its full dotted name (e.g. "
                     f"{self.example!r})."
                 ) from None
+            if not self.accepts(value):
+                raise InvalidSpecError(
+                    f"Backbone {spec.backbone_id!r}: {self.field}={spec.__dict__[self.slot]!r} is a "
+                    f"{type(value).__name__}, not a {self.what} (e.g. {self.example!r})."
+                )
             spec.__dict__[self.slot] = value
         return value
 
@@ -70,6 +80,14 @@ class LazyImport:
         """The field as given (a dotted name stays a name)."""
         return spec.__dict__[f"_{field}"]
 
+    @staticmethod
+    def dotted(spec: Any, field: str) -> str:
+        """The field's dotted name, whether it was given as one or has been imported since."""
+        value = spec.__dict__[f"_{field}"]
+        return (
+            value if isinstance(value, str) else f"{value.__module__}.{getattr(value, '__qualname__', value)}"
+        )
+
 
 def _is_class(value: Any) -> bool:
     return isinstance(value, type)
@@ -77,6 +95,31 @@ def _is_class(value: Any) -> bool:
 
 def _is_dtype(value: Any) -> bool:
     return type(value).__module__ == "torch" and type(value).__name__ == "dtype"
+
+
+def _builder_serving(fmt: PromptFormat, builder: Any) -> Any:
+    """What makes builders of `fmt`: `builder` if it renders `fmt` (a class naming it, or naming the format
+    whose Prismatic twin `fmt` is, then bound to the twin; a `builder_for` factory of `fmt`; a callable of the
+    caller's), else a mismatch error; with no builder, the format's named class or `builder_for(fmt.name)`."""
+    if builder is None:
+        cls = _BUILDER_CLASSES.get(fmt.name)
+        return cls if cls is not None else builder_for(fmt.name)
+    if isinstance(builder, PromptBuilderFactory):
+        if builder.format.name != fmt.name:
+            raise PromptFormatError(
+                f"prompt_builder={builder!r} renders {builder.format.name!r}, not "
+                f"prompt_format={fmt.name!r}. Give one of the two."
+            )
+        return builder
+    key = getattr(builder, "format_key", None)
+    if key is None or key == fmt.name:  # the caller's callable, or a class of this very format
+        return builder
+    if key == fmt.official_name and isinstance(builder, type):  # the twin, rendered by the official's class
+        return PromptBuilderFactory(fmt, builder, {})
+    raise PromptFormatError(
+        f"prompt_builder={getattr(builder, '__name__', builder)} renders {key!r}, not "
+        f"prompt_format={fmt.name!r}. Give one of the two."
+    )
 
 
 _LAZY_FIELDS = ("llm_cls", "layer_cls", "half_precision_dtype")
@@ -167,9 +210,9 @@ class BackboneSpec:
             )
 
     def _settle_prompt_format(self) -> None:
-        """Derive `prompt_format` from `prompt_builder` or the reverse; both given must agree."""
+        """Derive `prompt_format` from `prompt_builder` or the reverse; both given must agree. A builder given
+        is kept (a `builder_for` factory keeps its options); only a missing one is derived."""
         builder, name = self.prompt_builder, self.prompt_format
-        builder_cls = getattr(builder, "builder_cls", builder)  # a builder_for(...) factory, or a class
         if name is None:
             name = getattr(builder, "format_key", None)
             if name is None:
@@ -180,27 +223,24 @@ class BackboneSpec:
                 )
         try:
             fmt = get_prompt_format(name)
+            builder = _builder_serving(fmt, builder)
         except PromptFormatError as exc:
             raise InvalidSpecError(f"Backbone {self.backbone_id!r}: {exc}") from None
-        if builder_cls is not None and getattr(builder_cls, "format_key", None) not in (
-            None,
-            fmt.official_name,
-        ):
-            raise InvalidSpecError(
-                f"Backbone {self.backbone_id!r}: prompt_builder={builder_cls.__name__} renders "
-                f"{builder_cls.format_key!r}, not prompt_format={name!r}. Give one of the two."
-            )
-        if (
-            builder_cls is None
-            or not isinstance(builder_cls, type)
-            or not issubclass(builder_cls, PromptBuilder)
-        ):
-            builder_cls = _BUILDER_CLASSES.get(fmt.official_name)
-        builder = (
-            builder_cls if builder_cls is not None and builder_cls.format_key == name else builder_for(name)
-        )
         object.__setattr__(self, "prompt_format", name)
         object.__setattr__(self, "prompt_builder", builder)
+
+    def with_prompt_format(self, name: str) -> BackboneSpec:
+        """This spec with another prompt format: its builder class stays where it renders that format (its
+        own, or that format's Prismatic twin), else the format's own builder is derived."""
+        if name == self.prompt_format:
+            return self
+        cls = getattr(self.prompt_builder, "builder_cls", self.prompt_builder)
+        try:
+            official = get_prompt_format(name).official_name
+        except PromptFormatError as exc:
+            raise InvalidSpecError(f"Backbone {self.backbone_id!r}: {exc}") from None
+        keep = isinstance(cls, type) and getattr(cls, "format_key", None) == official
+        return dataclasses.replace(self, prompt_format=name, prompt_builder=cls if keep else None)
 
     @staticmethod
     def class_name(value: type | str) -> str:
@@ -229,9 +269,11 @@ class BackboneSpec:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Pickle `arch` as a plain dict (a mappingproxy cannot be pickled); `_spec_from_fields` restores it.
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields = {  # the lazy fields as given: pickling imports nothing
+            f.name: LazyImport.raw(self, f.name) if f.name in _LAZY_FIELDS else getattr(self, f.name)
+            for f in dataclasses.fields(self)
+        }
         fields["arch"] = dict(self.arch)
-        fields |= {name: LazyImport.raw(self, name) for name in _LAZY_FIELDS}
         return (_spec_from_fields, (fields,))
 
     @property
@@ -281,7 +323,7 @@ def registered_ids(llm_family: str | None = None) -> list[str]:
     return [i for i, s in _REGISTRY.items() if llm_family is None or s.llm_family == llm_family]
 
 
-def prompt_builder_for(llm_backbone_id: str) -> type[PromptBuilder]:
+def prompt_builder_for(llm_backbone_id: str) -> Callable[..., PromptBuilder]:
     """The prompt-builder class of an id, without loading any model (datasets need it)."""
     return get_spec(llm_backbone_id).prompt_builder
 
@@ -337,13 +379,15 @@ def registry_write_error(
     family = entry.get("llm_family", family)
     example = next((s for s in _REGISTRY.values() if s.llm_family == family), None)
     llm_cls = getattr(entry.get("llm_cls"), "__name__", None)
-    llm_cls = llm_cls or (example.llm_cls_name if example else "<HF class>")
+    llm_cls = llm_cls or (repr(LazyImport.dotted(example, "llm_cls")) if example else "<HF class>")
     fields = [
         f"backbone_id={backbone_id!r}",
         f"llm_family={family!r}" if family else "llm_family=<family name, e.g. 'llama2'>",
         f"hf_hub_path={entry['hf_hub_path']!r}" if "hf_hub_path" in entry else "hf_hub_path=<hub id>",
         f"llm_cls={llm_cls}",
-        f"layer_cls={example.layer_cls_name if example else '<decoder layer class>'}",
+        f"layer_cls={LazyImport.dotted(example, 'layer_cls')!r}"
+        if example
+        else "layer_cls=<decoder layer class>",
         "prompt_format=<its format name, e.g. 'pure'>",
     ]
     return RegistryError(

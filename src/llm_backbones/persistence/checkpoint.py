@@ -35,6 +35,8 @@ from llm_backbones.core.backbones import files as _files
 from llm_backbones.core.backbones.backbone import LLMBackbone
 from llm_backbones.core.backbones.factory import get_llm_backbone_and_tokenizer
 from llm_backbones.core.backbones.files import unreadable_safetensors
+from llm_backbones.core.prompting.builder import DEFAULT_MODEL_FAMILY
+from llm_backbones.core.prompting.formats import PROMPT_FORMATS
 from llm_backbones.core.registry import get_spec
 from llm_backbones.errors import (
     CheckpointError,
@@ -54,7 +56,7 @@ FINGERPRINT_VERSION = 2
 # Files whose bytes define the model, hashed at save and checked at load. The tokenizer's files are checked
 # by what they do (`tokenizer_sha256`, the probes), not by their bytes.
 HASHED_FILES = ("config.json", "generation_config.json", _files.SAFE_INDEX)
-# The conversation rendered into `probe_prompt` with the backbone's prompt builder ("openvla" family).
+# The conversation rendered into `probe_prompt` with the backbone's prompt builder (the default model_family).
 PROBE_CONVERSATION: tuple[tuple[str, str], ...] = (
     ("human", "What action should the robot take to pick up the red block?"),
     ("gpt", "Move left."),
@@ -108,7 +110,7 @@ def backbone_fingerprint(backbone: LLMBackbone) -> dict[str, Any]:
     from llm_backbones._version import __version__
 
     tokenizer = backbone.get_tokenizer()
-    builder = backbone.prompt_builder_fn("openvla")
+    builder = backbone.prompt_builder_fn(DEFAULT_MODEL_FAMILY)
     for role, message in PROBE_CONVERSATION:
         builder.add_turn(role, message)
     probe = builder.get_prompt()
@@ -501,6 +503,13 @@ def load_backbone(
         ) from None
     backbone_id = overrides.pop("llm_backbone_id", saved["backbone_id"])
     if backbone_id == saved["backbone_id"] and "prompt_format" not in overrides:
+        if saved["prompt_format"] not in PROMPT_FORMATS:
+            raise CheckpointError(
+                f"{checkpoint} was saved with the prompt format {saved['prompt_format']!r}, which this "
+                "process has not registered. Call llm_backbones.register_prompt_format(PromptFormat(...)) "
+                "with it before load_backbone, or pass prompt_format=<a registered name> (with "
+                "ignore_fingerprint=True)."
+            )
         # the format it was saved (and trained) with, e.g. "llama2-chat-prismatic"; under another id, that
         # id's format, which the fingerprint check then compares (pass prompt_format= to choose)
         overrides["prompt_format"] = saved["prompt_format"]

@@ -62,7 +62,7 @@ STAGED_EXPORT = ".export"
 FORMAT = "torch.distributed.checkpoint"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 # Settings a checkpoint cannot be resumed with a different value of: they change the model or the data.
-RESUME_FIXED = ("backbone", "mode", "seed", "batch_size", "max_length")
+RESUME_FIXED = ("backbone", "mode", "prompt_format", "seed", "batch_size", "max_length")
 
 
 def step_name(step: int) -> str:

@@ -8,7 +8,7 @@ Modes say which parameters train:
 
 `run_finetune` is the job behind `llm-backbones finetune`: one process or torchrun (FSDP2/FSDP1), the
 loop of `training` (schedule, accumulation, clipping, evaluation, metrics) and the periodic, exactly
-resumable checkpoints of `train_checkpoint`, then an HF-format export.
+resumable checkpoints of `training.checkpoint`, then an HF-format export.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def run_finetune(
     optimizer step, split into `grad_accum` micro-batches and evenly across ranks; each rank's loss is
     its share of the global token mean, so any world size and accumulation optimise the same objective.
 
-    With `output`: checkpoints every `save_every` steps and at the end (see `train_checkpoint`), the
+    With `output`: checkpoints every `save_every` steps and at the end (see `training.checkpoint`), the
     metrics in `output/metrics.jsonl`, the settings in `output/run_config.json`, and finally the
     `save_backbone` export that `get_llm_backbone_and_tokenizer(id, model_path=output)` loads. `resume`
     continues from the latest complete checkpoint with the losses an uninterrupted run would have had.

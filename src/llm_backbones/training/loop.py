@@ -2,7 +2,8 @@
 the data order, one optimizer step (gradient accumulation, clipping, non-finite checks), evaluation, and
 metrics (a JSONL file, TensorBoard when it is installed).
 
-`llm_backbones.training.finetune.run_finetune` puts them together with the checkpoints of `train_checkpoint`.
+`llm_backbones.training.finetune.run_finetune` puts them together with the checkpoints of
+`training.checkpoint`.
 """
 
 from __future__ import annotations

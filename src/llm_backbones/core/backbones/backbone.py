@@ -187,12 +187,10 @@ class HFCausalLLMBackbone(LLMBackbone):
         super().__init__(llm_backbone_id)
         self.fused_loss = False
         overrides = {"llm_family": llm_family, "llm_cls": llm_cls, "hf_hub_path": hf_hub_path}
+        spec = get_spec(llm_backbone_id)
         if prompt_format is not None:  # another format than the id's: its builder follows from it
-            overrides |= {"prompt_format": prompt_format, "prompt_builder": None}
-        self.spec: BackboneSpec = replace(
-            get_spec(llm_backbone_id),
-            **{k: v for k, v in overrides.items() if k == "prompt_builder" or v is not None},
-        )
+            spec = spec.with_prompt_format(prompt_format)
+        self.spec: BackboneSpec = replace(spec, **{k: v for k, v in overrides.items() if v is not None})
         self.llm_family, self.hf_hub_path = self.spec.llm_family, self.spec.hf_hub_path
         self.llm_max_length, self.inference_mode = llm_max_length, inference_mode
         if allow_pickle:

@@ -56,7 +56,8 @@ def get_llm_backbone_and_tokenizer(
 
     `kwargs` go to the backbone constructor: `model_path=`, `attn_implementation=`, `dtype=`,
     `use_flash_attention_2=`, `trust_remote_code=`, `allow_pickle=`, `strict=` (every weight from the file),
-    `allow_external_files=` (files outside `model_path`). `hf_token` may be a str or a `HubToken`; it is
+    `allow_external_files=` (files outside `model_path`), `prompt_format=` (a format other than the id's,
+    e.g. "llama2-chat-prismatic"). `hf_token` may be a str or a `HubToken`; it is
     wrapped at once, so no frame of the load holds the plain token.
     """
     hf_token = HubToken.wrap(hf_token)

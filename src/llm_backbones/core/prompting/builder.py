@@ -144,6 +144,11 @@ class PromptBuilder:
                 )
             return ""
         if system_prompt is None:
+            if not fmt.default_system:
+                raise PromptFormatError(
+                    f"The {fmt.name!r} prompt format has no default system prompt: give system_prompt=..., "
+                    f"or register it with default_system={{{DEFAULT_MODEL_FAMILY!r}: ...}}."
+                )
             if self.model_family not in fmt.default_system:
                 near = closest(self.model_family, fmt.default_system)
                 hint = f" Did you mean {near[0]!r}?" if near else ""
@@ -321,7 +326,14 @@ class PromptBuilderFactory:
         self.__name__ = (
             builder_cls.__name__ if builder_cls.format_key == prompt_format.name else prompt_format.name
         )
-        self.__call__()  # bad options fail here, where they were given, not at the first conversation
+        # bad options fail here, where they were given, not at the first conversation (a placeholder system
+        # prompt: a registered format need not have a default one)
+        self.builder_cls(
+            DEFAULT_MODEL_FAMILY,
+            None if prompt_format.system is None else "",
+            **self.options,
+            prompt_format=prompt_format,
+        )
 
     @property
     def format_key(self) -> str:
