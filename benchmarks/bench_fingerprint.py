@@ -23,6 +23,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from _common import cpu_description
 from safetensors.torch import load_file, save_file
 
 from llm_backbones.core.backbones.files import is_finite, sha256_file, sha256_files
@@ -47,15 +48,7 @@ def _read(path: Path, chunk: int = 8 * 2**20) -> None:
 
 
 def _device() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU ({model}, {os.cpu_count()} threads), torch {torch.__version__}"
+    return f"{cpu_description()}, torch {torch.__version__}"
 
 
 def main() -> None:

@@ -26,6 +26,8 @@ from datetime import date
 from importlib.metadata import version
 from pathlib import Path
 
+from _common import cpu_description
+
 BASELINE = "import_torch"
 COMMANDS: dict[str, list[str]] = {
     "python_startup": ["-c", "pass"],
@@ -57,15 +59,7 @@ def _run(args: list[str], src: Path | None = None) -> float:
 
 
 def _device() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU ({model}, {os.cpu_count()} threads)"
+    return cpu_description()
 
 
 def main() -> None:

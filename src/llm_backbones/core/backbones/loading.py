@@ -304,7 +304,6 @@ class HFLoader:
                     dtype=dtype,
                     allow_pickle=allow_pickle,
                     strict=strict,
-                    allow_external_files=allow_external_files,
                     files=files,
                 )
                 rows = self.llm.get_input_embeddings().weight.shape[0]
@@ -477,18 +476,8 @@ class HFLoader:
         dtype: torch.dtype,
         allow_pickle: bool,
         strict: bool = True,
-        allow_external_files: bool = False,
-        files: _files.WeightFiles | None = None,
+        files: _files.WeightFiles,
     ) -> PreTrainedModel:
-        if files is None:
-            files = self._weight_files(
-                source,
-                local,
-                config,
-                hub_kwargs,
-                allow_pickle=allow_pickle,
-                allow_external_files=allow_external_files,
-            )
         try:
             llm, info = self.spec.llm_cls.from_pretrained(
                 source,
