@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import traceback
 from pathlib import Path
@@ -158,13 +159,26 @@ def test_a_pickle_named_by_the_index_is_never_opened(tiny_llama_dir, tmp_path, m
     assert loads.calls == [] and weights.calls == []  # refused before transformers (or torch) saw a file
 
 
+@pytest.mark.parametrize(
+    ("shard", "reason", "words"),
+    [
+        ("pytorch_model.bin", "pickle", "names 'pytorch_model.bin', which is not a safetensors file"),
+        (
+            "../../evil.safetensors",
+            "outside",
+            "names '../../evil.safetensors', a path outside the repository",
+        ),
+    ],
+    ids=["pickle", "outside"],
+)
 def test_the_hub_index_is_checked_before_any_shard_is_downloaded(
-    tiny_llama_dir, tmp_path, monkeypatch
+    tiny_llama_dir, tmp_path, monkeypatch, shard, reason, words
 ) -> None:
     # A hub repository (faked: config and tokenizer come from the tiny directory) whose safetensors index
-    # names a pickle: refused before from_pretrained downloads or opens anything.
+    # names a pickle, or a path outside the repository: refused before from_pretrained downloads or opens
+    # anything, each with its own fix.
     index = tmp_path / "model.safetensors.index.json"
-    index.write_text(json.dumps({"metadata": {}, "weight_map": {"lm_head.weight": "pytorch_model.bin"}}))
+    index.write_text(json.dumps({"metadata": {}, "weight_map": {"lm_head.weight": shard}}))
     for owner in (base.AutoConfig, base.PreTrainedTokenizerFast):
         real = owner.from_pretrained
         monkeypatch.setattr(
@@ -182,8 +196,10 @@ def test_the_hub_index_is_checked_before_any_shard_is_downloaded(
 
     monkeypatch.setattr(base, "cached_file", fake_cached_file)
     weights = Calls(monkeypatch, LlamaForCausalLM, "from_pretrained")
-    with pytest.raises(UnsafeFileError, match="names 'pytorch_model.bin', which is not a safetensors file"):
+    with pytest.raises(UnsafeFileError, match=re.escape(words)) as info:
         get_llm_backbone_and_tokenizer("llama2-7b-pure", hf_token=SENTINEL)
+    assert info.value.reason == reason
+    assert ("allow_pickle=True" in str(info.value)) == (reason == "pickle")
     assert asked == [("meta-llama/Llama-2-7b-hf", "model.safetensors.index.json", SENTINEL)]
     assert weights.calls == []
 

@@ -575,16 +575,22 @@ class HFLoader:
         index = Path(index)
         weight_map = _files.read_index(index)
         for name in sorted(set(map(str, weight_map.values()))):
-            outside = not _fs.is_inside(index.parent, name, follow_symlinks=False)
-            if not name.endswith(".safetensors") or outside:
+            if not _fs.is_inside(index.parent, name, follow_symlinks=False):
+                raise UnsafeFileError(
+                    f"The weights index of the hub path {source!r} names {name!r}, a path outside the "
+                    "repository; it was not downloaded or opened. The index is corrupted or crafted: use "
+                    "another revision of the repository, or download it and fix the index's weight_map.",
+                    path=name,
+                    reason="outside",
+                )
+            if not name.endswith(".safetensors"):
                 raise UnsafeFileError(
                     f"The weights index of the hub path {source!r} names {name!r}, which is not a "
-                    "safetensors file of the repository; it was not downloaded or opened. llm-backbones "
-                    "loads safetensors only (unpickling can run code): use a repository revision with "
-                    "safetensors shards, or pass allow_pickle=True to load pickles with "
-                    "torch.load(weights_only=True).",
+                    "safetensors file; it was not downloaded or opened. llm-backbones loads safetensors "
+                    "only (unpickling can run code): use a repository revision with safetensors shards, or "
+                    "pass allow_pickle=True to load pickles with torch.load(weights_only=True).",
                     path=name,
-                    reason="pickle" if not name.endswith(".safetensors") else "outside",
+                    reason="pickle",
                 )
         return _files.WeightFiles([], index, {str(k): str(v) for k, v in weight_map.items()})
 
