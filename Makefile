@@ -35,10 +35,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 
-# The fast lane before a commit (under a minute on 2 CPU cores): lint, then the unit tests not marked `slow`.
+# The fast lane before a commit (under a minute on 2 CPU cores): lint, then the unit tests not marked `slow`,
+# hypothesis properties at a quarter of their examples (LLM_BACKBONES_QUICK=1).
 # `make test` still runs everything, slow tests included.
 check: lint $(REFERENCE)/templates
-	LLAMA_CPP_MODELS_DIR=$(REFERENCE) $(PY) -m pytest -q -m "not slow" tests/unit
+	LLM_BACKBONES_QUICK=1 LLAMA_CPP_MODELS_DIR=$(REFERENCE) $(PY) -m pytest -q -m "not slow" tests/unit
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -17,9 +17,11 @@ fallback, "▁" prepended, <s>=1, </s>=2) with real merges, which can cross a tu
 from __future__ import annotations
 
 import functools
+import os
 import tempfile
 from pathlib import Path
 
+import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from llm_backbones import get_spec, registered_ids
@@ -105,3 +107,30 @@ def without_image_markers(message: str) -> str:
     for marker in ("<image>\n", "\n<image>", "<image>"):
         message = message.replace(marker, "")
     return message
+
+
+# Their 128k- and 152k-token vocabularies take seconds to load: `make check`'s fast lane leaves these pairs to
+# `make test`, which runs every pair.
+SLOW_TOKENIZERS = frozenset({"llama3", "qwen2"})
+
+
+def format_params() -> list:
+    """FORMAT_PAIRS as pytest params named "<format>@<tokenizer>", the slow tokenizers' marked `slow`."""
+    return [
+        pytest.param(name, tok, id=pair_id((name, tok)), marks=_slow_if(tok in SLOW_TOKENIZERS))
+        for name, tok in FORMAT_PAIRS
+    ]
+
+
+def _slow_if(slow: bool) -> list:
+    return [pytest.mark.slow] if slow else []
+
+
+def tokenizer_params(names: list[str]) -> list:
+    return [pytest.param(n, id=n, marks=_slow_if(n in SLOW_TOKENIZERS)) for n in names]
+
+
+def examples(n: int) -> int:
+    """Hypothesis examples per property: `n`, or a quarter of it in `make check`'s fast lane
+    (LLM_BACKBONES_QUICK=1); `make test` runs every property at full count."""
+    return max(10, n // 4) if os.environ.get("LLM_BACKBONES_QUICK") == "1" else n

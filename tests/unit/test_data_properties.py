@@ -19,8 +19,10 @@ from format_tokenizers import (
     FIRST_ID,
     FORMAT_FAMILY,
     FORMAT_PAIRS,
+    examples,
     family_tokenizer,
-    pair_id,
+    format_params,
+    tokenizer_params,
     without_image_markers,
 )
 from llm_backbones import PROMPT_FORMATS, get_spec, registered_ids
@@ -59,8 +61,10 @@ def test_every_format_runs_on_the_tokenizer_of_a_family_that_uses_it() -> None:
         assert (family, PROMPT_FORMATS[name].official_name) in uses, name
 
 
-@pytest.mark.parametrize(("name", "tokenizer_name"), FORMAT_PAIRS, ids=map(pair_id, FORMAT_PAIRS))
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@pytest.mark.parametrize(("name", "tokenizer_name"), format_params())
+@settings(
+    max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(conv=conversations(), data=st.data())
 def test_generation_prompt_is_a_prefix_and_labels_cover_the_rest(name, tokenizer_name, conv, data) -> None:
     tokenizer = family_tokenizer(tokenizer_name)
@@ -133,8 +137,8 @@ def test_collator_without_multiple_and_empty_batch() -> None:
 TOKENIZER_NAMES = sorted({t for _, t in FORMAT_PAIRS})
 
 
-@pytest.mark.parametrize("tokenizer_name", [*TOKENIZER_NAMES, "llama2-metaspace"])
-@settings(max_examples=200, deadline=None)
+@pytest.mark.parametrize("tokenizer_name", tokenizer_params([*TOKENIZER_NAMES, "llama2-metaspace"]))
+@settings(max_examples=examples(200), deadline=None)
 @given(texts=st.lists(messages, min_size=1, max_size=4))
 def test_direct_encoding_equals_the_tokenizer_call(tokenizer_name, texts) -> None:
     # the fast path (the Rust tokenizer, called directly) gives exactly what `tokenizer(prompt)` gives

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from format_tokenizers import FIRST_ID, FORMAT_PAIRS, family_tokenizer, pair_id, without_image_markers
+from format_tokenizers import FIRST_ID, examples, family_tokenizer, format_params, without_image_markers
 from llm_backbones import PROMPT_FORMATS, builder_for
 from llm_backbones.data.actions import ActionTokenizer
 from llm_backbones.data.examples import IGNORE_INDEX, tokenize_conversation, tokenize_prompt
@@ -32,10 +32,10 @@ ACTIONS = ActionTokenizer(TOKENIZER)
 LOW, HIGH = ACTIONS.token_id_range
 HALF_BIN = (2.0 / 255) / 2
 
-FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=examples(250), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # Per format (17) or format/tokenizer pair (19): the former budget was 250 over ten renderings.
-FUZZ_BUILDER = settings(FUZZ, max_examples=60)
-FUZZ_EXAMPLE = settings(FUZZ, max_examples=40)
+FUZZ_BUILDER = settings(FUZZ, max_examples=examples(60))
+FUZZ_EXAMPLE = settings(FUZZ, max_examples=examples(40))
 
 # === Strategies ===
 text = st.text(st.characters(codec="utf-8"), max_size=15)
@@ -169,7 +169,7 @@ max_length = mostly(
 )
 
 
-@pytest.mark.parametrize(("name", "tokenizer_name"), FORMAT_PAIRS, ids=map(pair_id, FORMAT_PAIRS))
+@pytest.mark.parametrize(("name", "tokenizer_name"), format_params())
 @FUZZ_EXAMPLE
 @given(conv=conversation, limit=max_length, drop=st.booleans())
 def test_training_example_builder_fuzz(name, tokenizer_name, conv, limit, drop) -> None:
