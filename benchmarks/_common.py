@@ -1,10 +1,28 @@
-"""What the benchmark scripts share: how a CPU is described in their JSON."""
+"""What the benchmark scripts share: the Llama-2-7B config they build, how their JSON names a CPU."""
 
 from __future__ import annotations
 
 import os
 import platform
 from pathlib import Path
+
+LLAMA2_7B = {  # meta-llama/Llama-2-7b-hf config.json
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "vocab_size": 32000,
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "hidden_act": "silu",
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-05,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
 
 
 def cpu_description() -> str:

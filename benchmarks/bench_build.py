@@ -19,24 +19,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
-
-LLAMA2_7B = {  # meta-llama/Llama-2-7b-hf config.json
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "vocab_size": 32000,
-    "hidden_size": 4096,
-    "intermediate_size": 11008,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 32,
-    "hidden_act": "silu",
-    "max_position_embeddings": 4096,
-    "rms_norm_eps": 1e-05,
-    "rope_theta": 10000.0,
-    "tie_word_embeddings": False,
-    "bos_token_id": 1,
-    "eos_token_id": 2,
-}
+from _common import LLAMA2_7B
 
 CHILD = r"""
 import json, resource, sys, time

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import LLAMA2_7B
 
 from llm_backbones import get_llm_backbone_and_tokenizer, tokenize_conversation
 from llm_backbones.data.examples import PaddedCollator
@@ -49,20 +50,6 @@ CONVERSATIONS = [
         ("fold the towel", "grasp both corners"),
     )
 ]
-LLAMA2_7B = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "vocab_size": 32000,
-    "hidden_size": 4096,
-    "intermediate_size": 11008,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 32,
-    "hidden_act": "silu",
-    "max_position_embeddings": 4096,
-    "rms_norm_eps": 1e-05,
-    "tie_word_embeddings": False,
-}
 GB = 1e9
 
 

@@ -46,29 +46,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _common import LLAMA2_7B
 
 from llm_backbones import get_llm_backbone_and_tokenizer
 from llm_backbones.core.backbones.embedded import ASSETS_DIR
 from llm_backbones.runtime.fused_inference import fuse_projections
 from llm_backbones.runtime.generation import generate_greedy, prepare_for_generation, prepared_generation
 
-LLAMA2_7B = {  # meta-llama/Llama-2-7b-hf config.json
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "vocab_size": 32000,
-    "hidden_size": 4096,
-    "intermediate_size": 11008,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 32,
-    "hidden_act": "silu",
-    "max_position_embeddings": 4096,
-    "rms_norm_eps": 1e-05,
-    "rope_theta": 10000.0,
-    "tie_word_embeddings": False,
-    "bos_token_id": 1,
-    "eos_token_id": 2,
-}
 SMALL = {
     "hidden_size": 256,
     "intermediate_size": 688,

@@ -58,10 +58,6 @@ def _run(args: list[str], src: Path | None = None) -> float:
     return time.perf_counter() - start
 
 
-def _device() -> str:
-    return cpu_description()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -102,7 +98,7 @@ def main() -> None:
     result = {
         "benchmark": "import cost: package face, registry, CLI --help and list, against `import torch`",
         "date": date.today().isoformat(),
-        "device": _device(),
+        "device": cpu_description(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),

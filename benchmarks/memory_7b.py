@@ -14,24 +14,12 @@ import json
 import tempfile
 from pathlib import Path
 
+from _common import LLAMA2_7B
+
 from llm_backbones import get_llm_backbone_and_tokenizer
 from llm_backbones.core.backbones.embedded import ASSETS_DIR
 from llm_backbones.training.finetune import apply_finetune_mode
 
-LLAMA2_7B = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "vocab_size": 32000,
-    "hidden_size": 4096,
-    "intermediate_size": 11008,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 32,
-    "hidden_act": "silu",
-    "max_position_embeddings": 4096,
-    "rms_norm_eps": 1e-05,
-    "tie_word_embeddings": False,
-}
 GB = 2**30
 
 
