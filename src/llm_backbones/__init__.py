@@ -64,6 +64,10 @@ _EXPORTS: dict[str, str] = {
         "llm_backbones.core.prompting.builder",
     ),
     "ActionTokenizer": "llm_backbones.data.actions",
+    "load_vla": "llm_backbones.vla.loading",
+    "VLAPolicy": "llm_backbones.vla.policy",
+    "ImageProcessor": "llm_backbones.vla.image_processing",
+    **dict.fromkeys(["VISION_BACKBONES", "get_vision_spec"], "llm_backbones.vla.vision"),
     **dict.fromkeys(
         [
             "IGNORE_INDEX",
@@ -79,7 +83,7 @@ _EXPORTS: dict[str, str] = {
     ),
 }
 # subpackages and modules reachable as attributes (`llm_backbones.errors.FinetuneError`) without an import
-_SUBMODULES = frozenset({"errors", "core", "runtime", "data", "persistence", "training", "app"})
+_SUBMODULES = frozenset({"errors", "core", "runtime", "data", "persistence", "vla", "training", "app"})
 
 __all__ = ["__version__", *_EXPORTS]
 

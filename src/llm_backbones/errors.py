@@ -131,6 +131,11 @@ class VLACheckpointError(LLMBackbonesError, ValueError):
     `llm_backbone`."""
 
 
+class ImageError(LLMBackbonesError, ValueError):
+    """An image a policy cannot take: a wrong shape or dtype, a float image outside [0, 1], NaN pixels, or
+    pixel_values of another size than the vision backbone's."""
+
+
 class StateDictMismatchError(ModelWeightsError):
     """Weights whose tensor names differ from the backbone's: `missing` (the backbone has them, the checkpoint
     does not) and `unexpected` (the other way round) list them."""

@@ -1,14 +1,13 @@
 """The package's layers, read from its source: each module imports only from its own layer or the ones below,
 and the import graph between its modules has no cycle.
 
-foundation (`errors`, the private top-level `_*` modules) < runtime < core < data < persistence < training <
-app (`__main__` too). Every import counts: module-level and inside functions, `import x`, `from x import y`
-(`from llm_backbones.core.backbones import files` is an import of `...files`), relative imports, and
+foundation (`errors`, the private top-level `_*` modules) < runtime < core < data < persistence < vla <
+training < app (`__main__` too). Every import counts: module-level and inside functions, `import x`, `from x
+import y` (`from llm_backbones.core.backbones import files` is an import of `...files`), relative imports, and
 `importlib.import_module("llm_backbones...")` with a literal name. Internal code imports from the module that
 defines a name, never from the package face (`from llm_backbones import get_spec`): the face is lazy and would
 hide which layer the name comes from. A package's `__init__` is a module like any other; the implicit import
-of the parent packages is not an edge (every submodule would form a cycle with its package's `__init__`).
-"""
+of the parent packages is not an edge (every submodule would form a cycle with its package's `__init__`). """
 
 from __future__ import annotations
 
@@ -23,7 +22,7 @@ import llm_backbones
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 PACKAGE = "llm_backbones"
-LAYERS = ("foundation", "runtime", "core", "data", "persistence", "training", "app")
+LAYERS = ("foundation", "runtime", "core", "data", "persistence", "vla", "training", "app")
 _SUBPACKAGE_LAYER = {name: LAYERS.index(name) for name in LAYERS[1:]}
 
 

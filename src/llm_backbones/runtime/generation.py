@@ -53,9 +53,10 @@ def _step(
     input_ids: torch.Tensor | None = None,
     inputs_embeds: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
+    pick: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """One forward over new positions (RoPE `position_ids` skip left padding); the greedy next token,
-    `[B]`."""
+    `[B]` (`pick(logits [B, V])` chooses it instead of the argmax where given)."""
     out = model(
         input_ids=input_ids,
         inputs_embeds=inputs_embeds,
@@ -65,17 +66,22 @@ def _step(
         logits_to_keep=1,
         **{CACHE_KEYWORD: cache},
     )
-    return out.logits[:, -1].argmax(dim=-1)
+    logits = out.logits[:, -1]
+    return logits.argmax(dim=-1) if pick is None else pick(logits)
 
 
-def prefill(model, cache, inputs_embeds, attention_mask, position_ids) -> torch.Tensor:
+def prefill(model, cache, inputs_embeds, attention_mask, position_ids, pick=None) -> torch.Tensor:
     """Run the whole prompt through the model, filling `cache`; the first new token, `[B]`."""
-    return _step(model, cache, position_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask)
+    return _step(
+        model, cache, position_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, pick=pick
+    )
 
 
-def decode_one_token(model, cache, token, attention_mask, position_ids) -> torch.Tensor:
+def decode_one_token(model, cache, token, attention_mask, position_ids, pick=None) -> torch.Tensor:
     """Feed one token per row (`[B]`) at `position_ids` (`[B, 1]`); the next token, `[B]`."""
-    return _step(model, cache, position_ids, input_ids=token[:, None], attention_mask=attention_mask)
+    return _step(
+        model, cache, position_ids, input_ids=token[:, None], attention_mask=attention_mask, pick=pick
+    )
 
 
 @cache
@@ -161,6 +167,7 @@ def _dynamic_loop(
     inputs_embeds: torch.Tensor,
     attention_mask: torch.Tensor | None,
     max_new_tokens: int,
+    pick: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Greedy decoding over a dynamic cache (HF generate's default), eager."""
     batch, length = inputs_embeds.shape[:2]
@@ -169,13 +176,13 @@ def _dynamic_loop(
     ones = torch.ones((batch, length), dtype=torch.long, device=inputs_embeds.device)
     position_ids = _positions(attention_mask if padded else ones)
     cache = DynamicCache(config=model.config)
-    token = prefill(model, cache, inputs_embeds, mask, position_ids)
+    token = prefill(model, cache, inputs_embeds, mask, position_ids, pick)
     tokens = [token]
     last = position_ids[:, -1:]
     for step in range(1, max_new_tokens):
         if padded:
             mask = torch.cat([mask, mask.new_ones((batch, 1))], dim=1)
-        token = decode_one_token(model, cache, token, mask, last + step)
+        token = decode_one_token(model, cache, token, mask, last + step, pick)
         tokens.append(token)
     return torch.stack(tokens, dim=1)
 
@@ -582,6 +589,40 @@ def generate_greedy(
     return _static_loop(
         model, cache, slots, inputs_embeds, mask, max_new_tokens, decode_step=decode, graphs=graphs
     )
+
+
+@torch.inference_mode()
+def generate_greedy_in_range(
+    model: PreTrainedModel,
+    token_range: tuple[int, int],
+    *,
+    input_ids: torch.Tensor | None = None,
+    inputs_embeds: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    max_new_tokens: int = 8,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy decoding with every new token chosen among the ids `token_range` (inclusive; a logits mask),
+    e.g. a VLA's action tokens. Returns `(tokens, free)`, both `LongTensor[B, N]`: the chosen ids, and the
+    argmax over the whole vocabulary at each step (where it differs, the mask changed the choice). Eager,
+    over a dynamic cache; the tokens of `generate_greedy` wherever its argmax lies in the range.
+    """
+    _check_inputs(input_ids, inputs_embeds, attention_mask, max_new_tokens)
+    low, high = token_range
+    vocab = model.config.get_text_config().vocab_size
+    if not (isinstance(low, int) and isinstance(high, int) and 0 <= low <= high < vocab):
+        raise InputShapeError(
+            f"token_range={token_range!r} must be two ids low <= high within 0..{vocab - 1}."
+        )
+    free: list[torch.Tensor] = []
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:
+        free.append(logits.argmax(dim=-1))
+        return logits[:, low : high + 1].argmax(dim=-1) + low
+
+    if inputs_embeds is None:
+        inputs_embeds = model.get_input_embeddings()(input_ids)
+    tokens = _dynamic_loop(model, inputs_embeds, attention_mask, max_new_tokens, pick)
+    return tokens, torch.stack(free, dim=1)
 
 
 def generate_actions(

@@ -1,0 +1,5 @@
+"""The whole VLA: vision towers, projector, image preprocessing and the policy over the LLM backbone.
+
+`load_vla(path)` reads an OpenVLA / Prismatic checkpoint and returns a `VLAPolicy` (image + instruction ->
+action). The layer sits above `persistence` (it loads the LLM half through `load_vla_backbone`).
+"""
