@@ -2,7 +2,8 @@
 
 Before: every file a local checkpoint is read from lies inside its directory (`contained`), the weights are
 safetensors unless pickle is allowed (`weight_files`, which reads a shard index without opening a shard),
-config.json's sizes are integers a real model could have (`check_config_sizes`), the tokenizer files are
+config.json's sizes are integers a real model could have (`check_config_sizes`; an `llm_max_length` too:
+`check_llm_max_length`), the tokenizer files are
 JSON of a plausible size and depth (`check_tokenizer_files`). After: no weight is NaN or infinite
 (`first_non_finite`). And `sha256_files`, the streamed hashes `save_backbone` records and `load_backbone`
 checks.
@@ -280,6 +281,20 @@ def check_config_sizes(raw: Mapping[str, Any], where: str) -> None:
             f"{where}: num_key_value_heads={kv} does not divide num_attention_heads={heads} (grouped-query "
             f"attention shares each key/value head among a whole number of query heads). {fix}"
         )
+
+
+def check_llm_max_length(value: Any, where: str) -> int:
+    """`value` as an `llm_max_length` (the tokenizer's `model_max_length`): an integer (not a bool) from 1 to
+    `CONFIG_SIZE_BOUNDS["max_position_embeddings"]`, else `ConfigMismatchError` naming `where` (the argument,
+    or the file and field it was read from), the value, what is accepted and the fix."""
+    why = _bad_size(value, CONFIG_SIZE_BOUNDS["max_position_embeddings"])
+    if why:
+        raise ConfigMismatchError(
+            f"{where}: llm_max_length={value!r:.60} is not accepted: {why}. It is the longest sequence the "
+            "tokenizer keeps (model_max_length); pass a positive integer such as 2048 (every Prismatic / "
+            "OpenVLA model's)."
+        )
+    return int(value)
 
 
 def _divisors_near(n: int, target: int, k: int = 3) -> list[int]:
