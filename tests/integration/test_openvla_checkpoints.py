@@ -27,9 +27,18 @@ from llm_backbones.errors import (
     NormStatsError,
     StateDictMismatchError,
     UnknownBackboneError,
+    UnsafeFileError,
     VLACheckpointError,
 )
-from llm_backbones.persistence.openvla import LoadedVLA, load_vla_backbone
+from llm_backbones.persistence.openvla import (
+    PRISMATIC_MODEL_LLMS,
+    PRISMATIC_MODELS,
+    LoadedVLA,
+    PrismaticModel,
+    load_vla_backbone,
+    prismatic_vision_config,
+    unnormalize_actions,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -91,12 +100,16 @@ LLM_KEYS = sorted(
 )
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    """The tiny backbone (tokenizer with <PAD> added: what OpenVLA saves) and the shape of each LLM tensor."""
+def tiny_tokenizer_and_shapes():
+    """The tiny backbone's tokenizer (<PAD> added: what OpenVLA saves) and the shape of each LLM tensor."""
     backbone, tokenizer = get_llm_backbone_and_tokenizer(TINY)
     shapes = {k.removeprefix("llm."): tuple(v.shape) for k, v in backbone.state_dict().items()}
     return tokenizer, shapes
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_tokenizer_and_shapes()
 
 
 def random_llm(shapes: dict[str, tuple[int, ...]], seed: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -295,13 +308,16 @@ def test_hf_layout_unexpected_llm_tensor_is_named(tiny, tmp_path) -> None:
     "shard", ["../outside.safetensors", "/tmp/outside.safetensors", "sub/../../x.safetensors"]
 )
 def test_hf_layout_refuses_index_entries_outside_the_directory(tiny, tmp_path, shard) -> None:
+    """The backbone loader's containment check (files.contained): its UnsafeFileError, reason "outside"."""
     tokenizer, shapes = tiny
     directory = write_hf_openvla(tmp_path / "ckpt", tokenizer, random_llm(shapes, 7, torch.bfloat16))
     index = json.loads((directory / "model.safetensors.index.json").read_text())
     index["weight_map"]["language_model.model.norm.weight"] = shard
     (directory / "model.safetensors.index.json").write_text(json.dumps(index))
-    with pytest.raises(VLACheckpointError, match="outside"):
+    with pytest.raises(UnsafeFileError, match="outside the checkpoint directory") as info:
         load_vla_backbone(directory)
+    assert info.value.reason == "outside"
+    assert f"model.safetensors.index.json names {shard!r}" in str(info.value)
 
 
 def test_hf_layout_opens_safetensors_only(tiny, tmp_path) -> None:
@@ -431,3 +447,57 @@ def test_not_a_checkpoint(tmp_path) -> None:
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(VLACheckpointError, match="notes.txt"):
         load_vla_backbone(tmp_path)
+
+
+# === Un-normalizing: clipped to [-1, 1] first, as OpenVLA's bins ===
+def test_actions_outside_minus_one_one_are_clipped_before_unnormalizing() -> None:
+    """bridge_orig: q01 [-0.1, 0, -2], q99 [0.3, 1, 2], gripper (last) not normalized: 1.7 -> 1 -> q99 0.3,
+    -5 -> -1 -> q01 0.0, and the gripper's 3.0 -> 1.0 (kept, clipped)."""
+    got = unnormalize_actions([[1.7, -5.0, 3.0], [-1.0, 1.0, -1.5]], NORM_STATS, "bridge_orig")
+    np.testing.assert_allclose(got, [[0.3, 0.0, 1.0], [-0.1, 1.0, -1.0]], rtol=0, atol=1e-15)
+
+
+# === Prismatic's model table (prismatic/conf/models.py, inherited fields resolved) ===
+def test_prismatic_models_written_out_rows() -> None:
+    assert PRISMATIC_MODELS["prism-dinosiglip-224px+7b"] == PrismaticModel(
+        "llama2-7b-pure", "dinosiglip-vit-so-224px", "resize-naive", "no-align+fused-gelu-mlp"
+    )  # OpenVLA's base VLM
+    # LLaVa-v1.5 7B itself: the one multi-stage ("gelu-mlp", with an align stage) base of the table
+    assert PRISMATIC_MODELS["reproduction-llava-v15+7b"] == PrismaticModel(
+        "vicuna-v15-7b", "clip-vit-l-336px", "letterbox", "gelu-mlp"
+    )
+    # inherits everything but its id and vision backbone from Exp_7B_One_Stage
+    assert PRISMATIC_MODELS["siglip-224px+7b"] == PrismaticModel(
+        "vicuna-v15-7b", "siglip-vit-so400m", "letterbox", "no-align+gelu-mlp"
+    )
+    # from Exp_13B_One_Stage: 13B vicuna overridden by llama2-13b-pure, projector inherited
+    assert PRISMATIC_MODELS["prism-clip+13b"] == PrismaticModel(
+        "llama2-13b-pure", "clip-vit-l-336px", "resize-naive", "no-align+gelu-mlp"
+    )
+    # as Prismatic declares it (its vision backbone is CLIP's, not SigLIP's)
+    assert PRISMATIC_MODELS["prism-siglip+13b"].vision_backbone_id == "clip-vit-l-336px"
+    assert PRISMATIC_MODELS["phi-2+3b"] == PrismaticModel(
+        "phi-2-3b", "clip-vit-l-336px", "letterbox", "no-align+gelu-mlp"
+    )
+    assert len(PRISMATIC_MODELS) == 50
+    assert dict(PRISMATIC_MODEL_LLMS) == {k: m.llm_backbone_id for k, m in PRISMATIC_MODELS.items()}
+    with pytest.raises(TypeError):
+        PRISMATIC_MODELS["mine"] = PRISMATIC_MODELS["phi-2+3b"]  # type: ignore[index]
+
+
+def test_prismatic_vision_config_of_vlm_and_vla_runs(tiny, tmp_path) -> None:
+    vlm = {"model": {"vision_backbone_id": "siglip-vit-so400m-384px", "image_resize_strategy": "letterbox"}}
+    assert prismatic_vision_config(vlm) == ("siglip-vit-so400m-384px", "letterbox")
+    vla = {"vla": {"vla_id": "prism-dinosiglip-224px+mx-bridge", "base_vlm": "prism-dinosiglip-224px+7b"}}
+    assert prismatic_vision_config(vla) == ("dinosiglip-vit-so-224px", "resize-naive")
+    tokenizer, shapes = tiny
+    base = write_prismatic_run(tmp_path / "prism-tiny", {1: random_llm(shapes, 20, torch.float32)})
+    config = json.loads((base / "config.json").read_text())
+    config["model"]["image_resize_strategy"] = "letterbox"
+    (base / "config.json").write_text(json.dumps(config))
+    assert prismatic_vision_config({"vla": {"base_vlm": str(base)}}) == (
+        "dinosiglip-vit-so-224px",
+        "letterbox",
+    )
+    with pytest.raises(VLACheckpointError, match=r"vla\.base_vlm='dinosiglip-224px\+7b'"):
+        prismatic_vision_config({"vla": {"base_vlm": "dinosiglip-224px+7b"}})

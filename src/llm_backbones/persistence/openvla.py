@@ -17,11 +17,17 @@
 The backbone is built on the meta device (`inference_mode=True`) and receives exactly the checkpoint's LLM
 tensors (32064 embedding rows kept, no second `<PAD>`); the vision and projector tensors are not loaded, only
 named (`LoadedVLA.unused_tensors` and one log line). Loading is strict: a missing or unexpected LLM tensor
-raises `StateDictMismatchError` listing them.
+raises `StateDictMismatchError` listing them; a NaN/inf one `NonFiniteWeightsError`; a file that resolves
+outside the checkpoint folder `UnsafeFileError` (`files.contained`, the backbone loader's check); bad action
+statistics `NormStatsError`, once, at load (`validate_norm_stats`).
+
+`PRISMATIC_MODELS` is Prismatic's table of model ids (LLM, vision backbone, resize strategy, projector), how a
+VLA run's config names its base model; `prismatic_vision_config` reads a run config's vision backbone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -30,9 +36,10 @@ import re
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -40,7 +47,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from transformers import PreTrainedTokenizerBase
 
-from llm_backbones import _fs
+from llm_backbones._redact import HubToken, redacting
+from llm_backbones.core.backbones import files as _files
 from llm_backbones.core.backbones.backbone import HFCausalLLMBackbone
 from llm_backbones.core.backbones.factory import get_llm_backbone_and_tokenizer
 from llm_backbones.core.registry import get_spec
@@ -49,6 +57,7 @@ from llm_backbones.errors import (
     ActionError,
     ModelPathError,
     ModelWeightsError,
+    NonFiniteWeightsError,
     NormStatsError,
     StateDictMismatchError,
     VLACheckpointError,
@@ -74,68 +83,132 @@ TOKENIZER_FILES: tuple[str, ...] = (
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl"})
 _STEP = re.compile(r"step-(\d+)")
 
-# Prismatic's model ids -> their LLM id (prismatic/conf/models.py, openvla/openvla): how a VLA run's config
-# (`vla.base_vlm`) names its LLM. Every one of them has llm_max_length 2048.
-_PRISMATIC_MODELS_BY_LLM: dict[str, tuple[str, ...]] = {
-    "vicuna-v15-7b": (
-        "reproduction-llava-v15+7b",
-        "one-stage+7b",
-        "full-ft-multi-stage+7b",
-        "full-ft-one-stage+7b",
-        "in1k-224px+7b",
-        "dinov2-224px+7b",
-        "clip-224px+7b",
-        "siglip-224px+7b",
-        "clip-336px-resize-crop+7b",
-        "clip-336px-resize-naive+7b",
-        "siglip-384px-letterbox+7b",
-        "siglip-384px-resize-crop+7b",
-        "siglip-384px-resize-naive+7b",
-        "dinoclip-336px-letterbox+7b",
-        "dinoclip-336px-resize-naive+7b",
-        "dinosiglip-384px-letterbox+7b",
-        "dinosiglip-384px-resize-naive+7b",
-        "dinosiglip-224px-resize-naive+7b",
-        "vicuna-no-cotraining+7b",
-        "train-1.25-epochs+7b",
-        "train-1.5-epochs+7b",
-        "train-2-epochs+7b",
-        "train-3-epochs+7b",
-        "llava-lvis4v+7b",
-        "llava-lrv+7b",
-        "llava-lvis4v-lrv+7b",
-    ),
-    "vicuna-v15-13b": ("reproduction-llava-v15+13b", "one-stage+13b"),
-    "llama2-7b-pure": (
-        "llama2+7b",
-        "llama2-no-cotraining+7b",
-        "prism-clip-controlled+7b",
-        "prism-clip+7b",
-        "prism-siglip-controlled+7b",
-        "prism-siglip+7b",
-        "prism-dinosiglip-controlled+7b",
-        "prism-dinosiglip+7b",
-        "prism-dinosiglip-224px-controlled+7b",
-        "prism-dinosiglip-224px+7b",
-    ),
-    "llama2-13b-pure": (
-        "llama2+13b",
-        "prism-clip-controlled+13b",
-        "prism-clip+13b",
-        "prism-siglip-controlled+13b",
-        "prism-siglip+13b",
-        "prism-dinosiglip-controlled+13b",
-        "prism-dinosiglip+13b",
-    ),
-    "llama2-7b-chat": ("llama2-chat+7b",),
-    "llama2-13b-chat": ("llama2-chat+13b",),
-    "mistral-v0.1-7b-pure": ("mistral-v0.1+7b",),
-    "mistral-v0.1-7b-instruct": ("mistral-instruct-v0.1+7b",),
-    "phi-2-3b": ("phi-2+3b",),
-}
-PRISMATIC_MODEL_LLMS: Mapping[str, str] = {
-    model_id: llm for llm, model_ids in _PRISMATIC_MODELS_BY_LLM.items() for model_id in model_ids
-}
+
+@dataclass(frozen=True)
+class PrismaticModel:
+    """What one of Prismatic's model configs (`prismatic/conf/models.py`) is built of.
+
+    Attributes:
+        llm_backbone_id: the LLM (an id of this library's registry, e.g. "llama2-7b-pure").
+        vision_backbone_id: the vision backbone (e.g. "dinosiglip-vit-so-224px").
+        image_resize_strategy: "letterbox", "resize-naive" or "resize-crop".
+        arch_specifier: the projector ("gelu-mlp", "no-align+gelu-mlp", "no-align+fused-gelu-mlp", ...).
+    """
+
+    llm_backbone_id: str
+    vision_backbone_id: str
+    image_resize_strategy: str
+    arch_specifier: str
+
+
+_P = PrismaticModel
+# Prismatic's model ids (its ModelRegistry, openvla/openvla c8f03f4 prismatic/conf/models.py) with the fields
+# each resolves to, inherited ones included (most subclass `Exp_7B_One_Stage`, i.e. LLaVa-v1.5-7B's vicuna +
+# clip-vit-l-336px + letterbox with "no-align+gelu-mlp"). How a VLA run's config (`vla.base_vlm`) names the
+# model it was trained from; every one has llm_max_length 2048. Written out as Prismatic declares them, its
+# quirks included: "prism-siglip+13b" declares clip-vit-l-336px.
+PRISMATIC_MODELS: Mapping[str, PrismaticModel] = MappingProxyType(
+    {
+        "reproduction-llava-v15+7b": _P("vicuna-v15-7b", "clip-vit-l-336px", "letterbox", "gelu-mlp"),
+        "reproduction-llava-v15+13b": _P("vicuna-v15-13b", "clip-vit-l-336px", "letterbox", "gelu-mlp"),
+        "one-stage+7b": _P("vicuna-v15-7b", "clip-vit-l-336px", "letterbox", "no-align+gelu-mlp"),
+        "one-stage+13b": _P("vicuna-v15-13b", "clip-vit-l-336px", "letterbox", "no-align+gelu-mlp"),
+        "full-ft-multi-stage+7b": _P("vicuna-v15-7b", "clip-vit-l-336px", "letterbox", "gelu-mlp"),
+        "full-ft-one-stage+7b": _P("vicuna-v15-7b", "clip-vit-l-336px", "letterbox", "no-align+gelu-mlp"),
+        "in1k-224px+7b": _P("vicuna-v15-7b", "in1k-vit-l", "letterbox", "no-align+gelu-mlp"),
+        "dinov2-224px+7b": _P("vicuna-v15-7b", "dinov2-vit-l", "letterbox", "no-align+gelu-mlp"),
+        "clip-224px+7b": _P("vicuna-v15-7b", "clip-vit-l", "letterbox", "no-align+gelu-mlp"),
+        "siglip-224px+7b": _P("vicuna-v15-7b", "siglip-vit-so400m", "letterbox", "no-align+gelu-mlp"),
+        "clip-336px-resize-crop+7b": _P(
+            "vicuna-v15-7b", "clip-vit-l-336px", "resize-crop", "no-align+gelu-mlp"
+        ),
+        "clip-336px-resize-naive+7b": _P(
+            "vicuna-v15-7b", "clip-vit-l-336px", "resize-naive", "no-align+gelu-mlp"
+        ),
+        "siglip-384px-letterbox+7b": _P(
+            "vicuna-v15-7b", "siglip-vit-so400m-384px", "letterbox", "no-align+gelu-mlp"
+        ),
+        "siglip-384px-resize-crop+7b": _P(
+            "vicuna-v15-7b", "siglip-vit-so400m-384px", "resize-crop", "no-align+gelu-mlp"
+        ),
+        "siglip-384px-resize-naive+7b": _P(
+            "vicuna-v15-7b", "siglip-vit-so400m-384px", "resize-naive", "no-align+gelu-mlp"
+        ),
+        "dinoclip-336px-letterbox+7b": _P(
+            "vicuna-v15-7b", "dinoclip-vit-l-336px", "letterbox", "no-align+fused-gelu-mlp"
+        ),
+        "dinoclip-336px-resize-naive+7b": _P(
+            "vicuna-v15-7b", "dinoclip-vit-l-336px", "resize-naive", "no-align+fused-gelu-mlp"
+        ),
+        "dinosiglip-384px-letterbox+7b": _P(
+            "vicuna-v15-7b", "dinosiglip-vit-so-384px", "letterbox", "no-align+fused-gelu-mlp"
+        ),
+        "dinosiglip-384px-resize-naive+7b": _P(
+            "vicuna-v15-7b", "dinosiglip-vit-so-384px", "resize-naive", "no-align+fused-gelu-mlp"
+        ),
+        "llama2+7b": _P("llama2-7b-pure", "clip-vit-l-336px", "letterbox", "no-align+gelu-mlp"),
+        "llama2+13b": _P("llama2-13b-pure", "clip-vit-l-336px", "letterbox", "no-align+gelu-mlp"),
+        "llama2-chat+7b": _P("llama2-7b-chat", "clip-vit-l-336px", "letterbox", "no-align+gelu-mlp"),
+        "llama2-chat+13b": _P("llama2-13b-chat", "clip-vit-l-336px", "letterbox", "no-align+gelu-mlp"),
+        "mistral-v0.1+7b": _P("mistral-v0.1-7b-pure", "clip-vit-l-336px", "letterbox", "no-align+gelu-mlp"),
+        "mistral-instruct-v0.1+7b": _P(
+            "mistral-v0.1-7b-instruct", "clip-vit-l-336px", "letterbox", "no-align+gelu-mlp"
+        ),
+        "phi-2+3b": _P("phi-2-3b", "clip-vit-l-336px", "letterbox", "no-align+gelu-mlp"),
+        "vicuna-no-cotraining+7b": _P("vicuna-v15-7b", "clip-vit-l-336px", "letterbox", "no-align+gelu-mlp"),
+        "llama2-no-cotraining+7b": _P("llama2-7b-pure", "clip-vit-l-336px", "letterbox", "no-align+gelu-mlp"),
+        "train-1.25-epochs+7b": _P("vicuna-v15-7b", "clip-vit-l-336px", "letterbox", "no-align+gelu-mlp"),
+        "train-1.5-epochs+7b": _P("vicuna-v15-7b", "clip-vit-l-336px", "letterbox", "no-align+gelu-mlp"),
+        "train-2-epochs+7b": _P("vicuna-v15-7b", "clip-vit-l-336px", "letterbox", "no-align+gelu-mlp"),
+        "train-3-epochs+7b": _P("vicuna-v15-7b", "clip-vit-l-336px", "letterbox", "no-align+gelu-mlp"),
+        "llava-lvis4v+7b": _P("vicuna-v15-7b", "clip-vit-l-336px", "letterbox", "no-align+gelu-mlp"),
+        "llava-lrv+7b": _P("vicuna-v15-7b", "clip-vit-l-336px", "letterbox", "no-align+gelu-mlp"),
+        "llava-lvis4v-lrv+7b": _P("vicuna-v15-7b", "clip-vit-l-336px", "letterbox", "no-align+gelu-mlp"),
+        "prism-clip-controlled+7b": _P(
+            "llama2-7b-pure", "clip-vit-l-336px", "resize-naive", "no-align+gelu-mlp"
+        ),
+        "prism-clip-controlled+13b": _P(
+            "llama2-13b-pure", "clip-vit-l-336px", "resize-naive", "no-align+gelu-mlp"
+        ),
+        "prism-clip+7b": _P("llama2-7b-pure", "clip-vit-l-336px", "resize-naive", "no-align+gelu-mlp"),
+        "prism-clip+13b": _P("llama2-13b-pure", "clip-vit-l-336px", "resize-naive", "no-align+gelu-mlp"),
+        "prism-siglip-controlled+7b": _P(
+            "llama2-7b-pure", "siglip-vit-so400m-384px", "resize-naive", "no-align+gelu-mlp"
+        ),
+        "prism-siglip-controlled+13b": _P(
+            "llama2-13b-pure", "siglip-vit-so400m-384px", "resize-naive", "no-align+gelu-mlp"
+        ),
+        "prism-siglip+7b": _P(
+            "llama2-7b-pure", "siglip-vit-so400m-384px", "resize-naive", "no-align+gelu-mlp"
+        ),
+        "prism-siglip+13b": _P("llama2-13b-pure", "clip-vit-l-336px", "resize-naive", "no-align+gelu-mlp"),
+        "prism-dinosiglip-controlled+7b": _P(
+            "llama2-7b-pure", "dinosiglip-vit-so-384px", "resize-naive", "no-align+fused-gelu-mlp"
+        ),
+        "prism-dinosiglip-controlled+13b": _P(
+            "llama2-13b-pure", "dinosiglip-vit-so-384px", "resize-naive", "no-align+fused-gelu-mlp"
+        ),
+        "prism-dinosiglip+7b": _P(
+            "llama2-7b-pure", "dinosiglip-vit-so-384px", "resize-naive", "no-align+fused-gelu-mlp"
+        ),
+        "prism-dinosiglip+13b": _P(
+            "llama2-13b-pure", "dinosiglip-vit-so-384px", "resize-naive", "no-align+fused-gelu-mlp"
+        ),
+        "dinosiglip-224px-resize-naive+7b": _P(
+            "vicuna-v15-7b", "dinosiglip-vit-so-224px", "resize-naive", "no-align+fused-gelu-mlp"
+        ),
+        "prism-dinosiglip-224px-controlled+7b": _P(
+            "llama2-7b-pure", "dinosiglip-vit-so-224px", "resize-naive", "no-align+fused-gelu-mlp"
+        ),
+        "prism-dinosiglip-224px+7b": _P(
+            "llama2-7b-pure", "dinosiglip-vit-so-224px", "resize-naive", "no-align+fused-gelu-mlp"
+        ),
+    }
+)
+# The LLM of each Prismatic model id (a view of PRISMATIC_MODELS).
+PRISMATIC_MODEL_LLMS: Mapping[str, str] = MappingProxyType(
+    {model_id: model.llm_backbone_id for model_id, model in PRISMATIC_MODELS.items()}
+)
 
 
 # === Un-normalizing actions (OpenVLA's predict_action) ===
@@ -169,21 +242,124 @@ def check_unnorm_key(norm_stats: Mapping[str, Any], unnorm_key: str | None) -> s
     return unnorm_key
 
 
-def get_action_stats(norm_stats: Mapping[str, Any], unnorm_key: str | None = None) -> Mapping[str, Any]:
-    """The action statistics (`q01`, `q99`, optional `mask`, ...) of one dataset, as OpenVLA's
-    `get_action_stats`."""
-    key = check_unnorm_key(norm_stats, unnorm_key)
-    entry = norm_stats[key]
+_STATS_FIX = "Restore the statistics from the run's dataset_statistics.json (OpenVLA writes them there)."
+
+
+def _positions(bad: np.ndarray, limit: int = 8) -> str:
+    """The indices where `bad` is true, as tuples (`[..., D]` arrays) or ints (1-D), at most `limit`."""
+    found = np.argwhere(bad)
+    shown = [int(i[0]) if bad.ndim == 1 else tuple(int(j) for j in i) for i in found[:limit]]
+    return f"{shown}{f' ... ({len(found)} in all)' if len(found) > limit else ''}"
+
+
+def _stat_vector(value: object, where: str) -> np.ndarray:
+    """`q01` / `q99` of one dataset as a float64 vector: real numbers (not bools or strings), finite."""
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as exc:  # ragged lists
+        raise NormStatsError(
+            f"{where} cannot be read as a list of numbers ({exc}): {value!r:.80}. {_STATS_FIX}"
+        ) from None
+    if array.ndim != 1 or array.size == 0 or array.dtype.kind not in "iuf":
+        raise NormStatsError(
+            f"{where} must be one non-empty list of numbers (one per action dimension), got "
+            f"{value!r:.80} ({array.dtype.name}, shape {array.shape}). {_STATS_FIX}"
+        )
+    vector = array.astype(np.float64)
+    bad = ~np.isfinite(vector)
+    if bad.any():
+        raise NormStatsError(
+            f"{where} holds values that are not finite at dimensions {_positions(bad)} "
+            f"({value!r:.80}): actions un-normalized with them would be NaN or infinite. {_STATS_FIX}"
+        )
+    return vector
+
+
+def _action_arrays(
+    key: object, entry: object, *, source: str | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(low = q01, high = q99, mask) of one dataset's entry `{"action": {"q01", "q99", "mask"?, ...}}`, or
+    `NormStatsError` naming the dataset, the field, the bad value and the fix. The one check of action
+    statistics: `validate_norm_stats` runs it on every dataset, `unnormalize_actions` on the one it uses."""
+    suffix = f" (in {source})" if source else ""
+
+    def at(name: str) -> str:
+        return f"norm_stats[{key!r}]['action'][{name!r}]{suffix}"
+
     stats = entry.get("action") if isinstance(entry, Mapping) else None
     if not isinstance(stats, Mapping) or "q01" not in stats or "q99" not in stats:
         found = stats if isinstance(stats, Mapping) else entry
         found = sorted(found) if isinstance(found, Mapping) else found
         raise NormStatsError(
-            f"norm_stats[{key!r}] has no action statistics with q01 and q99 (found {found!r:.120}). Expected "
-            f"{{{key!r}: {{'action': {{'q01': [...], 'q99': [...], 'mask': [...]}}}}}}, as the "
+            f"norm_stats[{key!r}]{suffix} has no action statistics with q01 and q99 (found {found!r:.120}). "
+            f"Expected {{{key!r}: {{'action': {{'q01': [...], 'q99': [...], 'mask': [...]}}}}}}, as the "
             "dataset_statistics.json of an OpenVLA run holds them."
         )
-    return stats
+    low = _stat_vector(stats["q01"], at("q01"))
+    high = _stat_vector(stats["q99"], at("q99"))
+    if low.shape != high.shape:
+        raise NormStatsError(
+            f"norm_stats[{key!r}]{suffix}: q01 has {low.size} values and q99 {high.size}; both need one "
+            f"value per action dimension. {_STATS_FIX}"
+        )
+    above = low > high
+    if above.any():
+        raise NormStatsError(
+            f"norm_stats[{key!r}]{suffix}: q01 is above q99 at dimensions {_positions(above)} (q01 "
+            f"{low[above].tolist()[:8]}, q99 {high[above].tolist()[:8]}): the low and high quantiles are "
+            f"swapped or edited, and would mirror those actions. Accepted: q01 <= q99. {_STATS_FIX}"
+        )
+    if "mask" not in stats:
+        return low, high, np.ones_like(low, dtype=bool)  # OpenVLA's default: every dimension normalized
+    mask = stats["mask"]
+    try:
+        mask_array = np.asarray(mask)
+    except (TypeError, ValueError):  # ragged lists
+        mask_array = np.asarray(None)
+    zero_one = mask_array.dtype.kind in "iu" and bool(np.isin(mask_array, (0, 1)).all())
+    if (mask_array.dtype.kind != "b" and not zero_one) or mask_array.shape != low.shape:
+        strings = mask_array.dtype.kind in "US" or any(isinstance(m, str) for m in np.ravel(mask_array))
+        what = (
+            "strings (a non-empty string such as 'false' would count as true)"
+            if strings
+            else f"{mask_array.dtype.name} values of shape {mask_array.shape}"
+        )
+        raise NormStatsError(
+            f"{at('mask')} must be {low.size} booleans (true: un-normalize that dimension; false: keep it, "
+            f"as the gripper), got {what}: {mask!r:.80}. Write JSON true/false (Python True/False, a numpy "
+            f"bool array, or the integers 0/1), as OpenVLA's dataset_statistics.json does. {_STATS_FIX}"
+        )
+    return low, high, mask_array.astype(bool)
+
+
+def validate_norm_stats(norm_stats: Mapping[str, Any], *, source: str | None = None) -> dict[str, Any]:
+    """Check the action statistics of every dataset of `norm_stats` and return them (as a dict, values as
+    given).
+
+    Each dataset's `action` needs `q01` and `q99`: non-empty lists of finite numbers of one length, with
+    `q01 <= q99`; and `mask`, if present, is as many booleans (JSON true/false; the integers 0 and 1 are read
+    as false and true; strings, such as "false", are refused). Anything else raises
+    `NormStatsError` naming the dataset key, the field and `source` (the file they were read from).
+    `load_vla_backbone` calls it once for the statistics a checkpoint carries; `unnormalize_actions`
+    re-checks only the one dataset it uses (a few numbers: microseconds).
+    """
+    if not isinstance(norm_stats, Mapping):
+        raise NormStatsError(
+            f"The action statistics{f' of {source}' if source else ''} are a {type(norm_stats).__name__}, "
+            "not {dataset: {'action': {'q01': [...], 'q99': [...], 'mask': [...]}}}. Restore norm_stats / "
+            "dataset_statistics.json from the original run."
+        )
+    for key, entry in norm_stats.items():
+        _action_arrays(key, entry, source=source)
+    return dict(norm_stats)
+
+
+def get_action_stats(norm_stats: Mapping[str, Any], unnorm_key: str | None = None) -> Mapping[str, Any]:
+    """The action statistics (`q01`, `q99`, optional `mask`, ...) of one dataset, as OpenVLA's
+    `get_action_stats`; checked as `validate_norm_stats` checks them."""
+    key = check_unnorm_key(norm_stats, unnorm_key)
+    _action_arrays(key, norm_stats[key])
+    return norm_stats[key]["action"]
 
 
 def unnormalize_actions(
@@ -196,40 +372,48 @@ def unnormalize_actions(
     low/high and `mask` (default: all true), `where(mask, 0.5 * (a + 1) * (high - low) + low, a)`. Dimensions
     whose mask is false (the gripper) stay as they are. Returns a float64 numpy array, as OpenVLA.
 
+    Values outside [-1, 1] are clipped to it first, as OpenVLA's bins clip (its `predict_action` only ever
+    produces bin centres inside [-1, 1]), so no action lands beyond the dataset's 1st/99th percentiles.
+    NaN or infinite actions raise `ActionError` naming their positions (they would reach the robot as
+    commands). The dataset's statistics are checked as `validate_norm_stats` checks them (`NormStatsError`).
+
     `unnorm_key` names the dataset; None is accepted only when the statistics hold exactly one.
     """
     key = check_unnorm_key(norm_stats, unnorm_key)
-    stats = get_action_stats(norm_stats, key)
-    try:
-        low = np.asarray(stats["q01"], dtype=np.float64)
-        high = np.asarray(stats["q99"], dtype=np.float64)
-        mask = np.asarray(stats["mask"], dtype=bool) if "mask" in stats else np.ones_like(low, dtype=bool)
-    except (TypeError, ValueError) as exc:
-        raise NormStatsError(
-            f"The action statistics of {key!r} are not lists of numbers ({exc}): q01={stats['q01']!r:.80}, "
-            f"q99={stats['q99']!r:.80}. Restore them from the run's dataset_statistics.json."
-        ) from None
-    if low.ndim != 1 or low.shape != high.shape or mask.shape != low.shape:
-        raise NormStatsError(
-            f"The action statistics of {key!r} do not fit together: q01 {low.shape}, q99 {high.shape}, mask "
-            f"{mask.shape}; each must be one list with one value per action dimension."
-        )
+    low, high, mask = _action_arrays(key, norm_stats[key])
     if isinstance(actions, torch.Tensor):
-        actions = actions.detach().cpu().numpy()
+        actions = actions.detach().cpu()
+        actions = (actions.double() if actions.dtype == torch.bfloat16 else actions).numpy()
     try:
-        normalized = np.asarray(actions, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
+        raw = np.asarray(actions)
+    except (TypeError, ValueError) as exc:  # ragged lists
         raise ActionError(
             f"Actions must be numbers of shape [..., D], got {type(actions).__name__} ({exc}). Pass the "
             "decoded actions (ActionTokenizer.decode_token_ids_to_actions)."
         ) from None
+    if raw.dtype.kind not in "iuf":
+        raise ActionError(
+            f"Actions must be real numbers of shape [..., D], got {raw.dtype.name} values "
+            f"({actions!r:.80}). Pass the decoded actions (ActionTokenizer.decode_token_ids_to_actions), "
+            "a float array or a (nested) list of floats."
+        )
+    normalized = raw.astype(np.float64)
     if normalized.ndim == 0 or normalized.shape[-1] != low.shape[0]:
         raise ActionError(
             f"Actions of shape {normalized.shape} do not fit the statistics of {key!r}, which have "
             f"{low.shape[0]} dimensions. Decode as many action tokens as the dataset's action has "
             f"dimensions ({low.shape[0]}), or pick the unnorm_key of this robot."
         )
-    return np.where(mask, 0.5 * (normalized + 1) * (high - low) + low, normalized)
+    bad = ~np.isfinite(normalized)
+    if bad.any():
+        raise ActionError(
+            f"Actions of shape {normalized.shape} hold values that are not finite at positions "
+            f"{_positions(bad)} ({normalized[bad].tolist()[:8]}); un-normalized they would reach the robot "
+            "as commands. Accepted: finite numbers (clipped to [-1, 1]). Check what produced them (decoded "
+            "action tokens are always finite) and drop this step."
+        )
+    clipped = np.clip(normalized, -1.0, 1.0)  # as OpenVLA's bins: nothing beyond q01 / q99
+    return np.where(mask, 0.5 * (clipped + 1) * (high - low) + low, clipped)
 
 
 # === The loaded checkpoint ===
@@ -286,11 +470,18 @@ def load_vla_backbone(
     dtype: torch.dtype | None = None,
     n_action_bins: int | None = None,
     llm_max_length: int | None = None,
-    hf_token: str | None = None,
+    hf_token: str | HubToken | None = None,
     attn_implementation: str | None = None,
+    allow_external_files: bool = False,
 ) -> LoadedVLA:
     """Load the LLM backbone, tokenizer, action tokenizer and action statistics of an OpenVLA / Prismatic
     checkpoint (see the module docstring for both layouts).
+
+    Before a weight is read: every file of the checkpoint that is read (config.json, the tokenizer files,
+    the shard index and shards, dataset_statistics.json; a run's config and checkpoints/*.pt) must lie inside
+    its folder, symlinks followed (`UnsafeFileError`; a hub-cache snapshot's links into its blob store are
+    inside); `n_action_bins` and `llm_max_length` are checked, and the action statistics of every dataset
+    (`validate_norm_stats`). After: no LLM weight is NaN or infinite (`NonFiniteWeightsError`).
 
     Args:
         path: an HF OpenVLA directory, a Prismatic run directory, or a Prismatic `.pt` checkpoint file.
@@ -300,14 +491,57 @@ def load_vla_backbone(
         base_model_path: Prismatic only: a local HF directory of the base LLM (config and tokenizer) instead
             of the id's hub path; the HF layout carries its own.
         dtype: the backbone's dtype (default: the dtype the LLM tensors are stored in).
-        n_action_bins: overrides the checkpoint's number of action bins (Prismatic checkpoints do not store
-            it: 256, Prismatic's default).
-        llm_max_length: overrides the checkpoint's `llm_max_length` (the tokenizer's `model_max_length`).
-        hf_token: for the base model on the hub (Prismatic layout).
+        n_action_bins: overrides the checkpoint's number of action bins (an integer >= 2 whose action tokens
+            fit the vocabulary; Prismatic checkpoints do not store it: 256, Prismatic's default).
+        llm_max_length: overrides the checkpoint's `llm_max_length` (the tokenizer's `model_max_length`; a
+            positive integer).
+        hf_token: for the base model on the hub (Prismatic layout); a str or a `HubToken`, wrapped at once
+            so that no frame of the load holds the plain token.
         attn_implementation: passed to the backbone (default: flash-attention-2 where it can run, else sdpa).
+        allow_external_files: read files that resolve outside the checkpoint folder (symlinks pointing
+            elsewhere) instead of refusing them; only for a folder whose links you trust.
     """
+    hf_token = HubToken.wrap(hf_token)  # first: from here on no frame of the load holds the plain token
+    with redacting(hf_token):
+        return _load_vla_backbone(
+            path,
+            llm_backbone_id=llm_backbone_id,
+            step=step,
+            base_model_path=base_model_path,
+            dtype=dtype,
+            n_action_bins=n_action_bins,
+            llm_max_length=llm_max_length,
+            hf_token=hf_token,
+            attn_implementation=attn_implementation,
+            allow_external_files=allow_external_files,
+        )
+
+
+def _load_vla_backbone(
+    path: str | os.PathLike[str],
+    *,
+    llm_backbone_id: str | None,
+    step: int | None,
+    base_model_path: str | os.PathLike[str] | None,
+    dtype: torch.dtype | None,
+    n_action_bins: int | None,
+    llm_max_length: int | None,
+    hf_token: HubToken | bool | None,
+    attn_implementation: str | None,
+    allow_external_files: bool,
+) -> LoadedVLA:
     if not isinstance(path, (str, os.PathLike)):
         raise ModelPathError(f"path must be a str or a path, got {type(path).__name__}: {path!r:.80}.")
+    if not isinstance(allow_external_files, bool):
+        raise VLACheckpointError(
+            f"allow_external_files must be True or False, got {allow_external_files!r:.40}. Pass True only "
+            "for a checkpoint folder whose symlinks you trust."
+        )
+    # The arguments first, before any file is read.
+    if n_action_bins is not None:
+        _check_action_bins(n_action_bins, "n_action_bins= (the argument)")
+    if llm_max_length is not None:
+        _files.check_llm_max_length(llm_max_length, "llm_max_length= (the argument)")
     path = Path(path).expanduser()
     if not path.exists():
         raise ModelPathError(
@@ -315,13 +549,14 @@ def load_vla_backbone(
             "tokenizer), a Prismatic run directory (config.json, checkpoints/step-*.pt) or a Prismatic .pt "
             "checkpoint."
         )
-    common = {
+    common: dict[str, Any] = {
         "dtype": dtype,
         "n_action_bins": n_action_bins,
         "llm_max_length": llm_max_length,
         "attn_implementation": attn_implementation,
+        "allow_external": allow_external_files,
     }
-    hf_config = _read_hf_config(path) if path.is_dir() else None
+    hf_config = _read_hf_config(path, allow_external=allow_external_files) if path.is_dir() else None
     if hf_config is not None:
         for name, value in (("step", step), ("base_model_path", base_model_path)):
             if value is not None:
@@ -360,10 +595,19 @@ def _read_json(file: Path, what: str) -> Any:
         raise VLACheckpointError(f"{file} ({what}) cannot be read: {exc}.") from exc
 
 
-def _read_hf_config(directory: Path) -> dict[str, Any] | None:
+def _contained_if_present(directory: Path, name: str, *, allow_external: bool) -> Path | None:
+    """`directory / name` if it exists (or is a dangling link), refused (`UnsafeFileError`) when it resolves
+    outside `directory` (the loaders' one containment check, `files.contained`); None if absent."""
+    file = directory / name
+    if not (file.exists() or file.is_symlink()):
+        return None
+    return _files.contained(directory, name, allow_external=allow_external)
+
+
+def _read_hf_config(directory: Path, *, allow_external: bool = False) -> dict[str, Any] | None:
     """config.json of an HF OpenVLA / Prismatic checkpoint, or None if `directory` is not one."""
-    file = directory / "config.json"
-    if not file.is_file():
+    file = _contained_if_present(directory, "config.json", allow_external=allow_external)
+    if file is None or not file.is_file():
         return None
     config = _read_json(file, "the checkpoint's config")
     if isinstance(config, dict) and config.get("model_type") in HF_MODEL_TYPES:
@@ -377,34 +621,123 @@ def _stored_dtype(state: Mapping[str, torch.Tensor]) -> torch.dtype:
     return counts.most_common(1)[0][0] if counts else torch.float32
 
 
-def _backbone_kwargs(dtype: torch.dtype, attn_implementation: str | None) -> dict[str, Any]:
+def _backbone_kwargs(
+    dtype: torch.dtype, attn_implementation: str | None, allow_external: bool
+) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"inference_mode": True, "dtype": dtype}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
+    if allow_external:
+        kwargs["allow_external_files"] = True
     return kwargs
 
 
-# --- HF OpenVLA layout ---
-def _inside(directory: Path, name: object, index: Path) -> Path:
-    """The shard `name` of the index, refused unless it is a relative *.safetensors path inside `directory`.
+def _check_action_bins(value: object, where: str) -> int:
+    """`n_action_bins` as OpenVLA's ActionTokenizer takes it: an integer >= 2 (not a bool); whether its
+    tokens fit the vocabulary is `ActionTokenizer`'s check."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise VLACheckpointError(
+            f"{where}: n_action_bins={value!r:.40} is not accepted: the number of action bins must be an "
+            "integer >= 2 (OpenVLA's is 256). Fix the value (restore config.json from the original "
+            "checkpoint, or pass n_action_bins=256)."
+        )
+    return value
 
-    Checked on the path as written, not on its target: the hub cache's shards are symlinks into its blob
-    store.
+
+def _action_tokenizer(tokenizer: PreTrainedTokenizerBase, bins: int, where: str) -> ActionTokenizer:
+    """The `ActionTokenizer` of `bins` bins, or `VLACheckpointError` naming where `bins` came from."""
+    try:
+        return ActionTokenizer(tokenizer, bins=bins)
+    except ActionError as exc:
+        raise VLACheckpointError(
+            f"{where}: n_action_bins={bins} does not fit the tokenizer: {exc} Pass the n_action_bins the "
+            "model was trained with (OpenVLA's is 256)."
+        ) from exc
+
+
+def _setting(override: Any, config: Mapping[str, Any], key: str, default: Any, where: str) -> tuple[Any, str]:
+    """(value, where it came from) of a setting: the argument, else `config[key]` (None counts as absent),
+    else `default`. Never `or`: a 0 read from a file is a value to refuse, not "absent"."""
+    if override is not None:
+        return override, f"{key}= (the argument)"
+    if config.get(key) is not None:
+        return config[key], where
+    return default, f"the default {key}"
+
+
+def _check_finite(
+    state: Mapping[str, torch.Tensor],
+    source: Path,
+    *,
+    name_of: Callable[[str], str],
+    file_of: Callable[[str], Path],
+) -> None:
+    """`NonFiniteWeightsError` naming the first LLM tensor holding NaN or inf (the check
+    `get_llm_backbone_and_tokenizer` runs, `files.first_non_finite`)."""
+    found = _files.first_non_finite(state.items())
+    if found is None:
+        return
+    name, tensor = found
+    shown, file = name_of(name), str(file_of(name))
+    raise NonFiniteWeightsError(
+        f"Weight {shown} of {source} holds {_files.describe_non_finite(tensor)} (read from {file}): the "
+        "checkpoint is corrupted or comes from a diverged run. Restore the file from the original "
+        "checkpoint (or load an earlier training step).",
+        tensor=shown,
+        file=file,
+    )
+
+
+@contextlib.contextmanager
+def _errors_naming(tmp: Path, directory: Path) -> Iterator[None]:
+    """Errors raised within name the checkpoint `directory`, not the temporary folder `tmp` that holds its
+    LLM config (config.json's text_config) and tokenizer files while the backbone loader reads them."""
+    try:
+        yield
+    except Exception as exc:
+        olds = dict.fromkeys([str(tmp), str(tmp.resolve())])
+        replacements = [(f"{old}/config.json", f"{directory}/config.json (text_config)") for old in olds]
+        replacements += [(old, str(directory)) for old in olds]
+
+        def fix(value: object) -> object:
+            if not isinstance(value, str):
+                return value
+            for old, new in replacements:
+                value = value.replace(old, new)
+            return value
+
+        seen: set[int] = set()
+        stack: list[BaseException | None] = [exc]
+        while stack:
+            current = stack.pop()
+            if current is None or id(current) in seen:
+                continue
+            seen.add(id(current))
+            with contextlib.suppress(AttributeError, TypeError):
+                current.args = tuple(fix(a) for a in current.args)
+            for name in ("path", "file", "filename", "filename2", "strerror"):
+                if isinstance(getattr(current, name, None), str):
+                    with contextlib.suppress(AttributeError, TypeError):
+                        setattr(current, name, fix(getattr(current, name)))
+            stack.extend([current.__cause__, current.__context__])
+        raise
+
+
+# --- HF OpenVLA layout ---
+def _inside(directory: Path, name: object, index: Path, *, allow_external: bool = False) -> Path:
+    """The shard `name` of the index, refused unless it is a *.safetensors file inside `directory`.
+
+    Symlinks are followed (`files.contained`): a shard linking out of the checkpoint is refused as a `../`
+    name is, while a hub cache's links into its blob store are inside.
     """
     if not isinstance(name, str) or not name:
         raise VLACheckpointError(f"{index} names the file {name!r}; shard names must be non-empty strings.")
-    if not _fs.is_inside(directory, name, follow_symlinks=False):
-        raise VLACheckpointError(
-            f"{index} names the shard {name!r}, which lies outside {directory}; shards must be files of the "
-            "checkpoint directory (e.g. model-00001-of-00003.safetensors). The index is damaged or was "
-            "edited: restore it from the original checkpoint."
-        )
     if not name.endswith(".safetensors"):
         raise VLACheckpointError(
             f"{index} names the shard {name!r}; llm-backbones opens safetensors files only (pickle weights "
             "can run code when loaded). Convert the checkpoint to safetensors where you trust it."
         )
-    file = directory / name
+    file = _files.contained(directory, name, allow_external=allow_external, named_by=str(index))
     if not file.is_file():
         raise ModelWeightsError(
             f"{index} names the shard {name!r}, which is missing from {directory}. Copy or download the "
@@ -413,10 +746,14 @@ def _inside(directory: Path, name: object, index: Path) -> Path:
     return file
 
 
-def _hf_weight_files(directory: Path) -> dict[str, Path]:
-    """{tensor name: safetensors file} from model.safetensors.index.json, or from one model.safetensors."""
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
+def _hf_weight_files(directory: Path, *, allow_external: bool = False) -> dict[str, Path]:
+    """{tensor name: safetensors file} from model.safetensors.index.json, or from one model.safetensors.
+
+    Every file lies inside `directory`, symlinks followed (`UnsafeFileError` otherwise), unless
+    `allow_external`.
+    """
+    index = _contained_if_present(directory, "model.safetensors.index.json", allow_external=allow_external)
+    if index is not None and index.is_file():
         data = _read_json(index, "the shard index")
         weight_map = data.get("weight_map") if isinstance(data, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
@@ -428,11 +765,11 @@ def _hf_weight_files(directory: Path) -> dict[str, Path]:
         result = {}
         for tensor, name in weight_map.items():
             if not isinstance(name, str) or name not in shards:
-                shards[str(name)] = _inside(directory, name, index)
+                shards[str(name)] = _inside(directory, name, index, allow_external=allow_external)
             result[str(tensor)] = shards[name]
         return result
-    single = directory / "model.safetensors"
-    if single.is_file():
+    single = _contained_if_present(directory, "model.safetensors", allow_external=allow_external)
+    if single is not None and single.is_file():
         try:
             with safe_open(str(single), framework="pt") as handle:
                 return dict.fromkeys(handle.keys(), single)
@@ -487,11 +824,13 @@ def _load_hf_layout(
     n_action_bins: int | None,
     llm_max_length: int | None,
     attn_implementation: str | None,
+    allow_external: bool,
 ) -> LoadedVLA:
+    config_file = f"{directory}/config.json"
     backbone_id = llm_backbone_id or config.get("llm_backbone_id")
     if not isinstance(backbone_id, str) or not backbone_id:
         raise VLACheckpointError(
-            f"{directory}/config.json names no llm_backbone_id (got {config.get('llm_backbone_id')!r}). Pass "
+            f"{config_file} names no llm_backbone_id (got {config.get('llm_backbone_id')!r}). Pass "
             "llm_backbone_id= the id the model was trained with (openvla-7b: 'llama2-7b-pure')."
         )
     spec = get_spec(backbone_id)
@@ -499,7 +838,7 @@ def _load_hf_layout(
     text_config = config.get("text_config")
     if not isinstance(text_config, dict):
         raise VLACheckpointError(
-            f"{directory}/config.json has no text_config object (got {type(text_config).__name__}); an "
+            f"{config_file} has no text_config object (got {type(text_config).__name__}); an "
             "OpenVLA checkpoint keeps the LLM's config there. Restore config.json from the original "
             "checkpoint."
         )
@@ -509,11 +848,25 @@ def _load_hf_layout(
     text_config = {"model_type": expected, **text_config}
     if text_config["model_type"] != expected:
         raise VLACheckpointError(
-            f"{directory}/config.json: text_config is a {text_config['model_type']!r} model, but "
+            f"{config_file}: text_config is a {text_config['model_type']!r} model, but "
             f"llm_backbone_id={backbone_id!r} ({spec.llm_family}) needs {expected!r}. Pass the "
             "llm_backbone_id the checkpoint was trained with."
         )
-    files = _hf_weight_files(directory)
+    bins, bins_from = _setting(n_action_bins, config, "n_action_bins", DEFAULT_ACTION_BINS, config_file)
+    _check_action_bins(bins, bins_from)
+    max_length, length_from = _setting(
+        llm_max_length, config, "llm_max_length", DEFAULT_LLM_MAX_LENGTH, config_file
+    )
+    max_length = _files.check_llm_max_length(max_length, length_from)
+    # Every file read below lies inside the checkpoint folder (symlinks followed), before any is read.
+    _files.check_local_files(directory, allow_external=allow_external)
+    statistics = _contained_if_present(directory, "dataset_statistics.json", allow_external=allow_external)
+    norm_stats, stats_from = config.get("norm_stats"), config_file
+    if norm_stats is None and statistics is not None and statistics.is_file():
+        norm_stats = _read_json(statistics, "the action statistics")
+        stats_from = str(statistics)
+    norm_stats = validate_norm_stats({} if norm_stats is None else norm_stats, source=stats_from)
+    files = _hf_weight_files(directory, allow_external=allow_external)
     llm_names = sorted(n for n in files if n.startswith(HF_LLM_PREFIX))
     unused = tuple(sorted(n for n in files if not n.startswith(HF_LLM_PREFIX)))
     if not llm_names:
@@ -524,37 +877,41 @@ def _load_hf_layout(
     raw = _read_safetensors(llm_names, files)
     state = {BACKBONE_LLM_PREFIX + n[len(HF_LLM_PREFIX) :]: t for n, t in raw.items()}
     del raw
+
+    def hf_name(key: str) -> str:
+        return HF_LLM_PREFIX + key[len(BACKBONE_LLM_PREFIX) :]
+
+    _check_finite(state, directory, name_of=hf_name, file_of=lambda k: files[hf_name(k)])
     tokenizer_files = [f for f in TOKENIZER_FILES if (directory / f).is_file()]
     if not any(f in tokenizer_files for f in ("tokenizer.json", "tokenizer.model")):
         raise VLACheckpointError(
             f"{directory} has no tokenizer (tokenizer.json or tokenizer.model). Copy the checkpoint's "
             "tokenizer files (with <PAD> added, as OpenVLA saved them) into it."
         )
-    max_length = llm_max_length or config.get("llm_max_length") or DEFAULT_LLM_MAX_LENGTH
+    # The backbone loader reads an HF folder: the LLM's config (text_config) and the tokenizer files go to a
+    # temporary one, and any error it raises names the checkpoint instead.
     with tempfile.TemporaryDirectory(prefix="llm-backbones-openvla-") as tmp:
         (Path(tmp) / "config.json").write_text(json.dumps(text_config, indent=2), encoding="utf-8")
         for name in tokenizer_files:
             shutil.copyfile(directory / name, Path(tmp) / name)
-        backbone, tokenizer = get_llm_backbone_and_tokenizer(
-            backbone_id,
-            llm_max_length=max_length,
-            model_path=tmp,
-            **_backbone_kwargs(dtype or _stored_dtype(state), attn_implementation),
-        )
+        with _errors_naming(Path(tmp), directory):
+            backbone, tokenizer = get_llm_backbone_and_tokenizer(
+                backbone_id,
+                llm_max_length=max_length,
+                model_path=tmp,
+                **_backbone_kwargs(dtype or _stored_dtype(state), attn_implementation, False),
+            )
     tokenizer.name_or_path = str(directory)
+    backbone.llm.config._name_or_path = str(directory)
     pad = config.get("pad_token_id")
     if isinstance(pad, int) and pad != tokenizer.pad_token_id:
         raise VLACheckpointError(
-            f"{directory}/config.json says pad_token_id={pad}, but its tokenizer's PAD "
+            f"{config_file} says pad_token_id={pad}, but its tokenizer's PAD "
             f"({tokenizer.pad_token!r}) is {tokenizer.pad_token_id}: the tokenizer files and the weights "
             "come from different checkpoints. Restore the tokenizer files of this checkpoint."
         )
-    _load_llm_state(
-        backbone, state, directory, name_of=lambda k: HF_LLM_PREFIX + k[len(BACKBONE_LLM_PREFIX) :]
-    )
-    norm_stats = config.get("norm_stats")
-    if norm_stats is None and (directory / "dataset_statistics.json").is_file():
-        norm_stats = _read_json(directory / "dataset_statistics.json", "the action statistics")
+    action_tokenizer = _action_tokenizer(tokenizer, bins, bins_from)
+    _load_llm_state(backbone, state, directory, name_of=hf_name)
     return _finish(
         backbone,
         tokenizer,
@@ -564,7 +921,7 @@ def _load_hf_layout(
         "openvla-hf",
         directory,
         config,
-        n_action_bins or config.get("n_action_bins") or DEFAULT_ACTION_BINS,
+        action_tokenizer,
         n_llm=len(state),
     )
 
@@ -607,17 +964,19 @@ def _find_training_checkpoint(path: Path, step: int | None) -> tuple[Path, Path]
     )
 
 
-def _read_run_config(run_dir: Path) -> dict[str, Any]:
-    """The run's config.json, else config.yaml (Prismatic writes both), else {}."""
-    if (run_dir / "config.json").is_file():
-        config = _read_json(run_dir / "config.json", "the run's config")
-    elif (run_dir / "config.yaml").is_file():
+def _read_run_config(run_dir: Path, *, allow_external: bool = False) -> dict[str, Any]:
+    """The run's config.json, else config.yaml (Prismatic writes both), else {}; each inside `run_dir`."""
+    config_json = _contained_if_present(run_dir, "config.json", allow_external=allow_external)
+    config_yaml = _contained_if_present(run_dir, "config.yaml", allow_external=allow_external)
+    if config_json is not None and config_json.is_file():
+        config = _read_json(config_json, "the run's config")
+    elif config_yaml is not None and config_yaml.is_file():
         import yaml  # a transformers dependency
 
         try:
-            config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+            config = yaml.safe_load(config_yaml.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
-            raise VLACheckpointError(f"{run_dir / 'config.yaml'} cannot be read as YAML ({exc}).") from exc
+            raise VLACheckpointError(f"{config_yaml} cannot be read as YAML ({exc}).") from exc
     else:
         return {}
     if not isinstance(config, dict):
@@ -627,25 +986,62 @@ def _read_run_config(run_dir: Path) -> dict[str, Any]:
     return config
 
 
+def _run_model_fields(config: Mapping[str, Any], names: tuple[str, ...]) -> tuple[dict[str, str] | None, str]:
+    """The fields `names` of a run's model, and what was found (for a message when they are not there).
+
+    From `model.*` (VLM runs: Prismatic's ModelConfig) when it holds them all; else through `vla.base_vlm`
+    (VLA runs): a Prismatic model id (`PRISMATIC_MODELS`), or the base VLM's run directory (its `model.*`).
+    """
+    model = config.get("model") if isinstance(config, Mapping) else None
+    if isinstance(model, Mapping) and all(isinstance(model.get(n), str) for n in names):
+        return {n: model[n] for n in names}, "model"
+    vla = config.get("vla") if isinstance(config, Mapping) else None
+    base = vla.get("base_vlm") if isinstance(vla, Mapping) else None
+    if isinstance(base, str) and base in PRISMATIC_MODELS:
+        entry = PRISMATIC_MODELS[base]
+        return {n: getattr(entry, n) for n in names}, f"vla.base_vlm={base!r}"
+    if isinstance(base, str) and base and Path(base).expanduser().is_dir():  # the base VLM's run directory
+        inner = _read_run_config(Path(base).expanduser()).get("model")
+        if isinstance(inner, Mapping) and all(isinstance(inner.get(n), str) for n in names):
+            return {n: inner[n] for n in names}, f"vla.base_vlm={base!r}"
+    if isinstance(model, Mapping):
+        found = "model." + ", model.".join(f"{n}={model.get(n)!r:.40}" for n in names)
+    elif isinstance(config, Mapping):
+        close = closest(base, PRISMATIC_MODELS) if isinstance(base, str) else []
+        hint = f" (not a Prismatic model id; closest: {', '.join(close)})" if close else ""
+        found = f"no model object, vla.base_vlm={base!r:.80}{hint}"
+    else:
+        found = f"a {type(config).__name__}, not a run config"
+    return None, found
+
+
+def prismatic_vision_config(config: Mapping[str, Any]) -> tuple[str, str]:
+    """(vision_backbone_id, image_resize_strategy) of a Prismatic run config: `model.vision_backbone_id` and
+    `model.image_resize_strategy` (VLM runs), else those of the model `vla.base_vlm` names (VLA runs; a
+    Prismatic model id of `PRISMATIC_MODELS`, or the base VLM's run directory). `VLACheckpointError` naming
+    what was found otherwise."""
+    names = ("vision_backbone_id", "image_resize_strategy")
+    fields, found = _run_model_fields(config, names)
+    if fields is None:
+        raise VLACheckpointError(
+            f"Cannot tell the vision backbone of this run config: found {found}. Expected "
+            "model.vision_backbone_id and model.image_resize_strategy (a VLM run), or vla.base_vlm naming a "
+            "Prismatic model id (e.g. 'prism-dinosiglip-224px+7b', OpenVLA's; see PRISMATIC_MODELS) or the "
+            "base VLM's run directory. Restore the run's config.json from the original run."
+        )
+    return fields["vision_backbone_id"], fields["image_resize_strategy"]
+
+
 def _prismatic_llm_id(config: Mapping[str, Any], run_dir: Path) -> str:
     """The LLM id of a run: `model.llm_backbone_id` (VLM runs), else the LLM of `vla.base_vlm` (VLA runs)."""
-    model = config.get("model")
-    if isinstance(model, Mapping) and isinstance(model.get("llm_backbone_id"), str):
-        return model["llm_backbone_id"]
-    vla = config.get("vla")
-    base = vla.get("base_vlm") if isinstance(vla, Mapping) else None
-    if isinstance(base, str):
-        if base in PRISMATIC_MODEL_LLMS:
-            return PRISMATIC_MODEL_LLMS[base]
-        base_dir = Path(base).expanduser()
-        if base_dir.is_dir():  # a base VLM given as its run directory
-            inner = _read_run_config(base_dir).get("model")
-            if isinstance(inner, Mapping) and isinstance(inner.get("llm_backbone_id"), str):
-                return inner["llm_backbone_id"]
+    fields, found = _run_model_fields(config, ("llm_backbone_id",))
+    if fields is not None:
+        return fields["llm_backbone_id"]
     where = f"{run_dir}/config.json" if config else f"{run_dir} (no config.json or config.yaml)"
     raise VLACheckpointError(
-        f"Cannot tell the LLM of {where}: no model.llm_backbone_id, and vla.base_vlm={base!r} is not a known "
-        "Prismatic model id or run directory. Pass llm_backbone_id= (e.g. 'llama2-7b-pure', OpenVLA's)."
+        f"Cannot tell the LLM of {where}: found {found}, and no model.llm_backbone_id or vla.base_vlm naming "
+        "a known Prismatic model id or run directory. Pass llm_backbone_id= (e.g. 'llama2-7b-pure', "
+        "OpenVLA's)."
     )
 
 
@@ -688,18 +1084,40 @@ def _load_prismatic_layout(
     llm_backbone_id: str | None,
     step: int | None,
     base_model_path: str | os.PathLike[str] | None,
-    hf_token: str | None,
+    hf_token: HubToken | bool | None,
     dtype: torch.dtype | None,
     n_action_bins: int | None,
     llm_max_length: int | None,
     attn_implementation: str | None,
+    allow_external: bool,
 ) -> LoadedVLA:
     checkpoint, run_dir = _find_training_checkpoint(path, step)
-    config = _read_run_config(run_dir)
+    if (
+        checkpoint != path
+    ):  # found in the run directory: it lies inside it (a .pt passed itself is the caller's)
+        _files.contained(run_dir, str(checkpoint.relative_to(run_dir)), allow_external=allow_external)
+    config = _read_run_config(run_dir, allow_external=allow_external)
     backbone_id = llm_backbone_id or _prismatic_llm_id(config, run_dir)
     get_spec(backbone_id)  # an unknown id fails before the checkpoint is read
     model_cfg = config.get("model") if isinstance(config.get("model"), Mapping) else {}
-    max_length = llm_max_length or model_cfg.get("llm_max_length") or DEFAULT_LLM_MAX_LENGTH
+    max_length, length_from = _setting(
+        llm_max_length,
+        model_cfg,
+        "llm_max_length",
+        DEFAULT_LLM_MAX_LENGTH,
+        f"The run config of {run_dir} (model)",
+    )
+    max_length = _files.check_llm_max_length(max_length, length_from)
+    bins, bins_from = (
+        (n_action_bins, "n_action_bins= (the argument)")
+        if n_action_bins is not None
+        else (DEFAULT_ACTION_BINS, "the default n_action_bins (Prismatic's)")
+    )
+    statistics = _contained_if_present(run_dir, "dataset_statistics.json", allow_external=allow_external)
+    norm_stats: Any = {}
+    if statistics is not None and statistics.is_file():
+        norm_stats = _read_json(statistics, "the action statistics")
+    norm_stats = validate_norm_stats(norm_stats, source=str(statistics) if statistics else None)
     model = _torch_load_model(checkpoint)
     state = dict(model[PRISMATIC_LLM_KEY])
     bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
@@ -708,6 +1126,11 @@ def _load_prismatic_layout(
             f"{checkpoint}: model['llm_backbone'] holds entries that are not named tensors (e.g. {bad[:3]}). "
             "Pass a checkpoint of a Prismatic / OpenVLA training run."
         )
+
+    def name_of(key: str) -> str:
+        return f"{PRISMATIC_LLM_KEY}.{key}"
+
+    _check_finite(state, checkpoint, name_of=name_of, file_of=lambda k: checkpoint)
     unused = tuple(
         sorted(
             f"{group}.{name}"
@@ -716,7 +1139,7 @@ def _load_prismatic_layout(
             for name in (tensors if isinstance(tensors, Mapping) else {})
         )
     )
-    kwargs = _backbone_kwargs(dtype or _stored_dtype(state), attn_implementation)
+    kwargs = _backbone_kwargs(dtype or _stored_dtype(state), attn_implementation, allow_external)
     if base_model_path is not None:
         kwargs["model_path"] = base_model_path
     try:
@@ -731,9 +1154,8 @@ def _load_prismatic_layout(
             f"base model of {backbone_id!r}, and that could not be loaded: {exc} Pass base_model_path= a "
             "local HF directory of the base model (config.json and tokenizer files)."
         ) from exc
-    _load_llm_state(backbone, state, checkpoint, name_of=lambda k: f"{PRISMATIC_LLM_KEY}.{k}")
-    statistics = run_dir / "dataset_statistics.json"
-    norm_stats = _read_json(statistics, "the action statistics") if statistics.is_file() else {}
+    action_tokenizer = _action_tokenizer(tokenizer, bins, bins_from)
+    _load_llm_state(backbone, state, checkpoint, name_of=name_of)
     return _finish(
         backbone,
         tokenizer,
@@ -743,7 +1165,7 @@ def _load_prismatic_layout(
         "prismatic",
         checkpoint,
         config,
-        n_action_bins or DEFAULT_ACTION_BINS,
+        action_tokenizer,
         n_llm=len(state),
     )
 
@@ -806,24 +1228,17 @@ def _load_llm_state(
 def _finish(
     backbone: HFCausalLLMBackbone,
     tokenizer: PreTrainedTokenizerBase,
-    norm_stats: Any,
+    norm_stats: dict[str, Any],
     unused: tuple[str, ...],
     backbone_id: str,
     layout: str,
     source: Path,
     config: dict[str, Any],
-    n_action_bins: int,
+    action_tokenizer: ActionTokenizer,
     *,
     n_llm: int,
 ) -> LoadedVLA:
-    if norm_stats is None:
-        norm_stats = {}
-    if not isinstance(norm_stats, dict):
-        raise NormStatsError(
-            f"The action statistics of {source} are a {type(norm_stats).__name__}, not "
-            "{dataset: {'action': {...}}}. Restore norm_stats / dataset_statistics.json from the original "
-            "run."
-        )
+    """`norm_stats` are those `validate_norm_stats` returned."""
     # [Contract] as Prismatic's load_vla for inference (freeze_weights): eval mode, no gradients.
     backbone.requires_grad_(False)
     backbone.eval()
@@ -843,7 +1258,7 @@ def _finish(
     return LoadedVLA(
         backbone=backbone,
         tokenizer=tokenizer,
-        action_tokenizer=ActionTokenizer(tokenizer, bins=n_action_bins),
+        action_tokenizer=action_tokenizer,
         norm_stats=norm_stats,
         unused_tensors=unused,
         llm_backbone_id=backbone_id,
@@ -855,9 +1270,13 @@ def _finish(
 
 __all__ = [
     "LoadedVLA",
+    "PRISMATIC_MODELS",
     "PRISMATIC_MODEL_LLMS",
+    "PrismaticModel",
     "check_unnorm_key",
     "get_action_stats",
     "load_vla_backbone",
+    "prismatic_vision_config",
     "unnormalize_actions",
+    "validate_norm_stats",
 ]
