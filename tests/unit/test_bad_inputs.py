@@ -58,6 +58,7 @@ from llm_backbones.errors import (
     DataFileError,
     FinetuneError,
     FingerprintMismatchError,
+    ImageError,
     InputShapeError,
     InvalidSpecError,
     LLMBackbonesError,
@@ -78,6 +79,7 @@ from llm_backbones.errors import (
     UnsafeFileError,
     VLACheckpointError,
 )
+from llm_backbones.persistence.openvla import prismatic_vision_config, validate_norm_stats
 from llm_backbones.runtime.generation import generate_greedy
 from llm_backbones.training.finetune import apply_finetune_mode, run_finetune
 from shared import padded_llama2_tokenizer
@@ -1576,6 +1578,227 @@ NOTHING_SILENT = rows(
     ),
 )
 CASES += NOTHING_SILENT
+
+
+# === Issue 19, item 6 ("Actions and the VLA loader, nothing silent"): un-normalizing, action statistics
+# (checked once, at load), the loader's settings and files ===
+_STATS = {"bridge_orig": {"action": {"q01": [-0.1, 0.0, -2.0], "q99": [0.3, 1.0, 2.0]}}}
+
+
+def _stats_with(**action) -> dict:
+    return {"bridge_orig": {"action": {**_STATS["bridge_orig"]["action"], **action}}}
+
+
+def _vla_config_dir(e: Env, name: str, **fields) -> Path:
+    """A folder holding only an HF OpenVLA config.json: the loader refuses its settings before any other
+    file is read."""
+    path = e.root / name
+    if not path.exists():
+        path.mkdir()
+        config = {
+            "model_type": "openvla",
+            "llm_backbone_id": "llama2-tiny-pure",
+            "text_config": {"model_type": "llama"},
+            "n_action_bins": 256,
+            "llm_max_length": 2048,
+            "norm_stats": _STATS,
+            **fields,
+        }
+        (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def _config_linked_outside(e: Env) -> Path:
+    path = e.root / "vla-config-link"
+    if not path.exists():
+        outside = _vla_config_dir(e, "vla-config-elsewhere") / "config.json"
+        path.mkdir()
+        (path / "config.json").symlink_to(outside)
+    return path
+
+
+VLA_FAULTS = rows(
+    Bad(
+        "unnormalize-nan-action",
+        lambda e: llm_backbones.unnormalize_actions([[0.1, 0.2, 0.3], [0.0, math.nan, 0.0]], _STATS),
+        ActionError,
+        ("not finite at positions [(1, 1)]", "[nan]", "reach the robot", "finite numbers"),
+    ),
+    Bad(
+        "unnormalize-inf-action",
+        lambda e: llm_backbones.unnormalize_actions(torch.tensor([0.0, 0.5, -math.inf]), _STATS),
+        ActionError,
+        ("not finite at positions [2]", "[-inf]", "drop this step"),
+    ),
+    Bad(
+        "unnormalize-string-actions",
+        lambda e: llm_backbones.unnormalize_actions(["0.1", "0.2", "0.3"], _STATS),
+        ActionError,
+        ("real numbers", "str", "['0.1', '0.2', '0.3']", "decode_token_ids_to_actions"),
+    ),
+    Bad(
+        "unnormalize-q01-above-q99",
+        lambda e: llm_backbones.unnormalize_actions([0.0] * 3, _stats_with(q01=[0.5, 0.0, -2.0])),
+        NormStatsError,
+        (
+            "norm_stats['bridge_orig']",
+            "q01 is above q99 at dimensions [0]",
+            "q01 [0.5], q99 [0.3]",
+            "q01 <= q99",
+        ),
+        KeyError,
+    ),
+    Bad(
+        "unnormalize-nan-q99",
+        lambda e: llm_backbones.unnormalize_actions([0.0] * 3, _stats_with(q99=[0.3, math.nan, 2.0])),
+        NormStatsError,
+        ("['q99']", "not finite at dimensions [1]", "dataset_statistics.json"),
+        KeyError,
+    ),
+    Bad(
+        "unnormalize-inf-q01",
+        lambda e: llm_backbones.unnormalize_actions([0.0] * 3, _stats_with(q01=[-math.inf, 0.0, -2.0])),
+        NormStatsError,
+        ("['q01']", "not finite at dimensions [0]"),
+        KeyError,
+    ),
+    Bad(
+        "unnormalize-mask-of-strings",
+        lambda e: llm_backbones.unnormalize_actions([0.0] * 3, _stats_with(mask=["false", "false", "false"])),
+        NormStatsError,
+        ("['mask']", "must be 3 booleans", "'false' would count as true", "JSON true/false"),
+        KeyError,
+    ),
+    Bad(
+        "unnormalize-mask-of-twos",
+        lambda e: llm_backbones.unnormalize_actions([0.0] * 3, _stats_with(mask=[2, 0, 1])),
+        NormStatsError,
+        ("['mask']", "int64", "[2, 0, 1]", "the integers 0/1"),
+        KeyError,
+    ),
+    Bad(
+        "unnormalize-stats-of-strings",
+        lambda e: llm_backbones.unnormalize_actions([0.0] * 3, _stats_with(q01=["-0.1", "0", "-2"])),
+        NormStatsError,
+        ("['q01']", "list of numbers", "['-0.1', '0', '-2']"),
+        KeyError,
+    ),
+    Bad(
+        "validate-norm-stats-second-dataset",
+        lambda e: validate_norm_stats(
+            {**_STATS, "fractal": {"action": {"q01": [0.0, 0.0], "q99": [1.0, 1.0, 1.0]}}},
+            source="run/x.json",
+        ),
+        NormStatsError,
+        ("norm_stats['fractal'] (in run/x.json)", "q01 has 2 values and q99 3"),
+        KeyError,
+    ),
+    Bad(
+        "validate-norm-stats-a-list",
+        lambda e: validate_norm_stats([_STATS]),
+        NormStatsError,
+        ("are a list", "{dataset: {'action':"),
+        KeyError,
+    ),
+    Bad(
+        "prismatic-vision-unknown-base-vlm",
+        lambda e: prismatic_vision_config({"vla": {"base_vlm": "prism-dinosiglip-224px+8b"}}),
+        VLACheckpointError,
+        (
+            "vla.base_vlm='prism-dinosiglip-224px+8b'",
+            "closest: prism-dinosiglip-224px+7b",
+            "PRISMATIC_MODELS",
+        ),
+    ),
+    Bad(
+        "prismatic-vision-model-without-strategy",
+        lambda e: prismatic_vision_config({"model": {"vision_backbone_id": "dinosiglip-vit-so-224px"}}),
+        VLACheckpointError,
+        ("model.image_resize_strategy=None", "model.vision_backbone_id and model.image_resize_strategy"),
+    ),
+    Bad(
+        "vla-n-action-bins-zero-argument",
+        lambda e: llm_backbones.load_vla_backbone(e.folder("vla-any"), n_action_bins=0),
+        VLACheckpointError,
+        ("n_action_bins= (the argument)", "n_action_bins=0", "integer >= 2", "256"),
+    ),
+    Bad(
+        "vla-n-action-bins-bool-argument",
+        lambda e: llm_backbones.load_vla_backbone(e.folder("vla-any"), n_action_bins=True),
+        VLACheckpointError,
+        ("n_action_bins=True", "integer >= 2"),
+    ),
+    Bad(
+        "vla-llm-max-length-negative-argument",
+        lambda e: llm_backbones.load_vla_backbone(e.folder("vla-any"), llm_max_length=-5),
+        ConfigMismatchError,
+        ("llm_max_length= (the argument)", "llm_max_length=-5", "at least 1", "2048"),
+    ),
+    Bad(
+        "vla-llm-max-length-bool-argument",
+        lambda e: llm_backbones.load_vla_backbone(e.folder("vla-any"), llm_max_length=True),
+        ConfigMismatchError,
+        ("llm_max_length=True", "an integer is needed, got bool"),
+    ),
+    Bad(
+        "vla-allow-external-files-a-string",
+        lambda e: llm_backbones.load_vla_backbone(e.folder("vla-any"), allow_external_files="no"),
+        VLACheckpointError,
+        ("allow_external_files must be True or False", "'no'"),
+    ),
+    Bad(
+        "vla-config-n-action-bins-zero",
+        lambda e: llm_backbones.load_vla_backbone(_vla_config_dir(e, "vla-bins-zero", n_action_bins=0)),
+        VLACheckpointError,
+        ("vla-bins-zero/config.json", "n_action_bins=0", "integer >= 2", "pass n_action_bins=256"),
+    ),
+    Bad(
+        "vla-config-llm-max-length-negative",
+        lambda e: llm_backbones.load_vla_backbone(_vla_config_dir(e, "vla-len-neg", llm_max_length=-1)),
+        ConfigMismatchError,
+        ("vla-len-neg/config.json", "llm_max_length=-1", "at least 1"),
+    ),
+    Bad(
+        "vla-config-norm-stats-swapped",
+        lambda e: llm_backbones.load_vla_backbone(
+            _vla_config_dir(
+                e, "vla-swapped", norm_stats=_stats_with(q01=[0.3, 1.0, 2.0], q99=[-0.1, 0.0, -2.0])
+            )
+        ),
+        NormStatsError,
+        (
+            "norm_stats['bridge_orig'] (in",
+            "vla-swapped/config.json",
+            "q01 is above q99 at dimensions [0, 1, 2]",
+        ),
+        KeyError,
+    ),
+    Bad(
+        "vla-config-linked-outside",
+        lambda e: llm_backbones.load_vla_backbone(_config_linked_outside(e)),
+        UnsafeFileError,
+        (
+            "vla-config-link/config.json is a symlink",
+            "vla-config-elsewhere",
+            "outside the checkpoint directory",
+        ),
+    ),
+    # the policy's images (llm_backbones.vla): its error class needs a row too
+    Bad(
+        "vla-images-none-given",
+        lambda e: _dinosiglip_processor()([]),
+        ImageError,
+        ("No images given", "one image or a non-empty list"),
+    ),
+)
+CASES += VLA_FAULTS
+
+
+def _dinosiglip_processor():
+    from llm_backbones.vla.image_processing import ImageProcessor
+    from llm_backbones.vla.vision import get_vision_spec
+
+    return ImageProcessor.from_vision_spec(get_vision_spec("dinosiglip-vit-so-224px"), "resize-naive")
 
 
 @dataclass(frozen=True)
