@@ -7,7 +7,7 @@ import y` (`from llm_backbones.core.backbones import files` is an import of `...
 `importlib.import_module("llm_backbones...")` with a literal name. Internal code imports from the module that
 defines a name, never from the package face (`from llm_backbones import get_spec`): the face is lazy and would
 hide which layer the name comes from. A package's `__init__` is a module like any other; the implicit import
-of the parent packages is not an edge (every submodule would form a cycle with its package's `__init__`). """
+of the parent packages is not an edge (every submodule would form a cycle with its package's `__init__`)."""
 
 from __future__ import annotations
 
@@ -300,7 +300,7 @@ def test_checker_reports_up_imports_face_imports_and_cycles(fake_src: Path) -> N
     assert problems == [
         f"{fake_src}/llm_backbones/core/registry.py:3: `from llm_backbones.training import loop`: "
         "llm_backbones.core.registry (core, layer 2) imports llm_backbones.training.loop "
-        "(training, layer 5), a higher layer",
+        "(training, layer 6), a higher layer",
         f"{fake_src}/llm_backbones/training/loop.py:2: `from llm_backbones import get_spec` imports through "
         "the package face `llm_backbones` (defined in llm_backbones.core.registry; import it from there)",
     ]

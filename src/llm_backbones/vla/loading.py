@@ -24,8 +24,7 @@ from typing import Any
 
 import torch
 
-from llm_backbones import _fs
-from llm_backbones.core.backbones.files import describe_non_finite, first_non_finite
+from llm_backbones.core.backbones.files import contained, describe_non_finite, first_non_finite
 from llm_backbones.errors import NonFiniteWeightsError, VLACheckpointError
 from llm_backbones.persistence import openvla
 from llm_backbones.vla.image_processing import ImageProcessor
@@ -61,6 +60,7 @@ def load_vla(
     llm_max_length: int | None = None,
     hf_token: str | None = None,
     attn_implementation: str | None = None,
+    allow_external_files: bool = False,
 ) -> VLAPolicy:
     """Load an OpenVLA / Prismatic checkpoint as a policy: image + instruction -> action.
 
@@ -87,11 +87,12 @@ def load_vla(
         llm_max_length=llm_max_length,
         hf_token=hf_token,
         attn_implementation=attn_implementation,
+        allow_external_files=allow_external_files,
     )
     if llm.layout == "openvla-hf":
         spec, strategy = _hf_vision_config(llm.config, llm.source)
         vision_state, projector_state = _hf_vision_tensors(llm.source, llm.unused_tensors)
-        processor = _hf_image_processor(llm.source, spec, strategy)
+        processor = _hf_image_processor(llm.source, spec, strategy, allow_external=allow_external_files)
     else:
         spec, strategy = _prismatic_vision_config(llm.config, llm.source)
         vision_state, projector_state = _prismatic_vision_tensors(llm.source)
@@ -186,15 +187,13 @@ def _hf_vision_tensors(directory: Path, names: Sequence[str]) -> tuple[dict, dic
     return vision, projector
 
 
-def _hf_image_processor(directory: Path, spec: VisionBackboneSpec, strategy: str) -> ImageProcessor:
+def _hf_image_processor(
+    directory: Path, spec: VisionBackboneSpec, strategy: str, *, allow_external: bool
+) -> ImageProcessor:
     file = directory / "preprocessor_config.json"
     if not file.exists() and not file.is_symlink():
         return ImageProcessor.from_vision_spec(spec, strategy)
-    if not _fs.is_inside(directory, "preprocessor_config.json"):
-        raise VLACheckpointError(
-            f"{file} links outside {directory}; llm-backbones reads only files of the checkpoint folder. "
-            "Copy the file into it."
-        )
+    file = contained(directory, file.name, allow_external=allow_external)
     config = openvla._read_json(file, "the image preprocessing")
     if not isinstance(config, dict):
         raise VLACheckpointError(f"{file} holds a {type(config).__name__}, not an object of fields.")

@@ -51,6 +51,7 @@ class VLAPolicy:
     image_processor: ImageProcessor
     constrain_to_actions: bool = True
     stray_tokens: int = field(default=0)
+    last_tokens: torch.Tensor | None = field(default=None, repr=False)  # the ids the last call decoded
 
     # --- what it is ---
     @property
@@ -130,11 +131,19 @@ class VLAPolicy:
         self, prompts: Sequence[torch.Tensor], patches: torch.Tensor, action_dim: int, constrain: bool
     ) -> torch.Tensor:
         """Left-pad `[BOS, patches, prompt...]` rows, greedy-decode `action_dim` tokens: ids `[B, N]`."""
+        embeds, mask = self._splice(prompts, patches)
+        tokens = self._decode_tokens(embeds, mask, action_dim, constrain)
+        self.last_tokens = tokens.cpu()
+        return tokens
+
+    def _splice(
+        self, prompts: Sequence[torch.Tensor], patches: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`[BOS, patches, prompt...]` rows, left-padded: (inputs_embeds, attention_mask)."""
         embed = self.backbone.embed_input_ids
         rows = []
         for ids, row_patches in zip(prompts, patches, strict=True):
-            ids = ids.to(self.device)
-            tokens = embed(ids[None])[0]
+            tokens = embed(ids.to(self.device)[None])[0]
             rows.append(torch.cat([tokens[:1], row_patches.to(tokens.dtype), tokens[1:]], dim=0))
         length = max(r.shape[0] for r in rows)
         embeds = rows[0].new_zeros((len(rows), length, rows[0].shape[-1]))
@@ -142,6 +151,11 @@ class VLAPolicy:
         for i, row in enumerate(rows):
             embeds[i, length - row.shape[0] :] = row
             mask[i, length - row.shape[0] :] = 1
+        return embeds, mask
+
+    def _decode_tokens(
+        self, embeds: torch.Tensor, mask: torch.Tensor, action_dim: int, constrain: bool
+    ) -> torch.Tensor:
         model = self.backbone.llm
         low, high = self.action_tokenizer.token_id_range
         if not constrain:
@@ -173,6 +187,16 @@ class VLAPolicy:
                 self.stray_tokens,
             )
         return tokens
+
+    @torch.inference_mode()
+    def first_step_logits(self, image: Any, instruction: str) -> torch.Tensor:
+        """The logits `[vocab]` (float32, CPU) the first action token is chosen from: for checking a
+        checkpoint against another implementation."""
+        embeds, mask = self._splice(
+            [self.prompt_ids(instruction)], self.embed_images(self.process_images(image))
+        )
+        out = self.backbone.llm(inputs_embeds=embeds, attention_mask=mask, use_cache=False, logits_to_keep=1)
+        return out.logits[0, -1].float().cpu()
 
     def _decode(self, tokens: torch.Tensor, constrain: bool) -> np.ndarray:
         """Token ids -> normalized actions in [-1, 1] (float64)."""

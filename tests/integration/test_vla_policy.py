@@ -1,0 +1,167 @@
+"""VLAPolicy beyond the golden values: batching, constrained decoding, OpenVLA's call shape, bad input.
+
+The checkpoint is one of OpenVLA's own (tests/golden/fixtures/openvla_policy, rebuilt by
+tests/vla_checkpoints.py): the single-tower CLIP one (quick_gelu override, resize-crop), the cheapest.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+import openvla_reference_spec as spec
+from llm_backbones.errors import ImageError, InputShapeError, NormStatsError
+from llm_backbones.vla.loading import load_vla
+from vla_checkpoints import write_hf_checkpoint
+
+pytestmark = pytest.mark.integration
+
+NAME = "clip-224-crop"
+INSTRUCTIONS = [  # 8 of mixed lengths (prompts of 16 to 40 tokens)
+    "move left",
+    "pick up the red block",
+    "put the spoon in the bowl and then close the microwave door after checking the oven",
+    "Open the top drawer",
+    "wipe",
+    "place the carrot on the plate next to the yellow sponge",
+    "stack the cups",
+    "push the button",
+]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return write_hf_checkpoint(NAME, tmp_path_factory.mktemp(NAME))
+
+
+@pytest.fixture(scope="module")
+def policy(checkpoint):
+    return load_vla(checkpoint, vision_depth=spec.VISION_DEPTH)
+
+
+def images(n: int) -> list[np.ndarray]:
+    return [spec.image(100 + i, *spec.IMAGE_SIZES[i % len(spec.IMAGE_SIZES)]) for i in range(n)]
+
+
+def test_predict_actions_equals_predict_action_row_by_row(policy):
+    lengths = {len(policy.prompt_ids(t)) for t in INSTRUCTIONS}
+    assert len(lengths) >= 6  # mixed lengths: left padding is exercised
+    batch = policy.predict_actions(images(8), INSTRUCTIONS, unnorm_key="bridge_orig")
+    batch_tokens = policy.last_tokens.clone()
+    assert batch.shape == (8, 7)
+    for i, (image, text) in enumerate(zip(images(8), INSTRUCTIONS, strict=True)):
+        single = policy.predict_action(image, text, unnorm_key="bridge_orig")
+        assert torch.equal(policy.last_tokens[0], batch_tokens[i]), text
+        np.testing.assert_array_equal(single, batch[i])
+
+
+def test_openvla_call_shape_appends_29871(policy):
+    """OpenVLA's processor output (ids ending in "Out:", no 29871) gives the action of (image, text)."""
+    image, text = images(1)[0], "pick up the red block"
+    ids = policy.tokenizer(spec.prompt(text), return_tensors="pt").input_ids
+    assert ids[0, -1].item() == 29901  # ":" ; the 29871 is appended as OpenVLA's predict_action does
+    inputs = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "pixel_values": policy.process_images(image),
+    }
+    expected = policy.predict_action(image, text, unnorm_key="bridge_orig")
+    np.testing.assert_array_equal(
+        policy.predict_action(**inputs, unnorm_key="bridge_orig", do_sample=False), expected
+    )
+    with_sep = torch.cat([ids, torch.tensor([[29871]])], dim=1)
+    inputs.update(input_ids=with_sep, attention_mask=torch.ones_like(with_sep))
+    np.testing.assert_array_equal(policy.predict_action(**inputs, unnorm_key="bridge_orig"), expected)
+
+
+def test_a_stray_argmax_is_masked_counted_and_logged_or_clipped_as_openvla(checkpoint, caplog):
+    """EOS (2) made the argmax of the first step: the default keeps the action the action tokens give, and
+    counts and logs the event; constrain_to_actions=False returns OpenVLA's clipped action."""
+    policy = load_vla(checkpoint, vision_depth=spec.VISION_DEPTH)
+    image, text = images(1)[0], "pick up the red block"
+    before = policy.predict_action(image, text, unnorm_key="bridge_orig")
+    first = int(policy.last_tokens[0, 0])
+    logits = policy.first_step_logits(image, text)
+    assert int(logits.argmax()) == first and logits[first] > 0
+    head = policy.backbone.llm.lm_head.weight
+    with torch.no_grad():
+        head[2] = 2.0 * head[first]  # EOS's logit is now twice the chosen action token's
+    assert int(policy.first_step_logits(image, text).argmax()) == 2
+    with caplog.at_level(logging.WARNING, logger="llm_backbones.vla.policy"):
+        masked = policy.predict_action(image, text, unnorm_key="bridge_orig")
+    np.testing.assert_array_equal(masked, before)
+    assert policy.stray_tokens >= 1
+    assert any("action mask changed" in r.getMessage() and "</s>" in r.getMessage() for r in caplog.records)
+    openvla = policy.predict_action(image, text, unnorm_key="bridge_orig", constrain_to_actions=False)
+    assert int(policy.last_tokens[0, 0]) == 2
+    # OpenVLA: 32000 - 2 - 1 = 31997 -> clipped to bin 254, centre 1 - 1/255; bridge_orig dim 0 spans
+    # q01 -0.03 .. q99 0.03: 0.5 * (1.99607843 ) * 0.06 - 0.03
+    assert openvla[0] == pytest.approx(0.029882352941176, abs=1e-12)
+
+
+BAD_IMAGES = [
+    (np.zeros((32, 32), dtype=np.uint8), ImageError, "H x W x 3"),
+    (np.zeros((32, 32, 4), dtype=np.uint8), ImageError, "H x W x 3"),
+    (np.zeros((3, 32, 32), dtype=np.uint8), ImageError, "moveaxis"),
+    (np.zeros((32, 32, 3), dtype=np.int32), ImageError, "uint8"),
+    (np.zeros((32, 32, 3), dtype=bool), ImageError, "uint8"),
+    (np.full((32, 32, 3), 1.5, dtype=np.float32), ImageError, "[0, 1]"),
+    (np.full((32, 32, 3), np.nan, dtype=np.float32), ImageError, "NaN"),
+    ("camera.png", ImageError, "PIL image"),
+    (None, ImageError, "PIL image"),
+]
+
+
+@pytest.mark.parametrize(("image", "error", "words"), BAD_IMAGES)
+def test_bad_images_raise_typed_errors(policy, image, error, words):
+    with pytest.raises(error, match=None) as info:
+        policy.predict_action(image, "pick up the block", unnorm_key="bridge_orig")
+    assert words in str(info.value)
+
+
+def test_float_images_in_range_are_the_uint8_image(policy):
+    image = images(1)[0]
+    assert torch.equal(policy.process_images(image.astype(np.float64) / 255.0), policy.process_images(image))
+
+
+KEY = {"unnorm_key": "bridge_orig"}
+IDS, SMALL, FULL = torch.tensor([[1, 2]]), torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 224, 224)
+# (method, positional arguments after the image, keywords, error, words of its message); "IMG" is an image
+BAD_CALLS = [
+    ("predict_action", ["IMG", ""], KEY, InputShapeError, "non-empty"),
+    ("predict_action", ["IMG", "   "], KEY, InputShapeError, "non-empty"),
+    ("predict_action", ["IMG", 5], KEY, InputShapeError, "non-empty string"),
+    ("predict_action", ["IMG", "go " * 1000], KEY, InputShapeError, "2000"),
+    ("predict_action", ["IMG", "go"], {"unnorm_key": "bridge"}, NormStatsError, "bridge_orig"),
+    ("predict_action", ["IMG", "go"], {}, NormStatsError, "ambiguous"),
+    ("predict_action", ["IMG", "go"], {**KEY, "do_sample": True}, InputShapeError, "greedy"),
+    ("predict_action", ["IMG", "go"], {**KEY, "temperature": 0.5}, InputShapeError, "temperature"),
+    ("predict_actions", [["IMG", "IMG"], ["go"]], KEY, InputShapeError, "one instruction per image"),
+    ("predict_actions", ["IMG", "go"], KEY, InputShapeError, "list of images"),
+    ("predict_actions", [[], []], KEY, InputShapeError, "at least one"),
+    (
+        "predict_action",
+        [],
+        {**KEY, "input_ids": IDS, "pixel_values": SMALL},
+        ImageError,
+        "[batch, 3, 224, 224]",
+    ),
+    ("predict_action", ["IMG", "go"], {"input_ids": IDS, "pixel_values": FULL}, InputShapeError, "not both"),
+]
+
+
+@pytest.mark.parametrize(("method", "args", "kwargs", "error", "words"), BAD_CALLS)
+def test_bad_calls_raise_typed_errors(policy, method, args, kwargs, error, words):
+    image = images(1)[0]
+
+    def fill(value):
+        if isinstance(value, list):
+            return [fill(v) for v in value]
+        return image if isinstance(value, str) and value == "IMG" else value
+
+    with pytest.raises(error) as info:
+        getattr(policy, method)(*fill(args), **kwargs)
+    assert words in str(info.value)
