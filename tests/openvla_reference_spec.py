@@ -23,7 +23,8 @@ SEED = 20261203
 # Action tokens: the last 256 ids of LLaMA-2's 32000-piece vocabulary (OpenVLA's ActionTokenizer).
 ACTION_TOKEN_MIN, ACTION_TOKEN_MAX = 31744, 31999
 # The LM head's action rows are scaled by this, so that greedy decoding prefers action tokens (a trained
-# VLA does); not so much that every step does (the constrained-decoding tests need some that do not).
+# VLA does). 3.0: every step of every case is an action token. Checkpoints with "action_row_scale" 1.75
+# have cases whose argmax is another token at some steps: OpenVLA's clipping of those is in the fixtures.
 ACTION_ROW_SCALE = 3.0
 VISION_DEPTH = 3  # each timm tower cut to 3 blocks: the featurizer reads block 1 (the second to last)
 
@@ -67,8 +68,16 @@ CHECKPOINTS = {
     "dinosiglip-224-naive": {"vision_backbone_id": "dinosiglip-vit-so-224px", "strategy": "resize-naive"},
     "siglip-224-letterbox": {"vision_backbone_id": "siglip-vit-so400m", "strategy": "letterbox"},
     "clip-224-crop": {"vision_backbone_id": "clip-vit-l", "strategy": "resize-crop"},
-    "dinov2-224-letterbox": {"vision_backbone_id": "dinov2-vit-l", "strategy": "letterbox"},
-    "in1k-224-crop": {"vision_backbone_id": "in1k-vit-l", "strategy": "resize-crop"},
+    "dinov2-224-letterbox": {
+        "vision_backbone_id": "dinov2-vit-l",
+        "strategy": "letterbox",
+        "action_row_scale": 1.75,
+    },
+    "in1k-224-crop": {
+        "vision_backbone_id": "in1k-vit-l",
+        "strategy": "resize-crop",
+        "action_row_scale": 1.75,
+    },
 }
 
 INSTRUCTIONS = [
@@ -88,12 +97,14 @@ def _rng(*parts: str | int) -> np.random.Generator:
     return np.random.default_rng(words)
 
 
-def weight(name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """The float32 values of the tensor `name` (its HF OpenVLA name) of `shape`.
+def weight(name: str, shape: tuple[int, ...], checkpoint: str | None = None) -> np.ndarray:
+    """The float32 values of the tensor `name` (its HF OpenVLA name) of `shape` in `checkpoint`.
 
     Norm scales near 1, small biases and LayerScale factors, positional/class/register tokens of 0.02,
-    matrices of std 1/sqrt(fan_in), embeddings of std 1; the LM head's action rows scaled by ACTION_ROW_SCALE.
+    matrices of std 1/sqrt(fan_in), embeddings of std 1; the LM head's action rows scaled by the checkpoint's
+    "action_row_scale" (default ACTION_ROW_SCALE).
     """
+    scale = CHECKPOINTS.get(checkpoint, {}).get("action_row_scale", ACTION_ROW_SCALE)
     shape = tuple(int(s) for s in shape)
     z = _rng(name).standard_normal(shape, dtype=np.float64)
     leaf = name.rsplit(".", 1)[-1]
@@ -111,7 +122,7 @@ def weight(name: str, shape: tuple[int, ...]) -> np.ndarray:
         fan_in = int(np.prod(shape[1:]))
         out = z / math.sqrt(fan_in)
         if name.endswith("lm_head.weight"):
-            out[ACTION_TOKEN_MIN : ACTION_TOKEN_MAX + 1] *= ACTION_ROW_SCALE
+            out[ACTION_TOKEN_MIN : ACTION_TOKEN_MAX + 1] *= scale
     return out.astype(np.float32)
 
 
@@ -145,7 +156,7 @@ def prompt(instruction: str) -> str:
     return f"In: What action should the robot take to {instruction.lower()}?\nOut:"
 
 
-def sample_indices(total: int, k: int = 4096) -> np.ndarray:
+def sample_indices(total: int, k: int = 2048) -> np.ndarray:
     """k fixed flat indices into a tensor of `total` elements (sorted, without repeats): the pixel_values
     values the fixtures keep (a whole fused 224 px image is 301,056 floats)."""
     return np.sort(_rng("sample", total).choice(total, size=min(k, total), replace=False))

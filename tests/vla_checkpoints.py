@@ -40,7 +40,9 @@ def cases_of(name: str) -> list[dict[str, Any]]:
 
 def state_of(name: str) -> dict[str, torch.Tensor]:
     """{HF OpenVLA name: tensor} of the checkpoint, from the rule."""
-    return {t["name"]: torch.from_numpy(spec.weight(t["name"], tuple(t["shape"]))) for t in tensors_of(name)}
+    return {
+        t["name"]: torch.from_numpy(spec.weight(t["name"], tuple(t["shape"]), name)) for t in tensors_of(name)
+    }
 
 
 def write_hf_checkpoint(name: str, directory: Path) -> Path:
