@@ -73,17 +73,10 @@ def _secret_of(token: str | bool | HubToken | None) -> str | None:
     return token._value if isinstance(token, HubToken) else None
 
 
-def _scrub_value(value: object, secret: str) -> object:
-    if isinstance(value, str) and secret in value:
-        return value.replace(secret, REDACTED)
-    return value
-
-
-def scrub_exception(exc: BaseException, secret: str | HubToken) -> None:
-    """Replace `secret` in the arguments of `exc` and of every exception it was raised from or during."""
-    value = _secret_of(secret)
-    if not value:
-        return
+def rewrite_exception(exc: BaseException, fix: Callable[[str], str]) -> None:
+    """Apply `fix` to every string argument and path/message attribute of `exc` and of every exception it
+    was raised from or during (its notes too): one walk of the chain for every rewrite (secrets, temporary
+    paths)."""
     seen: set[int] = set()
     stack: list[BaseException | None] = [exc]
     while stack:
@@ -91,18 +84,23 @@ def scrub_exception(exc: BaseException, secret: str | HubToken) -> None:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        try:
-            current.args = tuple(_scrub_value(a, value) for a in current.args)
-        except (AttributeError, TypeError):  # exotic exceptions with read-only args
-            pass
-        for name in ("filename", "filename2", "strerror", "msg"):
+        with contextlib.suppress(AttributeError, TypeError):  # exotic exceptions with read-only args
+            current.args = tuple(fix(a) if isinstance(a, str) else a for a in current.args)
+        for name in ("path", "file", "filename", "filename2", "strerror", "msg"):
             if isinstance(getattr(current, name, None), str):
                 with contextlib.suppress(AttributeError, TypeError):
-                    setattr(current, name, _scrub_value(getattr(current, name), value))
+                    setattr(current, name, fix(getattr(current, name)))
         notes = getattr(current, "__notes__", None)
         if isinstance(notes, list):
-            notes[:] = [_scrub_value(n, value) for n in notes]
+            notes[:] = [fix(n) if isinstance(n, str) else n for n in notes]
         stack.extend([current.__cause__, current.__context__])
+
+
+def scrub_exception(exc: BaseException, secret: str | HubToken) -> None:
+    """Replace `secret` in the arguments of `exc` and of every exception it was raised from or during."""
+    value = _secret_of(secret)
+    if value:
+        rewrite_exception(exc, lambda text: text.replace(value, REDACTED))
 
 
 # The secrets of every active `redacting` block (with how many blocks hold each), and the one record factory

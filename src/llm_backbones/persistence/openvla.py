@@ -47,7 +47,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from transformers import PreTrainedTokenizerBase
 
-from llm_backbones._redact import HubToken, redacting
+from llm_backbones._redact import HubToken, redacting, rewrite_exception
 from llm_backbones.core.backbones import files as _files
 from llm_backbones.core.backbones.backbone import HFCausalLLMBackbone
 from llm_backbones.core.backbones.factory import get_llm_backbone_and_tokenizer
@@ -225,6 +225,11 @@ def check_unnorm_key(norm_stats: Mapping[str, Any], unnorm_key: str | None) -> s
             "({dataset: {'action': {'q01': [...], 'q99': [...]}}})."
         )
     known = ", ".join(repr(k) for k in norm_stats)
+    if unnorm_key is not None and not isinstance(unnorm_key, str):
+        raise NormStatsError(
+            f"unnorm_key must be a string (a dataset name) or None, got {type(unnorm_key).__name__} "
+            f"{unnorm_key!r:.80}. Pass one of: {known}."
+        )
     if unnorm_key is None:
         if len(norm_stats) != 1:
             raise NormStatsError(
@@ -699,27 +704,12 @@ def _errors_naming(tmp: Path, directory: Path) -> Iterator[None]:
         replacements = [(f"{old}/config.json", f"{directory}/config.json (text_config)") for old in olds]
         replacements += [(old, str(directory)) for old in olds]
 
-        def fix(value: object) -> object:
-            if not isinstance(value, str):
-                return value
+        def fix(value: str) -> str:
             for old, new in replacements:
                 value = value.replace(old, new)
             return value
 
-        seen: set[int] = set()
-        stack: list[BaseException | None] = [exc]
-        while stack:
-            current = stack.pop()
-            if current is None or id(current) in seen:
-                continue
-            seen.add(id(current))
-            with contextlib.suppress(AttributeError, TypeError):
-                current.args = tuple(fix(a) for a in current.args)
-            for name in ("path", "file", "filename", "filename2", "strerror"):
-                if isinstance(getattr(current, name, None), str):
-                    with contextlib.suppress(AttributeError, TypeError):
-                        setattr(current, name, fix(getattr(current, name)))
-            stack.extend([current.__cause__, current.__context__])
+        rewrite_exception(exc, fix)
         raise
 
 
