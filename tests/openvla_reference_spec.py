@@ -78,6 +78,17 @@ CHECKPOINTS = {
         "strategy": "resize-crop",
         "action_row_scale": 1.75,
     },
+    # the larger inputs: CLIP at 336 px and SigLIP at 384 px, each fused with DINOv2 (2 cases each)
+    "dinoclip-336-letterbox": {
+        "vision_backbone_id": "dinoclip-vit-l-336px",
+        "strategy": "letterbox",
+        "cases": 2,
+    },
+    "dinosiglip-384-naive": {
+        "vision_backbone_id": "dinosiglip-vit-so-384px",
+        "strategy": "resize-naive",
+        "cases": 2,
+    },
 }
 
 INSTRUCTIONS = [
@@ -139,11 +150,11 @@ def image(index: int, height: int, width: int) -> np.ndarray:
 
 
 def cases(checkpoint: str) -> list[tuple[int, tuple[int, int], str]]:
-    """The (image index, (height, width), instruction) pairs run on `checkpoint`: 8 on the fused one, 4 on
-    each single tower (24 in all)."""
+    """The (image index, (height, width), instruction) pairs run on `checkpoint`: 8 on the first fused one,
+    4 on each single tower, the "cases" of the others (28 in all)."""
     names = list(CHECKPOINTS)
     k = names.index(checkpoint)
-    n = 8 if k == 0 else 4
+    n = CHECKPOINTS[checkpoint].get("cases", 8 if k == 0 else 4)
     out = []
     for j in range(n):
         i = (k * 3 + j) % len(IMAGE_SIZES)
