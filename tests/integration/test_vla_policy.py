@@ -52,6 +52,11 @@ def test_predict_actions_equals_predict_action_row_by_row(policy):
     batch = policy.predict_actions(images(8), INSTRUCTIONS, unnorm_key="bridge_orig")
     batch_tokens = policy.last_tokens.clone()
     assert batch.shape == (8, 7)
+    same = [images(8)[i] for i in (0, 0)]  # a batch array [B, H, W, 3] is a batch too
+    np.testing.assert_array_equal(
+        policy.predict_actions(np.stack(same), INSTRUCTIONS[:2], unnorm_key="bridge_orig"),
+        policy.predict_actions(same, INSTRUCTIONS[:2], unnorm_key="bridge_orig"),
+    )
     for i, (image, text) in enumerate(zip(images(8), INSTRUCTIONS, strict=True)):
         single = policy.predict_action(image, text, unnorm_key="bridge_orig")
         assert torch.equal(policy.last_tokens[0], batch_tokens[i]), text

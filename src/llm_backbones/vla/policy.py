@@ -24,7 +24,7 @@ from torch import nn
 
 from llm_backbones.data.examples import vla_prompt
 from llm_backbones.errors import ActionError, ImageError, InputShapeError
-from llm_backbones.persistence.openvla import LoadedVLA, unnormalize_actions
+from llm_backbones.persistence.openvla import LoadedVLA, check_unnorm_key, unnormalize_actions
 from llm_backbones.runtime.generation import generate_greedy, generate_greedy_in_range, prepared_generation
 from llm_backbones.vla.image_processing import ImageProcessor
 from llm_backbones.vla.vision import Projector, VisionBackbone
@@ -34,6 +34,22 @@ logger = logging.getLogger(__name__)
 # OpenVLA's predict_action appends this ("▁", LLaMA-2) when the prompt does not end with it
 OPENVLA_SEPARATOR_ID = 29871
 MAX_INSTRUCTION_CHARS = 2000
+
+
+def check_instruction(instruction: Any) -> str:
+    """`instruction` if it is a robot instruction OpenVLA's prompt can hold: a non-empty string of at most
+    `MAX_INSTRUCTION_CHARS` characters; `InputShapeError` otherwise."""
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise InputShapeError(
+            f"instruction must be a non-empty string, got {instruction!r:.80}. Say what the robot should "
+            "do, e.g. 'pick up the red block'."
+        )
+    if len(instruction) > MAX_INSTRUCTION_CHARS:
+        raise InputShapeError(
+            f"instruction has {len(instruction)} characters, more than {MAX_INSTRUCTION_CHARS}: that is "
+            "not a robot instruction. Shorten it."
+        )
+    return instruction
 
 
 @dataclass(eq=False)
@@ -101,17 +117,18 @@ class VLAPolicy:
 
     def prompt_ids(self, instruction: str) -> torch.Tensor:
         """OpenVLA's prompt for `instruction` (lower-cased), ending where the actions begin."""
-        if not isinstance(instruction, str) or not instruction.strip():
-            raise InputShapeError(
-                f"instruction must be a non-empty string, got {instruction!r:.80}. Say what the robot should "
-                "do, e.g. 'pick up the red block'."
-            )
-        if len(instruction) > MAX_INSTRUCTION_CHARS:
-            raise InputShapeError(
-                f"instruction has {len(instruction)} characters, more than {MAX_INSTRUCTION_CHARS}: that is "
-                "not a robot instruction. Shorten it."
-            )
+        check_instruction(instruction)
         return vla_prompt(self.tokenizer, self.backbone.prompt_builder_fn, instruction)
+
+    def check_inputs(self, image: Any, instruction: Any, unnorm_key: Any = None) -> tuple[Any, str]:
+        """Check one observation without running the model, raising what `predict_action` would raise
+        (`ImageError`, `InputShapeError`, `NormStatsError`). Returns the image as the RGB PIL image the
+        processor takes (`predict_action` on it gives the same action) and the dataset key of `norm_stats`
+        the action is un-normalized with. Uses neither the tokenizer nor the model, so a server can call it
+        from any thread while the model runs."""
+        pil = self.image_processor.to_pil(image)
+        check_instruction(instruction)
+        return pil, check_unnorm_key(self.norm_stats, unnorm_key)
 
     @torch.inference_mode()
     def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -224,7 +241,9 @@ class VLAPolicy:
     ) -> np.ndarray:
         """A batch: `[B, action_dim]` actions, row i for (images[i], instructions[i]). Prompts are
         left-padded with positions counted from each row's first token, so each row equals its
-        `predict_action` (fp32)."""
+        `predict_action` (fp32). `images` may be one array `[B, H, W, 3]`."""
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            images = list(images)
         if (
             isinstance(images, (str, bytes))
             or not isinstance(images, Sequence)
@@ -299,4 +318,4 @@ class VLAPolicy:
         return self._unnormalize(self._decode(tokens, constrain), unnorm_key)[0]
 
 
-__all__ = ["VLAPolicy"]
+__all__ = ["MAX_INSTRUCTION_CHARS", "VLAPolicy", "check_instruction"]
