@@ -56,25 +56,38 @@ class ImageProcessor:
     """
 
     def __init__(
-        self, transforms: Sequence[TowerTransform], strategy: str, letterbox_fill: tuple[int, ...] | None
+        self,
+        transforms: Sequence[TowerTransform],
+        strategy: str,
+        letterbox_fill: tuple[int, ...] | Sequence[tuple[int, ...]] | None,
     ) -> None:
+        """`letterbox_fill`: one RGB fill for every tower (OpenVLA's HF processor), or one per tower
+        (Prismatic's training transforms)."""
         if strategy not in RESIZE_STRATEGIES:
             raise VLACheckpointError(
                 f"image_resize_strategy={strategy!r} is not one of {RESIZE_STRATEGIES} (Prismatic's)."
             )
         self.transforms = tuple(transforms)
         self.strategy = strategy
-        self.letterbox_fill = tuple(letterbox_fill) if strategy == "letterbox" and letterbox_fill else None
-        if strategy == "letterbox" and self.letterbox_fill is None:
-            raise VLACheckpointError(
-                "image_resize_strategy='letterbox' needs a fill colour (tvf_letterbox_fill)."
-            )
+        self.letterbox_fills: tuple[tuple[int, ...], ...] | None = None
+        if strategy == "letterbox":
+            if not letterbox_fill:
+                raise VLACheckpointError(
+                    "image_resize_strategy='letterbox' needs a fill colour (tvf_letterbox_fill)."
+                )
+            per_tower = isinstance(letterbox_fill[0], (tuple, list))
+            fills = letterbox_fill if per_tower else [letterbox_fill] * len(self.transforms)
+            self.letterbox_fills = tuple(tuple(int(v) for v in f) for f in fills)
         self._mean = [torch.tensor(t.mean, dtype=torch.float32)[:, None, None] for t in self.transforms]
         self._std = [torch.tensor(t.std, dtype=torch.float32)[:, None, None] for t in self.transforms]
 
     @classmethod
-    def from_vision_spec(cls, spec: VisionBackboneSpec, strategy: str) -> ImageProcessor:
-        """From the towers' timm data configs, as OpenVLA's processor derives them (crop_pct 1.0)."""
+    def from_vision_spec(
+        cls, spec: VisionBackboneSpec, strategy: str, *, prismatic: bool = False
+    ) -> ImageProcessor:
+        """From the towers' timm data configs, as OpenVLA's HF processor derives them (crop_pct 1.0; one
+        letterbox fill, the last tower's mean), or with `prismatic=True` as Prismatic's training transforms
+        (the same resize and crop; each tower letterboxed with its own mean)."""
         transforms = [
             TowerTransform(
                 resize=(t.image_size, t.image_size) if strategy == "resize-naive" else t.image_size,
@@ -85,9 +98,9 @@ class ImageProcessor:
             )
             for t in spec.towers
         ]
-        # OpenVLA: the fill of the LAST tower's mean wins (its loop overwrites it per tower)
-        fill = tuple(int(x * 255) for x in spec.towers[-1].mean)
-        return cls(transforms, strategy, fill)
+        fills = [tuple(int(x * 255) for x in t.mean) for t in spec.towers]
+        # OpenVLA's HF processor: the fill of the LAST tower's mean wins (its loop overwrites it per tower)
+        return cls(transforms, strategy, fills if prismatic else fills[-1])
 
     @classmethod
     def from_preprocessor_config(cls, config: Mapping[str, Any], *, source: str = "preprocessor_config.json"):
@@ -231,12 +244,20 @@ class ImageProcessor:
         out = []
         for image in batch:
             pil = self.to_pil(image)
-            if self.letterbox_fill is not None:
-                width, height = pil.size
-                side = max(width, height)
-                h_pad, v_pad = int((side - width) / 2), int((side - height) / 2)
-                pil = _expand(pil, (h_pad, v_pad, h_pad, v_pad), self.letterbox_fill)
-            out.append(torch.cat([self._tower(pil, i) for i in range(len(self.transforms))], dim=0))
+            padded: dict[tuple[int, ...], Any] = {}
+            towers = []
+            for i in range(len(self.transforms)):
+                tower_image = pil
+                if self.letterbox_fills is not None:
+                    fill = self.letterbox_fills[i]
+                    if fill not in padded:
+                        width, height = pil.size
+                        side = max(width, height)
+                        h_pad, v_pad = int((side - width) / 2), int((side - height) / 2)
+                        padded[fill] = _expand(pil, (h_pad, v_pad, h_pad, v_pad), fill)
+                    tower_image = padded[fill]
+                towers.append(self._tower(tower_image, i))
+            out.append(torch.cat(towers, dim=0))
         return torch.stack(out)
 
 

@@ -96,7 +96,7 @@ def load_vla(
     else:
         spec, strategy = _prismatic_vision_config(llm.config, llm.source)
         vision_state, projector_state = _prismatic_vision_tensors(llm.source)
-        processor = ImageProcessor.from_vision_spec(spec, strategy)
+        processor = ImageProcessor.from_vision_spec(spec, strategy, prismatic=True)
     for name, tensor in (("vision", vision_state), ("projector", projector_state)):
         bad = first_non_finite(sorted(tensor.items()))
         if bad is not None:
