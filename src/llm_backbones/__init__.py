@@ -4,7 +4,7 @@ Every name below is imported on first use (PEP 562): `import llm_backbones` load
 transformers, and reading a name loads only the module that defines it. The layers underneath:
 `core` (registry, prompt formats, backbones), `runtime` (generation, fused kernels), `data` (examples,
 collator, action tokens), `persistence` (save/load, OpenVLA checkpoints), `training` (fine-tuning, FSDP),
-`app` (CLI, demo, info); see the README's architecture section.
+`serving` (the policy server and its client), `app` (CLI, demo, info); see the README's architecture section.
 """
 
 import importlib as _importlib
@@ -68,6 +68,8 @@ _EXPORTS: dict[str, str] = {
     "VLAPolicy": "llm_backbones.vla.policy",
     "ImageProcessor": "llm_backbones.vla.image_processing",
     **dict.fromkeys(["VISION_BACKBONES", "get_vision_spec"], "llm_backbones.vla.vision"),
+    "PolicyClient": "llm_backbones.serving.client",
+    "create_app": "llm_backbones.serving.server",
     **dict.fromkeys(
         [
             "IGNORE_INDEX",
@@ -83,7 +85,9 @@ _EXPORTS: dict[str, str] = {
     ),
 }
 # subpackages and modules reachable as attributes (`llm_backbones.errors.FinetuneError`) without an import
-_SUBMODULES = frozenset({"errors", "core", "runtime", "data", "persistence", "vla", "training", "app"})
+_SUBMODULES = frozenset(
+    {"errors", "core", "runtime", "data", "persistence", "vla", "training", "serving", "app"}
+)
 
 __all__ = ["__version__", *_EXPORTS]
 

@@ -196,3 +196,35 @@ class NonFiniteWeightsError(ModelWeightsError):
 class TokenizerFileError(LLMBackbonesError, ValueError):
     """A tokenizer file that cannot be used: not JSON, nested deeper than any real tokenizer, larger than the
     size limit, or without the sections a tokenizer.json has (`model`, `added_tokens`)."""
+
+class MissingDependencyError(LLMBackbonesError, ImportError):
+    """An optional dependency that is not installed; the message is one line naming the extra to install
+    (e.g. `pip install 'llm-backbones[serve]'`)."""
+
+
+class RequestFormatError(LLMBackbonesError, ValueError):
+    """A request to the policy server that cannot be read: a body that is not JSON (json-numpy) or `.npy`,
+    missing or unknown fields, an unsupported content type, a body over the size limit.
+
+    `status` is the HTTP status it is answered with: 400, 413 (too large) or 415 (content type).
+    """
+
+    def __init__(self, message: str, *, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ServingError(LLMBackbonesError, RuntimeError):
+    """The policy server failed a request (the model raised on its batch: 500; it is shutting down: 503),
+    could not be reached, or answered something that is not an action.
+
+    `status` is the HTTP status of the answer, None when no answer came.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ServeConfigError(LLMBackbonesError, ValueError):
+    """A policy-server setting that cannot work (max batch, max wait, body size limit)."""

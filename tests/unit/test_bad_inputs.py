@@ -21,6 +21,7 @@ from pathlib import Path
 from unittest import mock
 
 import huggingface_hub.constants
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -62,6 +63,7 @@ from llm_backbones.errors import (
     InputShapeError,
     InvalidSpecError,
     LLMBackbonesError,
+    MissingDependencyError,
     ModelPathError,
     ModelWeightsError,
     NonFiniteLossError,
@@ -71,6 +73,9 @@ from llm_backbones.errors import (
     PromptFormatError,
     RegistryError,
     RemoteCodeError,
+    RequestFormatError,
+    ServeConfigError,
+    ServingError,
     StateDictMismatchError,
     TokenizationError,
     TokenizerContractError,
@@ -1794,6 +1799,106 @@ VLA_FAULTS = rows(
 CASES += VLA_FAULTS
 
 
+# === Issue 20 (the policy server): its settings, requests, client and extra, called directly (the same
+# refusals over HTTP, with their statuses: tests/integration/test_serve.py) ===
+def _npy_pickle() -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    return buffer.getvalue()
+
+
+def _check_unnorm_key(stats, key):
+    from llm_backbones.persistence.openvla import check_unnorm_key
+
+    return check_unnorm_key(stats, key)
+
+
+def _unused_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _serving(module: str):
+    import importlib
+
+    return importlib.import_module(f"llm_backbones.serving.{module}")
+
+
+def _decode(body: bytes, content_type: str, query: dict | None = None):
+    return _serving("protocol").decode_request(body, content_type, query or {})
+
+
+def _client(url: str):
+    return _serving("client").PolicyClient(url, timeout=5)
+
+
+SERVING = (
+    Bad(
+        "serve-max-batch-0",
+        lambda e: _serving("batching").BatchingQueue(lambda *a: None, max_batch=0),
+        ServeConfigError,
+        ("max_batch must be an int >= 1", "got 0"),
+    ),
+    Bad(
+        "serve-body-limit-0",
+        lambda e: _serving("server").create_app(None, max_body_bytes=0),
+        ServeConfigError,
+        ("max_body_bytes must be a positive int", "got 0"),
+    ),
+    Bad(
+        "serve-extra-missing",
+        lambda e: _serving("protocol").require_serve_packages("no_such_module_for_this_row"),
+        MissingDependencyError,
+        ("no-such-module-for-this-row", "pip install 'llm-backbones[serve]'"),
+        old=ImportError,
+    ),
+    Bad(
+        "serve-request-not-json",
+        lambda e: _decode(b"{nope", "application/json"),
+        RequestFormatError,
+        ("not valid JSON with json-numpy", "json_numpy.patch()"),
+    ),
+    Bad(
+        "serve-request-content-type",
+        lambda e: _decode(b"x", "text/plain"),
+        RequestFormatError,
+        ("'text/plain' is not accepted", "application/json", "application/x-npy"),
+    ),
+    Bad(
+        "serve-request-npy-pickle",
+        lambda e: _decode(_npy_pickle(), "application/x-npy", {"instruction": "wipe"}),
+        RequestFormatError,
+        ("not a .npy array", "np.save"),
+    ),
+    Bad(
+        "serve-client-url-without-scheme",
+        lambda e: _client("127.0.0.1:8000"),
+        ServingError,
+        ("must be http://HOST:PORT", "'127.0.0.1:8000'"),
+        old=RuntimeError,
+    ),
+    Bad(
+        "serve-client-no-server",
+        lambda e: _client(f"http://127.0.0.1:{_unused_port()}").act(np.zeros((2, 2, 3), np.uint8), "wipe"),
+        ServingError,
+        ("No answer from the policy server at http://127.0.0.1:", "llm-backbones serve"),
+        old=RuntimeError,
+    ),
+    Bad(
+        "serve-unnorm-key-not-a-string",
+        lambda e: _check_unnorm_key(_STATS, ["bridge_orig"]),
+        NormStatsError,
+        ("unnorm_key must be a string", "got list", "'bridge_orig'"),
+    ),
+)
+CASES += SERVING
+
+
 def _dinosiglip_processor():
     from llm_backbones.vla.image_processing import ImageProcessor
     from llm_backbones.vla.vision import get_vision_spec
@@ -1938,6 +2043,28 @@ CLI_CASES = [
         ],
         OutputPathError,
         ("plain-file", "which is a file", "Choose a path under a folder"),
+    ),
+]
+
+CLI_CASES += [
+    BadCli(
+        "cli-serve-checkpoint-missing",
+        lambda e: ["serve", str(e.root / "absent-checkpoint"), "--port", "1"],
+        ModelPathError,
+        ("absent-checkpoint", "does not exist", "HF OpenVLA directory"),
+    ),
+    BadCli(
+        "cli-act-image-missing",
+        lambda e: [
+            "act",
+            "http://127.0.0.1:1",
+            "--image",
+            str(e.root / "frame.png"),
+            "--instruction",
+            "wipe",
+        ],
+        ImageError,
+        ("frame.png", "is not a file", "PNG or JPEG"),
     ),
 ]
 

@@ -1,5 +1,5 @@
 """Import cost: `import llm_backbones`, `llm-backbones --help` and `llm-backbones list` load neither torch nor
-transformers.
+transformers (nor the server's fastapi / uvicorn).
 
 Each case runs in a fresh interpreter and reports which heavy modules ended up in `sys.modules`: transformers'
 modeling code (`transformers.modeling_utils`, `transformers.models.<family>.modeling_<family>`) and torch's
@@ -30,6 +30,7 @@ print({MARKER!r} + json.dumps({{
     "heavy": sorted(m for m in sys.modules if heavy.match(m)),
     "torch": "torch" in sys.modules,
     "transformers": "transformers" in sys.modules,
+    "server": sorted(m for m in ("fastapi", "uvicorn", "starlette", "json_numpy") if m in sys.modules),
     "stdout": out.getvalue(),
 }}))
 """
@@ -66,8 +67,8 @@ def test_package_face_loads_neither_torch_nor_transformers(code: str) -> None:
 
 def test_help_loads_no_model_code() -> None:
     loaded = loaded_after(CLI.format(args=["--help"]))
-    assert "list" in loaded["stdout"] and "finetune" in loaded["stdout"]  # the help was really printed
-    assert loaded["heavy"] == []
+    assert "list" in loaded["stdout"] and "serve" in loaded["stdout"]  # the help was really printed
+    assert loaded["heavy"] == [] and loaded["server"] == []
     assert (loaded["torch"], loaded["transformers"]) == (False, False)
 
 
@@ -75,7 +76,7 @@ def test_list_loads_neither_torch_nor_transformers() -> None:
     # the registry holds class and dtype names, imported on first read (not by a listing)
     loaded = loaded_after(CLI.format(args=["list", "--json"]))
     assert "llama2-7b-pure" in {row["id"] for row in json.loads(loaded["stdout"])}
-    assert loaded["heavy"] == []
+    assert loaded["heavy"] == [] and loaded["server"] == []
     assert (loaded["torch"], loaded["transformers"]) == (False, False)
 
 

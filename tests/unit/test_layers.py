@@ -22,7 +22,7 @@ import llm_backbones
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 PACKAGE = "llm_backbones"
-LAYERS = ("foundation", "runtime", "core", "data", "persistence", "vla", "training", "app")
+LAYERS = ("foundation", "runtime", "core", "data", "persistence", "vla", "training", "serving", "app")
 _SUBPACKAGE_LAYER = {name: LAYERS.index(name) for name in LAYERS[1:]}
 
 

@@ -1,4 +1,4 @@
-"""`llm-backbones`: list the registry and run the demo on the embedded default."""
+"""`llm-backbones`: list the registry, run the demo on the embedded default, fine-tune, serve a VLA policy."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from llm_backbones.core.prompting.builder import DEFAULT_MODEL_FAMILY
@@ -80,7 +81,8 @@ def _quiet_transformers() -> Callable[[], None]:
 def _fail(exc: Exception) -> None:
     if _state["debug"]:
         raise exc
-    console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    # escaped: a message's own brackets (`pip install 'llm-backbones[serve]'`, `['a', 'b']`) are not markup
+    console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=1)
 
 
@@ -577,6 +579,124 @@ def _tokenizer_for(backbone_id: str, model_path: Path | None):
     from llm_backbones.core.backbones.factory import get_llm_backbone_and_tokenizer
 
     return get_llm_backbone_and_tokenizer(backbone_id, model_path=model_path, inference_mode=True)[1]
+
+
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@app.command()
+def serve(
+    path: Annotated[
+        Path, typer.Argument(help="OpenVLA checkpoint: an HF directory, a Prismatic run directory or a .pt.")
+    ],
+    host: Annotated[
+        str, typer.Option(help="Address to bind; 0.0.0.0 (every interface) only when asked for.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: cpu).")] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="float32, bfloat16 or float16 (default: as the checkpoint stores it).")
+    ] = None,
+    max_batch: Annotated[int, typer.Option(min=1, max=1024, help="Most requests in one model call.")] = 8,
+    max_wait_ms: Annotated[
+        float, typer.Option(min=0, max=60_000, help="How long a request waits for companions in its batch.")
+    ] = 5.0,
+    unnorm_key: Annotated[
+        str | None, typer.Option(help="Dataset statistics for requests that name none.")
+    ] = None,
+    vision_depth: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Blocks of the vision towers, for checkpoints whose towers were cut (tests)."
+        ),
+    ] = None,
+    max_body_mb: Annotated[
+        float, typer.Option(min=0.001, help="Larger request bodies are answered 413.")
+    ] = 16.0,
+) -> None:
+    """Serve an OpenVLA checkpoint over HTTP: POST /act (OpenVLA deploy.py's request, or .npy bytes), GET
+    /health; concurrent requests are batched. Needs `pip install 'llm-backbones[serve]'`."""
+    from llm_backbones.serving.protocol import require_serve_packages
+
+    try:
+        require_serve_packages()
+        if dtype is not None and dtype not in _DTYPES:
+            raise typer.BadParameter(f"--dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}.")
+        _serve(path, host, port, device, dtype, max_batch, max_wait_ms, unnorm_key, vision_depth, max_body_mb)
+    except (LLMBackbonesError, OSError) as exc:
+        _fail(exc)
+
+
+def _serve(path, host, port, device, dtype, max_batch, max_wait_ms, unnorm_key, vision_depth, max_body_mb):
+    import torch
+
+    from llm_backbones.persistence.openvla import check_unnorm_key
+    from llm_backbones.serving.server import serve as run_server
+    from llm_backbones.vla.loading import load_vla
+
+    if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
+        raise typer.BadParameter(f"--device {device} was asked for, but CUDA is not available; use cpu.")
+    start = time.perf_counter()
+    with console.status(f"Loading {path} ..."):
+        policy = load_vla(
+            path,
+            dtype=getattr(torch, dtype) if dtype else None,
+            device=device,
+            vision_depth=vision_depth,
+        )
+    if unnorm_key is not None:
+        check_unnorm_key(policy.norm_stats, unnorm_key)
+    console.print(
+        f"Serving {policy.vision_backbone_id} + {policy.backbone.identifier} ({policy.device}, "
+        f"{str(policy.dtype).removeprefix('torch.')}; loaded in {time.perf_counter() - start:.1f} s) on "
+        f"http://{host}:{port} (POST /act, GET /health; max batch {max_batch}, max wait {max_wait_ms:g} ms)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    run_server(
+        policy,
+        host=host,
+        port=port,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        max_body_bytes=int(max_body_mb * 2**20),
+        unnorm_key=unnorm_key,
+    )
+
+
+@app.command()
+def act(
+    url: Annotated[str, typer.Argument(help="The server, e.g. http://127.0.0.1:8000.")],
+    image: Annotated[Path, typer.Option(help="Camera image file (PNG, JPEG, ...).")],
+    instruction: Annotated[str, typer.Option(help="What the robot should do.")],
+    unnorm_key: Annotated[
+        str | None, typer.Option(help="Dataset statistics (default: the server's).")
+    ] = None,
+) -> None:
+    """Ask a running `llm-backbones serve` for one action (a check by hand); prints it as a JSON list."""
+    from llm_backbones.serving.client import PolicyClient
+
+    try:
+        array = _read_image(image)
+        action = PolicyClient(url).act(array, instruction, unnorm_key=unnorm_key)
+    except (LLMBackbonesError, OSError) as exc:
+        _fail(exc)
+    print(json.dumps(action.tolist()))
+
+
+def _read_image(path: Path):
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from llm_backbones.errors import ImageError
+
+    if not path.is_file():
+        raise ImageError(f"--image {str(path)!r} is not a file; pass a PNG or JPEG camera image.")
+    try:
+        with Image.open(path) as opened:
+            return np.asarray(opened.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ImageError(f"--image {str(path)!r} is not an image PIL can read ({exc}).") from None
 
 
 if __name__ == "__main__":
