@@ -618,6 +618,10 @@ def serve(
     /health; concurrent requests are batched. Needs `pip install 'llm-backbones[serve]'`."""
     from llm_backbones.serving.protocol import require_serve_packages
 
+    # OpenMP threads that spin while waiting lose their core to the event loop's thread (it reads requests
+    # while the model runs) and stall every parallel region: on 2 CPU cores the policy served half as fast
+    # (benchmarks/bench_serve.py). Read when torch loads (below, not yet); a value the user set wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         require_serve_packages()
         if dtype is not None and dtype not in _DTYPES:
