@@ -197,6 +197,7 @@ class TokenizerFileError(LLMBackbonesError, ValueError):
     """A tokenizer file that cannot be used: not JSON, nested deeper than any real tokenizer, larger than the
     size limit, or without the sections a tokenizer.json has (`model`, `added_tokens`)."""
 
+
 class MissingDependencyError(LLMBackbonesError, ImportError):
     """An optional dependency that is not installed; the message is one line naming the extra to install
     (e.g. `pip install 'llm-backbones[serve]'`)."""
@@ -228,3 +229,16 @@ class ServingError(LLMBackbonesError, RuntimeError):
 
 class ServeConfigError(LLMBackbonesError, ValueError):
     """A policy-server setting that cannot work (max batch, max wait, body size limit)."""
+
+
+class RobotDataError(LLMBackbonesError, ValueError):
+    """A robot dataset that cannot be trained on: a missing key (image, action, task), actions of the wrong
+    size, NaN or infinite actions, an empty episode, a corrupted parquet file, a missing video or image file,
+    an image that cannot be decoded, an unsupported layout or option (state, history).
+
+    `episode` is the episode it concerns (None when it concerns the whole dataset), `file` the file read.
+    """
+
+    def __init__(self, message: str, *, episode: int | None = None, file: str | None = None) -> None:
+        super().__init__(message)
+        self.episode, self.file = episode, file

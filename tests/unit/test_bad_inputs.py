@@ -51,6 +51,7 @@ from llm_backbones import (
     vla_example,
 )
 from llm_backbones.app.cli import app
+from llm_backbones.data.robot import open_robot_dataset
 from llm_backbones.errors import (
     ActionError,
     CheckpointError,
@@ -74,6 +75,7 @@ from llm_backbones.errors import (
     RegistryError,
     RemoteCodeError,
     RequestFormatError,
+    RobotDataError,
     ServeConfigError,
     ServingError,
     StateDictMismatchError,
@@ -1897,6 +1899,18 @@ SERVING = (
     ),
 )
 CASES += SERVING
+
+# robot datasets (llm_backbones.data.robot; its bad-data matrix is tests/unit/test_robot_data.py): one row for
+# its error class
+ROBOT_DATA = (
+    Bad(
+        "robot-data-history-refused",
+        lambda e: open_robot_dataset(e.root, history=2),
+        RobotDataError,
+        ("history=2", "multi-frame inputs are out of scope", "history=1"),
+    ),
+)
+CASES += ROBOT_DATA
 
 
 def _dinosiglip_processor():
