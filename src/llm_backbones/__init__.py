@@ -36,9 +36,8 @@ _EXPORTS: dict[str, str] = {
         "llm_backbones.core.registry",
     ),
     **dict.fromkeys(["save_backbone", "load_backbone"], "llm_backbones.persistence.checkpoint"),
-    **dict.fromkeys(
-        ["load_vla_backbone", "LoadedVLA", "unnormalize_actions"], "llm_backbones.persistence.openvla"
-    ),
+    **dict.fromkeys(["load_vla_backbone", "LoadedVLA"], "llm_backbones.persistence.openvla"),
+    **dict.fromkeys(["unnormalize_actions", "validate_norm_stats"], "llm_backbones.data.norm_stats"),
     **dict.fromkeys(
         ["PromptFormat", "PROMPT_FORMATS", "get_prompt_format", "register_prompt_format"],
         "llm_backbones.core.prompting.formats",

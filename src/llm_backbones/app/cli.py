@@ -634,7 +634,7 @@ def serve(
 def _serve(path, host, port, device, dtype, max_batch, max_wait_ms, unnorm_key, vision_depth, max_body_mb):
     import torch
 
-    from llm_backbones.persistence.openvla import check_unnorm_key
+    from llm_backbones.data.norm_stats import check_unnorm_key
     from llm_backbones.serving.server import serve as run_server
     from llm_backbones.vla.loading import load_vla
 

@@ -18,8 +18,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from llm_backbones.data.norm_stats import check_unnorm_key
 from llm_backbones.errors import LLMBackbonesError, RequestFormatError, ServeConfigError
-from llm_backbones.persistence.openvla import check_unnorm_key
 from llm_backbones.serving import protocol
 from llm_backbones.serving.batching import BatchingQueue
 

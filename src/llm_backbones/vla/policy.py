@@ -23,8 +23,9 @@ import torch
 from torch import nn
 
 from llm_backbones.data.examples import vla_prompt
+from llm_backbones.data.norm_stats import check_unnorm_key, unnormalize_actions
 from llm_backbones.errors import ActionError, ImageError, InputShapeError
-from llm_backbones.persistence.openvla import LoadedVLA, check_unnorm_key, unnormalize_actions
+from llm_backbones.persistence.openvla import LoadedVLA
 from llm_backbones.runtime.generation import generate_greedy, generate_greedy_in_range, prepared_generation
 from llm_backbones.vla.image_processing import ImageProcessor
 from llm_backbones.vla.vision import Projector, VisionBackbone

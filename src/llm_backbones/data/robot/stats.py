@@ -7,7 +7,7 @@ on actions that are float32 as its RLDS pipeline casts them: mean, std (populati
 The result has the shape of OpenVLA's `dataset_statistics.json` (and of the `norm_stats` of its HF config).
 
 `normalize_actions` is its BOUNDS_Q99 `normalize_action_and_proprio`, the inverse of
-`llm_backbones.persistence.openvla.unnormalize_actions`.
+`llm_backbones.data.norm_stats.unnormalize_actions`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from llm_backbones.data.norm_stats import action_arrays
 from llm_backbones.errors import ActionError, NormStatsError
 
 # [Contract] OpenVLA's `normalize_action_and_proprio` adds this to the range: a zero range divides safely
@@ -129,32 +130,12 @@ def normalize_actions(
     [q01, q99] (up to the 1e-8 of the denominator) and for dimensions that never move (masked ones).
     NaN or infinite actions raise `ActionError`; statistics without the fields raise `NormStatsError`.
     """
-    action = stats_entry.get("action") if isinstance(stats_entry, Mapping) else None
-    if not isinstance(action, Mapping):
-        raise NormStatsError(
-            "stats_entry must be one dataset's statistics, "
-            "{'action': {'q01': [...], 'q99': [...], 'min': [...], "
-            f"'max': [...], 'mask': [...]}}}}, got {stats_entry!r:.120}. Pass statistics()[unnorm_key]."
-        )
-    low = _stats_vector(action, "q01", None)
+    low, high, mask = action_arrays("stats_entry", stats_entry)  # the one check (q01 <= q99, finite, mask)
     dim = low.size
-    high = _stats_vector(action, "q99", dim)
-    minimum, maximum = _stats_vector(action, "min", dim), _stats_vector(action, "max", dim)
-    mask_values = action.get("mask", [True] * dim)
-    # as validate_norm_stats: JSON booleans, or the integers 0 and 1 read as false and true
-    if (
-        isinstance(mask_values, str | bytes)
-        or not isinstance(mask_values, Sequence | np.ndarray)
-        or len(mask_values) != dim
-        or not all(
-            isinstance(v, bool | np.bool_) or (isinstance(v, int) and v in (0, 1)) for v in mask_values
-        )
-    ):
-        raise NormStatsError(
-            f"The action statistics' 'mask' must be {dim} booleans (True: normalized), got "
-            f"{mask_values!r:.120}."
-        )
-    mask = np.asarray([bool(v) for v in mask_values])
+    minimum, maximum = (
+        _stats_vector(stats_entry["action"], "min", dim),
+        _stats_vector(stats_entry["action"], "max", dim),
+    )
     try:
         raw = np.asarray(actions, dtype=np.float64)
     except (TypeError, ValueError) as exc:
