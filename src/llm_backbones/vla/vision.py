@@ -11,7 +11,8 @@ same patch features as OpenVLA's code (tests/golden/fixtures/openvla_policy, mad
 
 `VISION_BACKBONES` holds every vision backbone id Prismatic and OpenVLA ship. A tower is built with only the
 blocks the featurizer reads (depth - 1); the last block's tensors are checked and set aside, like SigLIP's
-unused attention-pool head.
+unused attention-pool head. The tower keeps them (`VisionTower.set_aside`, on CPU), so that
+`VisionTower.timm_state_dict()` gives back every tensor timm's model holds (an export writes them).
 """
 
 from __future__ import annotations
@@ -345,6 +346,9 @@ class VisionTower(nn.Module):
                 f"depth={self.depth!r} for {tower.timm_id}."
             )
         self.model = _hf_model(tower, self.depth - 1)  # the last block is never read
+        # timm's tensors the model does not hold (the last block, SigLIP's attn_pool head), by timm name, on
+        # CPU as the checkpoint stored them: `load_timm_state` keeps them, `timm_state_dict` gives them back
+        self.set_aside: dict[str, torch.Tensor] = {}
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         out = self.model(pixel_values=pixel_values, output_hidden_states=True)
@@ -428,7 +432,56 @@ class VisionTower(nn.Module):
             )
         dtype = next(iter(state.values())).dtype
         self.model.load_state_dict({k: v.to(dtype) for k, v in target.items()}, strict=True, assign=True)
+        self.set_aside = {name: state[name].detach().to("cpu") for name in sorted(unused)}
         return tuple(sorted(unused))
+
+    def timm_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every tensor of timm's model of this tower (`expected_timm_names`: names relative to the tower,
+        LayerScale as `gamma`), the inverse of `load_timm_state`: q/k/v joined into `qkv`, DINOv2's class
+        position folded into `cls_token` (timm adds none to it), the set-aside tensors as kept. Raises
+        `VLACheckpointError` naming the tensors the tower does not have (a tower built without loading a
+        checkpoint has no last block or attention-pool head)."""
+        expected = expected_timm_names(self.spec, self.depth)
+        roles = _hf_roles(self.model)
+        hf = self.model.state_dict()
+        part_of = {role: part for part, role in _TIMM_BLOCK_ROLE.items()}
+        out: dict[str, torch.Tensor] = {}
+        for (index, role, leaf), hf_name in roles.items():
+            if index is not None and role not in ("q", "k", "v"):
+                out[f"blocks.{index}.{part_of[role]}.{'gamma' if role in ('ls1', 'ls2') else leaf}"] = hf[
+                    hf_name
+                ]
+        for index in range(self.depth - 1):
+            for leaf in ("weight", "bias"):
+                out[f"blocks.{index}.attn.qkv.{leaf}"] = torch.cat(
+                    [hf[roles[(index, r, leaf)]] for r in "qkv"]
+                )
+        class_position = None
+        for name, (role, leaf) in _TIMM_TOP.items():
+            if name not in expected:
+                continue
+            tensor = hf[roles.get((None, role, leaf)) or roles[(None, role, "weight")]]
+            if role == "pos" and self.spec.family == "dinov2":  # the HF table has a class row; timm's not
+                tensor = tensor.reshape(1, -1, tensor.shape[-1])
+                class_position, tensor = tensor[:, :1], tensor[:, 1:]
+            out[name] = tensor.reshape(expected[name])
+        if class_position is not None:
+            out["cls_token"] = out["cls_token"] + class_position.to(out["cls_token"].dtype)
+        out.update({k: v for k, v in self.set_aside.items() if k not in out})
+        missing = [k for k in expected if k not in out]
+        if missing:
+            raise VLACheckpointError(
+                f"The vision tower {self.spec.timm_id} ({self.depth} blocks) lacks {len(missing)} of timm's "
+                f"tensors: {missing[:8]}{' ...' if len(missing) > 8 else ''} (the last block and heads its "
+                "featurizer never reads are kept only when the tower was loaded from a checkpoint). Load the "
+                "policy with load_vla, or set tower.set_aside to those tensors."
+            )
+        wrong = [f"{k} {tuple(out[k].shape)} vs {v}" for k, v in expected.items() if tuple(out[k].shape) != v]
+        if wrong:
+            raise VLACheckpointError(
+                f"The vision tower {self.spec.timm_id} has misshapen tensors: {wrong[:5]}."
+            )
+        return {k: out[k] for k in expected}
 
 
 class VisionBackbone(nn.Module):
