@@ -64,6 +64,8 @@ _EXPORTS: dict[str, str] = {
     ),
     "ActionTokenizer": "llm_backbones.data.actions",
     "load_vla": "llm_backbones.vla.loading",
+    "export_openvla": "llm_backbones.vla.export",
+    "open_robot_dataset": "llm_backbones.data.robot.reader",
     "VLAPolicy": "llm_backbones.vla.policy",
     "ImageProcessor": "llm_backbones.vla.image_processing",
     **dict.fromkeys(["VISION_BACKBONES", "get_vision_spec"], "llm_backbones.vla.vision"),

@@ -42,13 +42,14 @@ import torch
 
 from llm_backbones import _fs
 from llm_backbones.core.backbones.files import describe_non_finite, first_non_finite
+from llm_backbones.data.norm_stats import validate_norm_stats
 from llm_backbones.errors import (
     CheckpointError,
     NonFiniteWeightsError,
     NormStatsError,
     OutputPathError,
 )
-from llm_backbones.persistence.openvla import BACKBONE_LLM_PREFIX, HF_LLM_PREFIX, validate_norm_stats
+from llm_backbones.persistence.openvla import BACKBONE_LLM_PREFIX, HF_LLM_PREFIX
 from llm_backbones.vla.image_processing import _PIL_CODES
 from llm_backbones.vla.loading import _ACT_OVERRIDES, HF_PROJECTOR_PREFIX, HF_VISION_PREFIX
 from llm_backbones.vla.policy import VLAPolicy

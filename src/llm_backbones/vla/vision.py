@@ -357,8 +357,8 @@ class VisionTower(nn.Module):
 
     def load_timm_state(self, state: Mapping[str, torch.Tensor], *, source: str) -> tuple[str, ...]:
         """Assign timm's tensors (names relative to the tower) to the model; strict: every expected tensor
-        present with its shape, nothing else. Returns the names set aside (the last block, SigLIP's head,
-        the final norm: loaded by OpenVLA, never read by its featurizer)."""
+        present with its shape, nothing else. Returns the names set aside in `self.set_aside` (the last block
+        and SigLIP's head: loaded by OpenVLA, never read by its featurizer; kept for export)."""
         state = {
             k[: -len("scale_factor")] + "gamma" if k.endswith(".scale_factor") else k: v
             for k, v in state.items()
