@@ -117,6 +117,8 @@ BAD_IMAGES = [
     (np.full((32, 32, 3), np.nan, dtype=np.float32), ImageError, "NaN"),
     ("camera.png", ImageError, "PIL image"),
     (None, ImageError, "PIL image"),
+    (np.zeros((1, 2000, 3), dtype=np.uint8), ImageError, "camera frames"),  # resized, 2000x larger
+    (np.zeros((10, 200, 3), dtype=np.uint8), ImageError, "at most 16x"),
 ]
 
 
@@ -155,6 +157,31 @@ BAD_CALLS = [
         "[batch, 3, 224, 224]",
     ),
     ("predict_action", ["IMG", "go"], {"input_ids": IDS, "pixel_values": FULL}, InputShapeError, "not both"),
+    (
+        "predict_action",
+        [],
+        {**KEY, "input_ids": IDS.float(), "pixel_values": FULL},
+        InputShapeError,
+        "integer",
+    ),
+    ("predict_action", [], {**KEY, "input_ids": IDS[:, :0], "pixel_values": FULL}, InputShapeError, "BOS"),
+    (
+        "predict_action",
+        [],
+        {**KEY, "input_ids": IDS + 40000, "pixel_values": FULL},
+        InputShapeError,
+        "0..32000",
+    ),
+    (
+        "predict_action",
+        [],
+        {**KEY, "input_ids": IDS, "attention_mask": torch.ones(1, 3), "pixel_values": FULL},
+        InputShapeError,
+        "attention_mask",
+    ),
+    ("predict_action", [], {**KEY, "input_ids": IDS, "pixel_values": [[0.0]]}, ImageError, "pixel_values"),
+    ("predict_action", ["IMG", "go"], {**KEY, "constrain_to_actions": "no"}, InputShapeError, "'no'"),
+    ("predict_action", ["IMG", "go"], {**KEY, "do_sample": 1}, InputShapeError, "do_sample=1"),
 ]
 
 
@@ -170,3 +197,47 @@ def test_bad_calls_raise_typed_errors(policy, method, args, kwargs, error, words
     with pytest.raises(error) as info:
         getattr(policy, method)(*fill(args), **kwargs)
     assert words in str(info.value)
+
+
+def test_left_padded_rows_count_positions_from_their_first_token(policy):
+    """RoPE positions of each left-padded row start at 0 at its BOS (pads at 0), as HF generate counts them:
+    the position ids the LLM receives, read with a hook (the logits alone could not show a constant shift)."""
+    seen = []
+
+    def hook(module, args, kwargs):
+        if kwargs.get("position_ids") is not None and kwargs.get("inputs_embeds") is not None:
+            seen.append((kwargs["position_ids"].clone(), kwargs["attention_mask"].clone()))
+
+    handle = policy.backbone.llm.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        policy.predict_actions(images(3), INSTRUCTIONS[:3], unnorm_key="bridge_orig")
+    finally:
+        handle.remove()
+    positions, mask = seen[0]  # the prefill
+    lengths = [int(n) for n in mask.sum(dim=1)]
+    assert len(set(lengths)) == 3
+    for row, n in enumerate(lengths):
+        assert positions[row, -n:].tolist() == list(range(n))
+        assert positions[row, :-n].eq(0).all()
+
+
+def test_prepared_policy_falls_back_to_eager_for_unprepared_shapes(checkpoint):
+    """A policy prepared for batch 1 (compiled path; the eager backend here, no GPU) answers a batch of 2
+    by decoding it eagerly, with the actions of the unprepared policy."""
+    from llm_backbones.runtime.generation import prepare_for_generation
+
+    plain = load_vla(checkpoint, vision_depth=spec.VISION_DEPTH)
+    expected = plain.predict_actions(images(2), INSTRUCTIONS[:2], unnorm_key="bridge_orig")
+    prepared = load_vla(checkpoint, vision_depth=spec.VISION_DEPTH)
+    prepare_for_generation(
+        prepared.backbone.llm,
+        batch_sizes=(1,),
+        max_prompt_length=320,
+        max_new_tokens=7,
+        compile_backend="eager",
+    )
+    np.testing.assert_array_equal(
+        prepared.predict_actions(images(2), INSTRUCTIONS[:2], unnorm_key="bridge_orig"), expected
+    )
+    single = prepared.predict_action(images(1)[0], INSTRUCTIONS[0], unnorm_key="bridge_orig")
+    np.testing.assert_allclose(single, expected[0], atol=1e-12)

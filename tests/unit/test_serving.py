@@ -134,7 +134,36 @@ def test_an_exception_in_the_model_fails_only_its_batch_and_the_queue_keeps_serv
         assert "RuntimeError: model exploded" in str(failed) and "keeps serving" in str(failed)
     assert [r.tolist() for r in results[3:]] == [[3.0, 97.0], [4.0, 97.0], [5.0, 97.0]]
     assert later.tolist() == [9.0, 97.0]
-    assert stats["failed_batches"] == 1
+    assert stats["failed_batches"] == 3  # the failed batch of 3, run again request by request: each fails
+    assert [c for c in calls if c[0] == "boom"][0][1] == ["0", "1", "2"]  # first as one batch
+
+
+def test_one_bad_request_fails_alone_not_its_batch():
+    """A request the policy refuses only inside the model call (e.g. a prompt too long for the LLM once
+    tokenized) fails with a 422 naming its problem; its batch-mates get their actions."""
+    calls = []
+
+    def predict(images, texts, key):
+        calls.append(list(texts))
+        if "bad" in texts:
+            from llm_backbones.errors import TokenizationError
+
+            raise TokenizationError("The prompt has 8012 tokens, more than llm_max_length 2048.")
+        return np.array([[float(len(t)), 1.0] for t in texts])
+
+    async def main():
+        queue = BatchingQueue(predict, max_batch=8, max_wait_s=0.05)
+        queue.start()
+        results = await asyncio.gather(
+            *(queue.submit(None, t, "a") for t in ("ok", "bad", "fine")), return_exceptions=True
+        )
+        await queue.close()
+        return results
+
+    ok, bad, fine = asyncio.run(main())
+    assert ok.tolist() == [2.0, 1.0] and fine.tolist() == [4.0, 1.0]
+    assert isinstance(bad, ServingError) and bad.status == 422 and "8012 tokens" in str(bad)
+    assert calls[0] == ["ok", "bad", "fine"] and sorted(calls[1:]) == [["bad"], ["fine"], ["ok"]]
 
 
 def test_close_answers_what_is_queued_then_refuses_new_requests():

@@ -116,6 +116,15 @@ def action_arrays(
             f"{low[above].tolist()[:8]}, q99 {high[above].tolist()[:8]}): the low and high quantiles are "
             f"swapped or edited, and would mirror those actions. Accepted: q01 <= q99. {_STATS_FIX}"
         )
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, not warned
+        span = high - low
+    wide = ~np.isfinite(span)
+    if wide.any():
+        raise NormStatsError(
+            f"norm_stats[{key!r}]{suffix}: q99 - q01 overflows at dimensions {_positions(wide)} (q01 "
+            f"{low[wide].tolist()[:4]}, q99 {high[wide].tolist()[:4]}): "
+            f"un-normalized actions would be inf/NaN. Accepted: a finite range per dimension. {_STATS_FIX}"
+        )
     if "mask" not in stats:
         return low, high, np.ones_like(low, dtype=bool)  # OpenVLA's default: every dimension normalized
     mask = stats["mask"]
@@ -220,7 +229,15 @@ def unnormalize_actions(
             "action tokens are always finite) and drop this step."
         )
     clipped = np.clip(normalized, -1.0, 1.0)  # as OpenVLA's bins: nothing beyond q01 / q99
-    return np.where(mask, 0.5 * (clipped + 1) * (high - low) + low, clipped)
+    out = np.where(mask, 0.5 * (clipped + 1) * (high - low) + low, clipped)
+    bad = ~np.isfinite(out)
+    if bad.any():  # statistics at the edge of float64 (each is finite, the range is too)
+        raise ActionError(
+            f"Un-normalizing with the statistics of {key!r} gives values that are not finite at positions "
+            f"{_positions(bad)}; they would reach the robot as commands. Use statistics of a realistic scale "
+            "(q01/q99 of the dataset's actions)."
+        )
+    return out
 
 
 __all__ = [

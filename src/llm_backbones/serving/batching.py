@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from llm_backbones.errors import ServeConfigError, ServingError
+from llm_backbones.errors import LLMBackbonesError, ServeConfigError, ServingError
 
 logger = logging.getLogger(__name__)
 
@@ -174,11 +174,23 @@ class BatchingQueue:
                 )
         except Exception as exc:  # the model's failure is this batch's, never the server's
             failed = True
-            logger.exception("The policy raised on a batch of %d (unnorm_key %r)", len(batch), key)
+            if len(batch) > 1:  # find whose request it was: each alone, so no client fails for another's
+                logger.warning(
+                    "The policy raised on a batch of %d (%s: %s); running its requests one by one",
+                    len(batch),
+                    type(exc).__name__,
+                    exc,
+                )
+                for item in batch:
+                    await self._run_batch(key, [item])
+                return
+            logger.exception("The policy raised on a request (unnorm_key %r)", key)
+            refused = isinstance(exc, LLMBackbonesError) and isinstance(exc, ValueError)
+            what = "refused" if refused else "raised on"
             error = ServingError(
-                f"The policy raised on this request's batch of {len(batch)}: {type(exc).__name__}: {exc}. "
-                "The server keeps serving; other batches are not affected.",
-                status=500,
+                f"The policy {what} this request: {type(exc).__name__}: {exc}"
+                + ("" if refused else " The server keeps serving; other requests are not affected."),
+                status=422 if refused else 500,
             )
             for item in batch:
                 if not item.future.done():

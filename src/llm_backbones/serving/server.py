@@ -153,6 +153,8 @@ def create_app(
                 "in_flight": queue.in_flight,
                 **queue.stats.summary(),
                 "errors": dict(errors),
+                # decoded tokens the action mask changed (the model's argmax was not an action token)
+                "stray_tokens": getattr(policy, "stray_tokens", 0),
             }
         )
 

@@ -392,17 +392,30 @@ def supervised_tokens(labels: torch.Tensor) -> torch.Tensor:
 
 
 def micro_loss_sum(
-    model: nn.Module, batch: Mapping[str, torch.Tensor], *, autocast=None, fused_loss: bool = False
+    model: nn.Module,
+    batch: Mapping[str, torch.Tensor],
+    *,
+    autocast=None,
+    fused_loss: bool = False,
+    observe: Callable[[Mapping[str, torch.Tensor], torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """The summed next-token loss of one micro-batch. With `fused_loss` (`enable_fast_training`) the
-    backbone computes the loss chunk by chunk without the full logits and returns its mean."""
+    backbone computes the loss chunk by chunk without the full logits and returns its mean.
+
+    A batch with `pixel_values` or `vision_features` (a VLA's) passes them on to `model`, which returns the
+    logits of the text positions. `observe(batch, logits)` sees each micro-batch's logits (detached; not
+    with `fused_loss`), e.g. for the action accuracy of `training.vla`."""
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    for key in ("pixel_values", "vision_features"):
+        if key in batch:
+            inputs[key] = batch[key]
     with autocast if autocast is not None else contextlib.nullcontext():
         if fused_loss:
-            out = model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
-            )
+            out = model(**inputs, labels=batch["labels"])
             return out.loss.float() * supervised_tokens(batch["labels"])
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = model(**inputs).logits
+    if observe is not None:
+        observe(batch, logits.detach())
     return causal_lm_loss_sum(logits, batch["labels"])[0]
 
 
@@ -424,6 +437,7 @@ def optimizer_step(
     autocast=None,
     fused_loss: bool = False,
     max_grad_norm: float = 0.0,
+    observe: Callable[[Mapping[str, torch.Tensor], torch.Tensor], None] | None = None,
 ) -> StepStats:
     """One optimizer step over this rank's micro-batches of a global batch (`step` is 1-based, for messages).
 
@@ -445,7 +459,7 @@ def optimizer_step(
     global_count = counts[0].clamp(min=1).to(device)
     total = None
     for batch in micro_batches:
-        loss_sum = micro_loss_sum(model, batch, autocast=autocast, fused_loss=fused_loss)
+        loss_sum = micro_loss_sum(model, batch, autocast=autocast, fused_loss=fused_loss, observe=observe)
         (loss_sum * world_size / global_count).backward()
         total = loss_sum.detach() if total is None else total + loss_sum.detach()
     loss = (all_reduce_sum(total.clone(), ctx) / global_count).item()
@@ -485,6 +499,7 @@ def evaluate(
     ctx=None,
     autocast=None,
     fused_loss: bool = False,
+    observe: Callable[[Mapping[str, torch.Tensor], torch.Tensor], None] | None = None,
 ) -> float:
     """The mean next-token loss over every supervised token of `examples`, split across ranks. Every rank
     runs the same number of forward passes (FSDP gathers weights collectively); a rank left without
@@ -510,7 +525,7 @@ def evaluate(
                 }
             ]
         batch = {k: v.to(device) for k, v in collate(mine).items()}
-        loss_sum = micro_loss_sum(model, batch, autocast=autocast, fused_loss=fused_loss)
+        loss_sum = micro_loss_sum(model, batch, autocast=autocast, fused_loss=fused_loss, observe=observe)
         total[0] += loss_sum.double()
         total[1] += supervised_tokens(batch["labels"])
     total = all_reduce_sum(total, ctx)

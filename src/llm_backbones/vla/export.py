@@ -51,8 +51,9 @@ from llm_backbones.errors import (
 )
 from llm_backbones.persistence.openvla import BACKBONE_LLM_PREFIX, HF_LLM_PREFIX
 from llm_backbones.vla.image_processing import _PIL_CODES
-from llm_backbones.vla.loading import _ACT_OVERRIDES, HF_PROJECTOR_PREFIX, HF_VISION_PREFIX
+from llm_backbones.vla.loading import HF_PROJECTOR_PREFIX, HF_VISION_PREFIX
 from llm_backbones.vla.policy import VLAPolicy
+from llm_backbones.vla.vision import timm_override_act_layers
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +228,7 @@ def openvla_config(policy: VLAPolicy, *, norm_stats: Mapping[str, Any], dtype: t
         "pad_token_id": int(tokenizer.pad_token_id),
         "text_config": text,
         "timm_model_ids": [t.timm_id for t in spec.towers],
-        "timm_override_act_layers": [_ACT_OVERRIDES.get(t.family) for t in spec.towers],
+        "timm_override_act_layers": timm_override_act_layers(spec),
         "torch_dtype": _dtype_name(dtype),
         "transformers_version": _transformers_version(),
         "use_fused_vision_backbone": spec.fused,

@@ -25,6 +25,9 @@ from llm_backbones.errors import ImageError, VLACheckpointError
 from llm_backbones.vla.vision import VisionBackboneSpec
 
 RESIZE_STRATEGIES = ("resize-naive", "resize-crop", "letterbox")
+# A camera frame, not a strip: a thin image would be resized (or letterboxed) to gigabytes
+MAX_IMAGE_SIDE = 8192
+MAX_ASPECT_RATIO = 16
 # PIL's resampling codes, as torchvision stores them in `interpolation`
 _PIL_CODES = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
 
@@ -174,7 +177,11 @@ class ImageProcessor:
         return self.transforms[0].crop[0]
 
     def to_pil(self, image: Any) -> Any:
-        """`image` as an RGB PIL image; a typed error for anything that is not an RGB image."""
+        """`image` as an RGB PIL image; a typed error for anything that is not an RGB camera frame (at most
+        `MAX_IMAGE_SIDE` pixels a side, sides within `MAX_ASPECT_RATIO` of each other)."""
+        return _check_size(self._to_pil(image))
+
+    def _to_pil(self, image: Any) -> Any:
         Image = _pil()
         if isinstance(image, Image.Image):
             return image.convert("RGB")
@@ -261,6 +268,17 @@ class ImageProcessor:
         return torch.stack(out)
 
 
+def _check_size(image: Any) -> Any:
+    width, height = image.size
+    if max(width, height) > MAX_IMAGE_SIDE or max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageError(
+            f"An image of {height} x {width} pixels is refused: accepted are camera frames of at most "
+            f"{MAX_IMAGE_SIDE} pixels a side whose long side is at most {MAX_ASPECT_RATIO}x the short one "
+            "(resizing or letterboxing a thin strip would take gigabytes). Send the camera frame itself."
+        )
+    return image
+
+
 def _expand(image: Any, border: tuple[int, int, int, int], fill: tuple[int, ...]) -> Any:
     """PIL's ImageOps.expand (what torchvision's constant pad calls): a border of `fill` around `image`."""
     Image = _pil()
@@ -283,4 +301,4 @@ def _floats(value: object, n: int) -> bool:
     )
 
 
-__all__ = ["ImageProcessor", "RESIZE_STRATEGIES", "TowerTransform"]
+__all__ = ["ImageProcessor", "MAX_ASPECT_RATIO", "MAX_IMAGE_SIDE", "RESIZE_STRATEGIES", "TowerTransform"]

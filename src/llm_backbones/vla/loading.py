@@ -29,7 +29,14 @@ from llm_backbones.errors import NonFiniteWeightsError, VLACheckpointError
 from llm_backbones.persistence import openvla
 from llm_backbones.vla.image_processing import ImageProcessor
 from llm_backbones.vla.policy import VLAPolicy
-from llm_backbones.vla.vision import Projector, VisionBackbone, VisionBackboneSpec, get_vision_spec
+from llm_backbones.vla.vision import (
+    Projector,
+    VisionBackbone,
+    VisionBackboneSpec,
+    get_vision_spec,
+    prismatic_training_spec,
+    timm_override_act_layers,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +50,6 @@ _PRISMATIC_TOWERS = {
     "siglip_featurizer": "fused_featurizer",
     "clip_featurizer": "fused_featurizer",
 }
-_ACT_OVERRIDES = {"clip": "quick_gelu"}
 
 
 def load_vla(
@@ -112,10 +118,9 @@ def load_vla(
         if tower is None:
             continue
         set_aside += [prefix + n for n in tower.load_timm_state(state, source=f"{llm.source} ({attr})")]
-    stray = sorted(k for k in vision_state if not k.startswith(("featurizer.", "fused_featurizer.")))
-    if stray or (
-        vision.fused_featurizer is None and any(k.startswith("fused_featurizer.") for k in vision_state)
-    ):
+    towers = ("featurizer.",) if vision.fused_featurizer is None else ("featurizer.", "fused_featurizer.")
+    stray = sorted(k for k in vision_state if not k.startswith(towers))
+    if stray:
         raise VLACheckpointError(
             f"{llm.source} holds vision tensors of no tower of {spec.vision_backbone_id}: {stray[:6]}. The "
             "checkpoint's vision_backbone_id is another one."
@@ -163,7 +168,7 @@ def _hf_vision_config(config: Mapping[str, Any], source: Path) -> tuple[VisionBa
     checks = {
         "timm_model_ids": [t.timm_id for t in spec.towers],
         "image_sizes": [t.image_size for t in spec.towers],
-        "timm_override_act_layers": [_ACT_OVERRIDES.get(t.family) for t in spec.towers],
+        "timm_override_act_layers": timm_override_act_layers(spec),
     }
     for field, expected in checks.items():
         if field in config and config[field] != expected:
@@ -215,7 +220,7 @@ def _hf_image_processor(
 # --- Prismatic training layout ---
 def _prismatic_vision_config(config: Mapping[str, Any], source: Path) -> tuple[VisionBackboneSpec, str]:
     vision_id, strategy = openvla.prismatic_vision_config(config)
-    return get_vision_spec(vision_id), strategy
+    return prismatic_training_spec(get_vision_spec(vision_id)), strategy
 
 
 def _prismatic_vision_tensors(file: Path) -> tuple[dict, dict]:

@@ -24,7 +24,7 @@ from torch import nn
 
 from llm_backbones.data.examples import vla_prompt
 from llm_backbones.data.norm_stats import check_unnorm_key, unnormalize_actions
-from llm_backbones.errors import ActionError, ImageError, InputShapeError
+from llm_backbones.errors import ImageError, InputShapeError
 from llm_backbones.persistence.openvla import LoadedVLA
 from llm_backbones.runtime.generation import generate_greedy, generate_greedy_in_range, prepared_generation
 from llm_backbones.vla.image_processing import ImageProcessor
@@ -181,11 +181,15 @@ class VLAPolicy:
                 model, inputs_embeds=embeds, attention_mask=mask, max_new_tokens=action_dim
             )
         if prepared_generation(model) is not None:  # the compiled fast path: unmasked, checked afterwards
-            tokens = generate_greedy(
-                model, inputs_embeds=embeds, attention_mask=mask, max_new_tokens=action_dim
-            )
-            if bool(((tokens >= low) & (tokens <= high)).all()):
-                return tokens
+            try:
+                tokens = generate_greedy(
+                    model, inputs_embeds=embeds, attention_mask=mask, max_new_tokens=action_dim
+                )
+            except InputShapeError as exc:  # a batch size or prompt length not prepared: eager instead
+                logger.warning("Compiled generation cannot take this call (%s); decoding it eagerly.", exc)
+            else:
+                if bool(((tokens >= low) & (tokens <= high)).all()):
+                    return tokens
         tokens, free = generate_greedy_in_range(
             model, (low, high), inputs_embeds=embeds, attention_mask=mask, max_new_tokens=action_dim
         )
@@ -226,10 +230,16 @@ class VLAPolicy:
         return centers[np.clip(bins, 0, centers.shape[0] - 1)]
 
     def _unnormalize(self, normalized: np.ndarray, unnorm_key: str | None) -> np.ndarray:
-        actions = unnormalize_actions(normalized, self.norm_stats, unnorm_key)
-        if not np.isfinite(actions).all():  # statistics are checked at load; this guards the robot anyway
-            raise ActionError(f"The un-normalized action {actions} is not finite; check the norm_stats.")
-        return actions
+        return unnormalize_actions(normalized, self.norm_stats, unnorm_key)  # finite, or ActionError
+
+    def _constrain(self, value: bool | None) -> bool:
+        if value is None:
+            return self.constrain_to_actions
+        if not isinstance(value, bool):
+            raise InputShapeError(
+                f"constrain_to_actions must be True, False or None (the policy's setting), got {value!r:.40}."
+            )
+        return value
 
     # --- the public calls ---
     def predict_actions(
@@ -254,13 +264,14 @@ class VLAPolicy:
                 "predict_actions takes a list of images and a list of instructions (one per image); for one "
                 "observation use predict_action(image, instruction)."
             )
+        instructions = list(instructions) if not isinstance(instructions, str) else instructions
         if len(images) != len(instructions) or not images:
             raise InputShapeError(
                 f"predict_actions got {len(images)} images and {len(instructions)} instructions; pass one "
                 "instruction per image (at least one)."
             )
         action_dim = self.get_action_dim(unnorm_key)
-        constrain = self.constrain_to_actions if constrain_to_actions is None else constrain_to_actions
+        constrain = self._constrain(constrain_to_actions)
         prompts = [self.prompt_ids(text) for text in instructions]
         patches = self.embed_images(self.process_images(list(images)))
         tokens = self._generate(prompts, patches, action_dim, constrain)
@@ -290,26 +301,53 @@ class VLAPolicy:
                 f"predict_action got unexpected arguments {sorted(kwargs)}; it takes image, instruction, "
                 "unnorm_key (or input_ids, pixel_values, attention_mask as OpenVLA's processor returns them)."
             )
-        if do_sample:
-            raise InputShapeError("do_sample=True is not supported: OpenVLA's actions are greedy. Drop it.")
-        constrain = self.constrain_to_actions if constrain_to_actions is None else constrain_to_actions
+        if do_sample is not False:
+            raise InputShapeError(
+                f"do_sample={do_sample!r:.40} is not supported: OpenVLA's actions are greedy. Drop it."
+            )
+        constrain = self._constrain(constrain_to_actions)
         if input_ids is None and pixel_values is None:
             return self.predict_actions([image], [instruction], unnorm_key, constrain_to_actions=constrain)[0]
         if image is not None or instruction is not None:
             raise InputShapeError(
                 "Pass either image and instruction, or input_ids and pixel_values, not both."
             )
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        vocab = len(self.tokenizer)
+        if (
+            not isinstance(input_ids, torch.Tensor)
+            or input_ids.dim() != 2
+            or input_ids.shape[0] != 1
+            or input_ids.shape[1] < 1
+            or input_ids.dtype not in (torch.int64, torch.int32)
+        ):
             raise InputShapeError(
-                f"input_ids must be a [1, tokens] tensor (the processor's output for one prompt), got "
+                "input_ids must be a [1, tokens] integer tensor with at least BOS (the processor's output "
+                f"for one prompt), got {getattr(input_ids, 'dtype', '')} "
                 f"{getattr(input_ids, 'shape', type(input_ids).__name__)}."
             )
-        if attention_mask is not None and not bool(attention_mask.bool().all()):
-            raise InputShapeError("attention_mask must be all ones for one unpadded prompt.")
-        if pixel_values is None or pixel_values.dim() != 4 or pixel_values.shape[0] != 1:
+        if bool(((input_ids < 0) | (input_ids >= vocab)).any()):
+            raise InputShapeError(
+                f"input_ids hold ids outside the tokenizer's 0..{vocab - 1}: "
+                f"{input_ids[(input_ids < 0) | (input_ids >= vocab)][:5].tolist()}. Make them with its "
+                "tokenizer."
+            )
+        if attention_mask is not None and (
+            not isinstance(attention_mask, torch.Tensor)
+            or tuple(attention_mask.shape) != tuple(input_ids.shape)
+            or not bool(attention_mask.bool().all())
+        ):
+            raise InputShapeError(
+                f"attention_mask must be a tensor of ones of input_ids' shape {tuple(input_ids.shape)} (one "
+                f"unpadded prompt), got {attention_mask!r:.80}."
+            )
+        if (
+            not isinstance(pixel_values, torch.Tensor)
+            or pixel_values.dim() != 4
+            or pixel_values.shape[0] != 1
+        ):
             raise ImageError(
                 "pixel_values must be [1, C, S, S] (the processor's output for one image), got "
-                f"{None if pixel_values is None else tuple(pixel_values.shape)}."
+                f"{getattr(pixel_values, 'shape', type(pixel_values).__name__)}."
             )
         ids = input_ids[0].to(torch.long).cpu()
         if int(ids[-1]) != OPENVLA_SEPARATOR_ID:

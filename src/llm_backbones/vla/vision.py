@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -157,6 +157,21 @@ VISION_BACKBONES: dict[str, VisionBackboneSpec] = {
         VisionBackboneSpec("dinosiglip-vit-so-384px", (_dinov2(384), _siglip_so400m(384))),
     )
 }
+
+
+def timm_override_act_layers(spec: VisionBackboneSpec) -> list[str | None]:
+    """OpenVLA's `timm_override_act_layers` of `spec`: "quick_gelu" where a tower runs it, else None."""
+    return ["quick_gelu" if t.act == "quick_gelu" else None for t in spec.towers]
+
+
+def prismatic_training_spec(spec: VisionBackboneSpec) -> VisionBackboneSpec:
+    """`spec` as Prismatic's training code built it, where that differs from OpenVLA's HF port: its
+    `DinoCLIPViTBackbone` creates the CLIP tower without the `quick_gelu` override (timm's exact GELU), which
+    its single CLIP backbones and OpenVLA's HF config do pass."""
+    if not spec.vision_backbone_id.startswith("dinoclip"):
+        return spec
+    towers = tuple(replace(t, act="gelu") if t.family == "clip" else t for t in spec.towers)
+    return replace(spec, towers=towers)
 
 
 def get_vision_spec(vision_backbone_id: str) -> VisionBackboneSpec:
@@ -589,4 +604,6 @@ __all__ = [
     "VisionTower",
     "expected_timm_names",
     "get_vision_spec",
+    "prismatic_training_spec",
+    "timm_override_act_layers",
 ]
