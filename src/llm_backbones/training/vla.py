@@ -1,0 +1,614 @@
+"""Fine-tuning a whole VLA (image -> vision -> projector -> LLM) on robot episodes: `run_finetune_vla`, the
+job behind `llm-backbones finetune-vla` (one process; FSDP is not wired here yet).
+
+Split as a recipe: settings (`VLAFinetuneConfig`, `FinetuneConfig`'s plus the VLA's), data (`vla_examples`,
+`VLACollator`, `augment_image`), the model (`VLATrainModule`, `apply_vla_mode`), metrics (`ActionMetrics`),
+the loop (the pieces of `training.loop` and the checkpoints of `training.checkpoint`), and the export
+(`export_openvla`, LoRA merged first).
+
+What trains, by mode (OpenVLA's stages and its `vla-scripts/finetune.py`):
+- `full`: the projector and the LLM (Prismatic's `vla-train`); the vision towers too with `train_vision`
+  (`vla-full-train`).
+- `last-layer`: the LLM's last layer, input embeddings and head only (`vla-last-layer-train`).
+- `lora`: peft LoRA adapters (r=32, alpha=min(r, 16), dropout 0, gaussian init, OpenVLA's defaults) on every
+  linear layer of the LLM (head excluded) and of the projector, as OpenVLA's `target_modules="all-linear"`
+  does; the vision towers' linear layers get adapters only with `train_vision` (vision is frozen by default
+  here, where OpenVLA's all-linear adapts it too). The adapters are merged into the weights for the export.
+
+The loss is OpenVLA's: next-token cross-entropy on the action tokens and EOS (patches and prompt at -100),
+the mean over the supervised tokens of the global batch (`training.optimizer_step`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from llm_backbones.errors import FinetuneError
+from llm_backbones.training.loop import FinetuneConfig
+
+logger = logging.getLogger(__name__)
+
+VLA_MODES = ("full", "last-layer", "lora")
+EXPORT_DIR = "export"
+
+# [Contract] OpenVLA's image augmentation (prismatic/vla/datasets/datasets.py, `image_aug=True`), applied in
+# this order: a random crop of 90% of the area at aspect ratio 1, resized back; then colour jitter.
+CROP_SCALE = 0.9
+BRIGHTNESS_DELTA = 0.2
+CONTRAST_RANGE = (0.8, 1.2)
+SATURATION_RANGE = (0.8, 1.2)
+HUE_DELTA = 0.05
+
+
+# === Settings ===
+@dataclass
+class VLAFinetuneConfig(FinetuneConfig):
+    """`FinetuneConfig` plus the VLA's settings: the policy checkpoint (`policy`, `vision_depth`), the robot
+    dataset (`data`, `image_key`, `action_key`, `task_key`, `unnorm_key`), LoRA's rank/alpha/dropout,
+    `train_vision` and `image_aug`. `eval_data` is a robot dataset too. The LLM-only settings (`backbone`,
+    `model_path`, `prompt_format`, `max_length`, `fast`, `gradient_checkpointing`) do not apply."""
+
+    policy: str | None = None
+    vision_depth: int | None = None
+    image_key: str | None = None
+    action_key: str | None = None
+    task_key: str | None = None
+    unnorm_key: str | None = None
+    lora_rank: int = 32
+    lora_alpha: int | None = None  # None: OpenVLA's min(lora_rank, 16)
+    lora_dropout: float = 0.0
+    train_vision: bool = False
+    image_aug: bool = False
+
+    PATHS: typing.ClassVar[tuple[str, ...]] = (*FinetuneConfig.PATHS, "policy")
+    NOT_FOR_VLA: typing.ClassVar[tuple[str, ...]] = (
+        "backbone",
+        "model_path",
+        "prompt_format",
+        "max_length",
+        "fast",
+        "gradient_checkpointing",
+    )
+
+    def validate(self, world_size: int = 1) -> None:
+        super().validate(world_size)
+        if world_size != 1:
+            raise FinetuneError(
+                f"finetune-vla runs in one process for now, got WORLD_SIZE={world_size}; run it without "
+                "torchrun."
+            )
+        defaults = VLAFinetuneConfig()
+        for name in self.NOT_FOR_VLA:
+            if getattr(self, name) != getattr(defaults, name):
+                raise FinetuneError(
+                    f"--{name.replace('_', '-')} is a setting of `finetune` (LLM on conversations); "
+                    "finetune-vla takes the LLM, its tokenizer and prompt from --policy. Drop it."
+                )
+        if self.mode not in VLA_MODES:
+            raise FinetuneError(
+                f"Unknown VLA fine-tune mode {self.mode!r}; accepted: {', '.join(VLA_MODES)}."
+            )
+        if self.lora_rank < 1:
+            raise FinetuneError(f"--lora-rank must be >= 1, got {self.lora_rank!r} (OpenVLA: 32).")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise FinetuneError(f"--lora-alpha must be > 0, got {self.lora_alpha!r} (default min(rank, 16)).")
+        if not (math.isfinite(self.lora_dropout) and 0 <= self.lora_dropout < 1):
+            raise FinetuneError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout!r}.")
+        if self.vision_depth is not None and self.vision_depth < 1:
+            raise FinetuneError(f"--vision-depth must be >= 1, got {self.vision_depth!r}.")
+
+
+# === Data ===
+def vla_examples(policy: Any, dataset: Any, stats: Mapping[str, Any], unnorm_key: str) -> list[dict]:
+    """One OpenVLA training example per frame of `dataset` (no image decoded): `input_ids`, `labels` (the
+    action tokens and EOS), `frame` (the index to read its image from) and `action` (float32, the robot's
+    units, for the L1 metric). Actions are normalized with the dataset's statistics (BOUNDS_Q99)."""
+    from llm_backbones.data.examples import vla_example
+    from llm_backbones.data.robot import normalize_actions
+
+    actions = dataset.actions()
+    normalized = normalize_actions(actions, stats[unnorm_key])
+    examples = []
+    for i, (instruction, action, target) in enumerate(
+        zip(dataset.instructions(), actions, normalized, strict=True)
+    ):
+        example = vla_example(
+            policy.tokenizer, policy.backbone.prompt_builder_fn, policy.action_tokenizer, instruction, target
+        )
+        example["frame"] = i
+        example["action"] = torch.from_numpy(np.asarray(action, dtype=np.float32))
+        examples.append(example)
+    return examples
+
+
+def augment_image(image: np.ndarray, rng: np.random.Generator) -> Any:
+    """OpenVLA's `image_aug` on one uint8 `[H, W, 3]` image (see the constants): random resized crop, then
+    brightness, contrast, saturation and hue jitter; a PIL image of the same size. Deterministic in `rng`."""
+    from PIL import Image
+
+    height, width = image.shape[:2]
+    side = math.sqrt(CROP_SCALE)
+    crop_h, crop_w = max(1, round(height * side)), max(1, round(width * side))
+    top = int(rng.integers(0, height - crop_h + 1))
+    left = int(rng.integers(0, width - crop_w + 1))
+    crop = Image.fromarray(image[top : top + crop_h, left : left + crop_w])
+    x = np.asarray(crop.resize((width, height), Image.BILINEAR), dtype=np.float32) / 255.0
+    x = np.clip(x + rng.uniform(-BRIGHTNESS_DELTA, BRIGHTNESS_DELTA), 0, 1)
+    mean = x.mean()
+    x = np.clip((x - mean) * rng.uniform(*CONTRAST_RANGE) + mean, 0, 1)
+    gray = (x @ np.array([0.2989, 0.587, 0.114], dtype=np.float32))[..., None]
+    x = np.clip((x - gray) * rng.uniform(*SATURATION_RANGE) + gray, 0, 1)
+    hsv = np.asarray(Image.fromarray((x * 255).round().astype(np.uint8)).convert("HSV")).copy()
+    shift = round(rng.uniform(-HUE_DELTA, HUE_DELTA) * 255)
+    hsv[..., 0] = (hsv[..., 0].astype(np.int16) + shift) % 256
+    return Image.fromarray(hsv, mode="HSV").convert("RGB")
+
+
+@dataclass
+class VLACollator:
+    """Pads a batch of `vla_examples` (`PaddedCollator`), reads and preprocesses each frame's image
+    (`pixel_values`, augmented with `image_aug`: seeded by (seed, step, frame), so a resumed run sees the
+    same images) and stacks the true actions (`actions`)."""
+
+    dataset: Any
+    image_processor: Any
+    pad_token_id: int
+    image_aug: bool = False
+    seed: int = 0
+    step: int = 0  # set by the loop before each step (the augmentation's seed)
+    # frozen vision, no augmentation: each frame's vision features are computed once and kept here
+    vision: nn.Module | None = None
+    device: torch.device | None = None
+    autocast: Any = None
+    _features: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        from llm_backbones.data.examples import PaddedCollator
+
+        batch = PaddedCollator(model_max_length=None, pad_token_id=self.pad_token_id)(
+            [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples]
+        )
+        batch["actions"] = torch.stack([e["action"] for e in examples])
+        if self.vision is not None:
+            batch["vision_features"] = torch.stack([self._frame_features(e["frame"]) for e in examples])
+            return batch
+        images = []
+        for e in examples:
+            image = self.dataset[e["frame"]].image
+            if self.image_aug:
+                image = augment_image(image, np.random.default_rng([self.seed, self.step, e["frame"]]))
+            images.append(image)
+        batch["pixel_values"] = self.image_processor(images)
+        return batch
+
+    @torch.no_grad()
+    def _frame_features(self, frame: int) -> torch.Tensor:
+        if frame not in self._features:
+            pixels = self.image_processor([self.dataset[frame].image]).to(self.device)
+            with self.autocast if self.autocast is not None else contextlib.nullcontext():
+                self._features[frame] = self.vision(pixels)[0].float().cpu()
+        return self._features[frame]
+
+
+# === The model ===
+class VLATrainModule(nn.Module):
+    """The trainable step of a `VLAPolicy` as one module (for the optimizer and the checkpoints): patches =
+    projector(vision(pixel_values)), spliced after BOS; returns the LLM's output with the logits of the
+    text positions only (`[B, T, V]`, the last patch's first: it predicts the first text token), so the
+    labels of `input_ids` line up as for a text model. The vision towers run without gradients unless
+    `train_vision`."""
+
+    def __init__(self, policy: Any, *, train_vision: bool = False) -> None:
+        super().__init__()
+        self.vision, self.projector, self.backbone = policy.vision, policy.projector, policy.backbone
+        self.train_vision = train_vision
+
+    def forward(self, input_ids, attention_mask, pixel_values=None, vision_features=None, labels=None):  # noqa: ARG002
+        from llm_backbones.data.examples import insert_patch_embeddings
+
+        if vision_features is not None:  # precomputed by a frozen tower (`VLACollator`)
+            features = vision_features
+        else:
+            with torch.set_grad_enabled(self.train_vision and torch.is_grad_enabled()):
+                features = self.vision(pixel_values)
+        patches = self.projector(features)
+        spliced = insert_patch_embeddings(self.backbone.embed_input_ids, input_ids, patches, attention_mask)
+        out = self.backbone(inputs_embeds=spliced["inputs_embeds"], attention_mask=spliced["attention_mask"])
+        out.logits = out.logits[:, patches.shape[1] :]
+        return out
+
+
+def lora_targets(module: VLATrainModule, *, train_vision: bool) -> list[str]:
+    """The full names of the linear layers LoRA adapts: the LLM's (its head excluded) and the projector's,
+    and the vision towers' with `train_vision`."""
+    head = module.backbone.llm.get_output_embeddings()
+    parts = ("backbone.", "projector.") + (("vision.",) if train_vision else ())
+    return [
+        name
+        for name, m in module.named_modules()
+        if isinstance(m, nn.Linear) and m is not head and name.startswith(parts)
+    ]
+
+
+def apply_vla_mode(module: VLATrainModule, cfg: VLAFinetuneConfig) -> nn.Module:
+    """Set what trains for `cfg.mode` (see the module docstring); returns the module to train (a peft model
+    wrapping `module` for LoRA)."""
+    module.requires_grad_(False)
+    backbone = module.backbone
+    if cfg.mode == "full":
+        backbone.requires_grad_(True)
+        module.projector.requires_grad_(True)
+        module.vision.requires_grad_(cfg.train_vision)
+    elif cfg.mode == "last-layer":
+        for part in backbone.last_layer_finetune_modules:
+            part.requires_grad_(True)
+        module.vision.requires_grad_(cfg.train_vision)
+    else:
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha if cfg.lora_alpha is not None else min(cfg.lora_rank, 16),
+            lora_dropout=cfg.lora_dropout,
+            target_modules=lora_targets(module, train_vision=cfg.train_vision),
+            init_lora_weights="gaussian",
+            bias="none",
+        )
+        return get_peft_model(module, config)
+    return module
+
+
+# === Metrics ===
+@dataclass
+class ActionMetrics:
+    """OpenVLA's per-step metrics from the training forward's logits (teacher-forced): action-token accuracy
+    (argmax at the positions whose label is an action token; EOS excluded), the L1 of the normalized actions
+    those tokens decode to (OpenVLA's `l1_loss`), and the L1 in the robot's units (bin centres un-normalized
+    with the dataset's statistics, against the true actions)."""
+
+    action_tokenizer: Any
+    norm_stats: Mapping[str, Any]
+    unnorm_key: str
+    correct: int = 0
+    total: int = 0
+    l1_normalized: float = 0.0
+    l1: float = 0.0
+    values: int = 0
+
+    def reset(self) -> None:
+        self.correct = self.total = self.values = 0
+        self.l1_normalized = self.l1 = 0.0
+
+    def _decode(self, ids: torch.Tensor) -> np.ndarray:
+        """OpenVLA's rule: vocab_size - id - 1, clipped to the bin centres."""
+        centers = self.action_tokenizer.bin_centers.numpy()
+        bins = self.action_tokenizer.base_vocab_size - ids.cpu().numpy() - 1
+        return centers[np.clip(bins, 0, centers.shape[0] - 1)]
+
+    def __call__(self, batch: Mapping[str, torch.Tensor], logits: torch.Tensor) -> None:
+        from llm_backbones.data.norm_stats import unnormalize_actions
+
+        preds = logits[:, :-1].argmax(-1)
+        labels = batch["labels"][:, 1:]
+        mask = labels > self.action_tokenizer.action_token_begin_idx
+        self.correct += int(((preds == labels) & mask).sum())
+        self.total += int(mask.sum())
+        for row in range(labels.shape[0]):
+            gt_ids, pred_ids = labels[row][mask[row]], preds[row][mask[row]]
+            truth = batch["actions"][row].cpu().double().numpy()
+            if gt_ids.numel() != truth.shape[0]:
+                continue  # a truncated example
+            predicted = self._decode(pred_ids)
+            self.l1_normalized += float(np.abs(predicted - self._decode(gt_ids)).sum())
+            actions = unnormalize_actions(predicted, self.norm_stats, self.unnorm_key)
+            self.l1 += float(np.abs(actions - truth).sum())
+            self.values += truth.shape[0]
+
+    def record(self, prefix: str = "") -> dict[str, float]:
+        return {
+            f"{prefix}action_accuracy": self.correct / max(self.total, 1),
+            f"{prefix}action_l1_normalized": self.l1_normalized / max(self.values, 1),
+            f"{prefix}action_l1": self.l1 / max(self.values, 1),
+        }
+
+
+# === The job ===
+@dataclass
+class VLAFinetuneResult:
+    losses: list[float]  # one per step this invocation ran
+    action_accuracy: list[float]
+    action_l1: list[float]  # un-normalized
+    trainable_params: int
+    total_params: int
+    norm_stats: dict[str, Any]
+    unnorm_key: str
+    output: str | None = None  # the export folder
+    start_step: int = 0
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    checkpoints: list[str] = field(default_factory=list)
+
+
+def _open_dataset(data: Any, cfg: VLAFinetuneConfig, what: str) -> Any:
+    from llm_backbones.data.robot import RobotDataset, open_robot_dataset
+
+    if isinstance(data, RobotDataset):
+        return data
+    if data is None:
+        raise FinetuneError(f"No {what} given: pass --data DATASET (a LeRobot folder or a JSONL file).")
+    keys = {"image_key": cfg.image_key, "action_key": cfg.action_key, "task_key": cfg.task_key}
+    return open_robot_dataset(data, **{k: v for k, v in keys.items() if v is not None})
+
+
+def run_finetune_vla(
+    policy: Any = None,
+    dataset: Any = None,
+    *,
+    eval_dataset: Any = None,
+    config: VLAFinetuneConfig | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+    **options: Any,
+) -> VLAFinetuneResult:
+    """Fine-tune a VLA on robot episodes, in one process; the policy is trained in place.
+
+    `policy` is a `VLAPolicy` or a checkpoint path (`load_vla(path, vision_depth=...)`), `dataset` a
+    `RobotDataset` or a path (`open_robot_dataset`), `eval_dataset` likewise (default: `eval_data`).
+    `options` are `VLAFinetuneConfig`'s settings (`mode`, `steps`, `batch_size`, `grad_accum`, `lr`,
+    `lr_schedule`, `warmup_steps`, `max_grad_norm`, `seed`, `unnorm_key`, `lora_rank`, `lora_alpha`,
+    `lora_dropout`, `train_vision`, `image_aug`, `eval_every`, `log_every`, `save_every`, `keep`, `output`,
+    `resume`, `overwrite`, `device`, `precision`).
+
+    The statistics are the dataset's (`dataset.statistics(unnorm_key)`, key default: the dataset's name).
+    With `output`: DCP checkpoints every `save_every` steps and at the end, exactly resumable (`resume`),
+    `metrics.jsonl` (loss, lr, grad norm, action accuracy, action L1 per step; the same with `eval_` on the
+    eval set), `run_config.json`, and the export in `output/export` (an HF OpenVLA checkpoint `load_vla`
+    loads, with the statistics as its `norm_stats`).
+    """
+    from llm_backbones.training.checkpoint import RunDir
+
+    if policy is not None and not hasattr(policy, "predict_action"):
+        options["policy"] = str(policy)
+        policy = None
+    for name, value in (("data", dataset), ("eval_data", eval_dataset)):
+        if isinstance(value, (str, Path)):
+            options[name] = str(value)
+    cfg = VLAFinetuneConfig.from_mapping(options, "run_finetune_vla", config)
+    if eval_dataset is not None and not isinstance(eval_dataset, (str, Path)) and cfg.eval_data is None:
+        cfg.eval_data = "<in memory>"
+    cfg.validate()
+    run = RunDir(cfg.output) if cfg.output is not None else None
+    if run is not None:
+        run.check(resume=cfg.resume, overwrite=cfg.overwrite)
+    # the data is read and checked before any model is built
+    dataset = _open_dataset(dataset if dataset is not None else cfg.data, cfg, "training data")
+    if eval_dataset is None and cfg.eval_data is not None:
+        eval_dataset = _open_dataset(cfg.eval_data, cfg, "eval data")
+    unnorm_key = cfg.unnorm_key or dataset.name
+    stats = dataset.statistics(unnorm_key)
+    if policy is None:
+        if cfg.policy is None:
+            raise FinetuneError("No policy given: pass --policy PATH (an OpenVLA / Prismatic checkpoint).")
+        from llm_backbones.vla.loading import load_vla
+
+        policy = load_vla(cfg.policy, vision_depth=cfg.vision_depth)
+    return _train_vla(cfg, run, policy, dataset, eval_dataset, stats, unnorm_key, on_step, on_record)
+
+
+def _train_vla(cfg, run, policy, dataset, eval_dataset, stats, unnorm_key, on_step, on_record):
+    from llm_backbones.core.backbones.backbone import count_parameters
+    from llm_backbones.training.checkpoint import (
+        discard_checkpoint,
+        load_checkpoint,
+        publish_checkpoint,
+        write_checkpoint,
+    )
+    from llm_backbones.training.distributed import init_distributed
+    from llm_backbones.training.finetune import _prepare_output
+    from llm_backbones.training.loop import (
+        DataOrder,
+        MetricsLog,
+        evaluate,
+        lr_factor,
+        lr_scheduler,
+        optimizer_step,
+        rank_micro_batches,
+    )
+
+    ctx = init_distributed(cfg.device)
+    checkpoint, meta = _prepare_output(cfg, run) if run is not None else (None, None)
+    precision = cfg.precision or ("bf16" if ctx.device.type == "cuda" else "fp32")
+    examples = vla_examples(policy, dataset, stats, unnorm_key)
+    eval_examples = None
+    if eval_dataset is not None:
+        eval_examples = vla_examples(policy, eval_dataset, stats, unnorm_key)
+    if meta is not None and meta.get("n_examples") != len(examples):
+        raise FinetuneError(
+            f"The checkpoint at step {meta['step']} was trained on {meta.get('n_examples')} frames, but the "
+            f"data now holds {len(examples)}: the data order would differ. Resume with the run's own data."
+        )
+    torch.manual_seed(cfg.seed)
+    export_dtype = policy.dtype
+    policy.to(ctx.device, torch.float32)  # master weights in fp32; bf16 through autocast
+    if policy.backbone.inference_mode:
+        policy.backbone.set_training_flags()
+    module = VLATrainModule(policy, train_vision=cfg.train_vision)
+    model = apply_vla_mode(module, cfg)
+    trainable, total = count_parameters(model)
+    logger.info("%s: %s of %s parameters trainable", cfg.mode, f"{trainable:,}", f"{total:,}")
+    half = policy.backbone.half_precision_dtype if precision == "bf16" else None
+    autocast = torch.autocast(ctx.device.type, dtype=half) if half is not None else None
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0, fused=True
+    )
+    scheduler = lr_scheduler(optimizer, cfg)
+    start_step = 0
+    if checkpoint is not None:
+        start_step = load_checkpoint(checkpoint, model, optimizer, scheduler, ctx=ctx)["step"]
+        factor = lr_factor(
+            start_step, schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps
+        )
+        scheduler.base_lrs = [cfg.lr for _ in optimizer.param_groups]
+        for group in optimizer.param_groups:
+            group["initial_lr"], group["lr"] = cfg.lr, cfg.lr * factor
+
+    pad = policy.backbone.pad_token_id
+    # A frozen tower gives each frame the same features every epoch: computed once per frame, when they fit
+    frozen = dict(vision=policy.vision, device=ctx.device, autocast=autocast)
+    cache = not cfg.train_vision and _features_fit(policy, len(examples) + len(eval_examples or ()))
+    collate = VLACollator(
+        dataset,
+        policy.image_processor,
+        pad,
+        image_aug=cfg.image_aug,
+        seed=cfg.seed,
+        **(frozen if cache and not cfg.image_aug else {}),
+    )
+    eval_collate = None
+    if eval_dataset is not None:
+        eval_collate = VLACollator(eval_dataset, policy.image_processor, pad, **(frozen if cache else {}))
+    metrics = ActionMetrics(policy.action_tokenizer, stats, unnorm_key)
+    order = DataOrder(len(examples), cfg.batch_size, cfg.seed)
+    micro_size = cfg.batch_size // cfg.grad_accum
+    result = VLAFinetuneResult([], [], [], trainable, total, stats, unnorm_key, start_step=start_step)
+    log = MetricsLog(
+        run.metrics if run else None, start_step=start_step, tensorboard_dir=run.tensorboard if run else None
+    )
+
+    def emit(record: dict[str, Any]) -> None:
+        log.write(record)
+        if on_record is not None:
+            on_record(record)
+
+    pending = None
+    try:
+        model.train()
+        for step in range(start_step + 1, cfg.steps + 1):
+            started = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            collate.step = step
+            shares = rank_micro_batches(order.batch(step - 1), cfg.grad_accum, 1, 0)
+            micro = [
+                {k: v.to(ctx.device) for k, v in collate([examples[i] for i in share]).items()}
+                for share in shares
+            ]
+            metrics.reset()
+            stats_ = optimizer_step(
+                model,
+                micro,
+                optimizer,
+                step=step,
+                ctx=ctx,
+                autocast=autocast,
+                max_grad_norm=cfg.max_grad_norm,
+                observe=metrics,
+            )
+            scheduler.step()
+            if pending is not None:
+                result.checkpoints.append(str(publish_checkpoint(run, pending, ctx=ctx, keep=cfg.keep)))
+                pending = None
+            action = metrics.record()
+            result.losses.append(stats_.loss)
+            result.action_accuracy.append(action["action_accuracy"])
+            result.action_l1.append(action["action_l1"])
+            if on_step is not None:
+                on_step(step, stats_.loss)
+            last = step == cfg.steps
+            if step % cfg.log_every == 0 or last:
+                emit(
+                    {
+                        "step": step,
+                        "loss": stats_.loss,
+                        **action,
+                        "lr": lr,
+                        "grad_norm": stats_.grad_norm,
+                        "examples_per_s": cfg.batch_size / max(time.perf_counter() - started, 1e-9),
+                    }
+                )
+            if eval_examples is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
+                metrics.reset()
+                eval_loss = evaluate(
+                    model,
+                    eval_examples,
+                    eval_collate,
+                    micro_batch_size=micro_size,
+                    device=ctx.device,
+                    ctx=ctx,
+                    autocast=autocast,
+                    observe=metrics,
+                )
+                record = {"step": step, "eval_loss": eval_loss, **metrics.record("eval_")}
+                result.evals.append(record)
+                emit(record)
+            if run is not None and cfg.save_every and (step % cfg.save_every == 0 or last):
+                checkpoint_meta = {"config": cfg.saved(), "n_examples": len(examples)}
+                pending = write_checkpoint(
+                    run, step, model, optimizer, scheduler, ctx=ctx, meta=checkpoint_meta
+                )
+        if pending is not None:
+            result.checkpoints.append(str(publish_checkpoint(run, pending, ctx=ctx, keep=cfg.keep)))
+            pending = None
+    except BaseException:
+        discard_checkpoint(pending, ctx=ctx)
+        raise
+    finally:
+        log.close()
+
+    finish_policy(policy, model, stats, dtype=export_dtype)
+    if run is not None:
+        result.output = str(export_vla(policy, run.path / EXPORT_DIR))
+    return result
+
+
+FEATURE_CACHE_BYTES = 2 * 1024**3
+
+
+def _features_fit(policy: Any, frames: int) -> bool:
+    """Whether every frame's vision features (float32, host memory) fit in `FEATURE_CACHE_BYTES`."""
+    spec = policy.vision.spec
+    return frames * spec.num_patches * spec.embed_dim * 4 <= FEATURE_CACHE_BYTES
+
+
+def finish_policy(policy: Any, model: nn.Module, stats: Mapping[str, Any], *, dtype: torch.dtype) -> None:
+    """After training: LoRA adapters merged into the weights (the policy's modules are changed in place),
+    the dataset's statistics as the policy's `norm_stats`, eval mode, no gradients, the original dtype."""
+    if hasattr(model, "merge_and_unload"):
+        model.merge_and_unload()
+    policy.llm.norm_stats = dict(stats)
+    for part in policy.modules():
+        part.eval()
+        part.requires_grad_(False)
+    policy.to(dtype=dtype)
+
+
+def export_vla(policy: Any, directory: Path) -> Path:
+    """`export_openvla(policy, directory, overwrite=True)` with the policy's (the dataset's) statistics."""
+    from llm_backbones.vla.export import export_openvla
+
+    return export_openvla(policy, directory, norm_stats=policy.norm_stats, overwrite=True)
+
+
+__all__ = [
+    "VLA_MODES",
+    "ActionMetrics",
+    "VLACollator",
+    "VLAFinetuneConfig",
+    "VLAFinetuneResult",
+    "VLATrainModule",
+    "apply_vla_mode",
+    "augment_image",
+    "lora_targets",
+    "run_finetune_vla",
+    "vla_examples",
+]
