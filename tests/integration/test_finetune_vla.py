@@ -116,3 +116,24 @@ def test_resume_continues_exactly(checkpoint, dataset_path, tmp_path):
     np.testing.assert_allclose(
         first.action_accuracy + rest.action_accuracy, whole.action_accuracy, rtol=0, atol=1e-9
     )
+
+
+def test_cli_finetune_vla_trains_checkpoints_and_exports(checkpoint, dataset_path, tmp_path):
+    """`llm-backbones finetune-vla` as a user runs it: flags in, a run folder with metrics and an export
+    `load_vla` reads out."""
+    from typer.testing import CliRunner
+
+    from llm_backbones.app.cli import app
+    from llm_backbones.training.loop import read_records
+
+    output = tmp_path / "run"
+    args = ["finetune-vla", "--policy", str(checkpoint), "--vision-depth", "3", "--data", str(dataset_path)]
+    args += ["--mode", "lora", "--steps", "3", "--batch-size", "4", "--lr", "1e-2", "--output", str(output)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "action tokens right" in result.output and "export:" in result.output
+    assert [r["step"] for r in read_records(output / "metrics.jsonl")] == [1, 2, 3]
+    policy = load(output / "export")
+    assert policy.norm_stats.keys() == {"toy"}
+    again = CliRunner().invoke(app, args)  # the run folder exists: refused, nothing replaced
+    assert again.exit_code == 1 and "--resume" in again.output

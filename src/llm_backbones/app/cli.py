@@ -494,6 +494,109 @@ def finetune(
         Path(settings.metrics_json).write_text(json.dumps(metrics, indent=2) + "\n")
 
 
+@app.command("finetune-vla")
+def finetune_vla(
+    policy: Annotated[Path, typer.Option(help="OpenVLA / Prismatic checkpoint to start from (load_vla).")],
+    data: Annotated[Path, typer.Option(help="Robot episodes: a LeRobot dataset folder or a .jsonl file.")],
+    output: Annotated[
+        Path | None, typer.Option(help="Run folder: checkpoints, metrics.jsonl, and the export in export/.")
+    ] = None,
+    unnorm_key: Annotated[
+        str | None, typer.Option(help="Name of the dataset's statistics in the export (default: its name).")
+    ] = None,
+    mode: Annotated[str, typer.Option(help="full, last-layer or lora.")] = "lora",
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 100,
+    batch_size: Annotated[int, typer.Option(help="Frames per optimizer step.")] = 8,
+    grad_accum: Annotated[int, typer.Option(help="Micro-batches per step.")] = 1,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 5e-4,
+    warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 0,
+    max_grad_norm: Annotated[float, typer.Option(help="Gradient clip (0: none).")] = 1.0,
+    lora_rank: Annotated[int, typer.Option(help="LoRA rank (OpenVLA: 32).")] = 32,
+    lora_alpha: Annotated[int | None, typer.Option(help="LoRA alpha (default min(rank, 16)).")] = None,
+    lora_dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.0,
+    train_vision: Annotated[bool, typer.Option("--train-vision", help="Unfreeze the vision towers.")] = False,
+    image_aug: Annotated[
+        bool, typer.Option("--image-aug", help="OpenVLA's random crop and colour jitter.")
+    ] = False,
+    image_key: Annotated[
+        str | None, typer.Option(help="LeRobot camera feature (observation.images.*).")
+    ] = None,
+    action_key: Annotated[str | None, typer.Option(help="Action feature (default: action).")] = None,
+    task_key: Annotated[str | None, typer.Option(help="Instruction column (default: task_index).")] = None,
+    eval_data: Annotated[Path | None, typer.Option(help="Held-out episodes, same formats.")] = None,
+    eval_every: Annotated[int | None, typer.Option(help="Evaluate every N steps.")] = None,
+    save_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the data order, LoRA init and augmentation.")] = 0,
+    vision_depth: Annotated[
+        int | None, typer.Option(help="Blocks per vision tower, for checkpoints whose towers were cut.")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run in --output.")] = False,
+) -> None:
+    """Fine-tune a VLA on robot episodes (image + instruction -> action tokens, OpenVLA's loss), one process;
+    export an HF OpenVLA checkpoint that load_vla and OpenVLA's own code load."""
+    options = {
+        "policy": str(policy),
+        "data": str(data),
+        "output": str(output) if output is not None else None,
+        "unnorm_key": unnorm_key,
+        "mode": mode,
+        "steps": steps,
+        "batch_size": batch_size,
+        "grad_accum": grad_accum,
+        "lr": lr,
+        "warmup_steps": warmup_steps,
+        "max_grad_norm": max_grad_norm,
+        "lora_rank": lora_rank,
+        "lora_alpha": lora_alpha,
+        "lora_dropout": lora_dropout,
+        "train_vision": train_vision,
+        "image_aug": image_aug,
+        "image_key": image_key,
+        "action_key": action_key,
+        "task_key": task_key,
+        "eval_data": str(eval_data) if eval_data is not None else None,
+        "eval_every": eval_every,
+        "save_every": save_every,
+        "seed": seed,
+        "vision_depth": vision_depth,
+        "device": device,
+        "resume": resume or None,
+        "overwrite": overwrite or None,
+    }
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    try:
+        from llm_backbones.training.vla import run_finetune_vla
+
+        columns = (
+            TextColumn(f"{mode} VLA fine-tuning"),
+            BarColumn(),
+            TextColumn("step {task.completed}/{task.total}"),
+            TextColumn("{task.fields[loss]}"),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("train", total=steps, loss="")
+            result = run_finetune_vla(
+                on_step=lambda step, loss: progress.update(task, completed=step, loss=f"loss {loss:.4f}"),
+                **{k: v for k, v in options.items() if v is not None},
+            )
+    except (LLMBackbonesError, OSError, ValueError) as exc:
+        _fail(exc)
+    if result.losses:
+        console.print(
+            f"loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}; action tokens right "
+            f"{100 * result.action_accuracy[-1]:.1f}%; action L1 {result.action_l1[-1]:.4f}; "
+            f"{result.trainable_params:,} of {result.total_params:,} parameters trained"
+            + (f"; export: {result.output}" if result.output else ""),
+            highlight=False,
+        )
+    else:
+        console.print(f"nothing to train: the run is already at step {result.start_step}", highlight=False)
+
+
 @app.command()
 def prompt(
     backbone: Annotated[str, typer.Argument(help="Backbone id.")],
