@@ -265,6 +265,32 @@ def _prepare_output(cfg: FinetuneConfig, run) -> tuple[Any, dict[str, Any] | Non
     return checkpoint, meta
 
 
+def setup_optimizer(model: nn.Module, cfg: Any, checkpoint: Any, ctx: Any) -> tuple[Any, Any, int]:
+    """AdamW over the trainable parameters and the LR schedule of `cfg`; with a `checkpoint`, their state and
+    the step it holds (the schedule then follows this run's settings). Returns (optimizer, scheduler, step).
+    The one setup of both recipes (`finetune`, `training.vla`)."""
+    from llm_backbones.training.checkpoint import load_checkpoint
+    from llm_backbones.training.loop import lr_factor, lr_scheduler
+
+    # Fused AdamW: one kernel over all tensors (5x the single-tensor loop on a CPU); DTensor shards too.
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0, fused=True
+    )
+    scheduler = lr_scheduler(optimizer, cfg)
+    if checkpoint is None:
+        return optimizer, scheduler, 0
+    start_step = load_checkpoint(checkpoint, model, optimizer, scheduler, ctx=ctx)["step"]
+    # From here the schedule follows this run's settings (the same numbers when they did not change).
+    factor = lr_factor(
+        start_step, schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps
+    )
+    scheduler.base_lrs = [cfg.lr for _ in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["initial_lr"], group["lr"] = cfg.lr, cfg.lr * factor
+    logger.info("Resumed from %s (step %d)", checkpoint, start_step)
+    return optimizer, scheduler, start_step
+
+
 def _train(
     cfg: FinetuneConfig, ctx, run, conversations, eval_conversations, on_step, on_record
 ) -> FinetuneResult:
@@ -274,7 +300,6 @@ def _train(
     from llm_backbones.training.checkpoint import (
         STAGED_EXPORT,
         discard_checkpoint,
-        load_checkpoint,
         publish_checkpoint,
         publish_export,
         write_checkpoint,
@@ -289,8 +314,6 @@ def _train(
     from llm_backbones.training.loop import (
         MetricsLog,
         evaluate,
-        lr_factor,
-        lr_scheduler,
         peak_memory_bytes,
         rank_micro_batches,
     )
@@ -340,22 +363,7 @@ def _train(
     else:
         backbone.to(ctx.device)
     autocast = torch.autocast(ctx.device.type, dtype=half) if half is not None and not ctx.enabled else None
-    # Fused AdamW: one kernel over all tensors (5x the single-tensor loop on a CPU); DTensor shards too.
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0, fused=True
-    )
-    scheduler = lr_scheduler(optimizer, cfg)
-    start_step = 0
-    if checkpoint is not None:
-        start_step = load_checkpoint(checkpoint, model, optimizer, scheduler, ctx=ctx)["step"]
-        # From here the schedule follows this run's settings (the same numbers when they did not change).
-        factor = lr_factor(
-            start_step, schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps
-        )
-        scheduler.base_lrs = [cfg.lr for _ in optimizer.param_groups]
-        for group in optimizer.param_groups:
-            group["initial_lr"], group["lr"] = cfg.lr, cfg.lr * factor
-        logger.info("Resumed from %s (step %d)", checkpoint, start_step)
+    optimizer, scheduler, start_step = setup_optimizer(model, cfg, checkpoint, ctx)
 
     order = DataOrder(len(examples), cfg.batch_size, cfg.seed)
     collate = PaddedCollator(model_max_length=max_length, pad_token_id=backbone.pad_token_id)

@@ -410,18 +410,15 @@ def _train_vla(cfg, run, policy, dataset, eval_dataset, stats, unnorm_key, on_st
     from llm_backbones.core.backbones.backbone import count_parameters
     from llm_backbones.training.checkpoint import (
         discard_checkpoint,
-        load_checkpoint,
         publish_checkpoint,
         write_checkpoint,
     )
     from llm_backbones.training.distributed import init_distributed
-    from llm_backbones.training.finetune import _prepare_output
+    from llm_backbones.training.finetune import _prepare_output, setup_optimizer
     from llm_backbones.training.loop import (
         DataOrder,
         MetricsLog,
         evaluate,
-        lr_factor,
-        lr_scheduler,
         optimizer_step,
         rank_micro_batches,
     )
@@ -449,19 +446,7 @@ def _train_vla(cfg, run, policy, dataset, eval_dataset, stats, unnorm_key, on_st
     logger.info("%s: %s of %s parameters trainable", cfg.mode, f"{trainable:,}", f"{total:,}")
     half = policy.backbone.half_precision_dtype if precision == "bf16" else None
     autocast = torch.autocast(ctx.device.type, dtype=half) if half is not None else None
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0, fused=True
-    )
-    scheduler = lr_scheduler(optimizer, cfg)
-    start_step = 0
-    if checkpoint is not None:
-        start_step = load_checkpoint(checkpoint, model, optimizer, scheduler, ctx=ctx)["step"]
-        factor = lr_factor(
-            start_step, schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps
-        )
-        scheduler.base_lrs = [cfg.lr for _ in optimizer.param_groups]
-        for group in optimizer.param_groups:
-            group["initial_lr"], group["lr"] = cfg.lr, cfg.lr * factor
+    optimizer, scheduler, start_step = setup_optimizer(model, cfg, checkpoint, ctx)
 
     pad = policy.backbone.pad_token_id
     # A frozen tower gives each frame the same features every epoch: computed once per frame, when they fit
