@@ -241,3 +241,16 @@ def test_prepared_policy_falls_back_to_eager_for_unprepared_shapes(checkpoint):
     )
     single = prepared.predict_action(images(1)[0], INSTRUCTIONS[0], unnorm_key="bridge_orig")
     np.testing.assert_allclose(single, expected[0], atol=1e-12)
+
+
+def test_a_config_with_an_unknown_resize_strategy_is_refused_naming_the_file(tmp_path):
+    import json
+
+    from llm_backbones.errors import VLACheckpointError
+
+    directory = write_hf_checkpoint(NAME, tmp_path / "ckpt")
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "image_resize_strategy": "crop"}))
+    with pytest.raises(VLACheckpointError) as info:
+        load_vla(directory, vision_depth=spec.VISION_DEPTH)
+    assert "image_resize_strategy='crop'" in str(info.value) and str(directory) in str(info.value)

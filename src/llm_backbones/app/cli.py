@@ -710,7 +710,7 @@ def serve(
     vision_depth: Annotated[
         int | None,
         typer.Option(
-            min=1, help="Blocks of the vision towers, for checkpoints whose towers were cut (tests)."
+            min=2, help="Blocks of the vision towers, for checkpoints whose towers were cut (tests)."
         ),
     ] = None,
     max_body_mb: Annotated[

@@ -106,8 +106,11 @@ class VLAFinetuneConfig(FinetuneConfig):
             raise FinetuneError(f"--lora-alpha must be > 0, got {self.lora_alpha!r} (default min(rank, 16)).")
         if not (math.isfinite(self.lora_dropout) and 0 <= self.lora_dropout < 1):
             raise FinetuneError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout!r}.")
-        if self.vision_depth is not None and self.vision_depth < 1:
-            raise FinetuneError(f"--vision-depth must be >= 1, got {self.vision_depth!r}.")
+        if self.vision_depth is not None and self.vision_depth < 2:
+            raise FinetuneError(
+                f"--vision-depth must be >= 2 (the featurizer reads the second-to-last block), got "
+                f"{self.vision_depth!r}."
+            )
 
 
 # === Data ===

@@ -27,7 +27,7 @@ import torch
 from llm_backbones.core.backbones.files import contained, describe_non_finite, first_non_finite
 from llm_backbones.errors import NonFiniteWeightsError, VLACheckpointError
 from llm_backbones.persistence import openvla
-from llm_backbones.vla.image_processing import ImageProcessor
+from llm_backbones.vla.image_processing import RESIZE_STRATEGIES, ImageProcessor
 from llm_backbones.vla.policy import VLAPolicy
 from llm_backbones.vla.vision import (
     Projector,
@@ -153,7 +153,13 @@ def load_vla(
 def _hf_vision_config(config: Mapping[str, Any], source: Path) -> tuple[VisionBackboneSpec, str]:
     vision_id = config.get("vision_backbone_id")
     spec = get_vision_spec(vision_id)
-    strategy = config.get("image_resize_strategy")
+    # OpenVLA's PrismaticConfig default when the field is absent
+    strategy = config.get("image_resize_strategy", "letterbox")
+    if strategy not in RESIZE_STRATEGIES:
+        raise VLACheckpointError(
+            f"{source}/config.json: image_resize_strategy={strategy!r} is not one of {RESIZE_STRATEGIES} "
+            "(Prismatic's). Restore config.json from the original checkpoint."
+        )
 
     def mismatch(field: str, found: object, expected: object) -> VLACheckpointError:
         return VLACheckpointError(
