@@ -48,38 +48,21 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MIRROR = Path("/work/.mirror/openvla+openvla/repo")
-DEFAULT_OUT = REPO / "tests" / "golden" / "fixtures" / "openvla_export"
-FIXTURES = REPO / "tests" / "golden" / "fixtures" / "openvla_policy"
-HF_DIR = "prismatic/extern/hf"
-HF_FILES = ("configuration_prismatic.py", "modeling_prismatic.py", "processing_prismatic.py")
-VISION_DEPTH = 3
-BF16_CHECKPOINT = "dinosiglip-224-naive"  # also exported in bf16: OpenVLA loads it in bf16 (no actions kept)
-KEY_PACKAGES = (
-    "torch",
-    "torchvision",
-    "transformers",
-    "tokenizers",
-    "timm",
-    "numpy",
-    "pillow",
-    "safetensors",
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the fixture script's helpers (stdlib only at import): one copy of the spec loader, versions, OpenVLA's files
+from make_openvla_fixtures import (  # noqa: E402
+    DEFAULT_MIRROR,
+    HF_DIR,
+    HF_FILES,
+    load_spec,
+    sha256,
+    versions,
 )
 
-
-def load_spec():
-    import importlib.util
-
-    module_spec = importlib.util.spec_from_file_location(
-        "openvla_reference_spec", REPO / "tests" / "openvla_reference_spec.py"
-    )
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+DEFAULT_OUT = REPO / "tests" / "golden" / "fixtures" / "openvla_export"
+FIXTURES = REPO / "tests" / "golden" / "fixtures" / "openvla_policy"
+VISION_DEPTH = 3
+BF16_CHECKPOINT = "dinosiglip-224-naive"  # also exported in bf16: OpenVLA loads it in bf16 (no actions kept)
 
 
 def export_facts(directory: Path) -> dict[str, Any]:
@@ -143,18 +126,6 @@ def towers_cut_to(depth: int):
         yield
     finally:
         timm.create_model = original
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": sys.version.split()[0]}
-    for name in KEY_PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
 def load_with_openvla(directory: Path, dtype) -> tuple[Any, Any, dict[str, Any]]:

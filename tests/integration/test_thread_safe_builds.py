@@ -18,7 +18,7 @@ from torch import nn
 
 from llm_backbones import get_llm_backbone_and_tokenizer
 from llm_backbones._redact import REDACTED, redacting
-from llm_backbones.core.backbones.loading import _parameters_on_meta
+from llm_backbones.core.backbones.loading import parameters_on_meta
 
 pytestmark = pytest.mark.integration
 
@@ -103,7 +103,7 @@ def test_a_meta_build_moves_only_its_own_threads_parameters() -> None:
     made: list[nn.Linear] = []
 
     def build_on_meta() -> None:
-        with _parameters_on_meta():
+        with parameters_on_meta():
             made.append(nn.Linear(2, 2))
             inside.set()
             release.wait(30)

@@ -700,10 +700,15 @@ def serve(
     dtype: Annotated[
         str | None, typer.Option(help="float32, bfloat16 or float16 (default: as the checkpoint stores it).")
     ] = None,
-    max_batch: Annotated[int, typer.Option(min=1, max=1024, help="Most requests in one model call.")] = 8,
+    max_batch: Annotated[
+        int | None, typer.Option(min=1, max=1024, help="Most requests in one model call (default 8).")
+    ] = None,
     max_wait_ms: Annotated[
-        float, typer.Option(min=0, max=60_000, help="How long a request waits for companions in its batch.")
-    ] = 5.0,
+        float | None,
+        typer.Option(
+            min=0, max=60_000, help="How long a request waits for companions in its batch (default 5 ms)."
+        ),
+    ] = None,
     unnorm_key: Annotated[
         str | None, typer.Option(help="Dataset statistics for requests that name none.")
     ] = None,
@@ -714,8 +719,8 @@ def serve(
         ),
     ] = None,
     max_body_mb: Annotated[
-        float, typer.Option(min=0.001, help="Larger request bodies are answered 413.")
-    ] = 16.0,
+        float | None, typer.Option(min=0.001, help="Larger request bodies are answered 413 (default 16).")
+    ] = None,
 ) -> None:
     """Serve an OpenVLA checkpoint over HTTP: POST /act (OpenVLA deploy.py's request, or .npy bytes), GET
     /health; concurrent requests are batched. Needs `pip install 'llm-backbones[serve]'`."""
@@ -738,8 +743,14 @@ def _serve(path, host, port, device, dtype, max_batch, max_wait_ms, unnorm_key, 
     import torch
 
     from llm_backbones.data.norm_stats import check_unnorm_key
+    from llm_backbones.serving.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S
+    from llm_backbones.serving.protocol import DEFAULT_MAX_BODY_BYTES
     from llm_backbones.serving.server import serve as run_server
     from llm_backbones.vla.loading import load_vla
+
+    max_batch = DEFAULT_MAX_BATCH if max_batch is None else max_batch
+    max_wait_ms = DEFAULT_MAX_WAIT_S * 1000 if max_wait_ms is None else max_wait_ms
+    max_body_bytes = DEFAULT_MAX_BODY_BYTES if max_body_mb is None else int(max_body_mb * 2**20)
 
     if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
         raise typer.BadParameter(f"--device {device} was asked for, but CUDA is not available; use cpu.")
@@ -766,7 +777,7 @@ def _serve(path, host, port, device, dtype, max_batch, max_wait_ms, unnorm_key, 
         port=port,
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,
-        max_body_bytes=int(max_body_mb * 2**20),
+        max_body_bytes=max_body_bytes,
         unnorm_key=unnorm_key,
     )
 

@@ -155,12 +155,15 @@ class ActionTokenizer:
             return self.tokenizer.decode(ids.tolist())
         return self.tokenizer.batch_decode(ids.reshape(-1, ids.shape[-1]).tolist())
 
-    def decode(self, action_token_ids: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    def decode(self, action_token_ids: torch.Tensor | Sequence[int], *, strict: bool = True) -> torch.Tensor:
         """Action token ids `[..., D]` -> the centres of their bins `[..., D]` (float64), OpenVLA's values.
 
         Raises `ActionError` for an id outside the action range (`token_id_range`): a generated text token
-        is not silently clipped into an action, as OpenVLA's decoding would do.
+        is not silently clipped into an action. `strict=False` is OpenVLA's `predict_action` rule instead:
+        `clip(vocab_size - id - 1, 0, bins - 2)`, so such a token becomes an edge bin.
         """
+        if not isinstance(strict, bool):
+            raise ActionError(f"strict must be True or False, got {strict!r:.40}.")
         raw = _as_tensor(
             action_token_ids, "Action token ids", "integer token ids (a LongTensor or a list of ints)"
         )
@@ -179,7 +182,7 @@ class ActionTokenizer:
                 )
         ids = raw.to(torch.long)
         low, high = self.token_id_range
-        if ((ids < low) | (ids > high)).any():
+        if strict and ((ids < low) | (ids > high)).any():
             bad = ids[(ids < low) | (ids > high)].flatten()[:3].tolist()
             raise ActionError(
                 f"Token ids {bad} are not action tokens (accepted: {low}..{high}). Decode only the generated "

@@ -384,7 +384,7 @@ def _load_vla_backbone(
     )
 
 
-def _read_json(file: Path, what: str) -> Any:
+def read_json(file: Path, what: str) -> Any:
     try:
         return json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -410,7 +410,7 @@ def _read_hf_config(directory: Path, *, allow_external: bool = False) -> dict[st
     file = _contained_if_present(directory, "config.json", allow_external=allow_external)
     if file is None or not file.is_file():
         return None
-    config = _read_json(file, "the checkpoint's config")
+    config = read_json(file, "the checkpoint's config")
     if isinstance(config, dict) and config.get("model_type") in HF_MODEL_TYPES:
         return config
     return None
@@ -532,7 +532,7 @@ def _inside(directory: Path, name: object, index: Path, *, allow_external: bool 
     return file
 
 
-def _hf_weight_files(directory: Path, *, allow_external: bool = False) -> dict[str, Path]:
+def hf_weight_files(directory: Path, *, allow_external: bool = False) -> dict[str, Path]:
     """{tensor name: safetensors file} from model.safetensors.index.json, or from one model.safetensors.
 
     Every file lies inside `directory`, symlinks followed (`UnsafeFileError` otherwise), unless
@@ -540,7 +540,7 @@ def _hf_weight_files(directory: Path, *, allow_external: bool = False) -> dict[s
     """
     index = _contained_if_present(directory, "model.safetensors.index.json", allow_external=allow_external)
     if index is not None and index.is_file():
-        data = _read_json(index, "the shard index")
+        data = read_json(index, "the shard index")
         weight_map = data.get("weight_map") if isinstance(data, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
             raise VLACheckpointError(
@@ -574,7 +574,7 @@ def _hf_weight_files(directory: Path, *, allow_external: bool = False) -> dict[s
     )
 
 
-def _read_safetensors(names: Sequence[str], files: Mapping[str, Path]) -> dict[str, torch.Tensor]:
+def read_safetensors(names: Sequence[str], files: Mapping[str, Path]) -> dict[str, torch.Tensor]:
     """The tensors `names`, opening only the shards that hold them."""
     by_file: dict[Path, list[str]] = {}
     for name in names:
@@ -649,10 +649,10 @@ def _load_hf_layout(
     statistics = _contained_if_present(directory, "dataset_statistics.json", allow_external=allow_external)
     norm_stats, stats_from = config.get("norm_stats"), config_file
     if norm_stats is None and statistics is not None and statistics.is_file():
-        norm_stats = _read_json(statistics, "the action statistics")
+        norm_stats = read_json(statistics, "the action statistics")
         stats_from = str(statistics)
     norm_stats = validate_norm_stats({} if norm_stats is None else norm_stats, source=stats_from)
-    files = _hf_weight_files(directory, allow_external=allow_external)
+    files = hf_weight_files(directory, allow_external=allow_external)
     llm_names = sorted(n for n in files if n.startswith(HF_LLM_PREFIX))
     unused = tuple(sorted(n for n in files if not n.startswith(HF_LLM_PREFIX)))
     if not llm_names:
@@ -660,7 +660,7 @@ def _load_hf_layout(
             f"The weights of {directory} hold no tensor under {HF_LLM_PREFIX!r} (found e.g. "
             f"{list(files)[:3]}): this is not the LLM of an OpenVLA / Prismatic HF checkpoint."
         )
-    raw = _read_safetensors(llm_names, files)
+    raw = read_safetensors(llm_names, files)
     state = {BACKBONE_LLM_PREFIX + n[len(HF_LLM_PREFIX) :]: t for n, t in raw.items()}
     del raw
 
@@ -755,7 +755,7 @@ def _read_run_config(run_dir: Path, *, allow_external: bool = False) -> dict[str
     config_json = _contained_if_present(run_dir, "config.json", allow_external=allow_external)
     config_yaml = _contained_if_present(run_dir, "config.yaml", allow_external=allow_external)
     if config_json is not None and config_json.is_file():
-        config = _read_json(config_json, "the run's config")
+        config = read_json(config_json, "the run's config")
     elif config_yaml is not None and config_yaml.is_file():
         import yaml  # a transformers dependency
 
@@ -831,7 +831,7 @@ def _prismatic_llm_id(config: Mapping[str, Any], run_dir: Path) -> str:
     )
 
 
-def _torch_load_model(file: Path) -> dict[str, Any]:
+def torch_load_model(file: Path) -> dict[str, Any]:
     """`torch.load(weights_only=True)["model"]`: tensors and containers only, never arbitrary objects."""
     try:
         try:
@@ -902,9 +902,9 @@ def _load_prismatic_layout(
     statistics = _contained_if_present(run_dir, "dataset_statistics.json", allow_external=allow_external)
     norm_stats: Any = {}
     if statistics is not None and statistics.is_file():
-        norm_stats = _read_json(statistics, "the action statistics")
+        norm_stats = read_json(statistics, "the action statistics")
     norm_stats = validate_norm_stats(norm_stats, source=str(statistics) if statistics else None)
-    model = _torch_load_model(checkpoint)
+    model = torch_load_model(checkpoint)
     state = dict(model[PRISMATIC_LLM_KEY])
     bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
@@ -1061,8 +1061,12 @@ __all__ = [
     "PrismaticModel",
     "check_unnorm_key",
     "get_action_stats",
+    "hf_weight_files",
     "load_vla_backbone",
     "prismatic_vision_config",
+    "read_json",
+    "read_safetensors",
+    "torch_load_model",
     "unnormalize_actions",
     "validate_norm_stats",
 ]

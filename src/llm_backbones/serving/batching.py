@@ -23,6 +23,10 @@ import numpy as np
 
 from llm_backbones.errors import LLMBackbonesError, ServeConfigError, ServingError
 
+# The serving defaults, one place (create_app, serve and the CLI take them from here)
+DEFAULT_MAX_BATCH = 8
+DEFAULT_MAX_WAIT_S = 0.005
+
 logger = logging.getLogger(__name__)
 
 # (images, instructions, unnorm_key) -> actions [B, action_dim]
@@ -80,7 +84,13 @@ class BatchingQueue:
     Call `start()` inside the running event loop and `close()` to finish what is queued and stop.
     """
 
-    def __init__(self, predict_batch: PredictBatch, *, max_batch: int = 8, max_wait_s: float = 0.005) -> None:
+    def __init__(
+        self,
+        predict_batch: PredictBatch,
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_wait_s: float = DEFAULT_MAX_WAIT_S,
+    ) -> None:
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ServeConfigError(f"max_batch must be an int >= 1, got {max_batch!r}.")
         if not isinstance(max_wait_s, (int, float)) or not 0 <= max_wait_s <= 60:

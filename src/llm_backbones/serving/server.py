@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from llm_backbones.data.norm_stats import check_unnorm_key
 from llm_backbones.errors import LLMBackbonesError, RequestFormatError, ServeConfigError
 from llm_backbones.serving import protocol
-from llm_backbones.serving.batching import BatchingQueue
+from llm_backbones.serving.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_S, BatchingQueue
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +67,8 @@ async def read_body(request: Request, limit: int) -> bytes:
 def create_app(
     policy: Any,
     *,
-    max_batch: int = 8,
-    max_wait_ms: float = 5.0,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    max_wait_ms: float = DEFAULT_MAX_WAIT_S * 1000,
     max_body_bytes: int = protocol.DEFAULT_MAX_BODY_BYTES,
     unnorm_key: str | None = None,
 ) -> FastAPI:

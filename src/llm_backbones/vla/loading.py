@@ -190,7 +190,7 @@ def _hf_vision_tensors(directory: Path, names: Sequence[str]) -> tuple[dict, dic
             f"{directory} holds tensors of no part of an OpenVLA model (neither language_model., "
             f"vision_backbone. nor projector.): {others[:8]}. It is not an OpenVLA checkpoint, or was edited."
         )
-    tensors = openvla._read_safetensors(wanted, openvla._hf_weight_files(directory))
+    tensors = openvla.read_safetensors(wanted, openvla.hf_weight_files(directory))
     vision = {k[len(HF_VISION_PREFIX) :]: v for k, v in tensors.items() if k.startswith(HF_VISION_PREFIX)}
     projector = {
         k[len(HF_PROJECTOR_PREFIX) :]: v for k, v in tensors.items() if k.startswith(HF_PROJECTOR_PREFIX)
@@ -205,7 +205,7 @@ def _hf_image_processor(
     if not file.exists() and not file.is_symlink():
         return ImageProcessor.from_vision_spec(spec, strategy)
     file = contained(directory, file.name, allow_external=allow_external)
-    config = openvla._read_json(file, "the image preprocessing")
+    config = openvla.read_json(file, "the image preprocessing")
     if not isinstance(config, dict):
         raise VLACheckpointError(f"{file} holds a {type(config).__name__}, not an object of fields.")
     processor = ImageProcessor.from_preprocessor_config(config, source=str(file))
@@ -230,7 +230,7 @@ def _prismatic_vision_config(config: Mapping[str, Any], source: Path) -> tuple[V
 
 
 def _prismatic_vision_tensors(file: Path) -> tuple[dict, dict]:
-    model = openvla._torch_load_model(file)
+    model = openvla.torch_load_model(file)
     groups = sorted(model)
     unknown = [g for g in groups if g not in ("vision_backbone", "projector", "llm_backbone") and model[g]]
     if unknown:

@@ -221,13 +221,8 @@ class VLAPolicy:
         return out.logits[0, -1].float().cpu()
 
     def _decode(self, tokens: torch.Tensor, constrain: bool) -> np.ndarray:
-        """Token ids -> normalized actions in [-1, 1] (float64)."""
-        if constrain:
-            return self.action_tokenizer.decode(tokens.cpu()).numpy()
-        # OpenVLA's rule: vocab_size - id - 1, clipped to the bin centres
-        centers = self.action_tokenizer.bin_centers.numpy()
-        bins = self.action_tokenizer.base_vocab_size - tokens.cpu().numpy() - 1
-        return centers[np.clip(bins, 0, centers.shape[0] - 1)]
+        """Token ids -> normalized actions in [-1, 1] (float64); unconstrained, OpenVLA's clipping."""
+        return self.action_tokenizer.decode(tokens.cpu(), strict=constrain).numpy()
 
     def _unnormalize(self, normalized: np.ndarray, unnorm_key: str | None) -> np.ndarray:
         return unnormalize_actions(normalized, self.norm_stats, unnorm_key)  # finite, or ActionError

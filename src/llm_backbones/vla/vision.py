@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from llm_backbones.core.backbones.loading import _parameters_on_meta
+from llm_backbones.core.backbones.loading import parameters_on_meta
 from llm_backbones.errors import ImageError, StateDictMismatchError, VLACheckpointError, closest
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -228,7 +228,7 @@ def _hf_model(tower: TowerSpec, layers: int) -> nn.Module:
         )  # fmt: skip
         cls = ViTModel
     config._attn_implementation = "sdpa"
-    with _parameters_on_meta():
+    with parameters_on_meta():
         model = cls(config, add_pooling_layer=False) if tower.family == "vit" else cls(config)
     return model.eval()
 
@@ -552,7 +552,7 @@ class Projector(nn.Module):
     def __init__(self, vision_dim: int, llm_dim: int, *, fused: bool) -> None:
         super().__init__()
         self.fused = fused
-        with _parameters_on_meta():
+        with parameters_on_meta():
             if fused:
                 self.fc1 = nn.Linear(vision_dim, 4 * vision_dim)
                 self.fc2 = nn.Linear(4 * vision_dim, llm_dim)

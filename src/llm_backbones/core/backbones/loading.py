@@ -191,7 +191,7 @@ def select_attn_implementation(
 
 # One model construction at a time. While transformers builds or loads a model it swaps process-wide state
 # (torch's default dtype, torch.nn.init's functions, PreTrainedModel.init_weights / tie_weights) and restores
-# it afterwards, and `_parameters_on_meta` wraps nn.Module.register_parameter. Builds in several threads would
+# it afterwards, and `parameters_on_meta` wraps nn.Module.register_parameter. Builds in several threads would
 # interleave those swaps and restore them out of order (leaving, say, every later nn.Linear on the meta
 # device or torch.nn.init disabled for good), so constructing the model holds this lock (the one the embedded
 # model's creation holds); reading the config and the tokenizer does not.
@@ -199,7 +199,7 @@ _BUILD_LOCK = MODEL_BUILD_LOCK
 
 
 @contextlib.contextmanager
-def _parameters_on_meta() -> Iterator[None]:
+def parameters_on_meta() -> Iterator[None]:
     """Create every nn.Parameter of the calling thread on the meta device while buffers stay real.
 
     A model built under it costs neither memory nor random-init time; its non-persistent buffers (RoPE
@@ -292,7 +292,7 @@ class HFLoader:
             if self.inference_mode:
                 # Size the embeddings the way the trained checkpoint was resized (same rule as below).
                 config.vocab_size = self._embedding_rows(config.vocab_size)
-                with _parameters_on_meta():
+                with parameters_on_meta():
                     self.llm = self.spec.llm_cls._from_config(config, attn_implementation=attn, dtype=dtype)
             else:
                 self.llm = self._load_weights(
