@@ -1797,6 +1797,44 @@ VLA_FAULTS = rows(
         ImageError,
         ("No images given", "one image or a non-empty list"),
     ),
+    Bad(
+        "vla-image-thin-strip",
+        lambda e: _dinosiglip_processor()(np.zeros((1, 2000, 3), dtype=np.uint8)),
+        ImageError,
+        ("1 x 2000 pixels", "camera frames", "16x"),
+    ),
+    Bad(
+        "vla-image-float-nan",
+        lambda e: _dinosiglip_processor()(np.full((8, 8, 3), np.nan, dtype=np.float32)),
+        ImageError,
+        ("finite values in [0, 1]", "NaN/inf", "uint8"),
+    ),
+    Bad(
+        "vla-constrain-flag-string",
+        lambda e: llm_backbones.load_vla("any-path", constrain_to_actions="no"),
+        VLACheckpointError,
+        ("constrain_to_actions", "'no'", "True or False"),
+    ),
+    Bad(
+        "vla-vision-depth-one",
+        lambda e: _vision_tower(depth=1),
+        VLACheckpointError,
+        ("at least 2 blocks", "depth=1", "vit_large_patch14_clip_224.openai"),
+    ),
+    Bad(
+        "action-decode-strict-string",
+        lambda e: e.act.decode([31800], strict="no"),
+        ActionError,
+        ("strict must be True or False", "'no'"),
+    ),
+    Bad(
+        "norm-stats-range-overflows",
+        lambda e: validate_norm_stats(
+            {"robot": {"action": {"q01": [-1e308], "q99": [1e308]}}}, source="s.json"
+        ),
+        NormStatsError,
+        ("q99 - q01 overflows", "[0]", "s.json"),
+    ),
 )
 CASES += VLA_FAULTS
 
@@ -1911,6 +1949,12 @@ ROBOT_DATA = (
     ),
 )
 CASES += ROBOT_DATA
+
+
+def _vision_tower(depth: int):
+    from llm_backbones.vla.vision import VisionTower, get_vision_spec
+
+    return VisionTower(get_vision_spec("clip-vit-l").towers[0], depth)
 
 
 def _dinosiglip_processor():
