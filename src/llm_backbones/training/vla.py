@@ -401,12 +401,18 @@ def run_finetune_vla(
     unnorm_key = cfg.unnorm_key or dataset.name
     stats = dataset.statistics(unnorm_key)
     if policy is None:
-        if cfg.policy is None:
-            raise FinetuneError("No policy given: pass --policy PATH (an OpenVLA / Prismatic checkpoint).")
-        from llm_backbones.vla.loading import load_vla
-
-        policy = load_vla(cfg.policy, vision_depth=cfg.vision_depth)
+        policy = policy_from_config(cfg)
     return _train_vla(cfg, run, policy, dataset, eval_dataset, stats, unnorm_key, on_step, on_record)
+
+
+def policy_from_config(cfg: VLAFinetuneConfig) -> Any:
+    """The run's starting policy, as its settings name it: the one place a run's policy is built (the run
+    itself, `--resume` and the `export` of a run's checkpoint all come here)."""
+    if cfg.policy is None:
+        raise FinetuneError("No policy given: pass --policy PATH (an OpenVLA / Prismatic checkpoint).")
+    from llm_backbones.vla.loading import load_vla
+
+    return load_vla(cfg.policy, vision_depth=cfg.vision_depth)
 
 
 def _train_vla(cfg, run, policy, dataset, eval_dataset, stats, unnorm_key, on_step, on_record):
@@ -597,6 +603,7 @@ __all__ = [
     "apply_vla_mode",
     "augment_image",
     "lora_targets",
+    "policy_from_config",
     "run_finetune_vla",
     "vla_examples",
 ]
