@@ -31,7 +31,7 @@ _FILES = ("config.json", "tokenizer.json", "tokenizer_config.json")
 # Held while transformers constructs a model. It swaps process-wide state meanwhile (torch's default dtype,
 # torch.nn.init's functions, PreTrainedModel.init_weights) and restores it after, so two constructions in two
 # threads must not interleave, or the restores run out of order and leave the swapped state behind. Every
-# backbone build holds it too (`llm_backbones.core.backbones.backbone`).
+# backbone build holds it too (`llm_backbones.core.backbones.loading`).
 MODEL_BUILD_LOCK = threading.RLock()
 
 
