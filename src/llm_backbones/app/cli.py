@@ -1,4 +1,5 @@
-"""`llm-backbones`: list the registry, run the demo on the embedded default, fine-tune, serve a VLA policy."""
+"""`llm-backbones`: list the registry, run the demo on the embedded default, fine-tune, export a run's
+checkpoint, serve a VLA policy."""
 
 from __future__ import annotations
 
@@ -595,6 +596,37 @@ def finetune_vla(
         )
     else:
         console.print(f"nothing to train: the run is already at step {result.start_step}", highlight=False)
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder: the --output of finetune or finetune-vla.")],
+    output: Annotated[
+        Path, typer.Option(help="Folder to write the checkpoint to (for a LoRA run with adapter/ inside).")
+    ],
+    step: Annotated[
+        int | None, typer.Option(help="Checkpoint step to export (default: the run's latest).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --output.")] = False,
+) -> None:
+    """Turn a checkpoint of a run (checkpoints/step-N) into a model other tools load: an HF OpenVLA
+    checkpoint (load_vla) for finetune-vla, a save_backbone checkpoint for finetune; LoRA also alone, in
+    peft's format, in adapter/."""
+    try:
+        from llm_backbones.training.export import export_run
+
+        which = f"step {step}" if step is not None else "the latest checkpoint"
+        with console.status(f"Exporting {which} of {run_dir} ..."):
+            path = export_run(run_dir, step=step, output=output, overwrite=overwrite)
+    except (LLMBackbonesError, OSError) as exc:
+        _fail(exc)
+    adapter = path / "adapter"
+    console.print(
+        f"exported {which} of {run_dir}: {path}"
+        + (f"; LoRA adapter (peft): {adapter}" if adapter.is_dir() else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()

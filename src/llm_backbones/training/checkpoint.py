@@ -4,7 +4,8 @@ A run's `--output` folder:
 
     OUTPUT/
       config.json, model.safetensors, tokenizer*, fingerprint.json
-                               the final export (save_backbone, HF format)
+                               the final export (save_backbone, HF format; `finetune-vla`: in export/)
+      adapter/                 `--mode lora`: the LoRA adapters alone, in peft's format (before merging)
       run_config.json          the settings of the run (`--config OUTPUT/run_config.json` repeats it)
       metrics.jsonl            one JSON record per logged step and per evaluation
       tensorboard/             the same metrics, when tensorboard is installed
@@ -19,7 +20,7 @@ each rank writes its own shards (`get_state_dict`); a single process writes the 
 reshards on load, so a checkpoint resumes on any world size. Each is written into `step-N.partial` by
 every rank, renamed to `step-N` once all have finished, and only then named in `latest` (a temporary
 file replaced in one step), so a run killed at any moment leaves `latest` naming a complete checkpoint.
-The last `keep` checkpoints are kept.
+The last `keep` checkpoints are kept. `RunDir.checkpoint_at` finds one by step (`llm-backbones export`).
 
 `run_finetune` publishes the checkpoint of step N once step N+1's loss has come out finite (the weights
 after an update are known good only then), or right away after the last step: a loss that turns NaN
@@ -43,7 +44,13 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
 
 from llm_backbones import _fs
 from llm_backbones.errors import CheckpointError, FinetuneError, OutputPathError
@@ -59,6 +66,7 @@ METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 EXPORT_FINGERPRINT = "fingerprint.json"  # written by save_backbone: an export is there
 STAGED_EXPORT = ".export"
+ADAPTER_DIR = "adapter"  # the LoRA adapters alone (peft's save_pretrained), written before merging
 FORMAT = "torch.distributed.checkpoint"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 # Settings a checkpoint cannot be resumed with a different value of: they change the model or the data.
@@ -133,7 +141,12 @@ class RunDir:
     def clear(self) -> None:
         """Delete what a previous run wrote here (`--overwrite`); other files stay."""
         for child in list(self.path.iterdir()) if self.path.is_dir() else []:
-            if child.is_dir() and child.name in (CHECKPOINTS_DIR, TENSORBOARD_DIR, STAGED_EXPORT):
+            if child.is_dir() and child.name in (
+                CHECKPOINTS_DIR,
+                TENSORBOARD_DIR,
+                STAGED_EXPORT,
+                ADAPTER_DIR,
+            ):
                 shutil.rmtree(child)
             elif child.is_file():
                 child.unlink()
@@ -171,6 +184,53 @@ class RunDir:
             if p.is_dir() and (m := _STEP_DIR.match(p.name))
         ]
         return sorted(found)
+
+    def checkpoint_at(self, step: int | None = None) -> Path:
+        """The complete checkpoint of `step` (default: the one `latest` names). `CheckpointError`, naming the
+        folder and the fix, when this is no run folder, it holds no checkpoint, `step` is not among them (the
+        available steps listed) or its checkpoint is incomplete (an interrupted write)."""
+        if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
+            raise CheckpointError(f"step must be an int (a checkpoint's step) or None, got {step!r:.40}.")
+        if not self.path.is_dir() or not self.holds_run():
+            what = "does not exist" if not self.path.exists() else "is not a run folder"
+            raise CheckpointError(
+                f"{str(self.path)!r} {what} (no {RUN_CONFIG} or {CHECKPOINTS_DIR}/). Pass the --output "
+                "folder of a `finetune` or `finetune-vla` run."
+            )
+        steps = self.step_dirs()
+        available = ", ".join(str(n) for n, _ in steps) or "none"
+        if step is None:
+            latest = self.latest_checkpoint()
+            if latest is not None:
+                return latest
+            if not steps:
+                raise CheckpointError(
+                    f"The run in {str(self.path)!r} holds no checkpoint: it ran with --save-every 0, or "
+                    "stopped before its first one. Run it again with --save-every N (or --resume it) to "
+                    "write some."
+                )
+            raise CheckpointError(
+                f"The run in {str(self.path)!r} has no {CHECKPOINTS_DIR}/{LATEST} naming its newest "
+                f"checkpoint; its steps are {available}. Pass --step N."
+            )
+        path = self.checkpoints / step_name(step)
+        if not path.is_dir():
+            if (self.checkpoints / f"{step_name(step)}.partial").is_dir():
+                raise CheckpointError(
+                    f"The checkpoint of step {step} in {str(self.path)!r} is incomplete "
+                    f"({path.name}.partial: its writing was interrupted, or it was never published). "
+                    f"Complete steps: {available}; pass one of them to --step."
+                )
+            raise CheckpointError(
+                f"The run in {str(self.path)!r} has no checkpoint of step {step}; its steps are {available}. "
+                "Pass one of them to --step."
+            )
+        if not (path / ".metadata").is_file() or not (path / META_FILE).is_file():
+            raise CheckpointError(
+                f"The checkpoint {str(path)!r} is incomplete (no .metadata or {META_FILE}: changed by hand). "
+                f"Complete steps: {available}; pass another to --step."
+            )
+        return path
 
     def remove_partial(self) -> None:
         """Delete checkpoints whose writing was interrupted (never named in `latest`)."""
@@ -332,6 +392,28 @@ def _prune(run: RunDir, keep: int) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def _dcp_load(checkpoint: Path, state: dict[str, Any], ctx: DistributedContext | None) -> None:
+    try:
+        _dcp_call(dcp.load, state, ctx=ctx, storage_reader=dcp.FileSystemReader(checkpoint))
+    except Exception as exc:  # DCP raises CheckpointException / RuntimeError with per-rank details
+        raise CheckpointError(
+            f"Cannot load the checkpoint {checkpoint}: {str(exc).splitlines()[0][:300]}. Was it written by "
+            f"another backbone or fine-tune mode? Resume with the run's own settings ({RUN_CONFIG}), or "
+            "start over with --overwrite."
+        ) from exc
+
+
+def _check_fit(checkpoint: Path, model: nn.Module, result: Any) -> None:
+    """Every trainable weight of `model` came from the checkpoint, and nothing else was in it."""
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    missing = [k for k in result.missing_keys if k not in frozen and not k.endswith("inv_freq")]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(
+            f"The checkpoint {checkpoint} does not fit the model: missing {missing[:3]}, unexpected "
+            f"{list(result.unexpected_keys)[:3]}. Resume with the run's own backbone and mode ({RUN_CONFIG})."
+        )
+
+
 def load_checkpoint(
     checkpoint: Path,
     model: nn.Module,
@@ -349,14 +431,7 @@ def load_checkpoint(
         "scheduler": scheduler.state_dict(),
         "train": {"step": 0, "world_size": 0, "rng": None},
     }
-    try:
-        _dcp_call(dcp.load, state, ctx=ctx, storage_reader=dcp.FileSystemReader(checkpoint))
-    except Exception as exc:  # DCP raises CheckpointException / RuntimeError with per-rank details
-        raise CheckpointError(
-            f"Cannot load the checkpoint {checkpoint}: {str(exc).splitlines()[0][:300]}. Was it written by "
-            f"another backbone or fine-tune mode? Resume with the run's own settings ({RUN_CONFIG}), or "
-            "start over with --overwrite."
-        ) from exc
+    _dcp_load(checkpoint, state, ctx)
     result = set_state_dict(
         model,
         optimizer,
@@ -364,13 +439,7 @@ def load_checkpoint(
         optim_state_dict=state["optimizer"],
         options=StateDictOptions(ignore_frozen_params=True, strict=False),
     )
-    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
-    missing = [k for k in result.missing_keys if k not in frozen and not k.endswith("inv_freq")]
-    if missing or result.unexpected_keys:
-        raise CheckpointError(
-            f"The checkpoint {checkpoint} does not fit the model: missing {missing[:3]}, unexpected "
-            f"{list(result.unexpected_keys)[:3]}. Resume with the run's own backbone and mode ({RUN_CONFIG})."
-        )
+    _check_fit(checkpoint, model, result)
     scheduler.load_state_dict(state["scheduler"])
     train = state["train"]
     rngs = train["rng"] or ()
@@ -383,6 +452,18 @@ def load_checkpoint(
         if "cuda" in mine and ctx.device.type == "cuda":
             torch.cuda.set_rng_state(mine["cuda"], ctx.device)
     return train
+
+
+def load_weights(checkpoint: Path, model: nn.Module) -> None:
+    """Load only the trainable weights of a `write_checkpoint` checkpoint into `model`, in one process
+    (whatever world size wrote it): no optimizer, scheduler or RNG state. `model` is built and set up for its
+    mode as the run's was (its frozen weights are the base model's); for `export_run`."""
+    state = {"model": get_model_state_dict(model, options=_STATE_OPTIONS)}
+    _dcp_load(checkpoint, state, None)
+    result = set_model_state_dict(
+        model, state["model"], options=StateDictOptions(ignore_frozen_params=True, strict=False)
+    )
+    _check_fit(checkpoint, model, result)
 
 
 # === The final export ===
@@ -418,6 +499,7 @@ __all__ = [
     "check_resume_settings",
     "discard_checkpoint",
     "load_checkpoint",
+    "load_weights",
     "publish_checkpoint",
     "publish_export",
     "read_meta",

@@ -8,7 +8,8 @@ Modes say which parameters train:
 
 `run_finetune` is the job behind `llm-backbones finetune`: one process or torchrun (FSDP2/FSDP1), the
 loop of `training` (schedule, accumulation, clipping, evaluation, metrics) and the periodic, exactly
-resumable checkpoints of `training.checkpoint`, then an HF-format export.
+resumable checkpoints of `training.checkpoint`, then an HF-format export (with `lora`, the adapters alone
+too, in peft's format, in `adapter/`). `export_checkpoint` exports any checkpoint of a run the same way.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ __all__ = [
     "TrainableSummary",
     "apply_finetune_mode",
     "causal_lm_loss_sum",
+    "export_checkpoint",
     "global_batch_indices",
     "run_finetune",
     "train_steps",
@@ -298,6 +300,7 @@ def _train(
     from llm_backbones.data.examples import PaddedCollator, tokenize_conversation
     from llm_backbones.errors import CheckpointError
     from llm_backbones.training.checkpoint import (
+        ADAPTER_DIR,
         STAGED_EXPORT,
         discard_checkpoint,
         publish_checkpoint,
@@ -465,19 +468,22 @@ def _train(
         state = full_state_dict(model) if ctx.enabled else None
 
         def export() -> str:
-            staged = _export(cfg, backbone, state, run.path / STAGED_EXPORT)
+            adapter = run.path / ADAPTER_DIR if cfg.mode == "lora" else None
+            staged = _export(cfg, backbone, state, run.path / STAGED_EXPORT, adapter=adapter)
             return str(publish_export(run, staged))
 
         result.output = on_main(ctx, export)
     return result
 
 
-def _export(cfg, backbone, state, output):
+def _export(cfg, backbone, state, output, *, adapter=None):
     """Write a `save_backbone` checkpoint (LoRA merged, fingerprinted, atomic) that
-    `get_llm_backbone_and_tokenizer(id, model_path=OUTPUT)` and `load_backbone(OUTPUT)` load."""
+    `get_llm_backbone_and_tokenizer(id, model_path=OUTPUT)` and `load_backbone(OUTPUT)` load; with LoRA and
+    an `adapter` folder, the adapters alone there first, in peft's format (`save_adapter`). The end of a run
+    and of `export_checkpoint`."""
     from llm_backbones.core.backbones.factory import get_llm_backbone_and_tokenizer
     from llm_backbones.persistence.checkpoint import save_backbone
-    from llm_backbones.training.lora import apply_lora, merge_lora
+    from llm_backbones.training.lora import apply_lora, merge_lora, save_adapter
 
     if state is not None:  # sharded training: rebuild an unsharded copy (meta device) and assign the weights
         backbone, _ = get_llm_backbone_and_tokenizer(
@@ -487,5 +493,25 @@ def _export(cfg, backbone, state, output):
             apply_lora(backbone)
         backbone.load_state_dict(state)
     backbone = backbone.to("cpu")
+    if adapter is not None and hasattr(backbone.llm, "peft_config"):
+        save_adapter(backbone.llm, adapter)
     merge_lora(backbone)
     return save_backbone(backbone, output)
+
+
+def export_checkpoint(checkpoint, meta: Mapping[str, Any], output, adapter):
+    """Export one checkpoint of a `finetune` run (`training.export.export_run`): the backbone rebuilt from the
+    run's settings (`meta["config"]`) with its pretrained weights, set up for the run's mode, the
+    checkpoint's trainable weights loaded (one process, whatever world size wrote it), then the run's own
+    `_export` to `output` (with LoRA, the adapters alone to `adapter`). Returns `output`."""
+    from llm_backbones.core.backbones.factory import get_llm_backbone_and_tokenizer
+    from llm_backbones.training.checkpoint import META_FILE, load_weights
+
+    cfg = FinetuneConfig.from_mapping(meta["config"], str(checkpoint / META_FILE))
+    torch.manual_seed(cfg.seed)
+    backbone, _ = get_llm_backbone_and_tokenizer(
+        cfg.backbone, model_path=cfg.model_path, prompt_format=cfg.prompt_format
+    )
+    apply_finetune_mode(backbone, cfg.mode)
+    load_weights(checkpoint, backbone)
+    return _export(cfg, backbone, None, output, adapter=adapter if cfg.mode == "lora" else None)

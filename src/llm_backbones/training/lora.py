@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import nn
+
+from llm_backbones import _fs
 
 
 def default_target_modules(llm: nn.Module) -> list[str]:
@@ -39,3 +43,16 @@ def merge_lora(backbone) -> None:
     """Fold the adapters into the base weights; `backbone.llm` is a plain HF model again (for export)."""
     if hasattr(backbone.llm, "merge_and_unload"):
         backbone.llm = backbone.llm.merge_and_unload()
+
+
+def save_adapter(model: nn.Module, directory: Path) -> Path:
+    """Write the LoRA adapters of the peft model `model` alone, in peft's format (`save_pretrained`:
+    adapter_config.json with r / alpha / dropout / target modules, adapter_model.safetensors), at
+    `directory`: complete or not at all, a previous adapter replaced in one step. Call it before merging.
+    `PeftModel.from_pretrained(base, directory)` puts them back on the model `model` wraps, as llm-backbones
+    builds it. Only the adapters are saved, not the embeddings (peft's "auto" would save them whole where
+    the build added PAD rows): those rows are drawn when the backbone is built, so the run's are those of a
+    build after `torch.manual_seed(run seed)`. Returns `directory`."""
+    with _fs.atomic_dir(directory) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
+    return directory

@@ -4,7 +4,9 @@ job behind `llm-backbones finetune-vla` (one process; FSDP is not wired here yet
 Split as a recipe: settings (`VLAFinetuneConfig`, `FinetuneConfig`'s plus the VLA's), data (`vla_examples`,
 `VLACollator`, `augment_image`), the model (`VLATrainModule`, `apply_vla_mode`), metrics (`ActionMetrics`),
 the loop (the pieces of `training.loop` and the checkpoints of `training.checkpoint`), and the export
-(`export_openvla`, LoRA merged first).
+(`finish_and_export`: with LoRA the adapters alone in peft's format, then merged; `export_openvla`). The
+export of any checkpoint of a run (`export_checkpoint`, `llm-backbones export`) rebuilds the run's model
+(`policy_from_config`, `vla_train_model`) and ends the same way.
 
 What trains, by mode (OpenVLA's stages and its `vla-scripts/finetune.py`):
 - `full`: the projector and the LLM (Prismatic's `vla-train`); the vision towers too with `train_vision`
@@ -13,7 +15,8 @@ What trains, by mode (OpenVLA's stages and its `vla-scripts/finetune.py`):
 - `lora`: peft LoRA adapters (r=32, alpha=min(r, 16), dropout 0, gaussian init, OpenVLA's defaults) on every
   linear layer of the LLM (head excluded) and of the projector, as OpenVLA's `target_modules="all-linear"`
   does; the vision towers' linear layers get adapters only with `train_vision` (vision is frozen by default
-  here, where OpenVLA's all-linear adapts it too). The adapters are merged into the weights for the export.
+  here, where OpenVLA's all-linear adapts it too). The adapters are saved alone (`adapter/`, peft's format)
+  and merged into the weights for the export.
 
 The loss is OpenVLA's: next-token cross-entropy on the action tokens and EOS (patches and prompt at -100),
 the mean over the supervised tokens of the global batch (`training.optimizer_step`).
@@ -35,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from llm_backbones.errors import FinetuneError
+from llm_backbones.errors import CheckpointError, FinetuneError
 from llm_backbones.training.loop import FinetuneConfig
 
 logger = logging.getLogger(__name__)
@@ -269,7 +272,10 @@ def apply_vla_mode(module: VLATrainModule, cfg: VLAFinetuneConfig) -> nn.Module:
             init_lora_weights="gaussian",
             bias="none",
         )
-        return get_peft_model(module, config)
+        model = get_peft_model(module, config)
+        # recorded in adapter/adapter_config.json: the policy the adapters go on (peft would write null)
+        model.peft_config["default"].base_model_name_or_path = cfg.policy
+        return model
     return module
 
 
@@ -377,7 +383,8 @@ def run_finetune_vla(
     With `output`: DCP checkpoints every `save_every` steps and at the end, exactly resumable (`resume`),
     `metrics.jsonl` (loss, lr, grad norm, action accuracy, action L1 per step; the same with `eval_` on the
     eval set), `run_config.json`, and the export in `output/export` (an HF OpenVLA checkpoint `load_vla`
-    loads, with the statistics as its `norm_stats`).
+    loads, with the statistics as its `norm_stats`); with `mode="lora"` also the adapters alone, in peft's
+    format, in `output/adapter`.
     """
     from llm_backbones.training.checkpoint import RunDir
 
@@ -418,6 +425,7 @@ def policy_from_config(cfg: VLAFinetuneConfig) -> Any:
 def _train_vla(cfg, run, policy, dataset, eval_dataset, stats, unnorm_key, on_step, on_record):
     from llm_backbones.core.backbones.backbone import count_parameters
     from llm_backbones.training.checkpoint import (
+        ADAPTER_DIR,
         discard_checkpoint,
         publish_checkpoint,
         write_checkpoint,
@@ -446,11 +454,7 @@ def _train_vla(cfg, run, policy, dataset, eval_dataset, stats, unnorm_key, on_st
         )
     torch.manual_seed(cfg.seed)
     export_dtype = policy.dtype
-    policy.to(ctx.device, torch.float32)  # master weights in fp32; bf16 through autocast
-    if policy.backbone.inference_mode:
-        policy.backbone.set_training_flags()
-    module = VLATrainModule(policy, train_vision=cfg.train_vision)
-    model = apply_vla_mode(module, cfg)
+    model = vla_train_model(policy, cfg, ctx.device)
     trainable, total = count_parameters(model)
     logger.info("%s: %s of %s parameters trainable", cfg.mode, f"{trainable:,}", f"{total:,}")
     half = policy.backbone.half_precision_dtype if precision == "bf16" else None
@@ -546,7 +550,7 @@ def _train_vla(cfg, run, policy, dataset, eval_dataset, stats, unnorm_key, on_st
                 result.evals.append(record)
                 emit(record)
             if run is not None and cfg.save_every and (step % cfg.save_every == 0 or last):
-                checkpoint_meta = {"config": cfg.saved(), "n_examples": len(examples)}
+                checkpoint_meta = {"config": cfg.saved(), "n_examples": len(examples), "norm_stats": stats}
                 pending = write_checkpoint(
                     run, step, model, optimizer, scheduler, ctx=ctx, meta=checkpoint_meta
                 )
@@ -559,10 +563,79 @@ def _train_vla(cfg, run, policy, dataset, eval_dataset, stats, unnorm_key, on_st
     finally:
         log.close()
 
-    finish_policy(policy, model, stats, dtype=export_dtype)
+    export_dir = adapter_dir = None
     if run is not None:
-        result.output = str(export_vla(policy, run.path / EXPORT_DIR))
+        export_dir, adapter_dir = run.path / EXPORT_DIR, run.path / ADAPTER_DIR
+    output = finish_and_export(
+        policy, model, stats, dtype=export_dtype, output=export_dir, adapter=adapter_dir
+    )
+    result.output = str(output) if output is not None else None
     return result
+
+
+def vla_train_model(policy: Any, cfg: VLAFinetuneConfig, device: torch.device) -> nn.Module:
+    """The model a run trains and checkpoints: `policy` (changed in place) on `device` with fp32 master
+    weights (bf16 through autocast), wrapped in a `VLATrainModule` and set up for `cfg.mode`
+    (`apply_vla_mode`). The run and the export of its checkpoints (`export_checkpoint`) build it here, so the
+    checkpoints' keys match."""
+    policy.to(device, torch.float32)
+    if policy.backbone.inference_mode:
+        policy.backbone.set_training_flags()
+    return apply_vla_mode(VLATrainModule(policy, train_vision=cfg.train_vision), cfg)
+
+
+def finish_and_export(
+    policy: Any,
+    model: nn.Module,
+    stats: Mapping[str, Any],
+    *,
+    dtype: torch.dtype,
+    output: Path | None,
+    adapter: Path | None,
+) -> Path | None:
+    """The end of a run, and of the export of one of its checkpoints: with LoRA and an `adapter` folder, the
+    adapters alone in peft's format (`save_adapter`, before merging); then `finish_policy` (merged, the
+    statistics as `norm_stats`, `dtype`); then, with `output`, the HF OpenVLA export (`export_vla`). Returns
+    the export's folder, or None without `output`."""
+    if adapter is not None and hasattr(model, "peft_config"):
+        from llm_backbones.training.lora import save_adapter
+
+        save_adapter(model, adapter)
+    finish_policy(policy, model, stats, dtype=dtype)
+    return export_vla(policy, output) if output is not None else None
+
+
+def export_checkpoint(checkpoint: Path, meta: Mapping[str, Any], output: Path, adapter: Path) -> Path:
+    """Export one checkpoint of a finetune-vla run (`training.export.export_run`): the run's starting policy
+    rebuilt from its settings (`meta["config"]`, `policy_from_config`), set up as the run's
+    (`vla_train_model`, on the CPU), the checkpoint's trainable weights loaded, then `finish_and_export` with
+    the run's statistics (`meta["norm_stats"]`; the data's for checkpoints written before they were kept).
+    Returns `output`."""
+    from llm_backbones.training.checkpoint import META_FILE, load_weights
+
+    source = str(checkpoint / META_FILE)
+    cfg = VLAFinetuneConfig.from_mapping(meta["config"], source)
+    if cfg.policy is None:
+        raise CheckpointError(
+            f"{source} names no policy checkpoint (the run was given a policy object in memory), so the "
+            "run's starting policy cannot be rebuilt. Export runs started with --policy PATH "
+            "(run_finetune_vla(path, ...))."
+        )
+    stats = meta.get("norm_stats")
+    if stats is None:  # a checkpoint written before the statistics were kept in it: the data's again
+        if cfg.data is None:
+            raise CheckpointError(
+                f"{source} holds no action statistics and names no data to compute them from (the run was "
+                "given a dataset in memory). Export a checkpoint written by this version, which keeps them."
+            )
+        dataset = _open_dataset(cfg.data, cfg, "training data")
+        stats = dataset.statistics(cfg.unnorm_key or dataset.name)
+    torch.manual_seed(cfg.seed)
+    policy = policy_from_config(cfg)
+    dtype = policy.dtype
+    model = vla_train_model(policy, cfg, torch.device("cpu"))
+    load_weights(checkpoint, model)
+    return finish_and_export(policy, model, stats, dtype=dtype, output=output, adapter=adapter)
 
 
 FEATURE_CACHE_BYTES = 2 * 1024**3
@@ -602,8 +675,11 @@ __all__ = [
     "VLATrainModule",
     "apply_vla_mode",
     "augment_image",
+    "export_checkpoint",
+    "finish_and_export",
     "lora_targets",
     "policy_from_config",
     "run_finetune_vla",
     "vla_examples",
+    "vla_train_model",
 ]
