@@ -273,9 +273,15 @@ def test_a_hub_cache_snapshot_loads_and_its_links_stay_in_their_repository(tiny_
 # === Checkpoint hashes ===
 def test_the_fingerprint_records_every_file_and_the_hashes_of_the_model_files(checkpoint) -> None:
     fp = read_fingerprint(checkpoint)
-    assert fp["fingerprint_version"] == 2
+    assert fp["fingerprint_version"] == 3
     assert fp["files"] == sorted(p.name for p in checkpoint.iterdir() if p.name != FINGERPRINT_FILE)
-    assert set(fp["file_sha256"]) == {"config.json", "generation_config.json", "model.safetensors"}
+    assert set(fp["file_sha256"]) == {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    }
     for name, digest in fp["file_sha256"].items():
         assert digest == hashlib.sha256((checkpoint / name).read_bytes()).hexdigest()
 
@@ -347,15 +353,31 @@ def test_an_unrecorded_shard_is_caught(checkpoint, tmp_path) -> None:
         verify_files(path, read_fingerprint(path))
 
 
-def test_a_checkpoint_without_hashes_loads_with_a_warning(checkpoint, tmp_path, caplog) -> None:
+def test_a_checkpoint_without_hashes_is_refused_unless_verify_false(checkpoint, tmp_path) -> None:
     path = _copy(checkpoint, tmp_path / "v1")
     fp = json.loads((path / FINGERPRINT_FILE).read_text())
     for key in ("files", "file_sha256"):
         fp.pop(key)
     (path / FINGERPRINT_FILE).write_text(json.dumps({**fp, "fingerprint_version": 1}))
-    with caplog.at_level(logging.WARNING, logger="llm_backbones"):
+    with pytest.raises(FingerprintMismatchError) as info:
         load_backbone(path, inference_mode=True)
-    assert any("has no file hashes (fingerprint_version 1)" in r.getMessage() for r in caplog.records)
+    assert "has no file_sha256 (fingerprint_version 1)" in str(info.value)
+    assert "verify=False" in str(info.value) and info.value.mismatches == {"file_sha256": (None, "required")}
+    backbone, _ = load_backbone(path, inference_mode=True, verify=False)  # loads, unverified, when asked
+    assert all(p.device.type == "cpu" for p in backbone.parameters())
+
+
+def test_a_swapped_tokenizer_vocabulary_is_refused(checkpoint, tmp_path) -> None:
+    """Two pieces of tokenizer.json swap ids: the bytes differ from the recorded hash."""
+    path = _copy(checkpoint, tmp_path / "swapped")
+    tok = json.loads((path / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    vocab["▁the"], vocab["▁and"] = vocab["▁and"], vocab["▁the"]
+    (path / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(FingerprintMismatchError) as info:
+        load_backbone(path, inference_mode=True, ignore_fingerprint=True)
+    assert "tokenizer.json: sha256" in str(info.value)
+    assert set(info.value.mismatches) == {"file_sha256[tokenizer.json]"}
 
 
 # === save_backbone: symlinks, files it did not write ===

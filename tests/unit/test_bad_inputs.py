@@ -51,6 +51,7 @@ from llm_backbones import (
     vla_example,
 )
 from llm_backbones.app.cli import app
+from llm_backbones.app.info import backbone_info
 from llm_backbones.data.robot import open_robot_dataset
 from llm_backbones.errors import (
     ActionError,
@@ -915,14 +916,14 @@ LOADING = rows(
         "tokenizer-files-missing",
         tiny_load(lambda e: e.model_dir("no-tokenizer", remove("tokenizer.json", "tokenizer_config.json"))),
         ModelPathError,
-        ("no-tokenizer", "no usable tokenizer", "found: none", "save_pretrained"),
+        ("no-tokenizer", "no usable tokenizer", "it holds ['config.json']", "save_pretrained"),
         FileNotFoundError,
     ),
     Bad(
         "tokenizer-json-missing",
         tiny_load(lambda e: e.model_dir("no-tokenizer-json", remove("tokenizer.json"))),
         ModelPathError,
-        ("['tokenizer_config.json']", "needs tokenizer.json"),
+        ("'tokenizer_config.json']", "tokenizer.json | tokenizer.model", "encodes every text to []"),
         FileNotFoundError,
     ),
     Bad(
@@ -1951,6 +1952,120 @@ ROBOT_DATA = (
 CASES += ROBOT_DATA
 
 
+# === One loading path (core/backbones/files.py): what every loader now refuses ===
+def _cut_vocabulary(pieces: int) -> Callable[[Path], None]:
+    """Keep the first `pieces` pieces of the BPE tokenizer.json (and the merges among them)."""
+
+    def edit(path: Path) -> None:
+        tok = json.loads((path / "tokenizer.json").read_text())
+        vocab = {piece: i for piece, i in tok["model"]["vocab"].items() if i < pieces}
+        merges = []
+        for merge in tok["model"]["merges"]:
+            left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+            if left in vocab and right in vocab and left + right in vocab:
+                merges.append(merge)
+        tok["model"]["vocab"], tok["model"]["merges"] = vocab, merges
+        (path / "tokenizer.json").write_text(json.dumps(tok))
+
+    return edit
+
+
+def _tokenizer_config_update(**changes) -> Callable[[Path], None]:
+    def edit(path: Path) -> None:
+        config = json.loads((path / "tokenizer_config.json").read_text())
+        config.update(changes)
+        (path / "tokenizer_config.json").write_text(json.dumps(config))
+
+    return edit
+
+
+def _chat_template_linked_outside(path: Path) -> None:
+    outside = path.parent / f"{path.name}-elsewhere.jinja"
+    outside.write_text("{{ messages }}")
+    (path / "additional_chat_templates").mkdir()
+    (path / "additional_chat_templates" / "tool_use.jinja").symlink_to(outside)
+
+
+def _swap_two_pieces(path: Path) -> None:
+    tok = json.loads((path / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    vocab["▁the"], vocab["▁and"] = vocab["▁and"], vocab["▁the"]
+    (path / "tokenizer.json").write_text(json.dumps(tok))
+
+
+ONE_LOADING_PATH = rows(
+    Bad(
+        "tokenizer-embedding-of-1000-rows",
+        tiny_load(lambda e: e.model_dir("rows-1000", config_update(vocab_size=1000)), inference_mode=True),
+        TokenizerContractError,
+        ("32,001 pieces", "1,000 rows", "at most 64 pieces more than rows", "copy the tokenizer files"),
+    ),
+    Bad(
+        "tokenizer-of-1000-pieces",
+        tiny_load(lambda e: e.model_dir("pieces-1000", _cut_vocabulary(1000)), inference_mode=True),
+        TokenizerContractError,
+        ("1,001 pieces", "32,000 rows", "at most 1024 spare rows", "copy the tokenizer files"),
+    ),
+    Bad(
+        "tokenizer-auto-map",
+        tiny_load(
+            lambda e: e.model_dir(
+                "tok-auto-map", _tokenizer_config_update(auto_map={"AutoTokenizer": ["tok_arm.ArmTok", None]})
+            ),
+            inference_mode=True,
+        ),
+        RemoteCodeError,
+        ("auto_map: {'AutoTokenizer'", "never skips it quietly", "trust_remote_code=True"),
+    ),
+    Bad(
+        "tokenizer-class-of-remote-code",
+        tiny_load(
+            lambda e: e.model_dir("tok-class", _tokenizer_config_update(tokenizer_class="ArmTokenizer")),
+            inference_mode=True,
+        ),
+        RemoteCodeError,
+        ("tokenizer_class 'ArmTokenizer'", "not a transformers class", "trust_remote_code=True"),
+    ),
+    Bad(
+        "chat-template-linked-outside",
+        tiny_load(lambda e: e.model_dir("template-link", _chat_template_linked_outside), inference_mode=True),
+        UnsafeFileError,
+        (
+            "additional_chat_templates/tool_use.jinja is a symlink",
+            "template-link-elsewhere.jinja",
+            "allow_external_files=True",
+        ),
+    ),
+    Bad(
+        "load-backbone-hashes-removed",
+        lambda e: load_backbone(e.checkpoint_copy("fp-no-hashes", fingerprint_drop("file_sha256"))),
+        FingerprintMismatchError,
+        ("has no file_sha256", "cannot be verified", "verify=False"),
+        ValueError,
+    ),
+    Bad(
+        "load-backbone-tokenizer-swapped",
+        lambda e: load_backbone(
+            e.checkpoint_copy("fp-tok-swapped", _swap_two_pieces),
+            inference_mode=True,
+            ignore_fingerprint=True,
+        ),
+        FingerprintMismatchError,
+        ("tokenizer.json: sha256", "modified or corrupted", "verify=False"),
+        ValueError,
+    ),
+    Bad(
+        "info-config-not-json",
+        lambda e: backbone_info(
+            "llama2-7b-pure", model_path=e.model_dir("info-broken-config", write("config.json", "{ broken"))
+        ),
+        ConfigMismatchError,
+        ("info-broken-config/config.json is not valid JSON", "the model's config", "Restore it"),
+    ),
+)
+CASES += ONE_LOADING_PATH
+
+
 def _vision_tower(depth: int):
     from llm_backbones.vla.vision import VisionTower, get_vision_spec
 
@@ -2105,6 +2220,17 @@ CLI_CASES = [
 ]
 
 CLI_CASES += [
+    BadCli(
+        "cli-info-config-not-json",
+        lambda e: [
+            "info",
+            "llama2-7b-pure",
+            "--model-path",
+            str(e.model_dir("cli-info-broken-config", write("config.json", "[1, 2"))),
+        ],
+        ConfigMismatchError,
+        ("cli-info-broken-config/config.json is not valid JSON", "Restore it"),
+    ),
     BadCli(
         "cli-serve-checkpoint-missing",
         lambda e: ["serve", str(e.root / "absent-checkpoint"), "--port", "1"],

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from llm_backbones.core.backbones import files
 from llm_backbones.core.registry import BackboneSpec, get_spec
 from llm_backbones.training.finetune import trainable_counts_by_mode
 
@@ -37,6 +38,13 @@ def backbone_info(backbone_id: str, model_path: str | Path | None = None) -> dic
     tokens_after = facts["tokenizer_size"] + (
         1 if spec.pad_policy == "add" and facts.pop("pad_is_new", True) else 0
     )
+    if "source_files" in facts:  # a local checkpoint: its tokenizer must fit its embedding (as the loader's)
+        files.check_tokenizer_fits(
+            tokens_after,
+            config["vocab_size"],
+            tokenizer_from=facts["source"],
+            rows_from=f"{facts['source']}/config.json (vocab_size)",
+        )
     rows = spec.embedding_rows(config["vocab_size"], tokens_after)
     llm_config = spec.llm_cls.config_class(**{**config, "vocab_size": rows})
     with torch.device("meta"):
@@ -73,19 +81,27 @@ def backbone_info(backbone_id: str, model_path: str | Path | None = None) -> dic
 
 
 def _local_facts(spec: BackboneSpec, model_path: str | Path | None) -> dict[str, Any]:
-    """Facts read from a local checkpoint (or the embedded default's packaged config and tokenizer)."""
-    import json
-
+    """Facts read from a local checkpoint (or the embedded default's packaged config and tokenizer), through
+    the loaders' own readers (`files.read_config`, `loading.load_tokenizer`): a broken file raises their
+    typed error naming it."""
     from llm_backbones.core.backbones import loading
     from llm_backbones.core.backbones.embedded import ASSETS_DIR
     from llm_backbones.errors import ModelPathError
 
-    path = Path(model_path) if model_path is not None else ASSETS_DIR / spec.embedded
-    if not (path / "config.json").is_file():
+    path = Path(model_path).expanduser() if model_path is not None else ASSETS_DIR / spec.embedded
+    if not path.is_dir():
         raise ModelPathError(
-            f"model_path={str(path)!r} has no config.json; point it at an HF-format checkpoint directory."
+            f"model_path={str(path)!r} is not a directory; point it at an HF-format checkpoint directory."
         )
-    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    files.check_local_files(path, allow_external=False)
+    config = files.read_config(path)
+    if not isinstance(config.get("vocab_size"), int):
+        from llm_backbones.errors import ConfigMismatchError
+
+        raise ConfigMismatchError(
+            f"{path}/config.json has no vocab_size (got {config.get('vocab_size')!r:.40}): every model's "
+            "config names its embedding rows. Restore config.json from the original checkpoint."
+        )
     # the tokenizer a backbone of this id loads from `path` (LLaMA-2 / Mistral: tokenizer.json as written)
     tokenizer = loading.load_tokenizer(spec, path, local=True)
     vocab = tokenizer.get_vocab()
@@ -96,6 +112,7 @@ def _local_facts(spec: BackboneSpec, model_path: str | Path | None) -> dict[str,
         pad_id = len(tokenizer) if new else vocab[spec.pad_token]
     return {
         "source": str(path),
+        "source_files": True,
         "config": {
             k: v
             for k, v in config.items()

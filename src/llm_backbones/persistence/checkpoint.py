@@ -10,9 +10,10 @@ checkpoint intact.
 `load_backbone(path, **overrides)` rebuilds the backbone through the registry with `model_path=path`,
 computes the same fingerprint from what it built, and raises `FingerprintMismatchError` when they differ
 (another tokenizer, another prompt format, other padding) unless `ignore_fingerprint=True`. The fingerprint
-also holds the sha256 of every weight file and of config.json / generation_config.json; `load_backbone`
-checks them (and that the weights are stored in the recorded dtype) unless `verify=False`, so a flipped byte,
-an edited config or a swapped shard is an error, not a different model.
+also holds the sha256 of every weight file, of config.json / generation_config.json and of the tokenizer
+files; `load_backbone` checks them (and that the weights are stored in the recorded dtype) unless
+`verify=False`, so a flipped byte, an edited config or tokenizer or a swapped shard is an error, not a
+different model; a fingerprint without them is refused.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from transformers import PreTrainedTokenizerBase
 
 from llm_backbones import _fs
@@ -34,7 +33,6 @@ from llm_backbones._redact import HubToken
 from llm_backbones.core.backbones import files as _files
 from llm_backbones.core.backbones.backbone import LLMBackbone
 from llm_backbones.core.backbones.factory import get_llm_backbone_and_tokenizer
-from llm_backbones.core.backbones.files import unreadable_safetensors
 from llm_backbones.core.prompting.builder import DEFAULT_MODEL_FAMILY
 from llm_backbones.core.prompting.formats import PROMPT_FORMATS
 from llm_backbones.core.registry import get_spec
@@ -43,19 +41,30 @@ from llm_backbones.errors import (
     FingerprintMismatchError,
     ModelPathError,
     ModelWeightsError,
-    NonFiniteWeightsError,
     OutputPathError,
-    StateDictMismatchError,
 )
 
 logger = logging.getLogger(__name__)
 
 FINGERPRINT_FILE = "fingerprint.json"
 # 2: `files` (every file the save wrote) and `file_sha256` (the weights, config.json, generation_config.json).
-FINGERPRINT_VERSION = 2
-# Files whose bytes define the model, hashed at save and checked at load. The tokenizer's files are checked
-# by what they do (`tokenizer_sha256`, the probes), not by their bytes.
-HASHED_FILES = ("config.json", "generation_config.json", _files.SAFE_INDEX)
+# 3: `file_sha256` also of the tokenizer files.
+FINGERPRINT_VERSION = 3
+# Files whose bytes define the model, hashed at save and checked at load (version 2 hashed the first three).
+# The tokenizer's files are hashed too: what they do is also checked (`tokenizer_sha256`, the probes), but a
+# vocabulary edit the probes miss must not load either.
+HASHED_FILES_V2 = ("config.json", "generation_config.json", _files.SAFE_INDEX)
+HASHED_FILES = (
+    *HASHED_FILES_V2,
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+)
 # The conversation rendered into `probe_prompt` with the backbone's prompt builder (the default model_family).
 PROBE_CONVERSATION: tuple[tuple[str, str], ...] = (
     ("human", "What action should the robot take to pick up the red block?"),
@@ -180,8 +189,8 @@ def compare_fingerprints(saved: dict[str, Any], built: dict[str, Any]) -> dict[s
     }
 
 
-def _hashed(name: str) -> bool:
-    return name in HASHED_FILES or name.endswith(".safetensors")
+def _hashed(name: str, version: int = FINGERPRINT_VERSION) -> bool:
+    return name in (HASHED_FILES if version >= 3 else HASHED_FILES_V2) or name.endswith(".safetensors")
 
 
 def file_hashes(directory: Path) -> dict[str, str]:
@@ -194,32 +203,35 @@ def verify_files(path: Path, saved: dict[str, Any]) -> None:
     """Check the files of checkpoint `path` against the hashes its fingerprint recorded (see `file_hashes`).
 
     A file that is truncated raises `ModelWeightsError`; one whose bytes differ, one that is missing, or a
-    weight/config file the save did not write raises `FingerprintMismatchError` naming it; so do weights
-    stored in another dtype than the fingerprint's `dtype`. Files are hashed in parallel threads.
+    weight/config/tokenizer file the save did not write raises `FingerprintMismatchError` naming it; so do
+    weights stored in another dtype than the fingerprint's `dtype`, and a fingerprint without `file_sha256`
+    (removed, or from before the hashes: nothing could be verified). Files are hashed in parallel threads.
     """
     recorded = saved.get("file_sha256")
-    if recorded is None:
-        logger.warning(
-            "Checkpoint %s has no file hashes (fingerprint_version %s): its weights and config cannot be "
-            "verified. Save it again with this llm-backbones to add them.",
-            path,
-            saved.get("fingerprint_version"),
-        )
-        return
     file = path / FINGERPRINT_FILE
+    if recorded is None:
+        raise FingerprintMismatchError(
+            f"{file} has no file_sha256 (fingerprint_version {saved.get('fingerprint_version')!r}): the "
+            "hashes of the weights, config and tokenizer files were removed, or the checkpoint predates "
+            "them, so they cannot be verified. Save the backbone again with this llm-backbones to record "
+            "them, or pass verify=False to load it unverified.",
+            {"file_sha256": (None, "required")},
+        )
     if not isinstance(recorded, dict) or not all(
         isinstance(k, str) and isinstance(v, str) and Path(k).name == k for k, v in recorded.items()
     ):
         raise CheckpointError(
             f"{file} has a malformed file_sha256 ({{file name: sha256}} expected). Save the backbone again."
         )
-    broken = unreadable_safetensors(path)
+    broken = _files.unreadable_safetensors(path)
     if broken:
         raise ModelWeightsError(
             f"{'; '.join(broken)} cannot be read: it is truncated or corrupted. Copy the checkpoint again, "
             "or save the backbone again."
         )
-    present = {p.name for p in path.iterdir() if p.is_file() and _hashed(p.name)}
+    version = saved.get("fingerprint_version")
+    version = version if isinstance(version, int) else FINGERPRINT_VERSION
+    present = {p.name for p in path.iterdir() if p.is_file() and _hashed(p.name, version)}
     problems: dict[str, tuple[Any, Any]] = {}
     lines: list[str] = []
     for name in sorted(present - recorded.keys()):
@@ -412,8 +424,9 @@ def save_backbone(backbone: LLMBackbone, path: str | Path) -> Path:
     in a warning. An existing `path` is replaced only if it is empty or a checkpoint of `save_backbone`
     holding only the files that save wrote (anything else would be deleted: `OutputPathError` names it).
     A `path` that is a symlink to a checkpoint is written through: the checkpoint is replaced where the link
-    points, and the link stays. The sha256 of the weights and config files go into `fingerprint.json` (one
-    streamed read of what was just written). Returns the checkpoint's path (the link's target for a link).
+    points, and the link stays. The sha256 of the weights, config and tokenizer files go into
+    `fingerprint.json` (one streamed read of what was just written). Returns the checkpoint's path (the
+    link's target for a link).
     """
     if not isinstance(backbone, LLMBackbone):
         raise CheckpointError(
@@ -473,8 +486,8 @@ def load_backbone(
     and `overrides` (`inference_mode=`, `dtype=` and `llm_max_length=` (default: the saved ones),
     `attn_implementation=`, `hf_token=`, `llm_backbone_id=` to build it as another id, ...). Its fingerprint
     is then compared with the saved one: a difference raises `FingerprintMismatchError`, or is logged as a
-    warning with `ignore_fingerprint=True`. Then, unless `verify=False`, the sha256 of the weights and config
-    files and the weights' dtype are checked against the fingerprint (`verify_files`). With
+    warning with `ignore_fingerprint=True`. Then, unless `verify=False`, the sha256 of the weights, config
+    and tokenizer files and the weights' dtype are checked against the fingerprint (`verify_files`). With
     `inference_mode=True` the weights are loaded from the safetensors files into the meta-built model (no
     random init), after those checks. `strict` as for `HFCausalLLMBackbone` (every parameter from the file,
     nothing left over, no NaN).
@@ -540,82 +553,24 @@ def load_weights_into(
 ) -> None:
     """Load the safetensors weights of `directory` into a backbone built on the meta device.
 
-    Strict as `from_pretrained` is in this library: every parameter comes from the files (tied weights
-    aside), no tensor is left over (`StateDictMismatchError`, a warning with `strict=False`, which then
-    leaves the missing parameters on the meta device), shapes match config.json's (`ModelWeightsError`), no
-    parameter holds NaN/inf (`NonFiniteWeightsError`). Files outside `directory` are refused
-    (`UnsafeFileError`) unless `allow_external_files`.
+    The loaders' one strict path (`files.tensor_files`, `files.read_tensors`, `files.assign_strict`): every
+    parameter comes from the files (tied weights aside), no tensor is left over (`StateDictMismatchError`, a
+    warning with `strict=False`, which then leaves the missing parameters on the meta device), shapes match
+    config.json's (`ModelWeightsError`), no parameter holds NaN/inf (`NonFiniteWeightsError`). Files outside
+    `directory` are refused (`UnsafeFileError`) unless `allow_external_files`.
     """
     directory = Path(directory)
-    files = sorted(directory.glob("*.safetensors"))
+    files = _files.tensor_files(directory, allow_external=allow_external_files)
     if not files:
         raise ModelPathError(f"{directory} has no *.safetensors weights. Save the backbone again.")
-    state: dict[str, torch.Tensor] = {}
-    origin: dict[str, Path] = {}
-    for file in files:
-        _files.readable(
-            _files.contained(directory, file.name, allow_external=allow_external_files), "The weight file"
-        )
-        try:
-            tensors = load_file(str(file))
-        except SafetensorError as exc:
-            raise ModelWeightsError(
-                f"{file} ({file.stat().st_size} bytes) cannot be read ({exc}): it is truncated or corrupted. "
-                "Copy the checkpoint again, or save the backbone again."
-            ) from exc
-        state.update(tensors)
-        origin.update(dict.fromkeys(tensors, file))
-    params = dict(backbone.llm.named_parameters())
-    own = backbone.llm.state_dict(keep_vars=True)
-    wrong = [
-        f"{k} is {list(v.shape)} in {origin[k].name}, the architecture needs {list(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and tuple(v.shape) != tuple(own[k].shape)
-    ]
-    if wrong:
-        raise ModelWeightsError(
-            f"The weights in {directory} do not fit the architecture of its config.json: "
-            f"{'; '.join(wrong[:5])}{' ...' if len(wrong) > 5 else ''}. The safetensors files and "
-            "config.json come from different models (or config.json was edited): restore the checkpoint's "
-            "own files, or save the backbone again."
-        )
-    found = _files.first_non_finite((k, v) for k, v in state.items() if k in params)
-    if found is not None:
-        name, tensor = found
-        message = (
-            f"Weight {name} in {origin[name]} holds {_files.describe_non_finite(tensor)}: the checkpoint is "
-            "corrupted or was saved from a diverged run."
-        )
-        if strict:
-            raise NonFiniteWeightsError(
-                message
-                + " Restore it from a good copy (or an earlier checkpoint); strict=False loads it anyway.",
-                tensor=name,
-                file=str(origin[name]),
-            )
-        logger.warning("%s Loading anyway (strict=False).", message)
-    dtypes = {name: p.dtype for name, p in params.items()}
-    state = {
-        f"llm.{k}": v.to(dtypes[k]) if k in dtypes and v.is_floating_point() else v for k, v in state.items()
-    }
-    # the backbone's own load_state_dict: assigns onto the meta-built model and re-ties embeddings
-    result = backbone.load_state_dict(state, strict=False)
-    still_meta = [name for name, p in backbone.llm.named_parameters() if p.device.type == "meta"]
-    unexpected = sorted(k.removeprefix("llm.") for k in result.unexpected_keys)
-    if still_meta or unexpected:
-        message = (
-            f"The weights in {directory} do not match the model: {len(still_meta)} missing "
-            f"{still_meta[:10]}, {len(unexpected)} unexpected {unexpected[:10]}. The safetensors files and "
-            "config.json come from different models, or a tensor was renamed or dropped."
-        )
-        if strict:
-            raise StateDictMismatchError(
-                message
-                + " Restore the checkpoint's files, or pass strict=False to load what matches (the missing "
-                "parameters then stay on the meta device until you load them).",
-                still_meta,
-                unexpected,
-            )
-        logger.warning(
-            "%s Loading anyway (strict=False): the missing parameters stay on the meta device.", message
-        )
+    state = _files.read_tensors(sorted(files), files)
+    _files.assign_strict(
+        backbone,
+        {f"llm.{name}": tensor for name, tensor in state.items()},
+        source=directory,
+        what=f"The weights of {directory}",
+        fix="Restore the checkpoint's files, or save the backbone again",
+        name_of=lambda key: key.removeprefix("llm."),
+        file_of=lambda key: files[key.removeprefix("llm.")],
+        strict=strict,
+    )

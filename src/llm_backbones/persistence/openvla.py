@@ -36,7 +36,7 @@ import re
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -44,7 +44,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
 from transformers import PreTrainedTokenizerBase
 
 from llm_backbones._redact import HubToken, redacting, rewrite_exception
@@ -64,8 +63,6 @@ from llm_backbones.errors import (
     ActionError,
     ModelPathError,
     ModelWeightsError,
-    NonFiniteWeightsError,
-    StateDictMismatchError,
     VLACheckpointError,
     closest,
 )
@@ -384,16 +381,9 @@ def _load_vla_backbone(
     )
 
 
-def read_json(file: Path, what: str) -> Any:
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise VLACheckpointError(
-            f"{file} ({what}) is not valid JSON ({exc}): the file is corrupted or truncated. Restore it from "
-            "the original checkpoint."
-        ) from exc
-    except OSError as exc:
-        raise VLACheckpointError(f"{file} ({what}) cannot be read: {exc}.") from exc
+def _read_json(file: Path, what: str) -> Any:
+    """`files.read_json` with this layout's error (`VLACheckpointError`)."""
+    return _files.read_json(file, what, error=VLACheckpointError)
 
 
 def _contained_if_present(directory: Path, name: str, *, allow_external: bool) -> Path | None:
@@ -410,7 +400,7 @@ def _read_hf_config(directory: Path, *, allow_external: bool = False) -> dict[st
     file = _contained_if_present(directory, "config.json", allow_external=allow_external)
     if file is None or not file.is_file():
         return None
-    config = read_json(file, "the checkpoint's config")
+    config = _read_json(file, "the checkpoint's config")
     if isinstance(config, dict) and config.get("model_type") in HF_MODEL_TYPES:
         return config
     return None
@@ -466,29 +456,6 @@ def _setting(override: Any, config: Mapping[str, Any], key: str, default: Any, w
     return default, f"the default {key}"
 
 
-def _check_finite(
-    state: Mapping[str, torch.Tensor],
-    source: Path,
-    *,
-    name_of: Callable[[str], str],
-    file_of: Callable[[str], Path],
-) -> None:
-    """`NonFiniteWeightsError` naming the first LLM tensor holding NaN or inf (the check
-    `get_llm_backbone_and_tokenizer` runs, `files.first_non_finite`)."""
-    found = _files.first_non_finite(state.items())
-    if found is None:
-        return
-    name, tensor = found
-    shown, file = name_of(name), str(file_of(name))
-    raise NonFiniteWeightsError(
-        f"Weight {shown} of {source} holds {_files.describe_non_finite(tensor)} (read from {file}): the "
-        "checkpoint is corrupted or comes from a diverged run. Restore the file from the original "
-        "checkpoint (or load an earlier training step).",
-        tensor=shown,
-        file=file,
-    )
-
-
 @contextlib.contextmanager
 def _errors_naming(tmp: Path, directory: Path) -> Iterator[None]:
     """Errors raised within name the checkpoint `directory`, not the temporary folder `tmp` that holds its
@@ -510,60 +477,13 @@ def _errors_naming(tmp: Path, directory: Path) -> Iterator[None]:
 
 
 # --- HF OpenVLA layout ---
-def _inside(directory: Path, name: object, index: Path, *, allow_external: bool = False) -> Path:
-    """The shard `name` of the index, refused unless it is a *.safetensors file inside `directory`.
-
-    Symlinks are followed (`files.contained`): a shard linking out of the checkpoint is refused as a `../`
-    name is, while a hub cache's links into its blob store are inside.
-    """
-    if not isinstance(name, str) or not name:
-        raise VLACheckpointError(f"{index} names the file {name!r}; shard names must be non-empty strings.")
-    if not name.endswith(".safetensors"):
-        raise VLACheckpointError(
-            f"{index} names the shard {name!r}; llm-backbones opens safetensors files only (pickle weights "
-            "can run code when loaded). Convert the checkpoint to safetensors where you trust it."
-        )
-    file = _files.contained(directory, name, allow_external=allow_external, named_by=str(index))
-    if not file.is_file():
-        raise ModelWeightsError(
-            f"{index} names the shard {name!r}, which is missing from {directory}. Copy or download the "
-            "checkpoint again (all shards)."
-        )
-    return file
-
-
 def hf_weight_files(directory: Path, *, allow_external: bool = False) -> dict[str, Path]:
-    """{tensor name: safetensors file} from model.safetensors.index.json, or from one model.safetensors.
-
-    Every file lies inside `directory`, symlinks followed (`UnsafeFileError` otherwise), unless
-    `allow_external`.
-    """
-    index = _contained_if_present(directory, "model.safetensors.index.json", allow_external=allow_external)
-    if index is not None and index.is_file():
-        data = read_json(index, "the shard index")
-        weight_map = data.get("weight_map") if isinstance(data, dict) else None
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise VLACheckpointError(
-                f"{index} has no weight_map ({{tensor name: shard file}}). Restore it from the original "
-                "checkpoint."
-            )
-        shards: dict[str, Path] = {}  # each shard name checked once
-        result = {}
-        for tensor, name in weight_map.items():
-            if not isinstance(name, str) or name not in shards:
-                shards[str(name)] = _inside(directory, name, index, allow_external=allow_external)
-            result[str(tensor)] = shards[name]
-        return result
-    single = _contained_if_present(directory, "model.safetensors", allow_external=allow_external)
-    if single is not None and single.is_file():
-        try:
-            with safe_open(str(single), framework="pt") as handle:
-                return dict.fromkeys(handle.keys(), single)
-        except (SafetensorError, OSError) as exc:
-            raise ModelWeightsError(
-                f"{single} ({single.stat().st_size} bytes) cannot be read ({exc}): it is truncated or "
-                "corrupted. Copy or download the checkpoint again."
-            ) from exc
+    """{tensor name: safetensors file} of an HF OpenVLA directory (`files.tensor_files`: its shard index, or
+    one model.safetensors; every file safetensors and inside `directory`, symlinks followed, unless
+    `allow_external`); `VLACheckpointError` naming what it holds when it has no safetensors weights."""
+    files = _files.tensor_files(directory, allow_external=allow_external)
+    if files:
+        return files
     pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
     raise VLACheckpointError(
         f"{directory} has no safetensors weights (neither model.safetensors.index.json nor "
@@ -572,33 +492,6 @@ def hf_weight_files(directory: Path, *, allow_external: bool = False) -> dict[st
         + ". Download the checkpoint's *.safetensors files (openvla/openvla-7b has three shards and an "
         "index)."
     )
-
-
-def read_safetensors(names: Sequence[str], files: Mapping[str, Path]) -> dict[str, torch.Tensor]:
-    """The tensors `names`, opening only the shards that hold them."""
-    by_file: dict[Path, list[str]] = {}
-    for name in names:
-        by_file.setdefault(files[name], []).append(name)
-    tensors: dict[str, torch.Tensor] = {}
-    for file, wanted in by_file.items():
-        try:
-            with safe_open(str(file), framework="pt") as handle:
-                present = set(handle.keys())
-                absent = [n for n in wanted if n not in present]
-                if absent:
-                    raise ModelWeightsError(
-                        f"{file} lacks {len(absent)} tensors its index places there (e.g. {absent[:3]}): the "
-                        "shard and the index come from different checkpoints. Copy or download the "
-                        "checkpoint again."
-                    )
-                for name in wanted:
-                    tensors[name] = handle.get_tensor(name)
-        except (SafetensorError, OSError) as exc:
-            raise ModelWeightsError(
-                f"{file} ({file.stat().st_size} bytes) cannot be read ({exc}): it is truncated or corrupted. "
-                "Copy or download the checkpoint again."
-            ) from exc
-    return tensors
 
 
 def _load_hf_layout(
@@ -649,7 +542,7 @@ def _load_hf_layout(
     statistics = _contained_if_present(directory, "dataset_statistics.json", allow_external=allow_external)
     norm_stats, stats_from = config.get("norm_stats"), config_file
     if norm_stats is None and statistics is not None and statistics.is_file():
-        norm_stats = read_json(statistics, "the action statistics")
+        norm_stats = _read_json(statistics, "the action statistics")
         stats_from = str(statistics)
     norm_stats = validate_norm_stats({} if norm_stats is None else norm_stats, source=stats_from)
     files = hf_weight_files(directory, allow_external=allow_external)
@@ -660,14 +553,13 @@ def _load_hf_layout(
             f"The weights of {directory} hold no tensor under {HF_LLM_PREFIX!r} (found e.g. "
             f"{list(files)[:3]}): this is not the LLM of an OpenVLA / Prismatic HF checkpoint."
         )
-    raw = read_safetensors(llm_names, files)
+    raw = _files.read_tensors(llm_names, files)
     state = {BACKBONE_LLM_PREFIX + n[len(HF_LLM_PREFIX) :]: t for n, t in raw.items()}
     del raw
 
     def hf_name(key: str) -> str:
         return HF_LLM_PREFIX + key[len(BACKBONE_LLM_PREFIX) :]
 
-    _check_finite(state, directory, name_of=hf_name, file_of=lambda k: files[hf_name(k)])
     tokenizer_files = [f for f in TOKENIZER_FILES if (directory / f).is_file()]
     if not any(f in tokenizer_files for f in ("tokenizer.json", "tokenizer.model")):
         raise VLACheckpointError(
@@ -697,7 +589,7 @@ def _load_hf_layout(
             "come from different checkpoints. Restore the tokenizer files of this checkpoint."
         )
     action_tokenizer = _action_tokenizer(tokenizer, bins, bins_from)
-    _load_llm_state(backbone, state, directory, name_of=hf_name)
+    _load_llm_state(backbone, state, directory, name_of=hf_name, file_of=lambda k: files[hf_name(k)])
     return _finish(
         backbone,
         tokenizer,
@@ -755,7 +647,7 @@ def _read_run_config(run_dir: Path, *, allow_external: bool = False) -> dict[str
     config_json = _contained_if_present(run_dir, "config.json", allow_external=allow_external)
     config_yaml = _contained_if_present(run_dir, "config.yaml", allow_external=allow_external)
     if config_json is not None and config_json.is_file():
-        config = read_json(config_json, "the run's config")
+        config = _read_json(config_json, "the run's config")
     elif config_yaml is not None and config_yaml.is_file():
         import yaml  # a transformers dependency
 
@@ -902,7 +794,7 @@ def _load_prismatic_layout(
     statistics = _contained_if_present(run_dir, "dataset_statistics.json", allow_external=allow_external)
     norm_stats: Any = {}
     if statistics is not None and statistics.is_file():
-        norm_stats = read_json(statistics, "the action statistics")
+        norm_stats = _read_json(statistics, "the action statistics")
     norm_stats = validate_norm_stats(norm_stats, source=str(statistics) if statistics else None)
     model = torch_load_model(checkpoint)
     state = dict(model[PRISMATIC_LLM_KEY])
@@ -916,7 +808,6 @@ def _load_prismatic_layout(
     def name_of(key: str) -> str:
         return f"{PRISMATIC_LLM_KEY}.{key}"
 
-    _check_finite(state, checkpoint, name_of=name_of, file_of=lambda k: checkpoint)
     unused = tuple(
         sorted(
             f"{group}.{name}"
@@ -941,7 +832,7 @@ def _load_prismatic_layout(
             "local HF directory of the base model (config.json and tokenizer files)."
         ) from exc
     action_tokenizer = _action_tokenizer(tokenizer, bins, bins_from)
-    _load_llm_state(backbone, state, checkpoint, name_of=name_of)
+    _load_llm_state(backbone, state, checkpoint, name_of=name_of, file_of=lambda k: checkpoint)
     return _finish(
         backbone,
         tokenizer,
@@ -963,52 +854,24 @@ def _load_llm_state(
     source: Path,
     *,
     name_of: Callable[[str], str],
+    file_of: Callable[[str], Path],
 ) -> None:
-    """Load `state` (backbone names) strictly: every tensor of the backbone, nothing else, same shapes.
-
-    A tensor shared by two names (tied embeddings) needs to be given under one of them. `name_of` turns a
-    backbone name into the checkpoint's, for the messages.
-    """
-    own = backbone.state_dict(keep_vars=True)
-    aliases: dict[int, set[str]] = {}
-    for key, tensor in own.items():
-        aliases.setdefault(id(tensor), set()).add(key)
-    missing = sorted(k for k in own if k not in state and not aliases[id(own[k])] & state.keys())
-    unexpected = sorted(k for k in state if k not in own)
-    if missing or unexpected:
-        shown_missing = [name_of(k) for k in missing]
-        shown_unexpected = [name_of(k) for k in unexpected]
-        raise StateDictMismatchError(
-            f"The LLM weights of {source} do not match backbone {backbone.identifier!r}: "
-            f"{len(missing)} missing {shown_missing[:10]}{' ...' if len(missing) > 10 else ''}, "
-            f"{len(unexpected)} unexpected {shown_unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}. "
-            "The checkpoint was trained with another LLM: pass its llm_backbone_id= (openvla-7b: "
-            "'llama2-7b-pure').",
-            shown_missing,
-            shown_unexpected,
-        )
-    wrong = [
-        f"{name_of(k)} {tuple(v.shape)} vs {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if tuple(v.shape) != tuple(own[k].shape)
-    ]
-    if wrong:
-        raise ModelWeightsError(
-            f"The LLM weights of {source} have other shapes than backbone {backbone.identifier!r} "
-            f"(checkpoint vs backbone): {'; '.join(wrong[:5])}{' ...' if len(wrong) > 5 else ''}. The "
-            "checkpoint's config does not describe its weights, or it was trained with another LLM: pass its "
-            "llm_backbone_id=."
-        )
-    backbone.load_state_dict(state, strict=False)  # the backbone's: assigns onto meta, keeps its dtype
-    loaded = backbone.state_dict(keep_vars=True)
-    still_meta = [name_of(k) for k, t in loaded.items() if t.device.type == "meta"]
-    if still_meta:
-        raise StateDictMismatchError(
-            f"After loading {source}, backbone {backbone.identifier!r} still has {len(still_meta)} tensors "
-            f"without data: {still_meta[:10]}. The checkpoint lacks them.",
-            still_meta,
-            [],
-        )
+    """Load `state` (backbone names) strictly, through the loaders' one path (`files.assign_strict`): every
+    tensor of the backbone, nothing else, same shapes, no NaN/inf. A tensor shared by two names (tied
+    embeddings) needs to be given under one of them. `name_of` turns a backbone name into the checkpoint's,
+    for the messages."""
+    _files.assign_strict(
+        backbone,
+        state,
+        source=source,
+        what=f"The LLM weights of {source}",
+        fix=(
+            f"The checkpoint was trained with another LLM than {backbone.identifier!r}: pass its "
+            "llm_backbone_id= (openvla-7b: 'llama2-7b-pure')"
+        ),
+        name_of=name_of,
+        file_of=file_of,
+    )
 
 
 def _finish(
@@ -1064,8 +927,6 @@ __all__ = [
     "hf_weight_files",
     "load_vla_backbone",
     "prismatic_vision_config",
-    "read_json",
-    "read_safetensors",
     "torch_load_model",
     "unnormalize_actions",
     "validate_norm_stats",

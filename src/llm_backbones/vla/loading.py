@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from llm_backbones.core.backbones.files import contained, describe_non_finite, first_non_finite
-from llm_backbones.errors import NonFiniteWeightsError, VLACheckpointError
+from llm_backbones.core.backbones import files
+from llm_backbones.errors import VLACheckpointError
 from llm_backbones.persistence import openvla
 from llm_backbones.vla.image_processing import RESIZE_STRATEGIES, ImageProcessor
 from llm_backbones.vla.policy import VLAPolicy
@@ -97,19 +97,21 @@ def load_vla(
     )
     if llm.layout == "openvla-hf":
         spec, strategy = _hf_vision_config(llm.config, llm.source)
-        vision_state, projector_state = _hf_vision_tensors(llm.source, llm.unused_tensors)
+        vision_state, projector_state = _hf_vision_tensors(
+            llm.source, llm.unused_tensors, allow_external=allow_external_files
+        )
         processor = _hf_image_processor(llm.source, spec, strategy, allow_external=allow_external_files)
     else:
         spec, strategy = _prismatic_vision_config(llm.config, llm.source)
         vision_state, projector_state = _prismatic_vision_tensors(llm.source)
         processor = ImageProcessor.from_vision_spec(spec, strategy, prismatic=True)
-    for name, tensor in (("vision", vision_state), ("projector", projector_state)):
-        bad = first_non_finite(sorted(tensor.items()))
-        if bad is not None:
-            raise NonFiniteWeightsError(
-                f"The {name} tensor {bad[0]!r} of {llm.source} holds {describe_non_finite(bad[1])}: the "
-                "checkpoint is damaged (or was saved after a diverged step). Restore it from the original."
-            )
+    for part, tensors in (("vision_backbone", vision_state), ("projector", projector_state)):
+        files.check_finite(  # the loaders' one check
+            sorted(tensors.items()),
+            llm.source,
+            name_of=lambda name, part=part: f"{part}.{name}",
+            fix="Restore it from the original (the checkpoint is damaged, or saved after a diverged step)",
+        )
     vision = VisionBackbone(spec, vision_depth)
     set_aside: list[str] = []
     for attr, tower in (("featurizer", vision.featurizer), ("fused_featurizer", vision.fused_featurizer)):
@@ -182,7 +184,9 @@ def _hf_vision_config(config: Mapping[str, Any], source: Path) -> tuple[VisionBa
     return spec, strategy
 
 
-def _hf_vision_tensors(directory: Path, names: Sequence[str]) -> tuple[dict, dict]:
+def _hf_vision_tensors(
+    directory: Path, names: Sequence[str], *, allow_external: bool = False
+) -> tuple[dict, dict]:
     wanted = [n for n in names if n.startswith((HF_VISION_PREFIX, HF_PROJECTOR_PREFIX))]
     others = sorted(set(names) - set(wanted))
     if others:
@@ -190,7 +194,7 @@ def _hf_vision_tensors(directory: Path, names: Sequence[str]) -> tuple[dict, dic
             f"{directory} holds tensors of no part of an OpenVLA model (neither language_model., "
             f"vision_backbone. nor projector.): {others[:8]}. It is not an OpenVLA checkpoint, or was edited."
         )
-    tensors = openvla.read_safetensors(wanted, openvla.hf_weight_files(directory))
+    tensors = files.read_tensors(wanted, openvla.hf_weight_files(directory, allow_external=allow_external))
     vision = {k[len(HF_VISION_PREFIX) :]: v for k, v in tensors.items() if k.startswith(HF_VISION_PREFIX)}
     projector = {
         k[len(HF_PROJECTOR_PREFIX) :]: v for k, v in tensors.items() if k.startswith(HF_PROJECTOR_PREFIX)
@@ -204,10 +208,8 @@ def _hf_image_processor(
     file = directory / "preprocessor_config.json"
     if not file.exists() and not file.is_symlink():
         return ImageProcessor.from_vision_spec(spec, strategy)
-    file = contained(directory, file.name, allow_external=allow_external)
-    config = openvla.read_json(file, "the image preprocessing")
-    if not isinstance(config, dict):
-        raise VLACheckpointError(f"{file} holds a {type(config).__name__}, not an object of fields.")
+    file = files.contained(directory, file.name, allow_external=allow_external)
+    config = files.read_json_object(file, "the image preprocessing", error=VLACheckpointError)
     processor = ImageProcessor.from_preprocessor_config(config, source=str(file))
     if config.get("image_resize_strategy") != strategy:
         raise VLACheckpointError(

@@ -1,21 +1,28 @@
-"""What the loaders check before and after they open a checkpoint's files.
+"""The one place checkpoint files are found, checked and read: every loader calls it.
 
-Before: every file a local checkpoint is read from lies inside its directory (`contained`), the weights are
-safetensors unless pickle is allowed (`weight_files`, which reads a shard index without opening a shard),
-config.json's sizes are integers a real model could have (`check_config_sizes`; an `llm_max_length` too:
-`check_llm_max_length`), the tokenizer files are
-JSON of a plausible size and depth (`check_tokenizer_files`). After: no weight is NaN or infinite
-(`first_non_finite`). And `sha256_files`, the streamed hashes `save_backbone` records and `load_backbone`
-checks.
+HF directories (`HFLoader`, `load_backbone`), the OpenVLA / Prismatic layouts (`persistence.openvla`,
+`vla.loading`) and `llm-backbones info` read their files through these functions, so each check is written
+once. Before a file is opened: every file under a local checkpoint lies inside its directory, symlinks
+followed (`contained`, `check_local_files`), the weights are safetensors unless pickle is allowed
+(`weight_files`, which reads a shard index without opening a shard: `read_index`), config.json is a JSON
+object whose sizes a real model could have (`read_json`, `read_config`, `check_config_sizes`; an
+`llm_max_length` too: `check_llm_max_length`), the tokenizer files are JSON of a plausible size and depth
+that run no code of the checkpoint's and can build a tokenizer (`check_tokenizer_files`). Reading:
+`tensor_files` (`{tensor: file}` of a directory), `read_tensors`, `safetensors_header`. After: no weight is
+NaN or infinite (`first_non_finite`, `check_finite`), the state dict fits the model (`report_mismatch`,
+`assign_strict`: strict assignment onto a model built on the meta device), and the tokenizer fits the
+embedding (`check_tokenizer_fits`). And `sha256_files`, the streamed hashes `save_backbone` records and
+`load_backbone` checks.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +34,18 @@ from safetensors import SafetensorError, safe_open
 from llm_backbones import _fs
 from llm_backbones.errors import (
     ConfigMismatchError,
+    LLMBackbonesError,
     ModelPathError,
     ModelWeightsError,
+    NonFiniteWeightsError,
+    RemoteCodeError,
+    StateDictMismatchError,
+    TokenizerContractError,
     TokenizerFileError,
     UnsafeFileError,
 )
+
+logger = logging.getLogger(__name__)
 
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
@@ -119,11 +133,77 @@ def readable(path: Path, what: str) -> Path:
 
 
 def check_local_files(directory: Path, *, allow_external: bool) -> None:
-    """Every file of `CHECKPOINT_FILES` present in `directory` lies inside it and can be read."""
+    """Every entry under `directory`, at any depth, lies inside it, symlinks followed (`UnsafeFileError`
+    otherwise, unless `allow_external`), and every file of `CHECKPOINT_FILES` present can be read.
+
+    Not only the files named here: transformers also opens files it finds (a tokenizer's
+    `additional_chat_templates/*.jinja`, ...), so a link out of the checkpoint is refused wherever it lies.
+    Links into a hub-cache snapshot's blob store are inside (`allowed_roots`). Folders that are links are
+    checked, not entered.
+    """
+    if not allow_external:
+        for root, folders, names in os.walk(directory):
+            relative = Path(root).relative_to(directory)
+            for name in sorted(folders + names):
+                if (Path(root) / name).is_symlink():
+                    contained(directory, str(relative / name), allow_external=False)
     for name in CHECKPOINT_FILES:
         path = directory / name
         if path.is_symlink() or path.exists():
             readable(contained(directory, name, allow_external=allow_external), "The checkpoint file")
+
+
+# === JSON files and config.json ===
+def read_json(file: Path, what: str, *, error: type[LLMBackbonesError] = ConfigMismatchError) -> Any:
+    """The parsed JSON of `file` (`what` it is, for the message), or `error` naming the file and the fix for
+    one that is not valid JSON or cannot be read (`ModelPathError` for permission denied)."""
+    try:
+        text = file.read_bytes()
+    except PermissionError:
+        raise ModelPathError(
+            f"{file} ({what}) cannot be read (permission denied). Give this user read access (chmod u+r) or "
+            "copy the checkpoint somewhere readable."
+        ) from None
+    except OSError as exc:  # a folder named like the file, an I/O error
+        raise error(
+            f"{file} ({what}) cannot be read ({exc}). Restore it from the original checkpoint."
+        ) from None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nesting
+        raise error(
+            f"{file} is not valid JSON ({str(exc)[:160]}): {what} is corrupted or truncated. Restore it from "
+            "the original checkpoint (or save the model again with save_pretrained)."
+        ) from None
+
+
+def read_json_object(
+    file: Path, what: str, *, error: type[LLMBackbonesError] = ConfigMismatchError
+) -> dict[str, Any]:
+    """`read_json`, refused (`error`) unless the file holds a JSON object."""
+    data = read_json(file, what, error=error)
+    if not isinstance(data, dict):
+        raise error(
+            f"{file} holds a JSON {type(data).__name__}, not an object of fields: {what} is damaged. Restore "
+            "it from the original checkpoint."
+        )
+    return data
+
+
+def read_config(directory: Path, *, allow_external: bool = False) -> dict[str, Any]:
+    """config.json of a local HF-format directory: inside it, a JSON object, its sizes possible
+    (`check_config_sizes`); `ModelPathError` when there is none, `ConfigMismatchError` naming the file
+    otherwise."""
+    file = directory / "config.json"
+    if not (file.is_file() or file.is_symlink()):
+        raise ModelPathError(
+            f"{directory} has no config.json, so it is not an HF-format checkpoint. Point model_path at the "
+            "directory that holds config.json (e.g. the output of save_pretrained)."
+        )
+    contained(directory, "config.json", allow_external=allow_external)
+    raw = read_json_object(file, "the model's config")
+    check_config_sizes(raw, str(file))
+    return raw
 
 
 @dataclass
@@ -242,6 +322,54 @@ def weight_files(
     return WeightFiles()
 
 
+def tensor_files(directory: Path, *, allow_external: bool = False) -> dict[str, Path]:
+    """`{tensor name: safetensors file}` of a local directory (its shard index, else model.safetensors's
+    header), every file checked by `weight_files` (safetensors, inside `directory`); empty when the
+    directory has no safetensors weights."""
+    found = weight_files(directory, allow_pickle=False, allow_external=allow_external)
+    if found.index is not None:
+        return {tensor: directory / name for tensor, name in found.weight_map.items()}
+    if not found.files:
+        return {}
+    single = found.files[0]
+    try:
+        with safe_open(str(single), framework="pt") as handle:
+            return dict.fromkeys(handle.keys(), single)
+    except (SafetensorError, OSError) as exc:
+        raise ModelWeightsError(
+            f"{single} ({single.stat().st_size} bytes) cannot be read ({exc}): it is truncated or corrupted. "
+            "Copy or download the checkpoint again."
+        ) from None
+
+
+def read_tensors(names: Sequence[str], files: Mapping[str, Path]) -> dict[str, torch.Tensor]:
+    """The tensors `names` (`files`: `{name: safetensors file}`, from `tensor_files`), opening only the
+    files that hold them; `ModelWeightsError` naming a file that lacks a tensor or cannot be read."""
+    by_file: dict[Path, list[str]] = {}
+    for name in names:
+        by_file.setdefault(files[name], []).append(name)
+    tensors: dict[str, torch.Tensor] = {}
+    for file, wanted in by_file.items():
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                present = set(handle.keys())
+                absent = [n for n in wanted if n not in present]
+                if absent:
+                    raise ModelWeightsError(
+                        f"{file} lacks {len(absent)} tensors its index places there (e.g. {absent[:3]}): the "
+                        "shard and the index come from different checkpoints. Copy or download the "
+                        "checkpoint again."
+                    )
+                for name in wanted:
+                    tensors[name] = handle.get_tensor(name)
+        except (SafetensorError, OSError) as exc:
+            raise ModelWeightsError(
+                f"{file} ({file.stat().st_size} bytes) cannot be read ({exc}): it is truncated or corrupted. "
+                "Copy or download the checkpoint again."
+            ) from None
+    return tensors
+
+
 # === config.json: sizes a real model could have ===
 def _bad_size(value: object, bound: int) -> str | None:
     """Why `value` is not a size from 1 to `bound`, or None."""
@@ -317,10 +445,12 @@ def _json_depth_exceeds(value: object, limit: int) -> bool:
     return False
 
 
-def check_tokenizer_files(directory: Path) -> None:
+def check_tokenizer_files(directory: Path, *, trust_remote_code: bool = False) -> None:
     """`TokenizerFileError` naming the file for a tokenizer.json / tokenizer_config.json that is larger than
     `TOKENIZER_FILE_MAX_BYTES`, not JSON, nested deeper than `TOKENIZER_JSON_MAX_DEPTH`, or (tokenizer.json)
-    without the `model` and `added_tokens` sections every serialized tokenizer has."""
+    without the `model` and `added_tokens` sections every serialized tokenizer has; `RemoteCodeError` for a
+    tokenizer_config.json that asks for the checkpoint's code (`check_no_remote_code`); `ModelPathError`
+    without the files a whole tokenizer is built from (`check_tokenizer_file_set`)."""
     fix = (
         "Restore it from the base model (AutoTokenizer.from_pretrained(<base>).save_pretrained(model_path))."
     )
@@ -361,6 +491,89 @@ def check_tokenizer_files(directory: Path) -> None:
                     f"{file} lacks {', '.join(repr(k) for k in lacking)} (found keys {sorted(data)[:8]}), "
                     f"which every tokenizer.json has (a `model` object and an `added_tokens` list). {fix}"
                 )
+        else:
+            check_no_remote_code(data, file, trust_remote_code=trust_remote_code)
+    check_tokenizer_file_set(directory)
+
+
+# Without tokenizer.json a tokenizer is built from its vocabulary files: one of these sets (sentencepiece,
+# byte-level BPE, WordPiece). tokenizer_config.json and special_tokens_map.json alone build a tokenizer of its
+# special tokens only (a Qwen2.5 directory without tokenizer.json gives 2 pieces that encode any text to []).
+VOCABULARY_FILE_SETS: tuple[tuple[str, ...], ...] = (
+    ("tokenizer.json",),
+    ("tokenizer.model",),
+    ("spiece.model",),
+    ("vocab.json", "merges.txt"),
+    ("vocab.txt",),
+)
+
+
+def check_tokenizer_file_set(directory: Path) -> None:
+    """`ModelPathError` unless `directory` holds a set of files a whole tokenizer is built from
+    (`VOCABULARY_FILE_SETS`), naming what it holds and the fix."""
+    if any(all((directory / name).is_file() for name in names) for names in VOCABULARY_FILE_SETS):
+        return
+    found = sorted(p.name for p in directory.iterdir() if p.suffix in (".json", ".model", ".txt"))
+    raise ModelPathError(
+        f"{directory} has no usable tokenizer: it holds {found or 'no tokenizer files'}, but a tokenizer is "
+        f"built from one of {' | '.join(' + '.join(names) for names in VOCABULARY_FILE_SETS)} (without them "
+        "transformers builds a stand-in of the special tokens only, which encodes every text to []). Copy "
+        "the base model's tokenizer into it: AutoTokenizer.from_pretrained(<base model>)"
+        f".save_pretrained({str(directory)!r})."
+    )
+
+
+def check_no_remote_code(tokenizer_config: Mapping[str, Any], file: Path, *, trust_remote_code: bool) -> None:
+    """`RemoteCodeError` when tokenizer_config.json asks for the checkpoint's own code (an `auto_map`, or a
+    `tokenizer_class` transformers does not have), unless `trust_remote_code`."""
+    if trust_remote_code:
+        return
+    auto_map = tokenizer_config.get("auto_map")
+    declared = tokenizer_config.get("tokenizer_class")
+    if auto_map is None and isinstance(declared, str):
+        import transformers
+
+        known = [declared, declared.removesuffix("Fast"), f"{declared}Fast"]
+        if any(getattr(transformers, name, None) is not None for name in known):
+            return
+    elif auto_map is None:
+        return
+    what = f"auto_map: {auto_map!r:.120}" if auto_map is not None else f"tokenizer_class {declared!r:.80}"
+    raise RemoteCodeError(
+        f"{file} asks for a tokenizer of the checkpoint's own code ({what}), which is not a transformers "
+        "class. llm-backbones never runs a checkpoint's code unless asked, and never skips it quietly: read "
+        f"the .py files in {file.parent}, then pass trust_remote_code=True; or use the base model's "
+        "tokenizer files."
+    )
+
+
+# Whether a tokenizer fits an embedding of `rows` rows. The families pad their embeddings beyond the
+# tokenizer: Qwen2.5 to a multiple (151,665 pieces in 151,936 or 152,064 rows: 399 spare), Phi-2 (50,295
+# pieces in 51,200 rows: 905 spare, the most of any registered family), Phi-3 (32,011 in 32,064); LLaMA-2/3,
+# Mistral and Gemma have one row per piece; LLaMA-2 + <PAD> adds 1 piece, then the loader pads the rows to
+# a multiple of 64 (32,001 pieces in 32,064 rows). So up to SPARE_ROWS_MAX rows may lie unused, and up to
+# EXTRA_PIECES_MAX pieces (the loader's PAD, a few added tokens) may get new rows; beyond either, the
+# tokenizer belongs to another model.
+SPARE_ROWS_MAX = 1024
+EXTRA_PIECES_MAX = 64
+
+
+def check_tokenizer_fits(pieces: int, rows: int, *, tokenizer_from: object, rows_from: object) -> None:
+    """`TokenizerContractError` when a tokenizer of `pieces` pieces does not fit an embedding of `rows` rows
+    (see `SPARE_ROWS_MAX`, `EXTRA_PIECES_MAX`), naming both sources and the fix."""
+    if pieces - EXTRA_PIECES_MAX <= rows <= pieces + SPARE_ROWS_MAX:
+        return
+    if rows < pieces:
+        how = f"{pieces - rows:,} more pieces than rows: the embedding would grow by as many untrained rows"
+    else:
+        how = f"{rows - pieces:,} rows no piece uses: the ids would not index the rows the model learnt"
+    raise TokenizerContractError(
+        f"The tokenizer of {tokenizer_from} has {pieces:,} pieces (with PAD), but the embedding of "
+        f"{rows_from} has {rows:,} rows ({how}). Accepted: at most {SPARE_ROWS_MAX} spare rows (families pad "
+        f"their embeddings, Phi-2 by 905) and at most {EXTRA_PIECES_MAX} pieces more than rows (new tokens "
+        "get new rows). The tokenizer and the weights come from different models: copy the tokenizer "
+        "files of the checkpoint's base model into it."
+    )
 
 
 # === Weights: finite ===
@@ -395,6 +608,119 @@ def describe_non_finite(tensor: torch.Tensor) -> str:
     nan = int(torch.isnan(data).sum())
     inf = int(torch.isinf(data).sum())
     return f"{nan} NaN and {inf} infinite of {data.numel():,} values"
+
+
+def check_finite(
+    named: Iterable[tuple[str, torch.Tensor]],
+    source: object,
+    *,
+    file_of: Callable[[str], object] | None = None,
+    name_of: Callable[[str], str] = str,
+    strict: bool = True,
+    fix: str = "Restore the file from the original checkpoint (or an earlier training checkpoint)",
+) -> None:
+    """`NonFiniteWeightsError` naming the first tensor of `named` holding NaN or inf, the file it was read
+    from (`file_of`) and the fix; with `strict=False` a warning instead. `name_of` turns a tensor's name into
+    the one the checkpoint uses, for the message."""
+    found = first_non_finite(named)
+    if found is None:
+        return
+    name, tensor = found
+    shown = name_of(name)
+    file = str(file_of(name)) if file_of is not None else str(source)
+    message = (
+        f"Weight {shown} of {source} holds {describe_non_finite(tensor)} (read from {file}): the checkpoint "
+        "is corrupted or comes from a diverged run."
+    )
+    if strict:
+        raise NonFiniteWeightsError(
+            f"{message} {fix}; strict=False loads it anyway, with a warning.", tensor=shown, file=file
+        )
+    logger.warning("%s Loading anyway (strict=False).", message)
+
+
+# === State dicts: strict ===
+def report_mismatch(
+    missing: Sequence[str],
+    unexpected: Sequence[str],
+    *,
+    what: str,
+    fix: str,
+    strict: bool,
+    then: str = "the missing parameters stay on the meta device until you load them",
+) -> None:
+    """`StateDictMismatchError` listing the `missing` and `unexpected` tensors of `what` ("The weights of
+    ..."), with `fix`; with `strict=False` a warning saying what becomes of the missing ones (`then`).
+    Nothing when both are empty."""
+    if not missing and not unexpected:
+        return
+    missing, unexpected = sorted(missing), sorted(unexpected)
+    message = (
+        f"{what}: {len(missing)} missing {missing[:10]}{' ...' if len(missing) > 10 else ''}, "
+        f"{len(unexpected)} unexpected {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}. Loaded as "
+        f"it is, {then} and the unexpected tensors are dropped (a renamed tensor is both)."
+    )
+    if strict:
+        raise StateDictMismatchError(
+            f"{message} {fix}, or pass strict=False to accept it.", list(missing), list(unexpected)
+        )
+    logger.warning("%s Loading anyway (strict=False).", message)
+
+
+def assign_strict(
+    module: torch.nn.Module,
+    state: Mapping[str, torch.Tensor],
+    *,
+    source: object,
+    what: str,
+    fix: str,
+    name_of: Callable[[str], str] = str,
+    file_of: Callable[[str], object] | None = None,
+    strict: bool = True,
+) -> None:
+    """Load `state` (the module's own names) into `module` built on the meta device, strictly: no tensor of
+    another shape (`ModelWeightsError`), none missing or left over (`report_mismatch`; a tensor shared by
+    two names, tied embeddings, is given under one of them), no NaN/inf (`check_finite`), and no parameter
+    left on the meta device. The module's `load_state_dict` assigns the tensors (a backbone's casts each to
+    its parameter's dtype and re-ties). `source` is the checkpoint, `what` begins the messages ("The weights
+    of <dir>"), `fix` ends them; `name_of` gives a tensor's name as the checkpoint spells it, `file_of` the
+    file it was read from."""
+    own = module.state_dict(keep_vars=True)
+    aliases: dict[int, set[str]] = {}
+    for key, tensor in own.items():
+        aliases.setdefault(id(tensor), set()).add(key)
+    wrong = [
+        f"{name_of(k)} is {list(v.shape)}"
+        + (f" in {file_of(k)}" if file_of is not None else "")
+        + f", the architecture needs {list(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    if wrong:
+        raise ModelWeightsError(
+            f"{what} do not fit the architecture its config describes ({len(wrong)} tensors): "
+            f"{'; '.join(wrong[:5])}{' ...' if len(wrong) > 5 else ''}. The weights and the config come from "
+            f"different models (or the config was edited). {fix}."
+        )
+    missing = [name_of(k) for k in own if k not in state and not aliases[id(own[k])] & state.keys()]
+    unexpected = [name_of(k) for k in state if k not in own]
+    report_mismatch(missing, unexpected, what=f"{what} do not match the model", fix=fix, strict=strict)
+    params = {name for name, _ in module.named_parameters()}
+    check_finite(
+        ((k, v) for k, v in state.items() if k in params),
+        source,
+        file_of=file_of,
+        name_of=name_of,
+        strict=strict,
+    )
+    module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    still_meta = [name_of(k) for k, t in module.state_dict(keep_vars=True).items() if t.device.type == "meta"]
+    if still_meta and strict:
+        raise StateDictMismatchError(
+            f"After loading, {len(still_meta)} tensors of the model have no data: {still_meta[:10]}. {fix}.",
+            still_meta,
+            [],
+        )
 
 
 # === Hashes ===

@@ -9,7 +9,6 @@ way), and `as_llama_tokenizer_fast` gives a tokenizer loaded as written the clas
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import pickle
@@ -41,9 +40,7 @@ from llm_backbones.errors import (
     LLMBackbonesError,
     ModelPathError,
     ModelWeightsError,
-    NonFiniteWeightsError,
     RemoteCodeError,
-    StateDictMismatchError,
     TokenizerContractError,
     UnsafeFileError,
 )
@@ -129,10 +126,12 @@ def load_tokenizer(
     given the class `LlamaTokenizerFast` (`as_llama_tokenizer_fast`); for the others, or where there is no
     tokenizer.json, the class the tokenizer's config names (`AutoTokenizer`). The errors of `AutoTokenizer`
     (`OSError`, `ValueError`, `TypeError`: no usable tokenizer files) reach the caller as they are. A local
-    directory's tokenizer files are checked first (`files.check_tokenizer_files`: `TokenizerFileError`).
+    directory's tokenizer files are checked first (`files.check_tokenizer_files`: `TokenizerFileError`, a
+    `RemoteCodeError` unless `trust_remote_code=True` is among `kwargs`, `ModelPathError` without the files
+    a whole tokenizer is built from).
     """
     if local:
-        _files.check_tokenizer_files(Path(source))
+        _files.check_tokenizer_files(Path(source), trust_remote_code=bool(kwargs.get("trust_remote_code")))
     if spec.tokenizer_json_as_written and (not local or (Path(source) / "tokenizer.json").is_file()):
         # [Contract] the pipeline tokenizer.json declares, as transformers 4 loaded it for OpenVLA and
         # Prismatic: transformers 5's LlamaTokenizer class replaces it with a Metaspace pre-tokenizer that
@@ -284,6 +283,10 @@ class HFLoader:
         self._check_bos_contract()
         # A checkpoint saved after this (save_backbone) already has the PAD token: no second one, no resize.
         self._set_pad_token(source)
+        where = f"{source}/config.json" if local else f"the config of {source!r}"
+        _files.check_tokenizer_fits(
+            len(self.tokenizer), config.vocab_size, tokenizer_from=source, rows_from=f"{where} (vocab_size)"
+        )
 
         attn = select_attn_implementation(
             attn_implementation, use_flash_attention_2, self.spec.llm_cls, dtype
@@ -385,31 +388,9 @@ class HFLoader:
         )
 
     def _load_config(self, source: str, local: bool, hub_kwargs: dict[str, Any]) -> PretrainedConfig:
-        raw: dict[str, Any] = {}
-        if local:
-            config_file = Path(source) / "config.json"
-            try:
-                raw = json.loads(config_file.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-                raise ConfigMismatchError(
-                    f"{config_file} is not valid JSON ({str(exc)[:160]}): the file is corrupted or "
-                    "truncated. Restore it from the original checkpoint (or save the model again with "
-                    "save_pretrained)."
-                ) from None
-            except PermissionError:
-                raise ModelPathError(
-                    f"{config_file} cannot be read (permission denied). Give this user read access (chmod "
-                    "u+r) or copy the checkpoint somewhere readable."
-                ) from None
-            except OSError as exc:  # a directory named config.json, ...
-                raise ConfigMismatchError(f"{config_file} cannot be read ({exc}). Check the file.") from exc
-            if not isinstance(raw, dict):
-                raise ConfigMismatchError(
-                    f"{config_file} holds a JSON {type(raw).__name__}, not an object of config fields. "
-                    "Restore it from the original checkpoint."
-                )
-            # Before transformers divides by a head count or a model allocates a size.
-            _files.check_config_sizes(raw, str(config_file))
+        # config.json inside the directory, a JSON object of possible sizes, before transformers divides by a
+        # head count or a model allocates a size
+        raw: dict[str, Any] = _files.read_config(Path(source)) if local else {}
         where = f"{source}/config.json" if local else f"the config of {source!r}"
         try:
             config = AutoConfig.from_pretrained(source, **hub_kwargs)
@@ -440,7 +421,11 @@ class HFLoader:
         except OSError as exc:
             if local:
                 raise ConfigMismatchError(f"{source}/config.json cannot be read: {exc}") from exc
-            raise self._hub_error(source, "config", exc) from exc
+            failure = self._hub_error(source, "config", exc)
+        else:
+            failure = None
+        if failure is not None:  # raised outside the except block: no chain to the hub's frames
+            raise failure
         if not local:  # a hub config, checked as a local one was before transformers read it
             _files.check_config_sizes(
                 {k: v for k, v in config.to_dict().items() if k in _files.CONFIG_SIZE_BOUNDS}, where
@@ -456,14 +441,16 @@ class HFLoader:
         except LLMBackbonesError:  # a refused tokenizer file, or a tokenizer without the class contract
             raise
         except (OSError, ValueError, TypeError) as exc:  # transformers raises ValueError for missing files
-            if not local:
-                raise self._hub_error(source, "tokenizer", exc) from exc
-            found = sorted(p.name for p in Path(source).iterdir() if p.name in TOKENIZER_FILES)
-            raise ModelPathError(
-                f"{source} has no usable tokenizer (tokenizer files found: {found or 'none'}; a fast "
-                "tokenizer needs tokenizer.json). Copy the base model's tokenizer into it: "
-                f"AutoTokenizer.from_pretrained(<base model>).save_pretrained({source!r})."
-            ) from exc
+            reason = _first_line(exc)
+            failure = self._hub_error(source, "tokenizer", exc) if not local else None
+        if failure is not None:  # raised outside the except block: no chain to the hub's frames
+            raise failure
+        found = sorted(p.name for p in Path(source).iterdir() if p.name in TOKENIZER_FILES)
+        raise ModelPathError(
+            f"{source} has no usable tokenizer (tokenizer files found: {found or 'none'}; {reason}). Copy "
+            "the base model's tokenizer into it: "
+            f"AutoTokenizer.from_pretrained(<base model>).save_pretrained({source!r})."
+        )
 
     def _load_weights(
         self,
@@ -513,23 +500,36 @@ class HFLoader:
             ) from None
         except OSError as exc:
             if not local:
-                raise self._hub_error(source, "weights", exc) from exc
-            pickles = sorted(p.name for p in Path(source).iterdir() if p.suffix in PICKLE_SUFFIXES)
-            if pickles and not allow_pickle:
-                raise ModelPathError(
-                    f"{source} holds only pickle weights ({', '.join(pickles)}); llm-backbones loads "
-                    "safetensors only, since unpickling an untrusted file can run code. Convert them "
-                    "(load once where you trust them, then model.save_pretrained(dir) writes "
-                    "model.safetensors), or pass allow_pickle=True if you trust the file."
-                ) from exc
-            raise ModelPathError(
-                f"{source} has no weights that can be loaded ({_first_line(exc)}). Expected "
-                "model.safetensors (or model.safetensors.index.json and its shards); to build the "
-                "architecture without weights pass inference_mode=True."
-            ) from exc
+                failure = self._hub_error(source, "weights", exc)
+            else:
+                failure = self._local_weights_error(source, exc, allow_pickle=allow_pickle)
+        else:
+            failure = None
+        if failure is not None:  # raised outside the except block: no chain to the hub's frames
+            raise failure
         self._check_loading_info(info, source, files, strict=strict)
-        self._check_finite(llm, source, files, strict=strict)
+        _files.check_finite(
+            llm.named_parameters(),
+            source,
+            file_of=lambda name: files.file_of(name) if files.files or files.weight_map else source,
+            strict=strict,
+        )
         return llm
+
+    def _local_weights_error(self, source: str, exc: OSError, *, allow_pickle: bool) -> ModelPathError:
+        pickles = sorted(p.name for p in Path(source).iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickles and not allow_pickle:
+            return ModelPathError(
+                f"{source} holds only pickle weights ({', '.join(pickles)}); llm-backbones loads "
+                "safetensors only, since unpickling an untrusted file can run code. Convert them "
+                "(load once where you trust them, then model.save_pretrained(dir) writes "
+                "model.safetensors), or pass allow_pickle=True if you trust the file."
+            )
+        return ModelPathError(
+            f"{source} has no weights that can be loaded ({_first_line(exc)}). Expected "
+            "model.safetensors (or model.safetensors.index.json and its shards); to build the "
+            "architecture without weights pass inference_mode=True."
+        )
 
     def _weight_files(
         self,
@@ -611,48 +611,19 @@ class HFLoader:
                 "and the weights come from different models (or config.json was edited): restore the "
                 "checkpoint's own config.json, or point model_path at the checkpoint these weights belong to."
             )
-        missing = sorted(info.get("missing_keys") or ())
-        unexpected = sorted(info.get("unexpected_keys") or ())
-        if not missing and not unexpected:
-            return
         where = ", ".join(str(f) for f in files.files[:3]) or source
-        message = (
-            f"The weights of {where} do not match the {self.spec.llm_cls.__name__} architecture of "
-            f"{self.identifier!r}: {len(missing)} missing "
-            f"{missing[:10]}{' ...' if len(missing) > 10 else ''}, {len(unexpected)} unexpected "
-            f"{unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}. A missing tensor would be randomly "
-            "initialised and an unexpected one dropped (a renamed tensor is both)."
+        _files.report_mismatch(
+            list(info.get("missing_keys") or ()),
+            list(info.get("unexpected_keys") or ()),
+            what=(
+                f"The weights of {where} do not match the {self.spec.llm_cls.__name__} architecture of "
+                f"{self.identifier!r}"
+            ),
+            fix="Point model_path at the complete checkpoint of this architecture (strict=False e.g. to "
+            "train a new head)",
+            strict=strict,
+            then="the missing tensors would be randomly initialised",
         )
-        if strict:
-            raise StateDictMismatchError(
-                message + " Point model_path at the complete checkpoint of this architecture, or pass "
-                "strict=False to accept it (e.g. to train a new head).",
-                missing,
-                unexpected,
-            )
-        logger.warning(
-            "%s Loading anyway (strict=False): the missing tensors are freshly initialised.", message
-        )
-
-    def _check_finite(self, llm: nn.Module, source: str, files: _files.WeightFiles, *, strict: bool) -> None:
-        found = _files.first_non_finite(llm.named_parameters())
-        if found is None:
-            return
-        name, tensor = found
-        file = files.file_of(name) if files.files or files.weight_map else source
-        message = (
-            f"Weight {name} of {source} holds {_files.describe_non_finite(tensor)} (read from {file}): the "
-            "checkpoint is corrupted or comes from a diverged run."
-        )
-        if strict:
-            raise NonFiniteWeightsError(
-                message
-                + " Restore the file from the original checkpoint (or an earlier training checkpoint); "
-                "strict=False loads it anyway, with a warning.",
-                tensor=name,
-                file=file,
-            )
-        logger.warning("%s Loading anyway (strict=False).", message)
 
     def _set_pad_token(self, source: str) -> None:
         """Apply the spec's pad policy (see `BackboneSpec`): add `pad_token`, or reuse a reserved one."""
