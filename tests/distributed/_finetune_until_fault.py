@@ -1,10 +1,12 @@
-"""Run `llm-backbones finetune ARGS...` and stop dead at a chosen point, for a test to SIGKILL, as a node
-failure would. Usage: `_finetune_until_fault.py FAULT MARKER_DIR finetune ARGS...`, alone or under torchrun.
+"""Run `llm-backbones finetune ARGS...` (or `finetune-vla ARGS...`) and stop dead at a chosen point, for a
+test to SIGKILL, as a node failure would. Usage: `_finetune_until_fault.py FAULT MARKER_DIR finetune ARGS...`
+(or `... finetune-vla ARGS...`), alone or under torchrun.
 
 FAULT `step:N`: rank 0 stops inside optimizer step N (after the backward pass, before the update);
 `save:N`: rank 0 stops once every rank's shards of the step-N checkpoint are written, before the
 checkpoint is published. Each rank writes its pid to `MARKER_DIR/pid-<rank>` at start; the stopped rank
-writes `MARKER_DIR/stopped` and sleeps until killed.
+writes `MARKER_DIR/stopped` and sleeps until killed. Both recipes look `training.loop.optimizer_step` up
+when they run and publish through `training.checkpoint._publish`: one patch of each stops either.
 """
 
 import os
@@ -27,9 +29,9 @@ def stop() -> None:
 
 if kind == "step":
     import llm_backbones.training.distributed as distributed
-    import llm_backbones.training.finetune as finetune
+    import llm_backbones.training.loop as loop
 
-    optimizer_step = finetune.optimizer_step
+    optimizer_step = loop.optimizer_step
 
     def clip_and_stop(model, max_norm):  # optimizer_step clips once the loss of every micro-batch is back
         stop()
@@ -39,7 +41,7 @@ if kind == "step":
             distributed.clip_grad_norm = clip_and_stop
         return optimizer_step(*args, step=step, **kwargs)
 
-    finetune.optimizer_step = step_or_stop
+    loop.optimizer_step = step_or_stop
 elif kind == "save":
     import llm_backbones.training.checkpoint as train_checkpoint
 

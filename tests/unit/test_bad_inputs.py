@@ -90,6 +90,7 @@ from llm_backbones.errors import (
 from llm_backbones.persistence.openvla import prismatic_vision_config, validate_norm_stats
 from llm_backbones.runtime.generation import generate_greedy
 from llm_backbones.training.finetune import apply_finetune_mode, run_finetune
+from llm_backbones.training.vla import run_finetune_vla
 from shared import padded_llama2_tokenizer
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -1117,6 +1118,14 @@ FINETUNING = rows(
         ),
         FinetuneError,
         ("--batch-size 8", "3 ranks", "multiple of 3"),
+    ),
+    Bad(
+        "finetune-vla-loaded-policy-under-torchrun",
+        lambda e: with_world_size(  # a stand-in policy: the refusal comes before it is used
+            2, lambda: run_finetune_vla(mock.Mock(spec=["predict_action"]), "robot.jsonl", device="cpu")
+        ),
+        FinetuneError,
+        ("WORLD_SIZE=2", "checkpoint path", "--policy PATH"),
     ),
     Bad(
         "finetune-device-gpu",

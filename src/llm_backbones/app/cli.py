@@ -532,11 +532,14 @@ def finetune_vla(
         int | None, typer.Option(help="Blocks per vision tower, for checkpoints whose towers were cut.")
     ] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
+    fsdp: Annotated[
+        int, typer.Option(help="Under torchrun: 2 (fully_shard) or 1 (FullyShardedDataParallel).")
+    ] = 2,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run in --output.")] = False,
 ) -> None:
-    """Fine-tune a VLA on robot episodes (image + instruction -> action tokens, OpenVLA's loss), one process;
-    export an HF OpenVLA checkpoint that load_vla and OpenVLA's own code load."""
+    """Fine-tune a VLA on robot episodes (image + instruction -> action tokens, OpenVLA's loss), one process
+    or under torchrun (FSDP); export an HF OpenVLA checkpoint that load_vla and OpenVLA's own code load."""
     options = {
         "policy": str(policy),
         "data": str(data),
@@ -563,9 +566,11 @@ def finetune_vla(
         "seed": seed,
         "vision_depth": vision_depth,
         "device": device,
+        "fsdp": fsdp,
         "resume": resume or None,
         "overwrite": overwrite or None,
     }
+    is_main = os.environ.get("RANK", "0") == "0"
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     try:
@@ -578,7 +583,7 @@ def finetune_vla(
             TextColumn("{task.fields[loss]}"),
             TimeElapsedColumn(),
         )
-        with Progress(*columns, console=console) as progress:
+        with Progress(*columns, console=console, disable=not is_main) as progress:
             task = progress.add_task("train", total=steps, loss="")
             result = run_finetune_vla(
                 on_step=lambda step, loss: progress.update(task, completed=step, loss=f"loss {loss:.4f}"),
@@ -586,6 +591,8 @@ def finetune_vla(
             )
     except (LLMBackbonesError, OSError, ValueError) as exc:
         _fail(exc)
+    if not is_main:
+        return
     if result.losses:
         console.print(
             f"loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}; action tokens right "

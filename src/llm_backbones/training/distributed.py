@@ -2,7 +2,8 @@
 
 Launch with `torchrun --nproc_per_node=N` (and `--nnodes`/`--rdzv-endpoint` across nodes); NCCL on
 CUDA, gloo on CPU. FSDP2 shards each decoder layer (the registry's layer class) and then the root, so
-the embeddings and the LM head (tied or not) live in the root unit together.
+the embeddings and the LM head (tied or not) live in the root unit together. The root is the backbone, or
+a module holding it (a VLA's `VLATrainModule`: its vision towers and projector join the root unit).
 """
 
 from __future__ import annotations
@@ -68,44 +69,62 @@ def decoder_layers(backbone) -> list[nn.Module]:
 
 
 def shard_fsdp2(
-    backbone, *, param_dtype: torch.dtype | None = None, reduce_dtype: torch.dtype | None = torch.float32
+    backbone,
+    *,
+    param_dtype: torch.dtype | None = None,
+    reduce_dtype: torch.dtype | None = torch.float32,
+    root: nn.Module | None = None,
 ) -> nn.Module:
-    """`fully_shard` each decoder layer, then the backbone itself (embeddings, final norm, LM head).
+    """`fully_shard` each decoder layer, then the root: the backbone itself (embeddings, final norm, LM
+    head), or `root`, a module holding the backbone (whose other parameters then join the root unit).
+    Returns the root.
 
     `param_dtype` (e.g. the backbone's `half_precision_dtype`) is the compute dtype of the gathered
     parameters; the sharded master weights keep their dtype; gradients are reduced in `reduce_dtype`.
     """
+    root = backbone if root is None else root
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype if param_dtype else None)
     for layer in decoder_layers(backbone):
         fully_shard(layer, mp_policy=policy)
-    fully_shard(backbone, mp_policy=policy)
-    return backbone
+    fully_shard(root, mp_policy=policy)
+    return root
 
 
 def shard_fsdp2_from_rank0(
-    backbone, ctx: DistributedContext, *, param_dtype: torch.dtype | None = None
+    backbone,
+    ctx: DistributedContext,
+    *,
+    param_dtype: torch.dtype | None = None,
+    root: nn.Module | None = None,
 ) -> nn.Module:
-    """FSDP2-shard a backbone whose weights only rank 0 holds (the others built it on the meta device),
-    then send every rank its shards from rank 0's full state dict. Non-persistent buffers (RoPE
-    frequencies), real on every rank, are kept."""
-    state = backbone.state_dict() if ctx.is_main else {}
-    buffers = {name: b.detach().clone() for name, b in backbone.named_buffers()}
-    backbone.to("meta")
-    shard_fsdp2(backbone, param_dtype=param_dtype)
-    backbone.to_empty(device=ctx.device)
+    """FSDP2-shard a backbone (or the `root` holding it, see `shard_fsdp2`) whose weights only rank 0 needs
+    to hold (the others may have built it on the meta device), then send every rank its shards from rank
+    0's full state dict. Non-persistent buffers (RoPE frequencies), real on every rank, are kept. Returns
+    the root."""
+    root = backbone if root is None else root
+    state = root.state_dict() if ctx.is_main else {}
+    buffers = {name: b.detach().clone() for name, b in root.named_buffers()}
+    root.to("meta")
+    shard_fsdp2(backbone, param_dtype=param_dtype, root=root)
+    root.to_empty(device=ctx.device)
     with torch.no_grad():
         for name, b in buffers.items():
-            backbone.get_buffer(name).copy_(b)
+            root.get_buffer(name).copy_(b)
     set_model_state_dict(
-        backbone, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        root, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
     )
-    return backbone
+    return root
 
 
 def wrap_fsdp1(
-    backbone, device: torch.device, *, param_dtype: torch.dtype | None = None
+    backbone,
+    device: torch.device,
+    *,
+    param_dtype: torch.dtype | None = None,
+    root: nn.Module | None = None,
 ) -> FullyShardedDataParallel:
-    """FSDP1 through the backbone's own `get_fsdp_wrapping_policy()` (one unit per decoder layer)."""
+    """FSDP1 through the backbone's own `get_fsdp_wrapping_policy()` (one unit per decoder layer); the
+    root unit wraps the backbone, or `root`, a module holding it (see `shard_fsdp2`)."""
     # Buffers stay fp32: RoPE's inv_freq in bf16 would shift every position's angle (FSDP2 keeps them too).
     mixed = (
         MixedPrecision(param_dtype=param_dtype, reduce_dtype=torch.float32, buffer_dtype=None)
@@ -113,7 +132,7 @@ def wrap_fsdp1(
         else None
     )
     return FullyShardedDataParallel(
-        backbone,
+        backbone if root is None else root,
         auto_wrap_policy=backbone.get_fsdp_wrapping_policy(),
         mixed_precision=mixed,
         device_id=device,  # [Contract] on CPU, FSDP1 needs device_id=cpu explicitly

@@ -314,9 +314,13 @@ def _train(
         shard_fsdp2_from_rank0,
         wrap_fsdp1,
     )
+
+    # optimizer_step is looked up here, at run time, as in `training.vla`: one place for a test to stop a run
+    # inside a step (tests/distributed/_finetune_until_fault.py)
     from llm_backbones.training.loop import (
         MetricsLog,
         evaluate,
+        optimizer_step,
         peak_memory_bytes,
         rank_micro_batches,
     )

@@ -517,13 +517,8 @@ def evaluate(
                 start + rank * micro_batch_size : min(start + (rank + 1) * micro_batch_size, len(examples))
             ]
         )
-        if not mine:  # keep the collectives in step: one example, nothing supervised
-            mine = [
-                {
-                    "input_ids": examples[0]["input_ids"],
-                    "labels": torch.full_like(examples[0]["labels"], IGNORE_INDEX),
-                }
-            ]
+        if not mine:  # keep the collectives in step: one example (its other fields too), nothing supervised
+            mine = [{**examples[0], "labels": torch.full_like(examples[0]["labels"], IGNORE_INDEX)}]
         batch = {k: v.to(device) for k, v in collate(mine).items()}
         loss_sum = micro_loss_sum(model, batch, autocast=autocast, fused_loss=fused_loss, observe=observe)
         total[0] += loss_sum.double()

@@ -1,5 +1,5 @@
 """Fine-tuning a whole VLA (image -> vision -> projector -> LLM) on robot episodes: `run_finetune_vla`, the
-job behind `llm-backbones finetune-vla` (one process; FSDP is not wired here yet).
+job behind `llm-backbones finetune-vla`, in one process or under `torchrun --nproc_per_node=N` (FSDP).
 
 Split as a recipe: settings (`VLAFinetuneConfig`, `FinetuneConfig`'s plus the VLA's), data (`vla_examples`,
 `VLACollator`, `augment_image`), the model (`VLATrainModule`, `apply_vla_mode`), metrics (`ActionMetrics`),
@@ -20,6 +20,17 @@ What trains, by mode (OpenVLA's stages and its `vla-scripts/finetune.py`):
 
 The loss is OpenVLA's: next-token cross-entropy on the action tokens and EOS (patches and prompt at -100),
 the mean over the supervised tokens of the global batch (`training.optimizer_step`).
+
+Under torchrun it runs as `training.finetune` does: FSDP2 (`--fsdp 2`, the default) or FSDP1 (`--fsdp 1`),
+one unit per LLM decoder layer, then the root `VLATrainModule`, so the vision towers, the projector, the
+embeddings and the head share the root unit (LoRA adapters sit in the units of the layers they adapt). Every
+rank reads the checkpoint (`load_vla` has no meta-device path); with FSDP2 rank 0's weights are sent to the
+others. Each global batch is split over the ranks as `rank_micro_batches` says, so the losses are one
+process's (to float rounding); the action metrics are summed over the ranks before rank 0 logs them, the eval
+likewise. A frozen tower's features are not cached under FSDP (its weights are whole only inside the
+forward): the towers run every step. Checkpoints are written per rank (DCP, resumable on any world size);
+the export is written once, by rank 0, from the gathered weights (`policy_from_config` rebuilds the policy
+to hold them), so under torchrun the policy is given as a path.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -87,11 +99,6 @@ class VLAFinetuneConfig(FinetuneConfig):
 
     def validate(self, world_size: int = 1) -> None:
         super().validate(world_size)
-        if world_size != 1:
-            raise FinetuneError(
-                f"finetune-vla runs in one process for now, got WORLD_SIZE={world_size}; run it without "
-                "torchrun."
-            )
         defaults = VLAFinetuneConfig()
         for name in self.NOT_FOR_VLA:
             if getattr(self, name) != getattr(defaults, name):
@@ -232,7 +239,8 @@ class VLATrainModule(nn.Module):
         patches = self.projector(features)
         spliced = insert_patch_embeddings(self.backbone.embed_input_ids, input_ids, patches, attention_mask)
         out = self.backbone(inputs_embeds=spliced["inputs_embeds"], attention_mask=spliced["attention_mask"])
-        out.logits = out.logits[:, patches.shape[1] :]
+        # a copy, not a view: the patches' logits can be freed (and FSDP2 warns of views its modules return)
+        out.logits = out.logits[:, patches.shape[1] :].clone()
         return out
 
 
@@ -325,6 +333,21 @@ class ActionMetrics:
             self.l1 += float(np.abs(actions - truth).sum())
             self.values += truth.shape[0]
 
+    def all_reduce(self, ctx: Any) -> None:
+        """Sum the counts and L1 sums over the ranks (each saw its share of the global batch), so `record`
+        gives the global batch's numbers on every rank; nothing in a single process."""
+        from llm_backbones.training.distributed import all_reduce_sum
+
+        if ctx is None or not ctx.enabled:
+            return
+        sums = torch.tensor(
+            [self.correct, self.total, self.l1_normalized, self.l1, self.values],
+            dtype=torch.float64,
+            device=ctx.device,
+        )
+        correct, total, self.l1_normalized, self.l1, values = all_reduce_sum(sums, ctx).tolist()
+        self.correct, self.total, self.values = int(correct), int(total), int(values)
+
     def record(self, prefix: str = "") -> dict[str, float]:
         return {
             f"{prefix}action_accuracy": self.correct / max(self.total, 1),
@@ -370,14 +393,15 @@ def run_finetune_vla(
     on_record: Callable[[dict[str, Any]], None] | None = None,
     **options: Any,
 ) -> VLAFinetuneResult:
-    """Fine-tune a VLA on robot episodes, in one process; the policy is trained in place.
+    """Fine-tune a VLA on robot episodes, in one process (the policy is trained in place) or under torchrun
+    (FSDP, see the module docstring; the policy then as a path, `cfg.fsdp` picks FSDP2 or FSDP1).
 
     `policy` is a `VLAPolicy` or a checkpoint path (`load_vla(path, vision_depth=...)`), `dataset` a
     `RobotDataset` or a path (`open_robot_dataset`), `eval_dataset` likewise (default: `eval_data`).
     `options` are `VLAFinetuneConfig`'s settings (`mode`, `steps`, `batch_size`, `grad_accum`, `lr`,
     `lr_schedule`, `warmup_steps`, `max_grad_norm`, `seed`, `unnorm_key`, `lora_rank`, `lora_alpha`,
     `lora_dropout`, `train_vision`, `image_aug`, `eval_every`, `log_every`, `save_every`, `keep`, `output`,
-    `resume`, `overwrite`, `device`, `precision`).
+    `resume`, `overwrite`, `device`, `precision`, `fsdp`).
 
     The statistics are the dataset's (`dataset.statistics(unnorm_key)`, key default: the dataset's name).
     With `output`: DCP checkpoints every `save_every` steps and at the end, exactly resumable (`resume`),
@@ -387,6 +411,7 @@ def run_finetune_vla(
     format, in `output/adapter`.
     """
     from llm_backbones.training.checkpoint import RunDir
+    from llm_backbones.training.distributed import init_distributed
 
     if policy is not None and not hasattr(policy, "predict_action"):
         options["policy"] = str(policy)
@@ -397,7 +422,14 @@ def run_finetune_vla(
     cfg = VLAFinetuneConfig.from_mapping(options, "run_finetune_vla", config)
     if eval_dataset is not None and not isinstance(eval_dataset, (str, Path)) and cfg.eval_data is None:
         cfg.eval_data = "<in memory>"
-    cfg.validate()
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    cfg.validate(world_size)
+    if world_size > 1 and policy is not None:
+        raise FinetuneError(
+            f"Under torchrun (WORLD_SIZE={world_size}) the policy must be given as a checkpoint path "
+            "(--policy PATH, or policy=PATH), not as a loaded VLAPolicy: rank 0 rebuilds it from the path to "
+            "export the gathered weights. Pass the path it was loaded from."
+        )
     run = RunDir(cfg.output) if cfg.output is not None else None
     if run is not None:
         run.check(resume=cfg.resume, overwrite=cfg.overwrite)
@@ -409,7 +441,15 @@ def run_finetune_vla(
     stats = dataset.statistics(unnorm_key)
     if policy is None:
         policy = policy_from_config(cfg)
-    return _train_vla(cfg, run, policy, dataset, eval_dataset, stats, unnorm_key, on_step, on_record)
+    ctx = init_distributed(cfg.device)
+    try:
+        return _train_vla(cfg, ctx, run, policy, dataset, eval_dataset, stats, unnorm_key, on_step, on_record)
+    finally:
+        if ctx.enabled:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
 
 
 def policy_from_config(cfg: VLAFinetuneConfig) -> Any:
@@ -422,7 +462,7 @@ def policy_from_config(cfg: VLAFinetuneConfig) -> Any:
     return load_vla(cfg.policy, vision_depth=cfg.vision_depth)
 
 
-def _train_vla(cfg, run, policy, dataset, eval_dataset, stats, unnorm_key, on_step, on_record):
+def _train_vla(cfg, ctx, run, policy, dataset, eval_dataset, stats, unnorm_key, on_step, on_record):
     from llm_backbones.core.backbones.backbone import count_parameters
     from llm_backbones.training.checkpoint import (
         ADAPTER_DIR,
@@ -430,8 +470,16 @@ def _train_vla(cfg, run, policy, dataset, eval_dataset, stats, unnorm_key, on_st
         publish_checkpoint,
         write_checkpoint,
     )
-    from llm_backbones.training.distributed import init_distributed
+    from llm_backbones.training.distributed import (
+        full_state_dict,
+        on_main,
+        shard_fsdp2_from_rank0,
+        wrap_fsdp1,
+    )
     from llm_backbones.training.finetune import _prepare_output, setup_optimizer
+
+    # optimizer_step is looked up here, at run time, as in `training.finetune`: one place for a test to stop a
+    # run inside a step (tests/distributed/_finetune_until_fault.py)
     from llm_backbones.training.loop import (
         DataOrder,
         MetricsLog,
@@ -440,8 +488,7 @@ def _train_vla(cfg, run, policy, dataset, eval_dataset, stats, unnorm_key, on_st
         rank_micro_batches,
     )
 
-    ctx = init_distributed(cfg.device)
-    checkpoint, meta = _prepare_output(cfg, run) if run is not None else (None, None)
+    checkpoint, meta = on_main(ctx, lambda: _prepare_output(cfg, run)) if run is not None else (None, None)
     precision = cfg.precision or ("bf16" if ctx.device.type == "cuda" else "fp32")
     examples = vla_examples(policy, dataset, stats, unnorm_key)
     eval_examples = None
@@ -454,17 +501,34 @@ def _train_vla(cfg, run, policy, dataset, eval_dataset, stats, unnorm_key, on_st
         )
     torch.manual_seed(cfg.seed)
     export_dtype = policy.dtype
-    model = vla_train_model(policy, cfg, ctx.device)
+    fsdp2 = ctx.enabled and cfg.fsdp == 2
+    # FSDP2 puts the shards on the device itself (rank 0's weights, sent to each rank): the whole policy never
+    # sits there
+    model = vla_train_model(policy, cfg, None if fsdp2 else ctx.device)
     trainable, total = count_parameters(model)
     logger.info("%s: %s of %s parameters trainable", cfg.mode, f"{trainable:,}", f"{total:,}")
     half = policy.backbone.half_precision_dtype if precision == "bf16" else None
-    autocast = torch.autocast(ctx.device.type, dtype=half) if half is not None else None
+    # FSDP: one unit per decoder layer, then the root VLATrainModule (vision towers, projector, embeddings and
+    # head); with LoRA the peft model wraps that root (FSDP2) or is wrapped itself (FSDP1)
+    if fsdp2:
+        module = (
+            model.get_base_model() if hasattr(model, "get_base_model") else model
+        )  # inside peft's wrapper
+        shard_fsdp2_from_rank0(policy.backbone, ctx, param_dtype=half, root=module)
+    elif ctx.enabled:
+        model = wrap_fsdp1(policy.backbone, ctx.device, param_dtype=half, root=model)
+    autocast = torch.autocast(ctx.device.type, dtype=half) if half is not None and not ctx.enabled else None
     optimizer, scheduler, start_step = setup_optimizer(model, cfg, checkpoint, ctx)
 
     pad = policy.backbone.pad_token_id
-    # A frozen tower gives each frame the same features every epoch: computed once per frame, when they fit
+    # A frozen tower gives each frame the same features every epoch: computed once per frame, when they fit.
+    # Not under FSDP: the towers' weights are whole only inside the sharded model's forward, where they run.
     frozen = dict(vision=policy.vision, device=ctx.device, autocast=autocast)
-    cache = not cfg.train_vision and _features_fit(policy, len(examples) + len(eval_examples or ()))
+    cache = (
+        not ctx.enabled
+        and not cfg.train_vision
+        and _features_fit(policy, len(examples) + len(eval_examples or ()))
+    )
     collate = VLACollator(
         dataset,
         policy.image_processor,
@@ -478,16 +542,20 @@ def _train_vla(cfg, run, policy, dataset, eval_dataset, stats, unnorm_key, on_st
         eval_collate = VLACollator(eval_dataset, policy.image_processor, pad, **(frozen if cache else {}))
     metrics = ActionMetrics(policy.action_tokenizer, stats, unnorm_key)
     order = DataOrder(len(examples), cfg.batch_size, cfg.seed)
-    micro_size = cfg.batch_size // cfg.grad_accum
+    micro_size = cfg.batch_size // (cfg.grad_accum * ctx.world_size)
     result = VLAFinetuneResult([], [], [], trainable, total, stats, unnorm_key, start_step=start_step)
+    main_run = run if (run is not None and ctx.is_main) else None
     log = MetricsLog(
-        run.metrics if run else None, start_step=start_step, tensorboard_dir=run.tensorboard if run else None
+        main_run.metrics if main_run else None,
+        start_step=start_step,
+        tensorboard_dir=main_run.tensorboard if main_run else None,
     )
 
     def emit(record: dict[str, Any]) -> None:
-        log.write(record)
-        if on_record is not None:
-            on_record(record)
+        if ctx.is_main:
+            log.write(record)
+            if on_record is not None:
+                on_record(record)
 
     pending = None
     try:
@@ -496,7 +564,7 @@ def _train_vla(cfg, run, policy, dataset, eval_dataset, stats, unnorm_key, on_st
             started = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             collate.step = step
-            shares = rank_micro_batches(order.batch(step - 1), cfg.grad_accum, 1, 0)
+            shares = rank_micro_batches(order.batch(step - 1), cfg.grad_accum, ctx.world_size, ctx.rank)
             micro = [
                 {k: v.to(ctx.device) for k, v in collate([examples[i] for i in share]).items()}
                 for share in shares
@@ -513,6 +581,7 @@ def _train_vla(cfg, run, policy, dataset, eval_dataset, stats, unnorm_key, on_st
                 observe=metrics,
             )
             scheduler.step()
+            metrics.all_reduce(ctx)  # the global batch's counts, not this rank's share
             if pending is not None:
                 result.checkpoints.append(str(publish_checkpoint(run, pending, ctx=ctx, keep=cfg.keep)))
                 pending = None
@@ -520,7 +589,7 @@ def _train_vla(cfg, run, policy, dataset, eval_dataset, stats, unnorm_key, on_st
             result.losses.append(stats_.loss)
             result.action_accuracy.append(action["action_accuracy"])
             result.action_l1.append(action["action_l1"])
-            if on_step is not None:
+            if on_step is not None and ctx.is_main:
                 on_step(step, stats_.loss)
             last = step == cfg.steps
             if step % cfg.log_every == 0 or last:
@@ -532,6 +601,7 @@ def _train_vla(cfg, run, policy, dataset, eval_dataset, stats, unnorm_key, on_st
                         "lr": lr,
                         "grad_norm": stats_.grad_norm,
                         "examples_per_s": cfg.batch_size / max(time.perf_counter() - started, 1e-9),
+                        "world_size": ctx.world_size,
                     }
                 )
             if eval_examples is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
@@ -546,6 +616,7 @@ def _train_vla(cfg, run, policy, dataset, eval_dataset, stats, unnorm_key, on_st
                     autocast=autocast,
                     observe=metrics,
                 )
+                metrics.all_reduce(ctx)
                 record = {"step": step, "eval_loss": eval_loss, **metrics.record("eval_")}
                 result.evals.append(record)
                 emit(record)
@@ -566,18 +637,24 @@ def _train_vla(cfg, run, policy, dataset, eval_dataset, stats, unnorm_key, on_st
     export_dir = adapter_dir = None
     if run is not None:
         export_dir, adapter_dir = run.path / EXPORT_DIR, run.path / ADAPTER_DIR
-    output = finish_and_export(
-        policy, model, stats, dtype=export_dtype, output=export_dir, adapter=adapter_dir
-    )
-    result.output = str(output) if output is not None else None
+    if not ctx.enabled:
+        output = finish_and_export(
+            policy, model, stats, dtype=export_dtype, output=export_dir, adapter=adapter_dir
+        )
+        result.output = str(output) if output is not None else None
+    elif run is not None:  # the whole weights, gathered from every rank's shards; exported once, by rank 0
+        state = full_state_dict(model)
+        result.output = on_main(
+            ctx, lambda: str(_export_gathered(cfg, state, stats, export_dir, adapter_dir))
+        )
     return result
 
 
-def vla_train_model(policy: Any, cfg: VLAFinetuneConfig, device: torch.device) -> nn.Module:
-    """The model a run trains and checkpoints: `policy` (changed in place) on `device` with fp32 master
-    weights (bf16 through autocast), wrapped in a `VLATrainModule` and set up for `cfg.mode`
-    (`apply_vla_mode`). The run and the export of its checkpoints (`export_checkpoint`) build it here, so the
-    checkpoints' keys match."""
+def vla_train_model(policy: Any, cfg: VLAFinetuneConfig, device: torch.device | None) -> nn.Module:
+    """The model a run trains and checkpoints: `policy` (changed in place) on `device` (None: where it is,
+    for FSDP2 to shard) with fp32 master weights (bf16 through autocast or FSDP's mixed precision), wrapped
+    in a `VLATrainModule` and set up for `cfg.mode` (`apply_vla_mode`). The run and the export of its
+    checkpoints (`export_checkpoint`) build it here, so the checkpoints' keys match."""
     policy.to(device, torch.float32)
     if policy.backbone.inference_mode:
         policy.backbone.set_training_flags()
@@ -635,6 +712,19 @@ def export_checkpoint(checkpoint: Path, meta: Mapping[str, Any], output: Path, a
     dtype = policy.dtype
     model = vla_train_model(policy, cfg, torch.device("cpu"))
     load_weights(checkpoint, model)
+    return finish_and_export(policy, model, stats, dtype=dtype, output=output, adapter=adapter)
+
+
+def _export_gathered(
+    cfg: VLAFinetuneConfig, state: Mapping[str, torch.Tensor], stats, output: Path, adapter: Path
+) -> Path:
+    """The export of a sharded run: the run's starting policy rebuilt unsharded (`policy_from_config`), in the
+    trained model's shape (`vla_train_model`, LoRA adapters too), given the gathered weights, then
+    `finish_and_export` as a single process ends (adapter saved, merged in fp32, its own dtype)."""
+    policy = policy_from_config(cfg)
+    dtype = policy.dtype
+    model = vla_train_model(policy, cfg, torch.device("cpu"))
+    model.load_state_dict(state)
     return finish_and_export(policy, model, stats, dtype=dtype, output=output, adapter=adapter)
 
 
