@@ -124,6 +124,20 @@ def test_a_tokenizer_of_remote_code_is_refused(tiny_llama_dir, tmp_path, fields,
         assert len(tokenizer) == 32001
 
 
+def test_openvlas_processor_entry_is_not_a_tokenizer_of_remote_code(tiny_llama_dir, tmp_path) -> None:
+    """openvla/openvla-7b's tokenizer_config.json names its processor's code in `auto_map` beside a plain
+    `LlamaTokenizer`: loading the tokenizer runs none of it, so it loads without trust_remote_code."""
+    path = _copy(tiny_llama_dir, tmp_path / "openvla-like")
+    _edit_json(
+        path / "tokenizer_config.json",
+        auto_map={"AutoProcessor": "processing_prismatic.PrismaticProcessor"},
+        processor_class="PrismaticProcessor",
+        tokenizer_class="LlamaTokenizer",
+    )
+    _, tokenizer = get_llm_backbone_and_tokenizer("llama2-7b-pure", model_path=path, inference_mode=True)
+    assert len(tokenizer) == 32001
+
+
 # === No file outside the checkpoint folder ===
 def test_a_chat_template_linking_outside_is_refused(tiny_llama_dir, tmp_path) -> None:
     path = _copy(tiny_llama_dir, tmp_path / "ckpt")

@@ -524,21 +524,28 @@ def check_tokenizer_file_set(directory: Path) -> None:
 
 
 def check_no_remote_code(tokenizer_config: Mapping[str, Any], file: Path, *, trust_remote_code: bool) -> None:
-    """`RemoteCodeError` when tokenizer_config.json asks for the checkpoint's own code (an `auto_map`, or a
-    `tokenizer_class` transformers does not have), unless `trust_remote_code`."""
+    """`RemoteCodeError` when tokenizer_config.json asks for a tokenizer of the checkpoint's own code (an
+    `auto_map` entry for `AutoTokenizer`, or a `tokenizer_class` transformers does not have), unless
+    `trust_remote_code`. `auto_map` entries for other classes do not build the tokenizer and are not read:
+    OpenVLA's checkpoints name their processor there (`AutoProcessor`) beside a `LlamaTokenizer`."""
     if trust_remote_code:
         return
     auto_map = tokenizer_config.get("auto_map")
+    remote = None
+    if isinstance(auto_map, Mapping):
+        remote = auto_map.get("AutoTokenizer")
+    elif auto_map is not None:  # the old list form names the tokenizer classes themselves
+        remote = auto_map
     declared = tokenizer_config.get("tokenizer_class")
-    if auto_map is None and isinstance(declared, str):
+    if remote is None and isinstance(declared, str):
         import transformers
 
         known = [declared, declared.removesuffix("Fast"), f"{declared}Fast"]
         if any(getattr(transformers, name, None) is not None for name in known):
             return
-    elif auto_map is None:
+    elif remote is None:
         return
-    what = f"auto_map: {auto_map!r:.120}" if auto_map is not None else f"tokenizer_class {declared!r:.80}"
+    what = f"auto_map: {auto_map!r:.120}" if remote is not None else f"tokenizer_class {declared!r:.80}"
     raise RemoteCodeError(
         f"{file} asks for a tokenizer of the checkpoint's own code ({what}), which is not a transformers "
         "class. llm-backbones never runs a checkpoint's code unless asked, and never skips it quietly: read "
