@@ -27,6 +27,7 @@ import torch
 from transformers import DynamicCache, LlamaForCausalLM, PreTrainedModel, StaticCache
 from transformers.cache_utils import StaticLayer
 
+from llm_backbones import _args
 from llm_backbones.errors import ArgumentError, ConfigMismatchError, InputShapeError, ModelWeightsError
 
 logger = logging.getLogger(__name__)
@@ -435,8 +436,7 @@ def prepare_for_generation(
     """
     _check_static_attention(model, "Compiled generation")
     batches = _positive_ints("batch_sizes", batch_sizes)
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-        raise InputShapeError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
+    _args.check_positive_int(max_new_tokens, "max_new_tokens", error=InputShapeError)
     if buckets is not None:
         chosen = _positive_ints("buckets", buckets)
         if max(chosen) < max_prompt_length:
@@ -548,8 +548,7 @@ def _check_inputs(model, input_ids, inputs_embeds, attention_mask, max_new_token
             name="inputs_embeds",
             value=f"{bad} non-finite",
         )
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-        raise InputShapeError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
+    _args.check_positive_int(max_new_tokens, "max_new_tokens", error=InputShapeError)
     shape = tuple((input_ids if input_ids is not None else inputs_embeds).shape[:2])
     if attention_mask is not None:
         if tuple(attention_mask.shape) != shape:
