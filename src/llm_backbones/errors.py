@@ -43,6 +43,19 @@ class UnknownBackboneError(LLMBackbonesError, ValueError, KeyError):
         return str(self.args[0])
 
 
+class ArgumentError(LLMBackbonesError, ValueError, TypeError):
+    """An argument of the wrong type or value at a public entry point (a flag that is not a bool, a dtype that
+    is not a floating one, an unknown choice or keyword, a tensor of the wrong dtype or values).
+
+    A ValueError and a TypeError: what Python, torch or transformers raised for it before it was checked
+    here, so old `except` clauses keep working. `name` is the argument, `value` what was given.
+    """
+
+    def __init__(self, message: str, *, name: str = "", value: object = None) -> None:
+        super().__init__(message)
+        self.name, self.value = name, value
+
+
 class ConversationError(LLMBackbonesError, ValueError):
     """A conversation turn that does not fit the prompt format (role order, unknown role, bad message)."""
 

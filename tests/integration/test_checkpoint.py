@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -15,11 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from transformers import LlamaTokenizer
 
 import llm_backbones
 from llm_backbones import _fs, get_llm_backbone_and_tokenizer, load_backbone, save_backbone
-from llm_backbones.errors import FingerprintMismatchError, ModelPathError
+from llm_backbones.errors import CheckpointError, FingerprintMismatchError, ModelPathError
 from shared import padded_llama2_tokenizer
 
 pytestmark = pytest.mark.integration
@@ -131,6 +133,31 @@ def test_overwrite_without_atomic_exchange(trained, saved, monkeypatch) -> None:
     save_backbone(trained[0], saved)
     assert load_backbone(saved)[0].identifier == "llama2-tiny-pure"
     assert sorted(p.name for p in saved.parent.iterdir()) == ["ckpt"]
+
+
+@pytest.mark.parametrize(
+    ("writer", "fault"),
+    [
+        (
+            "transformers.modeling_utils.safe_save_file",
+            SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })"),
+        ),
+        ("llm_backbones.persistence.checkpoint._write_tokenizer", OSError(errno.ENOSPC, "No space left")),
+    ],
+    ids=["weights", "tokenizer"],
+)
+def test_a_full_disk_keeps_the_previous_checkpoint(trained, saved, monkeypatch, writer, fault) -> None:
+    before = _digest(saved)
+
+    def full(*args, **kwargs):
+        raise fault
+
+    monkeypatch.setattr(writer, full)
+    with pytest.raises(CheckpointError, match="the disk is full") as info:
+        save_backbone(trained[0], saved)
+    assert str(saved) in str(info.value) and "Nothing was lost" in str(info.value)
+    assert _digest(saved) == before  # the previous checkpoint, byte for byte
+    assert sorted(p.name for p in saved.parent.iterdir()) == ["ckpt"]  # no partial copy left beside it
 
 
 def test_interrupted_swap_is_named_by_load(saved) -> None:

@@ -10,6 +10,7 @@ are listed apart. README's "Guarantees" section states the number of rows; a tes
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import re
@@ -24,6 +25,7 @@ import huggingface_hub.constants
 import numpy as np
 import pytest
 import torch
+from safetensors import SafetensorError
 from typer.testing import CliRunner
 
 import llm_backbones
@@ -55,6 +57,7 @@ from llm_backbones.app.info import backbone_info
 from llm_backbones.data.robot import open_robot_dataset
 from llm_backbones.errors import (
     ActionError,
+    ArgumentError,
     CheckpointError,
     ConfigMismatchError,
     ConversationError,
@@ -1761,7 +1764,7 @@ VLA_FAULTS = rows(
         "vla-allow-external-files-a-string",
         lambda e: llm_backbones.load_vla_backbone(e.folder("vla-any"), allow_external_files="no"),
         VLACheckpointError,
-        ("allow_external_files must be True or False", "'no'"),
+        ("allow_external_files='no'", "True or False", "symlinks you trust"),
     ),
     Bad(
         "vla-config-n-action-bins-zero",
@@ -1835,7 +1838,7 @@ VLA_FAULTS = rows(
         "action-decode-strict-string",
         lambda e: e.act.decode([31800], strict="no"),
         ActionError,
-        ("strict must be True or False", "'no'"),
+        ("strict='no'", "a bool is needed", "True or False"),
     ),
     Bad(
         "norm-stats-range-overflows",
@@ -2073,6 +2076,292 @@ ONE_LOADING_PATH = rows(
     ),
 )
 CASES += ONE_LOADING_PATH
+
+
+# === Arguments are what they say: flags, dtypes, attention, keywords, prompt formats, generation inputs,
+# the collator's ids, config.json fields transformers rejects deep inside, broken tokenizer files, a full disk
+def _tiny(**kw) -> Callable[[Env], object]:
+    return lambda e: get_llm_backbone_and_tokenizer("llama2-tiny-pure", **kw)
+
+
+def _greedy(backbone: str = "backbone", **kw) -> Callable[[Env], object]:
+    def call(e: Env) -> object:
+        if "input_ids" not in kw and "inputs_embeds" not in kw:
+            kw["input_ids"] = torch.tensor([[1, 319, 2]])
+        return generate_greedy(getattr(e, backbone).llm, **kw)
+
+    return call
+
+
+def _without_flash_attn(call: Callable[[Env], object], e: Env) -> object:
+    """`call` where flash-attn cannot run (as on every CPU machine, and GPU ones without the package)."""
+    with mock.patch("transformers.utils.is_flash_attn_2_available", lambda: False):
+        return call(e)
+
+
+def _tokenizer_json_broken(path: Path) -> None:
+    tok = json.loads((path / "tokenizer.json").read_text())
+    tok["model"]["vocab"] = "not a vocabulary"  # valid JSON, not a tokenizer the library can build
+    (path / "tokenizer.json").write_text(json.dumps(tok))
+
+
+def _save_on_a_full_disk(e: Env, fault: BaseException, where: str) -> object:
+    """save_backbone with the writer of `where` failing as a full disk makes it fail."""
+
+    def fail(*args, **kwargs):
+        raise fault
+
+    with mock.patch(where, fail):
+        return save_backbone(e.backbone, e.root / "full-disk")
+
+
+_ENOSPC_SAFETENSORS = (
+    'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+)
+_ONE_EXAMPLE = {"input_ids": [1, 319, 322, 2], "labels": [-100, -100, 322, 2]}
+ARGUMENTS = rows(
+    Bad(
+        "llm_max_length-0",
+        _tiny(llm_max_length=0),
+        ConfigMismatchError,
+        ("llm_max_length= (the argument)", "llm_max_length=0", "at least 1", "2048"),
+    ),
+    Bad(
+        "llm_max_length-negative",
+        _tiny(llm_max_length=-1),
+        ConfigMismatchError,
+        ("llm_max_length=-1", "at least 1"),
+    ),
+    Bad(
+        "llm_max_length-fraction",
+        _tiny(llm_max_length=2.5),
+        ConfigMismatchError,
+        ("llm_max_length=2.5", "an integer is needed, got float", "2048"),
+    ),
+    Bad(
+        "llm_max_length-bool",
+        _tiny(llm_max_length=True),
+        ConfigMismatchError,
+        ("llm_max_length=True", "an integer is needed, got bool"),
+    ),
+    Bad(
+        "inference_mode-string",
+        _tiny(inference_mode="no"),
+        ArgumentError,
+        ("inference_mode='no'", "a bool is needed, got str", "True or False", "inference_mode=False"),
+    ),
+    Bad(
+        "strict-string",
+        _tiny(strict="no", inference_mode=True),
+        ArgumentError,
+        ("strict='no'", "a bool is needed", "strict=False"),
+    ),
+    Bad(
+        "load_backbone-ignore_fingerprint-string",
+        lambda e: load_backbone(e.root / "never-read", ignore_fingerprint="no"),
+        ArgumentError,
+        ("ignore_fingerprint='no'", "a bool is needed", "ignore_fingerprint=True"),
+    ),
+    Bad(
+        "dtype-integer",
+        _tiny(dtype=torch.int64, inference_mode=True),
+        ArgumentError,
+        ("dtype=torch.int64", "not a floating dtype", "torch.bfloat16"),
+    ),
+    Bad(
+        "dtype-float128",
+        _tiny(dtype="float128", inference_mode=True),
+        ArgumentError,
+        ("dtype='float128'", "torch has no dtype 'float128'", "torch.float32"),
+    ),
+    Bad(
+        "attn_implementation-unknown",
+        _tiny(attn_implementation="nonsense", inference_mode=True),
+        ArgumentError,
+        ("attn_implementation='nonsense'", "'sdpa'", "'flash_attention_2'", "leave it unset"),
+    ),
+    Bad(
+        "attn_implementation-not-a-str",
+        _tiny(attn_implementation=5, inference_mode=True),
+        ArgumentError,
+        ("attn_implementation=5", "a str is needed, got int", "'eager'"),
+        TypeError,
+    ),
+    Bad(
+        "attn_implementation-flash-attention-2-missing",
+        lambda e: _without_flash_attn(_tiny(attn_implementation="flash_attention_2", inference_mode=True), e),
+        MissingDependencyError,
+        ("attn_implementation='flash_attention_2'", "flash-attn", "attn_implementation='sdpa'"),
+        ImportError,
+    ),
+    Bad(
+        "get_llm_backbone_and_tokenizer-unknown-keyword",
+        _tiny(atn_implementation="sdpa"),
+        ArgumentError,
+        ("takes no keyword 'atn_implementation'", "Did you mean attn_implementation=?", "model_path"),
+        TypeError,
+    ),
+    Bad(
+        "load_backbone-unknown-keyword",
+        lambda e: load_backbone(e.root / "never-read", dtyp=torch.float16),
+        ArgumentError,
+        ("load_backbone takes no keyword 'dtyp'", "Did you mean dtype=?"),
+        TypeError,
+    ),
+    Bad(
+        "prompt_format-of-another-vocabulary",
+        _tiny(prompt_format="qwen2.5-instruct", inference_mode=True),
+        PromptFormatError,
+        (
+            "prompt_format='qwen2.5-instruct'",
+            "'llama2-tiny-pure'",
+            "'<|im_end|>' ->",
+            "'pure', 'pure-prismatic'",
+        ),
+    ),
+    # generation
+    Bad(
+        "generate-nan-embeddings",
+        _greedy(inputs_embeds=torch.full((1, 3, 64), float("nan"))),
+        ArgumentError,
+        ("inputs_embeds holds 192 NaN or infinite values", "pass finite embeddings"),
+    ),
+    Bad(
+        "generate-integer-embeddings",
+        _greedy(inputs_embeds=torch.ones((1, 3, 64), dtype=torch.long)),
+        ArgumentError,
+        ("inputs_embeds must be floating", "torch.int64", "input_ids="),
+    ),
+    Bad(
+        "generate-fractional-mask",
+        _greedy(attention_mask=torch.full((1, 3), 0.5)),
+        ArgumentError,
+        ("only 0 (padding) and 1", "got 0.5", "tokenizer's mask"),
+    ),
+    Bad(
+        "generate-prompt-beyond-positions",
+        _greedy(input_ids=torch.ones((1, 4097), dtype=torch.long)),
+        InputShapeError,
+        ("4,097 tokens", "the model has 4,096 (max_position_embeddings)", "Shorten the prompt"),
+    ),
+    Bad(
+        "generate-max-new-tokens-beyond-positions",
+        _greedy(max_new_tokens=10**9),
+        InputShapeError,
+        ("max_new_tokens=1,000,000,000", "4,096 (max_position_embeddings)", "at most 4,093"),
+    ),
+    Bad(
+        "generate-weights-never-loaded",
+        _greedy("meta_backbone"),
+        ModelWeightsError,
+        ("meta device", "inference_mode=True", "load_backbone(dir, inference_mode=True)"),
+    ),
+    Bad(
+        "hf-generate-weights-never-loaded",
+        lambda e: e.meta_backbone.generate(input_ids=torch.tensor([[1, 319]]), max_new_tokens=2),
+        ModelWeightsError,
+        ("generate() needs the model's weights", "meta device", "load_state_dict"),
+    ),
+    # the collator
+    Bad(
+        "collator-fractional-ids",
+        lambda e: PaddedCollator(16, 32000)([{"input_ids": [1.0, 319.7, 2.0], "labels": [-100, 319, 2]}]),
+        ArgumentError,
+        ("Example 0: input_ids has dtype torch.float32", "319.7", "integer ids"),
+    ),
+    Bad(
+        "collator-fractional-labels",
+        lambda e: PaddedCollator(16, 32000)([{"input_ids": [1, 319, 2], "labels": [-100.0, 319.5, 2.0]}]),
+        ArgumentError,
+        ("Example 0: labels has dtype torch.float32", "319.5"),
+    ),
+    Bad(
+        "collator-negative-ids",
+        lambda e: PaddedCollator(16, 32000)(
+            [_ONE_EXAMPLE, {"input_ids": [1, -5, 2], "labels": [-100, 5, 2]}]
+        ),
+        ArgumentError,
+        ("Example 1: input_ids holds -5", "ids >= 0", "rebuild it"),
+    ),
+    Bad(
+        "collator-truncation-leaves-no-supervision",
+        lambda e: PaddedCollator(2, 32000)([_ONE_EXAMPLE, _ONE_EXAMPLE]),
+        TokenizationError,
+        ("2 examples has no supervised token", "model_max_length=2 cut all of them", "[4, 4] tokens", "NaN"),
+    ),
+    # config.json fields transformers rejects deep inside
+    Bad(
+        "config-unknown-rope-type",
+        tiny_load(
+            lambda e: e.model_dir(
+                "rope-warp", config_update(rope_scaling={"rope_type": "warp", "factor": 2.0})
+            ),
+            inference_mode=True,
+        ),
+        ConfigMismatchError,
+        ("rope-warp/config.json: rope_scaling.rope_type='warp'", "'llama3'", "'yarn'", "base model's config"),
+    ),
+    Bad(
+        "config-unknown-hidden-act",
+        tiny_load(
+            lambda e: e.model_dir("act-swishy", config_update(hidden_act="swishy")), inference_mode=True
+        ),
+        ConfigMismatchError,
+        ("act-swishy/config.json: hidden_act='swishy'", "Did you mean 'swish'?", "'silu'"),
+    ),
+    Bad(
+        "config-torch-dtype-float128",
+        tiny_load(
+            lambda e: e.model_dir("dtype-128", config_update(torch_dtype="float128")), inference_mode=True
+        ),
+        ConfigMismatchError,
+        ("dtype-128/config.json: torch_dtype='float128'", "torch has no dtype", "torch.bfloat16"),
+    ),
+    Bad(
+        "config-pad-id-beyond-vocabulary",
+        tiny_load(lambda e: e.model_dir("pad-99999", config_update(pad_token_id=99999)), inference_mode=True),
+        ConfigMismatchError,
+        ("pad-99999/config.json: pad_token_id=99999", "at most 31,999", "vocab_size=32000"),
+    ),
+    Bad(
+        "config-bitsandbytes-not-installed",
+        tiny_load(
+            lambda e: e.model_dir(
+                "bnb-4bit",
+                config_update(quantization_config={"quant_method": "bitsandbytes", "load_in_4bit": True}),
+            )
+        ),
+        MissingDependencyError,
+        ("bnb-4bit/config.json", "quant_method='bitsandbytes'", "pip install bitsandbytes", "unquantized"),
+        ImportError,
+    ),
+    Bad(
+        "tokenizer-json-broken-contents",
+        tiny_load(lambda e: e.model_dir("tok-broken", _tokenizer_json_broken), inference_mode=True),
+        TokenizerFileError,
+        ("tok-broken cannot build a tokenizer", "refused tokenizer.json", "Restore it", "save_pretrained"),
+    ),
+    # a full disk
+    Bad(
+        "save-weights-on-a-full-disk",
+        lambda e: _save_on_a_full_disk(
+            e, SafetensorError(_ENOSPC_SAFETENSORS), "transformers.modeling_utils.safe_save_file"
+        ),
+        CheckpointError,
+        ("full-disk", "writing model.safetensors", "the disk is full", "Nothing was lost", "another disk"),
+    ),
+    Bad(
+        "save-tokenizer-on-a-full-disk",
+        lambda e: _save_on_a_full_disk(
+            e,
+            OSError(errno.ENOSPC, "No space left on device"),
+            "llm_backbones.persistence.checkpoint._write_tokenizer",
+        ),
+        CheckpointError,
+        ("full-disk", "writing tokenizer.json", "the disk is full", "previous checkpoint"),
+    ),
+)
+CASES += ARGUMENTS
 
 
 def _vision_tower(depth: int):

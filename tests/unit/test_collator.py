@@ -116,3 +116,22 @@ def test_an_example_without_an_image_in_a_vla_batch_raises() -> None:
     batch = [ex([1], [1], pixel_values=torch.zeros(3)), ex([1], [1])]
     with pytest.raises(InputShapeError, match=r"Examples \[1\] have no pixel_values"):
         PaddedCollator(8, 0)(batch)
+
+
+def test_rows_that_truncation_leaves_unsupervised_are_logged_once(caplog) -> None:
+    # Row 0 keeps its supervised tokens within 2 positions, row 1 (reply after position 2) loses them all.
+    batch = [ex([1, 5, 6], [-100, 5, 6]), ex([1, 8, 9, 10], [-100, -100, 9, 10])]
+    collate = PaddedCollator(2, 32000)
+    with caplog.at_level("WARNING", logger="llm_backbones.data.examples"):
+        out = collate(batch)
+        collate(batch)
+    assert out["labels"].tolist() == [[-100, 5], [-100, -100]]
+    warnings = [r.getMessage() for r in caplog.records if "supervised token" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "1 of 2 examples" in warnings[0] and "rows [1]" in warnings[0] and "[4] tokens" in warnings[0]
+
+
+def test_integer_ids_of_any_integer_dtype_are_taken() -> None:
+    batch = [{"input_ids": torch.tensor([1, 5], dtype=torch.int32), "labels": [-100, 5]}]
+    out = PaddedCollator(8, 32000)(batch)
+    assert out["input_ids"].dtype == torch.long and out["input_ids"].tolist() == [[1, 5]]

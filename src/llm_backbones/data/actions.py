@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from llm_backbones import _args
 from llm_backbones.errors import ActionError
 
 
@@ -162,8 +163,7 @@ class ActionTokenizer:
         is not silently clipped into an action. `strict=False` is OpenVLA's `predict_action` rule instead:
         `clip(vocab_size - id - 1, 0, bins - 2)`, so such a token becomes an edge bin.
         """
-        if not isinstance(strict, bool):
-            raise ActionError(f"strict must be True or False, got {strict!r:.40}.")
+        _args.check_bool(strict, "strict", error=ActionError)
         raw = _as_tensor(
             action_token_ids, "Action token ids", "integer token ids (a LongTensor or a list of ints)"
         )

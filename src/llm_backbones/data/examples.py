@@ -18,7 +18,7 @@ import json
 import logging
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import KW_ONLY, dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -27,7 +27,13 @@ from transformers import PreTrainedTokenizerBase
 
 from llm_backbones.core.prompting.builder import DEFAULT_MODEL_FAMILY, PromptBuilder, builder_for
 from llm_backbones.core.prompting.formats import PromptFormat
-from llm_backbones.errors import ConversationError, DataFileError, InputShapeError, TokenizationError
+from llm_backbones.errors import (
+    ArgumentError,
+    ConversationError,
+    DataFileError,
+    InputShapeError,
+    TokenizationError,
+)
 from llm_backbones.runtime.fused_loss import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
@@ -640,6 +646,7 @@ class PaddedCollator:
     pixel_values_dtype: torch.dtype | None = None
     _: KW_ONLY
     pad_to_multiple_of: int | None = None
+    _warned_cut: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("model_max_length", "pad_to_multiple_of"):
@@ -685,6 +692,7 @@ class PaddedCollator:
                     f"Example {i}: {len(example['input_ids'])} input_ids but {len(example['labels'])} "
                     "labels; they must be the same length."
                 )
+        ids_and_labels = [self._ids(i, e) for i, e in enumerate(examples)]
         lengths = [len(e["input_ids"]) for e in examples]
         width = max(lengths)
         if self.pad_to_multiple_of:
@@ -692,19 +700,97 @@ class PaddedCollator:
         input_ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
-        for row, (example, n) in enumerate(zip(examples, lengths, strict=True)):
-            input_ids[row, :n] = torch.as_tensor(example["input_ids"])
-            labels[row, :n] = torch.as_tensor(example["labels"])
+        for row, ((ids, row_labels), n) in enumerate(zip(ids_and_labels, lengths, strict=True)):
+            input_ids[row, :n] = ids
+            labels[row, :n] = row_labels
             attention_mask[row, :n] = 1
+        supervised = (labels != IGNORE_INDEX).sum(dim=1)
         if self.model_max_length is not None:  # [Contract] OpenVLA truncates after padding
             cut = slice(0, self.model_max_length)
             input_ids, labels, attention_mask = input_ids[:, cut], labels[:, cut], attention_mask[:, cut]
+        self._check_supervision(supervised, (labels != IGNORE_INDEX).sum(dim=1), lengths)
         batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         if any("pixel_values" in e for e in examples):
             batch["pixel_values"] = self._stack_pixel_values(examples)
         if "dataset_name" in examples[0]:
             batch["dataset_names"] = [e.get("dataset_name") for e in examples]
         return batch
+
+    @staticmethod
+    def _ids(i: int, example: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Example `i`'s input_ids and labels as 1-D long tensors: integers (a fractional float would be cut
+        to an integer, a bool read as 0/1), ids not negative, labels an id or IGNORE_INDEX."""
+        out = []
+        for key in ("input_ids", "labels"):
+            try:
+                values = torch.as_tensor(example[key])
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise ArgumentError(
+                    f"Example {i}: {key} cannot be read as token ids ({exc}). Pass a list or 1-D tensor of "
+                    "integers (as tokenize_conversation returns).",
+                    name=key,
+                    value=example[key],
+                ) from None
+            if values.is_floating_point() or values.is_complex() or values.dtype == torch.bool:
+                shown = values.flatten()[:3].tolist()
+                raise ArgumentError(
+                    f"Example {i}: {key} has dtype {values.dtype} (e.g. {shown}); token ids must be "
+                    "integers. "
+                    "Casting would cut 2.7 to 2 without a word: pass integer ids (as tokenize_conversation "
+                    "returns), or round them yourself where they are whole numbers (.long()).",
+                    name=key,
+                    value=shown,
+                )
+            low = IGNORE_INDEX if key == "labels" else 0
+            bad = values[(values < 0) & (values != low)]
+            if bad.numel():
+                accepted = (
+                    "ids >= 0, or -100 (IGNORE_INDEX) for unsupervised tokens"
+                    if key == "labels"
+                    else ("ids >= 0")
+                )
+                raise ArgumentError(
+                    f"Example {i}: {key} holds {bad.flatten()[0].item()} ({bad.numel()} negative values); "
+                    f"accepted: {accepted}. The example was not made by tokenize_conversation, or was "
+                    "edited: "
+                    "rebuild it.",
+                    name=key,
+                    value=bad.flatten()[0].item(),
+                )
+            out.append(values.long().flatten())
+        return out[0], out[1]
+
+    def _check_supervision(self, before: torch.Tensor, after: torch.Tensor, lengths: list[int]) -> None:
+        """Raise when the batch has no supervised token (its loss would be NaN, or 0 with a summed loss, and
+        the step would learn nothing without a word); log once when truncation took every supervised token
+        of some rows but not of all."""
+        cut = ((before > 0) & (after == 0)).nonzero().flatten().tolist()
+        if int(after.sum()) == 0:
+            how = (
+                f"truncation to model_max_length={self.model_max_length} cut all of them (the examples have "
+                f"{lengths} tokens, their replies come after the cut)"
+                if cut
+                else "no example has a label other than -100 (IGNORE_INDEX)"
+            )
+            raise TokenizationError(
+                f"PaddedCollator: this batch of {len(lengths)} examples has no supervised token: {how}. Its "
+                "loss would be NaN (or 0) and the step would learn nothing. Raise model_max_length (the "
+                "backbone's llm_max_length), or drop the examples longer than it (finetune's "
+                "check_conversations "
+                "names them), or shorten their prompts."
+            )
+        if cut and not self._warned_cut:
+            self._warned_cut = True
+            logger.warning(
+                "PaddedCollator: truncation to model_max_length=%d took every supervised token of %d of %d "
+                "examples in a batch (rows %s, of %s tokens); they add nothing to the loss. Raise "
+                "model_max_length or drop over-long examples. (Said once per collator.)",
+                self.model_max_length,
+                len(cut),
+                len(lengths),
+                cut[:10],
+                [lengths[r] for r in cut[:10]],
+            )
 
     def _stack_pixel_values(
         self, examples: Sequence[Mapping[str, Any]]

@@ -18,21 +18,24 @@ different model; a fingerprint without them is refused.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import PreTrainedTokenizerBase
 
-from llm_backbones import _fs
+from llm_backbones import _args, _fs
 from llm_backbones._redact import HubToken
 from llm_backbones.core.backbones import files as _files
 from llm_backbones.core.backbones.backbone import LLMBackbone
-from llm_backbones.core.backbones.factory import get_llm_backbone_and_tokenizer
+from llm_backbones.core.backbones.factory import BACKBONE_KEYWORDS, get_llm_backbone_and_tokenizer
 from llm_backbones.core.prompting.builder import DEFAULT_MODEL_FAMILY
 from llm_backbones.core.prompting.formats import PROMPT_FORMATS
 from llm_backbones.core.registry import get_spec
@@ -393,6 +396,24 @@ def _not_writable(target: Path, exc: OSError) -> OutputPathError:
     )
 
 
+def _write_failed(target: Path, writing: str, exc: BaseException) -> CheckpointError:
+    """The error of a save that failed while `writing` (a full disk, an I/O error): what, where, and that the
+    previous checkpoint is untouched."""
+    reason = " ".join(str(exc).split())[:200]
+    full = getattr(exc, "errno", None) == errno.ENOSPC or "code: 28" in reason or "No space left" in reason
+    try:
+        free = f"{shutil.disk_usage(target.parent).free / 2**20:,.0f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    cause = f"the disk is full ({free} on {target.parent})" if full else f"an I/O error ({free})"
+    return CheckpointError(
+        f"Could not save the checkpoint {target}: writing {writing} failed: {cause}: {reason}. Nothing was "
+        f"lost: the partial copy was removed, and {target} still holds the previous checkpoint, if there was "
+        "one. Free some space on that disk (a checkpoint needs about the size of its weights, twice while "
+        "it replaces the previous one), or save to another disk."
+    )
+
+
 def _write_weights(backbone: LLMBackbone, directory: Path) -> None:
     """config.json, generation_config.json and the weights as safetensors."""
     backbone.llm.save_pretrained(directory)
@@ -451,13 +472,19 @@ def save_backbone(backbone: LLMBackbone, path: str | Path) -> Path:
             ", ".join(leftovers),
         )
     fingerprint = backbone_fingerprint(backbone)
+    writing = "model.safetensors and config.json (the weights)"
     try:
         with _fs.atomic_dir(target) as tmp:  # replaces the previous checkpoint in one step
             _write_weights(backbone, tmp)
+            writing = "tokenizer.json and tokenizer_config.json (the tokenizer)"
             _write_tokenizer(backbone.get_tokenizer(), tmp)
+            writing = FINGERPRINT_FILE
             _write_fingerprint(fingerprint, tmp)
+            writing = f"the finished checkpoint (renaming it to {target.name})"
     except PermissionError as exc:
         raise _not_writable(target, exc) from None
+    except (OSError, SafetensorError) as exc:  # a full disk: safetensors raises SafetensorError, not OSError
+        raise _write_failed(target, writing, exc) from None
     logger.info("Saved backbone %s to %s", backbone.identifier, target)
     return target
 
@@ -494,6 +521,13 @@ def load_backbone(
     """
     if "hf_token" in overrides:  # first: no frame of the load holds the plain token
         overrides["hf_token"] = HubToken.wrap(overrides["hf_token"])
+    for name, flag in (("ignore_fingerprint", ignore_fingerprint), ("verify", verify), ("strict", strict)):
+        _args.check_bool(flag, name)
+    _args.check_keywords(
+        {k: v for k, v in overrides.items() if k != "model_path"},  # refused below, with its own reason
+        (BACKBONE_KEYWORDS | {"llm_backbone_id"}) - {"model_path"},
+        "load_backbone",
+    )
     if not isinstance(path, (str, os.PathLike)):
         raise ModelPathError(f"path must be a str or a path, got {type(path).__name__}: {path!r:.80}.")
     checkpoint = Path(path).expanduser()

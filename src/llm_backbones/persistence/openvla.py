@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from llm_backbones import _args
 from llm_backbones._redact import HubToken, redacting, rewrite_exception
 from llm_backbones.core.backbones import files as _files
 from llm_backbones.core.backbones.backbone import HFCausalLLMBackbone
@@ -330,11 +331,12 @@ def _load_vla_backbone(
 ) -> LoadedVLA:
     if not isinstance(path, (str, os.PathLike)):
         raise ModelPathError(f"path must be a str or a path, got {type(path).__name__}: {path!r:.80}.")
-    if not isinstance(allow_external_files, bool):
-        raise VLACheckpointError(
-            f"allow_external_files must be True or False, got {allow_external_files!r:.40}. Pass True only "
-            "for a checkpoint folder whose symlinks you trust."
-        )
+    _args.check_bool(
+        allow_external_files,
+        "allow_external_files",
+        error=VLACheckpointError,
+        fix="Pass allow_external_files=True only for a checkpoint folder whose symlinks you trust.",
+    )
     # The arguments first, before any file is read.
     if n_action_bins is not None:
         _check_action_bins(n_action_bins, "n_action_bins= (the argument)")

@@ -27,7 +27,8 @@ import torch
 from transformers import DynamicCache, LlamaForCausalLM, PreTrainedModel, StaticCache
 from transformers.cache_utils import StaticLayer
 
-from llm_backbones.errors import ConfigMismatchError, InputShapeError
+from llm_backbones import _args
+from llm_backbones.errors import ArgumentError, ConfigMismatchError, InputShapeError, ModelWeightsError
 
 logger = logging.getLogger(__name__)
 
@@ -435,8 +436,7 @@ def prepare_for_generation(
     """
     _check_static_attention(model, "Compiled generation")
     batches = _positive_ints("batch_sizes", batch_sizes)
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-        raise InputShapeError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
+    _args.check_positive_int(max_new_tokens, "max_new_tokens", error=InputShapeError)
     if buckets is not None:
         chosen = _positive_ints("buckets", buckets)
         if max(chosen) < max_prompt_length:
@@ -482,27 +482,88 @@ def prepare_for_generation(
     return plan
 
 
-def _check_inputs(input_ids, inputs_embeds, attention_mask, max_new_tokens) -> None:
+def check_weights_loaded(model: torch.nn.Module, what: str = "Generation") -> None:
+    """`ModelWeightsError` when a parameter of `model` has no data (meta device): a backbone built with
+    `inference_mode=True` whose weights were never loaded would give tensors on the meta device."""
+    on_meta = next((name for name, p in model.named_parameters() if p.device.type == "meta"), None)
+    if on_meta is not None:
+        raise ModelWeightsError(
+            f"{what} needs the model's weights, but {on_meta} (and maybe others) has no data: it is on "
+            "the meta "
+            "device, as a backbone built with inference_mode=True is until its weights are loaded. Load them "
+            "first (load_backbone(dir, inference_mode=True), backbone.load_state_dict(state_dict), or a VLA "
+            "loader), or build with inference_mode=False."
+        )
+
+
+def _check_inputs(model, input_ids, inputs_embeds, attention_mask, max_new_tokens) -> None:
+    """Refuse what generation would otherwise run on silently: shapes that do not fit, ids that are not
+    integers, embeddings that are not floating or hold NaN/inf, a mask of other values than 0 and 1, a model
+    whose weights were never loaded, and more positions than the model has (prompt + `max_new_tokens`)."""
     if (input_ids is None) == (inputs_embeds is None):
         raise InputShapeError(
             "Pass exactly one of input_ids ([batch, tokens]) or inputs_embeds ([batch, tokens, dim])."
         )
+    for name, tensor in (
+        ("input_ids", input_ids),
+        ("inputs_embeds", inputs_embeds),
+        ("mask", attention_mask),
+    ):
+        if tensor is not None and not isinstance(tensor, torch.Tensor):
+            raise ArgumentError(
+                f"{name} must be a torch.Tensor, got {type(tensor).__name__}. Pass e.g. "
+                "torch.tensor([ids]) (tokenizer(..., return_tensors='pt'))."
+            )
     if input_ids is not None and input_ids.dim() != 2:
         raise InputShapeError(
             f"input_ids must be [batch, tokens], got shape {tuple(input_ids.shape)}; add a batch dimension "
             "(input_ids[None])."
         )
+    if input_ids is not None and (input_ids.is_floating_point() or input_ids.dtype == torch.bool):
+        raise ArgumentError(
+            f"input_ids must be integer token ids, got dtype {input_ids.dtype}. Pass the tokenizer's ids "
+            "(torch.long), e.g. tokenizer(text, return_tensors='pt').input_ids.",
+            name="input_ids",
+            value=input_ids.dtype,
+        )
     if inputs_embeds is not None and inputs_embeds.dim() != 3:
         raise InputShapeError(
             f"inputs_embeds must be [batch, tokens, dim], got shape {tuple(inputs_embeds.shape)}."
         )
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-        raise InputShapeError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
+    if inputs_embeds is not None and not inputs_embeds.is_floating_point():
+        raise ArgumentError(
+            f"inputs_embeds must be floating embeddings, got dtype {inputs_embeds.dtype} (token ids?). "
+            "Pass ids "
+            "as input_ids=, or embeddings from model.get_input_embeddings()(ids) / insert_patch_embeddings.",
+            name="inputs_embeds",
+            value=inputs_embeds.dtype,
+        )
+    if inputs_embeds is not None and not bool(torch.isfinite(inputs_embeds).all()):
+        bad = int((~torch.isfinite(inputs_embeds)).sum())
+        raise ArgumentError(
+            f"inputs_embeds holds {bad} NaN or infinite values of {inputs_embeds.numel():,}: every token "
+            "would "
+            "be garbage. Check what made them (the vision backbone's features, the projector, a diverged "
+            "checkpoint) and pass finite embeddings.",
+            name="inputs_embeds",
+            value=f"{bad} non-finite",
+        )
+    _args.check_positive_int(max_new_tokens, "max_new_tokens", error=InputShapeError)
+    shape = tuple((input_ids if input_ids is not None else inputs_embeds).shape[:2])
     if attention_mask is not None:
-        shape = tuple((input_ids if input_ids is not None else inputs_embeds).shape[:2])
         if tuple(attention_mask.shape) != shape:
             raise InputShapeError(
                 f"attention_mask has shape {tuple(attention_mask.shape)}, the inputs {shape}."
+            )
+        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            odd = attention_mask[(attention_mask != 0) & (attention_mask != 1)]
+            raise ArgumentError(
+                f"attention_mask must hold only 0 (padding) and 1 (a token), got {odd.flatten()[0].item()!r} "
+                f"(and {odd.numel() - 1} more such values). Pass the tokenizer's mask (0/1 integers or "
+                "bools), "
+                "not weights.",
+                name="attention_mask",
+                value=odd.flatten()[0].item(),
             )
         if not bool(attention_mask[:, -1].all()):
             raise InputShapeError(
@@ -510,6 +571,20 @@ def _check_inputs(input_ids, inputs_embeds, attention_mask, max_new_tokens) -> N
                 "the training collator pads). Left-pad the prompts (tokenizer.padding_side = 'left') or "
                 "generate row by row."
             )
+    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    if isinstance(limit, int) and shape[1] + max_new_tokens > limit:
+        fix = (
+            f"Shorten the prompt to fewer than {limit:,} tokens (with room for the new ones)."
+            if shape[1] >= limit
+            else f"Pass max_new_tokens of at most {limit - shape[1]:,}, or shorten the prompt."
+        )
+        raise InputShapeError(
+            f"The prompt has {shape[1]:,} tokens and max_new_tokens={max_new_tokens:,} asks for "
+            f"{shape[1] + max_new_tokens:,} positions, but the model has {limit:,} "
+            "(max_position_embeddings); "
+            f"positions beyond it were never trained. {fix}"
+        )
+    check_weights_loaded(model)
 
 
 @torch.inference_mode()
@@ -536,7 +611,7 @@ def generate_greedy(
       prepares for this call's shape if needed). `compiled=False` forces the eager path.
     - `compile_decode=True`: static cache, eager prefill and a compiled decode step (CUDA graphs on CUDA).
     """
-    _check_inputs(input_ids, inputs_embeds, attention_mask, max_new_tokens)
+    _check_inputs(model, input_ids, inputs_embeds, attention_mask, max_new_tokens)
     if inputs_embeds is None:
         inputs_embeds = model.get_input_embeddings()(input_ids)
     batch, length = inputs_embeds.shape[:2]
@@ -606,7 +681,7 @@ def generate_greedy_in_range(
     argmax over the whole vocabulary at each step (where it differs, the mask changed the choice). Eager,
     over a dynamic cache; the tokens of `generate_greedy` wherever its argmax lies in the range.
     """
-    _check_inputs(input_ids, inputs_embeds, attention_mask, max_new_tokens)
+    _check_inputs(model, input_ids, inputs_embeds, attention_mask, max_new_tokens)
     low, high = token_range
     vocab = model.config.get_text_config().vocab_size
     if not (isinstance(low, int) and isinstance(high, int) and 0 <= low <= high < vocab):

@@ -21,13 +21,18 @@ from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from llm_backbones import _args
 from llm_backbones._redact import HubToken, redacting
-from llm_backbones.core.backbones.loading import HFLoader
+from llm_backbones.core.backbones import files as _files
+from llm_backbones.core.backbones.loading import HFLoader, check_attn_implementation
 from llm_backbones.core.prompting.builder import PromptBuilder
+from llm_backbones.core.prompting.formats import PROMPT_FORMATS, get_prompt_format
 from llm_backbones.core.registry import BackboneSpec, get_spec
+from llm_backbones.errors import PromptFormatError
 from llm_backbones.runtime.fused_loss import chunked_causal_lm_loss
 from llm_backbones.runtime.generation import (
     CACHE_KEYWORD,
+    check_weights_loaded,
     generate_actions,
     generate_greedy,
     prepare_for_generation,
@@ -59,6 +64,32 @@ def last_layer_modules(llm: nn.Module) -> tuple[nn.Module, ...]:
         unique.append(module)
         seen |= params
     return tuple(unique)
+
+
+def check_format_fits_tokenizer(
+    spec: BackboneSpec, tokenizer: PreTrainedTokenizerBase, backbone_id: str
+) -> None:
+    """`PromptFormatError` when the control markers of `spec`'s prompt format (`<|im_start|>`, `</s>`, ...)
+    are not single tokens of `tokenizer`: its prompts would hold them as plain text the model never saw as
+    markers. Names the format, the markers and the formats of the backbone's own family."""
+    markers = get_prompt_format(spec.prompt_format).control_markers
+    split = {m: ids for m in markers if len(ids := tokenizer.encode(m, add_special_tokens=False)) != 1}
+    if not split:
+        return
+    own = get_spec(backbone_id).prompt_format
+    family = sorted(
+        name for name, fmt in PROMPT_FORMATS.items() if fmt.official_name == PROMPT_FORMATS[own].official_name
+    )
+    shown = ", ".join(f"{m!r} -> {len(ids)} tokens" for m, ids in list(split.items())[:4])
+    raise PromptFormatError(
+        f"prompt_format={spec.prompt_format!r} does not fit backbone {backbone_id!r}: its control markers "
+        "are "
+        f"not tokens of this tokenizer ({len(tokenizer)} pieces): {shown}. Its prompts would carry them as "
+        "plain text the model never saw as markers. Accepted: a format whose markers the tokenizer has, "
+        "such "
+        f"as the backbone's own {', '.join(repr(f) for f in family)}; pass one of those (or omit "
+        "prompt_format), or use a backbone id of that format's family."
+    )
 
 
 class LLMBackbone(nn.Module, ABC):
@@ -184,6 +215,19 @@ class HFCausalLLMBackbone(LLMBackbone):
         prompt_format: str | None = None,
     ) -> None:
         hf_token = HubToken.wrap(hf_token)  # first: from here on no frame of the load holds the plain token
+        # Every argument checked here, before anything is read (never passed on to transformers to fail).
+        llm_max_length = _files.check_llm_max_length(llm_max_length, "llm_max_length= (the argument)")
+        for name, flag in (
+            ("inference_mode", inference_mode),
+            ("use_flash_attention_2", use_flash_attention_2),
+            ("trust_remote_code", trust_remote_code),
+            ("allow_pickle", allow_pickle),
+            ("strict", strict),
+            ("allow_external_files", allow_external_files),
+        ):
+            _args.check_bool(flag, name)
+        dtype = _args.check_dtype(dtype) if dtype is not None else torch.float32
+        attn_implementation = check_attn_implementation(attn_implementation)
         super().__init__(llm_backbone_id)
         self.fused_loss = False
         overrides = {"llm_family": llm_family, "llm_cls": llm_cls, "hf_hub_path": hf_hub_path}
@@ -210,12 +254,14 @@ class HFCausalLLMBackbone(LLMBackbone):
                 hf_token,
                 attn_implementation=attn_implementation,
                 use_flash_attention_2=use_flash_attention_2,
-                dtype=dtype if dtype is not None else torch.float32,
+                dtype=dtype,
                 trust_remote_code=trust_remote_code,
                 allow_pickle=allow_pickle,
                 strict=strict,
                 allow_external_files=allow_external_files,
             )
+        if prompt_format is not None:
+            check_format_fits_tokenizer(self.spec, self.tokenizer, llm_backbone_id)
         if not inference_mode:
             self.set_training_flags()
 
@@ -343,7 +389,9 @@ class HFCausalLLMBackbone(LLMBackbone):
 
     # === Generation ===
     def generate(self, **kwargs: Any) -> torch.Tensor:
-        """HF `generate` of the wrapped model (sampling, beams, stop strings: everything HF offers)."""
+        """HF `generate` of the wrapped model (sampling, beams, stop strings: everything HF offers); refused
+        (`ModelWeightsError`) while the weights of an `inference_mode=True` backbone are not loaded."""
+        check_weights_loaded(self.llm, "generate()")
         return self.llm.generate(**kwargs)
 
     def generate_greedy(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from llm_backbones import _args
 from llm_backbones._redact import HubToken
 from llm_backbones.core.backbones.backbone import HFCausalLLMBackbone, LLMBackbone
 from llm_backbones.core.backbones.llama2 import LLaMa2LLMBackbone
@@ -44,6 +46,13 @@ class _BackboneTable(Mapping[str, dict[str, Any]]):
 
 LLM_BACKBONES: Mapping[str, dict[str, Any]] = _BackboneTable()
 
+# The keywords a backbone's constructor takes (`model_path=`, `dtype=`, `attn_implementation=`, ...): a
+# misspelt one is refused with the closest name before anything is loaded.
+BACKBONE_KEYWORDS: frozenset[str] = frozenset(inspect.signature(HFCausalLLMBackbone.__init__).parameters) - {
+    "self",
+    "llm_backbone_id",
+}
+
 
 def get_llm_backbone_and_tokenizer(
     llm_backbone_id: str,
@@ -61,6 +70,7 @@ def get_llm_backbone_and_tokenizer(
     wrapped at once, so no frame of the load holds the plain token.
     """
     hf_token = HubToken.wrap(hf_token)
+    _args.check_keywords(kwargs, BACKBONE_KEYWORDS, "get_llm_backbone_and_tokenizer")
     entry = LLM_BACKBONES[llm_backbone_id]
     backbone = entry["cls"](
         llm_backbone_id,
@@ -79,6 +89,7 @@ __all__ = [
     "LLaMa2LLMBackbone",
     "LLM_BACKBONES",
     "FAMILY_BACKBONE_CLASSES",
+    "BACKBONE_KEYWORDS",
     "backbone_class_for",
     "get_llm_backbone_and_tokenizer",
 ]

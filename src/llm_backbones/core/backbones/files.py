@@ -18,6 +18,7 @@ embedding (`check_tokenizer_fits`). And `sha256_files`, the streamed hashes `sav
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import math
@@ -31,10 +32,11 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from llm_backbones import _fs
+from llm_backbones import _args, _fs
 from llm_backbones.errors import (
     ConfigMismatchError,
     LLMBackbonesError,
+    MissingDependencyError,
     ModelPathError,
     ModelWeightsError,
     NonFiniteWeightsError,
@@ -203,6 +205,7 @@ def read_config(directory: Path, *, allow_external: bool = False) -> dict[str, A
     contained(directory, "config.json", allow_external=allow_external)
     raw = read_json_object(file, "the model's config")
     check_config_sizes(raw, str(file))
+    check_config_fields(raw, str(file))
     return raw
 
 
@@ -373,13 +376,8 @@ def read_tensors(names: Sequence[str], files: Mapping[str, Path]) -> dict[str, t
 # === config.json: sizes a real model could have ===
 def _bad_size(value: object, bound: int) -> str | None:
     """Why `value` is not a size from 1 to `bound`, or None."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        return f"an integer is needed, got {type(value).__name__} {value!r:.40}"
-    if value < 1:
-        return "it must be at least 1"
-    if value > bound:
-        return f"it must be at most {bound:,} (no real model comes near)"
-    return None
+    why = _args.int_problem(value, low=1, high=bound)
+    return f"{why} (no real model comes near)" if why and why.startswith("it must be at most") else why
 
 
 def check_config_sizes(raw: Mapping[str, Any], where: str) -> None:
@@ -409,6 +407,66 @@ def check_config_sizes(raw: Mapping[str, Any], where: str) -> None:
             f"{where}: num_key_value_heads={kv} does not divide num_attention_heads={heads} (grouped-query "
             f"attention shares each key/value head among a whole number of query heads). {fix}"
         )
+
+
+def check_config_fields(raw: Mapping[str, Any], where: str) -> None:
+    """`ConfigMismatchError` (or `MissingDependencyError`) naming file, field, value and fix for a field of
+    config.json that transformers would reject deep inside with its own exception: an unknown `rope_type` of
+    `rope_scaling` or unknown `hidden_act` (a KeyError), a `torch_dtype`/`dtype` torch has not (an
+    AttributeError), a `pad_token_id` outside the vocabulary (an AssertionError from torch), a
+    `quantization_config` whose library is not installed (an ImportError). Runs on the raw JSON."""
+    fix = (
+        f"Fix it in {where} (the base model's config.json has the right value), or point model_path at the "
+        "checkpoint's own directory."
+    )
+    from transformers.activations import ACT2FN
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    for key in ("hidden_act", "hidden_activation"):
+        if raw.get(key) is not None:
+            _args.check_choice(
+                raw[key], f"{where}: {key}", sorted(ACT2FN), error=ConfigMismatchError, fix=fix
+            )
+    rope = raw.get("rope_scaling")
+    if rope is not None:
+        if not isinstance(rope, Mapping):
+            raise ConfigMismatchError(
+                f"{where}: rope_scaling={rope!r:.80} is not accepted: an object such as "
+                f'{{"rope_type": "llama3", "factor": 8.0}} (or null) is needed. {fix}'
+            )
+        rope_type = rope.get("rope_type", rope.get("type"))
+        if rope_type is not None:
+            _args.check_choice(
+                rope_type,
+                f"{where}: rope_scaling.rope_type",
+                ["default", *sorted(ROPE_INIT_FUNCTIONS)],
+                error=ConfigMismatchError,
+                fix=fix,
+            )
+    for key in ("torch_dtype", "dtype"):
+        if raw.get(key) is not None and raw[key] != "auto":
+            _args.check_dtype(raw[key], f"{where}: {key}", error=ConfigMismatchError, fix=fix)
+    vocab, pad = raw.get("vocab_size"), raw.get("pad_token_id")
+    if pad is not None and isinstance(vocab, int):
+        _args.check_int(
+            pad,
+            f"{where}: pad_token_id",
+            low=0,
+            high=vocab - 1,
+            error=ConfigMismatchError,
+            fix=f"It must be an id of the vocabulary of vocab_size={vocab} (or null). {fix}",
+        )
+    quantization = raw.get("quantization_config")
+    if isinstance(quantization, Mapping):
+        method = str(quantization.get("quant_method", "?"))
+        module = {"bitsandbytes": "bitsandbytes", "gptq": "gptqmodel", "awq": "awq"}.get(method)
+        if module is not None and importlib.util.find_spec(module) is None:
+            raise MissingDependencyError(
+                f"{where}: quantization_config has quant_method={method!r}, which needs the {module!r} "
+                "package "
+                f"(not installed here). Install it (pip install {module}; bitsandbytes needs CUDA), or point "
+                "model_path at the unquantized checkpoint (its base model)."
+            )
 
 
 def check_llm_max_length(value: Any, where: str) -> int:

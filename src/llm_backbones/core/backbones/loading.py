@@ -30,7 +30,7 @@ from transformers import (
 )
 from transformers.utils import cached_file
 
-from llm_backbones import _fs
+from llm_backbones import _args, _fs
 from llm_backbones._redact import HubToken
 from llm_backbones.core.backbones import files as _files
 from llm_backbones.core.backbones.embedded import MODEL_BUILD_LOCK, embedded_model_dir
@@ -38,10 +38,12 @@ from llm_backbones.core.registry import BackboneSpec
 from llm_backbones.errors import (
     ConfigMismatchError,
     LLMBackbonesError,
+    MissingDependencyError,
     ModelPathError,
     ModelWeightsError,
     RemoteCodeError,
     TokenizerContractError,
+    TokenizerFileError,
     UnsafeFileError,
 )
 
@@ -132,6 +134,28 @@ def load_tokenizer(
     """
     if local:
         _files.check_tokenizer_files(Path(source), trust_remote_code=bool(kwargs.get("trust_remote_code")))
+    try:
+        return _load_tokenizer_as_written(spec, source, local=local, **kwargs)
+    except Exception as exc:
+        if (
+            type(exc) is not Exception
+        ):  # transformers' own errors (OSError, ValueError, ...) are handled above
+            raise
+        # tokenizers raises a bare Exception for a tokenizer.json of valid JSON but broken contents
+        failure = TokenizerFileError(
+            f"The tokenizer files of {source} cannot build a tokenizer: the tokenizers library refused "
+            f"tokenizer.json ({' '.join(str(exc).split())[:200]}). The file is valid JSON, but its contents "
+            "(the model, vocabulary or merges) are damaged or written for another tokenizers release. "
+            "Restore "
+            "it from the original checkpoint, or save the base model's tokenizer into the directory: "
+            f"AutoTokenizer.from_pretrained(<base model>).save_pretrained({str(source)!r})."
+        )
+    raise failure  # outside the except block: no chain to the library's frames
+
+
+def _load_tokenizer_as_written(
+    spec: BackboneSpec, source: str | Path, *, local: bool, **kwargs: Any
+) -> PreTrainedTokenizerBase:
     if spec.tokenizer_json_as_written and (not local or (Path(source) / "tokenizer.json").is_file()):
         # [Contract] the pipeline tokenizer.json declares, as transformers 4 loaded it for OpenVLA and
         # Prismatic: transformers 5's LlamaTokenizer class replaces it with a Metaspace pre-tokenizer that
@@ -145,6 +169,46 @@ def load_tokenizer(
         else:
             return as_llama_tokenizer_fast(tokenizer)
     return AutoTokenizer.from_pretrained(source, **kwargs)
+
+
+# The package each attention kernel needs, and transformers' test that it can run here.
+_KERNEL_PACKAGES = {
+    "flash_attention_2": ("flash-attn", "is_flash_attn_2_available"),
+    "flash_attention_3": ("flash-attn 3 (flash_attn_interface)", "is_flash_attn_3_available"),
+    "flash_attention_4": ("flash-attn 4", "is_flash_attn_4_available"),
+}
+
+
+def check_attn_implementation(value: object) -> str | None:
+    """`value` as an `attn_implementation`: None, a kernel transformers knows ("eager", "sdpa",
+    "flash_attention_2", ..., or a hub kernel "org/repo"), else `ArgumentError` with the closest names; a
+    flash-attention kernel whose package cannot run here raises `MissingDependencyError` naming it and the
+    fix, before anything is loaded."""
+    if value is None or (isinstance(value, str) and "/" in value):  # a hub kernel: transformers checks it
+        return value
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    known = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
+    _args.check_choice(
+        value,
+        "attn_implementation",
+        known,
+        fix="Or leave it unset: the backbone then picks sdpa (flash-attention-2 with "
+        "use_flash_attention_2=True where it can run).",
+    )
+    if value in _KERNEL_PACKAGES:
+        import transformers.utils
+
+        package, available = _KERNEL_PACKAGES[value]
+        if not getattr(transformers.utils, available, lambda: False)():
+            raise MissingDependencyError(
+                f"attn_implementation={value!r} needs {package} on CUDA, which cannot run here (not "
+                "installed, "
+                f"or no CUDA device). Install it on a CUDA machine (pip install flash-attn "
+                "--no-build-isolation), or pass attn_implementation='sdpa', or use_flash_attention_2=True "
+                "(flash-attention-2 where it can run, sdpa otherwise)."
+            )
+    return str(value)
 
 
 def select_attn_implementation(

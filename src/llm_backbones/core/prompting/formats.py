@@ -10,6 +10,7 @@ a format from outside the package.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -85,6 +86,15 @@ class PromptFormat:
         return self.default_date is not None
 
     @property
+    def control_markers(self) -> tuple[str, ...]:
+        """The control markers this format writes (BOS, EOS, `<|im_start|>`, `<start_of_turn>`, ...): each
+        must be one token of the tokenizer it is used with. Plain-text wrappers (`[INST]`, `<<SYS>>`,
+        `USER:`) are not markers."""
+        texts = (self.bos, self.eos, self.first_human or "", self.human, self.gpt, self.system or "")
+        found = [self.bos, self.eos, *(m for t in texts for m in _MARKER.findall(t))]
+        return tuple(dict.fromkeys(m for m in found if m))
+
+    @property
     def official_name(self) -> str:
         """The name of the format this one renders: itself, or the format of which it is the Prismatic
         twin."""
@@ -92,6 +102,8 @@ class PromptFormat:
 
 
 PRISMATIC_SUFFIX = "-prismatic"
+# A control marker: `<s>`, `</s>`, `<|im_end|>`, `<start_of_turn>`; not the text `<<SYS>>` of Llama-2 chat.
+_MARKER = re.compile(r"(?<!<)</?[A-Za-z_|]+>(?!>)")
 _COMPAT = dict(clean_potential_message=False, prismatic=True)
 
 
