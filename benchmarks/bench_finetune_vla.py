@@ -17,7 +17,8 @@ Ours, two measures, median over `--n` steps after `--warmup`:
   `setup_optimizer`, `optimizer_step` with its default clip at 1.0) on the saved batch: vision run every
   step. The same work as OpenVLA's step.
 - `run`: `run_finetune_vla` itself on the dataset (what users run), per step from its `on_step` callback
-  (data collation, metrics and scheduler included) and its `examples_per_s` records. With frozen vision and
+  (data collation, metrics and scheduler included; its metrics' own `examples_per_s` would also count the
+  OpenVLA step run inside `on_step`, so it is not used). With frozen vision and
   no augmentation it computes each frame's vision features once and keeps them (so after the first epoch a
   step runs no vision): that is what a user's run does, and less work than OpenVLA's step.
 OpenVLA's: scripts/openvla_train_step.py in the throw-away environment (`--reference-python`), forward +
@@ -172,7 +173,7 @@ def ours_run(
 
     policy = load_vla(checkpoint, vision_depth=spec.VISION_DEPTH)
     gemm = gemm_gflops()
-    ends, resumes, theirs, rates = [], [], [], []
+    ends, resumes, theirs = [], [], []
 
     def on_step(step: int, loss: float) -> None:
         ends.append(time.perf_counter())
@@ -185,15 +186,11 @@ def ours_run(
         config=_config(mode, train_vision, steps, size),
         log_every=1,
         on_step=on_step,
-        on_record=lambda record: (
-            rates.append(record["examples_per_s"]) if "examples_per_s" in record else None
-        ),
     )
     times = [(end - resume) * 1000 for resume, end in zip(resumes, ends[1:], strict=False)]
     # step 1's time (from before the call) is not known; the measured steps are warmup + 1 ..
     out = _summary([float("nan")] + times, result.losses, warmup, size, theirs)
     out["gemm_gflops"] = gemm
-    out["examples_per_s_records_median"] = round(statistics.median(rates[warmup:]), 3)
     out["trainable_params"], out["total_params"] = result.trainable_params, result.total_params
     return out
 

@@ -137,7 +137,7 @@ def main() -> None:
         "total_params": total,
         "optimizer": repr(optimizer).splitlines()[0] + f" {optimizer.defaults}",
         "torch_threads": torch.get_num_threads(),
-        "model": f"{type(model).__name__} of OpenVLAForActionPrediction ({CHECKPOINT})",
+        "model": f"{type(model).__name__} (OpenVLAForActionPrediction, {CHECKPOINT})",
         "openvla": source,
         "versions": {**versions(), "peft": _version("peft")},
     }
