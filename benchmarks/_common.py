@@ -36,3 +36,25 @@ def cpu_description() -> str:
     except OSError:
         pass
     return f"CPU ({model}, {os.cpu_count()} threads)"
+
+
+def gemm_gflops(reps: int = 8) -> float:
+    """fp32 GEMM throughput of this process now (GFLOP/s, median of `reps`): `linear` of [2048, 1024] by
+    [4096, 1024], a vision-tower MLP's shape. Runs in both benchmark environments (torch imported here), so a
+    comparison across two torch builds, or two moments of a shared machine, can say whether the CPUs' speed
+    differed."""
+    import statistics
+    import time
+
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2048, 1024, generator=generator)
+    w = torch.randn(4096, 1024, generator=generator)
+    torch.nn.functional.linear(x, w)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        torch.nn.functional.linear(x, w)
+        times.append(time.perf_counter() - start)
+    return round(2 * 2048 * 1024 * 4096 / statistics.median(times) / 1e9, 1)
