@@ -254,3 +254,13 @@ def test_a_config_with_an_unknown_resize_strategy_is_refused_naming_the_file(tmp
     with pytest.raises(VLACheckpointError) as info:
         load_vla(directory, vision_depth=spec.VISION_DEPTH)
     assert "image_resize_strategy='crop'" in str(info.value) and str(directory) in str(info.value)
+
+
+def test_to_takes_a_dtype_alone_as_nn_module_does(checkpoint):
+    """`policy.to(torch.float64)` casts every part (as `nn.Module.to(dtype)`), and stays where it is."""
+    policy = load_vla(checkpoint, vision_depth=spec.VISION_DEPTH)
+    assert policy.to(torch.float64) is policy
+    assert {p.dtype for part in policy.modules() for p in part.parameters()} == {torch.float64}
+    assert policy.device == torch.device("cpu")
+    with pytest.raises(TypeError, match="two dtypes"):
+        policy.to(torch.float32, torch.float16)

@@ -517,9 +517,12 @@ def evaluate(
                 start + rank * micro_batch_size : min(start + (rank + 1) * micro_batch_size, len(examples))
             ]
         )
-        if not mine:  # keep the collectives in step: one example (its other fields too), nothing supervised
-            mine = [{**examples[0], "labels": torch.full_like(examples[0]["labels"], IGNORE_INDEX)}]
-        batch = {k: v.to(device) for k, v in collate(mine).items()}
+        if mine:
+            batch = collate(mine)
+        else:  # keep the collectives in step: one example (its other fields too), nothing supervised
+            batch = collate(examples[:1])
+            batch["labels"] = torch.full_like(batch["labels"], IGNORE_INDEX)
+        batch = {k: v.to(device) for k, v in batch.items()}
         loss_sum = micro_loss_sum(model, batch, autocast=autocast, fused_loss=fused_loss, observe=observe)
         total[0] += loss_sum.double()
         total[1] += supervised_tokens(batch["labels"])

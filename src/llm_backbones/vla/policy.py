@@ -103,7 +103,12 @@ class VLAPolicy:
         return self.llm.get_action_dim(unnorm_key)
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> VLAPolicy:
-        """Move (and cast) every part; returns the policy."""
+        """Move (and cast) every part; returns the policy. As `nn.Module.to`, a dtype alone may come first:
+        `policy.to(torch.bfloat16)`."""
+        if isinstance(device, torch.dtype):
+            if dtype is not None:
+                raise TypeError(f"policy.to() got two dtypes, {device} and {dtype}; pass (device, dtype).")
+            device, dtype = None, device
         for module in (self.backbone, self.vision, self.projector):
             module.to(device=device, dtype=dtype)
         return self
