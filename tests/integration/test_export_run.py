@@ -263,7 +263,7 @@ def test_adapter_only_for_lora_and_cleared_by_overwrite(tiny_llama_dir, llm_run,
     path = export_run(run, output=tmp_path / "exported")
     assert not (path / "adapter").exists()
     for name, tensor in tensors(path).items():
-        assert torch.equal(tensor, tensors(run)[name]), name
+        assert torch.equal(tensor, tensors(run / "export")[name]), name
 
 
 # === Errors ===

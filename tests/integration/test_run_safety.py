@@ -13,7 +13,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 from test_training_loop_resume import DATA
 from typer.testing import CliRunner
 
@@ -38,6 +37,7 @@ SETTINGS = {
     "precision": "fp32",
 }
 STEP1, STEP2 = "step-00000001", "step-00000002"
+CONVERSATIONS = [record["conversations"] for record in DATA]
 
 
 @pytest.fixture(scope="module")
@@ -334,5 +334,4 @@ def test_a_batch_larger_than_the_data_is_refused_before_anything_is_built(tmp_pa
         match=r"--batch-size 1000000000 is larger than the data: the training data "
         r"holds 5 examples\. Use --batch-size 5 or less",
     ):
-        run_finetune("llama2-tiny-pure", DATA, batch_size=1_000_000_000, device="cpu")
-    assert torch.get_num_threads() >= 1
+        run_finetune("llama2-tiny-pure", CONVERSATIONS, batch_size=1_000_000_000, device="cpu")
