@@ -16,7 +16,7 @@ backbone, tokenizer = get_llm_backbone_and_tokenizer(
     "llama2-tiny-pure"
 )  # initial weights, not the checkpoint's
 model = shard_fsdp2(backbone) if version == 2 else wrap_fsdp1(backbone, ctx.device)
-state = {f"llm.{k}": v for k, v in load_file(f"{checkpoint}/model.safetensors").items()}
+state = {f"llm.{k}": v for k, v in load_file(f"{checkpoint}/export/model.safetensors").items()}
 load_full_state_dict(model, state)
 ids = tokenizer(
     "In: What action should the robot take to open the drawer?\nOut:", return_tensors="pt"

@@ -154,7 +154,7 @@ def test_lora_under_fsdp2_exports_a_merged_checkpoint(tmp_path) -> None:
     metrics, out = run_cli(tmp_path, "lora", 2, "--mode", "lora")
     assert metrics["trainable_params"] == 78_080
     assert metrics["losses"][-1] < metrics["losses"][0]
-    files = sorted(p.name for p in out.iterdir())
+    files = sorted(p.name for p in (out / "export").iterdir())  # the run's export
     assert "model.safetensors" in files and not any("adapter" in f for f in files)  # merged, plain HF
     assert probe_logits(out).shape[-1] == 32064
     backbone, _ = load_backbone(out)  # a fingerprinted checkpoint: the fingerprint matches what it builds

@@ -204,14 +204,13 @@ def test_llm_export_of_the_final_step_is_the_runs_own_export(llm_run, tmp_path):
     from llm_backbones.persistence.checkpoint import load_backbone
 
     path = export_run(llm_run, output=tmp_path / "exported")
-    # the run's export lies at the top of its folder, beside the run's own files
-    run_files = {"run_config.json", "metrics.jsonl"}
+    # the run's export lies in export/, beside the run's own files
     exported = sorted(p.name for p in path.iterdir() if p.is_file())
-    assert exported == sorted(p.name for p in llm_run.iterdir() if p.is_file() and p.name not in run_files)
+    assert exported == sorted(p.name for p in (llm_run / "export").iterdir() if p.is_file())
     for name, tensor in tensors(path).items():
-        assert torch.equal(tensor, tensors(llm_run)[name]), name
+        assert torch.equal(tensor, tensors(llm_run / "export")[name]), name
     for name in exported:
-        assert (path / name).read_bytes() == (llm_run / name).read_bytes(), name
+        assert (path / name).read_bytes() == (llm_run / "export" / name).read_bytes(), name
     assert_same_files(path / "adapter", llm_run / "adapter")
     load_backbone(path)  # fingerprint checked
 
@@ -264,7 +263,7 @@ def test_adapter_only_for_lora_and_cleared_by_overwrite(tiny_llama_dir, llm_run,
     path = export_run(run, output=tmp_path / "exported")
     assert not (path / "adapter").exists()
     for name, tensor in tensors(path).items():
-        assert torch.equal(tensor, tensors(run)[name]), name
+        assert torch.equal(tensor, tensors(run / "export")[name]), name
 
 
 # === Errors ===
@@ -335,7 +334,10 @@ def test_errors_name_the_path_and_the_fix(tmp_path):
 
 def test_a_checkpoint_without_settings_is_refused(tmp_path):
     run = fake_run(tmp_path / "run", steps=(2,))
-    with pytest.raises(CheckpointError, match=r"meta\.json' holds no settings .*--step"):
+    (run / "checkpoints" / "step-00000002" / "meta.json").write_text('{"step": 2}')
+    with pytest.raises(
+        CheckpointError, match=r"meta\.json has config None, not an object of settings .*Restore"
+    ):
         export_run(run, output=tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

@@ -258,9 +258,10 @@ def test_save_every_and_keep(base) -> None:
     meta = json.loads((base.run / "checkpoints" / "step-00000004" / "meta.json").read_text())
     assert meta["step"] == 4 and meta["world_size"] == 1 and meta["format"] == "torch.distributed.checkpoint"
     assert meta["config"]["batch_size"] == 8 and meta["n_examples"] == 8
-    assert (base.run / "model.safetensors").is_file() and (
-        base.run / "fingerprint.json"
-    ).is_file()  # the export
+    # the export, in its own folder (save_backbone's files), nothing of it at the top
+    assert (base.run / "export" / "model.safetensors").is_file()
+    assert (base.run / "export" / "fingerprint.json").is_file()
+    assert sorted(p.name for p in base.run.iterdir() if p.is_file()) == ["metrics.jsonl", "run_config.json"]
 
 
 def test_config_file_flags_override_and_the_saved_config_repeats_the_run(tmp_path) -> None:
@@ -337,7 +338,8 @@ def test_output_holding_a_run_is_refused_unless_resume_or_overwrite(base, tmp_pa
     refused = runner.invoke(app, [*args, "--output", str(base.run)])
     assert refused.exit_code == 1 and refused.output.startswith("error: ")
     assert (
-        "already holds a run (checkpoints up to step 4, an exported model, metrics.jsonl)" in refused.output
+        "already holds a run (checkpoints up to step 4, an exported model in export/, metrics.jsonl)"
+        in refused.output
     )
     assert "Pass --resume to continue it" in refused.output and "--overwrite to replace it" in refused.output
     both = runner.invoke(app, [*args, "--output", str(base.run), "--resume", "--overwrite"])
@@ -358,7 +360,8 @@ def test_output_holding_a_run_is_refused_unless_resume_or_overwrite(base, tmp_pa
     assert not (copy / "checkpoints").exists()  # the old run's checkpoints are gone
     assert json.loads((copy / "run_config.json").read_text())["lr"] == 1e-2
     assert [r["step"] for r in read_records(copy / "metrics.jsonl")] == [1]
-    assert (copy / "model.safetensors").read_bytes() != before[Path("model.safetensors")]
+    weights = Path("export/model.safetensors")
+    assert (copy / weights).read_bytes() != before[weights]
 
 
 def test_non_finite_loss_stops_before_anything_is_written(base, tmp_path) -> None:
@@ -411,7 +414,9 @@ def test_resume_refuses_settings_that_change_the_data_or_model(base, tmp_path) -
         r"--batch-size 8 -> 4",
     ):
         run_finetune("llama2-tiny-pure", DATA, **{**options, "batch_size": 4})
-    with pytest.raises(FinetuneError, match=r"trained on 8 examples, but --data now holds 7"):
+    with pytest.raises(FinetuneError, match=r"the training data is not the data the checkpoint at step 4"):
+        run_finetune("llama2-tiny-pure", DATA[:7] + DATA[:1], **options)
+    with pytest.raises(FinetuneError, match=r"--batch-size 8 is larger than the data: .* holds 7 examples"):
         run_finetune("llama2-tiny-pure", DATA[:7], **options)
     with pytest.raises(FinetuneError, match=r"at step 4, beyond --steps 3; pass --steps 4 or more"):
         run_finetune("llama2-tiny-pure", DATA, **{**options, "steps": 3})

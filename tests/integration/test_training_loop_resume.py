@@ -106,7 +106,7 @@ def test_killed_mid_save_resumes_with_bit_identical_losses(tiny_llama_dir, tmp_p
     assert (killed / "checkpoints" / "latest").read_text() == "step-00000002\n"
     assert (killed / "checkpoints" / "step-00000004.partial" / ".metadata").is_file()
     assert losses(killed) == reference.losses[:4]  # the killed run had logged steps 1-4
-    assert not (killed / "model.safetensors").exists()
+    assert not (killed / "export").exists()
 
     resumed = run_finetune(data=str(data), output=str(killed), resume=True, **SETTINGS)
     assert resumed.start_step == 2 and len(resumed.losses) == 3
@@ -117,5 +117,7 @@ def test_killed_mid_save_resumes_with_bit_identical_losses(tiny_llama_dir, tmp_p
         "step-00000004",
         "step-00000005",
     ]
-    reference_weights = (tmp_path / "reference" / "model.safetensors").read_bytes()
-    assert (killed / "model.safetensors").read_bytes() == reference_weights  # the same export, byte for byte
+    reference_weights = (tmp_path / "reference" / "export" / "model.safetensors").read_bytes()
+    assert (
+        killed / "export" / "model.safetensors"
+    ).read_bytes() == reference_weights  # the same export, byte for byte

@@ -92,6 +92,7 @@ from llm_backbones.errors import (
 )
 from llm_backbones.persistence.openvla import prismatic_vision_config, validate_norm_stats
 from llm_backbones.runtime.generation import generate_greedy
+from llm_backbones.training.export import export_run
 from llm_backbones.training.finetune import apply_finetune_mode, run_finetune
 from llm_backbones.training.vla import run_finetune_vla
 from shared import padded_llama2_tokenizer
@@ -155,6 +156,29 @@ class Env:
         path = self.root / name
         if not path.exists():
             shutil.copytree(self.tiny, path)
+            edit(path)
+        return path
+
+    @cached_property
+    def run(self) -> Path:
+        """A tiny fine-tuning run: 1 step on one conversation, its checkpoint, its export."""
+        run_finetune(
+            "llama2-tiny-pure",
+            [ONE_TURN],
+            steps=1,
+            batch_size=1,
+            save_every=1,
+            device="cpu",
+            precision="fp32",
+            output=str(self.root / "run"),
+        )
+        return self.root / "run"
+
+    def run_copy(self, name: str, edit: Callable[[Path], None]) -> Path:
+        """A copy of the tiny run with `edit` applied to its folder (made once per name)."""
+        path = self.root / name
+        if not path.exists():
+            shutil.copytree(self.run, path)
             edit(path)
         return path
 
@@ -1226,7 +1250,69 @@ VLA = rows(
     ),
 )
 
-CASES = IDS + PROMPTS + CONVERSATIONS + ACTIONS + SHAPES + LOADING + CHECKPOINTS + FINETUNING + VLA
+# Damaged run folders: what `export_run` and `finetune --resume` meet (each names the file and the fix).
+STEP1 = "checkpoints/step-00000001"
+
+
+def _flip_distcp(run: Path) -> None:
+    shard = sorted((run / STEP1).glob("*.distcp"))[0]
+    data = bytearray(shard.read_bytes())
+    for i in range(5):
+        data[len(data) // 2 + i] ^= 0xFF
+    shard.write_bytes(bytes(data))
+
+
+def _run_file(name: str, data: str | bytes | None) -> Callable[[Path], None]:
+    """Write `data` to the run's file `name` (None: make it a folder)."""
+
+    def edit(run: Path) -> None:
+        path = run / name
+        path.unlink()
+        if data is None:
+            path.mkdir()
+        elif isinstance(data, bytes):
+            path.write_bytes(data)
+        else:
+            path.write_text(data)
+
+    return edit
+
+
+def _no_complete_checkpoint(run: Path) -> None:
+    (run / "checkpoints" / "latest").unlink()
+    (run / STEP1 / ".metadata").unlink()
+
+
+RUN_FOLDERS = rows(
+    Bad(
+        "export-run-flipped-bytes-in-a-shard",
+        lambda e: export_run(e.run_copy("run-flipped", _flip_distcp), output=e.root / "run-flipped-out"),
+        CheckpointError,
+        (".distcp is damaged", "sha256", "recorded when the checkpoint was written", "--step N"),
+    ),
+    Bad(
+        "export-run-meta-json-a-list",
+        lambda e: export_run(
+            e.run_copy("run-meta-list", _run_file(f"{STEP1}/meta.json", "[1, 2]")),
+            output=e.root / "run-meta-list-out",
+        ),
+        CheckpointError,
+        ("meta.json holds a list, not an object", "Restore the file"),
+    ),
+    Bad(
+        "export-run-latest-garbage",
+        lambda e: export_run(
+            e.run_copy("run-latest-garbage", _run_file("checkpoints/latest", b"\xff\xfe\x00")),
+            output=e.root / "run-latest-garbage-out",
+        ),
+        CheckpointError,
+        ("checkpoints/latest cannot be read as text", "Write the name of a complete step-N folder"),
+    ),
+)
+
+CASES = (
+    IDS + PROMPTS + CONVERSATIONS + ACTIONS + SHAPES + LOADING + CHECKPOINTS + FINETUNING + VLA + RUN_FOLDERS
+)
 
 
 # === Issue 13 ("Nothing silent"): strict weights, safetensors only, contained paths, config and tokenizer
@@ -2517,7 +2603,80 @@ CLI_CASES = [
     ),
 ]
 
+ONE_CONVERSATION = '[{"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]}]'
+
 CLI_CASES += [
+    BadCli(
+        "cli-finetune-config-gives-a-setting-twice",
+        lambda e: [
+            "finetune",
+            "--config",
+            str(e.file("twice.yaml", "backbone: llama2-tiny-pure\nbatch-size: 4\nbatch_size: 8\n")),
+        ],
+        FinetuneError,
+        (
+            "twice.yaml",
+            "'batch-size' and 'batch_size' are the same setting, given twice (4 and 8)",
+            "keep one",
+        ),
+    ),
+    BadCli(
+        "cli-finetune-batch-larger-than-the-data",
+        lambda e: [
+            "finetune",
+            "--backbone",
+            "llama2-tiny-pure",
+            "--device",
+            "cpu",
+            "--data",
+            str(e.file("one.json", ONE_CONVERSATION)),
+            "--batch-size",
+            "1000000000",
+        ],
+        FinetuneError,
+        (
+            "--batch-size 1000000000 is larger than the data",
+            "one.json' holds 1 examples",
+            "--batch-size 1 or less",
+        ),
+    ),
+    BadCli(
+        "cli-finetune-resume-latest-a-folder",
+        lambda e: [
+            "finetune",
+            "--output",
+            str(e.run_copy("run-latest-folder", _run_file("checkpoints/latest", None))),
+            "--resume",
+            "--data",
+            str(e.file("one.json", ONE_CONVERSATION)),
+        ],
+        CheckpointError,
+        ("checkpoints/latest is not a file (a folder", "--overwrite"),
+    ),
+    BadCli(
+        "cli-finetune-resume-no-complete-checkpoint",
+        lambda e: [
+            "finetune",
+            "--output",
+            str(e.run_copy("run-incomplete", _no_complete_checkpoint)),
+            "--resume",
+            "--data",
+            str(e.file("one.json", ONE_CONVERSATION)),
+        ],
+        CheckpointError,
+        ("has no latest marker and none of its checkpoints (step-00000001) is complete", "--overwrite"),
+    ),
+    BadCli(
+        "cli-finetune-resume-run-config-a-list",
+        lambda e: [
+            "finetune",
+            "--output",
+            str(e.run_copy("run-config-list", _run_file("run_config.json", "[1, 2]"))),
+            "--resume",
+        ],
+        FinetuneError,
+        ("run_config.json must hold an object of settings", "got list", "restore it"),
+    ),
     BadCli(
         "cli-info-config-not-json",
         lambda e: [
@@ -2571,7 +2730,13 @@ N_BAD_INPUTS = len(CASES) + len(CLI_CASES) + len(CLI_USAGE_CASES)
 SLOW_CASES = frozenset(
     {
         "cli-model-path-truncated-weights",
+        "cli-finetune-resume-latest-a-folder",
+        "cli-finetune-resume-no-complete-checkpoint",
+        "cli-finetune-resume-run-config-a-list",
         "empty-conversation",
+        "export-run-flipped-bytes-in-a-shard",
+        "export-run-latest-garbage",
+        "export-run-meta-json-a-list",
         "finetune-lr-diverges",
         "load-edited-config",
         "load-edited-fingerprint-dtype",

@@ -428,7 +428,7 @@ def finetune(
     try:
         from llm_backbones.data.examples import load_conversations
         from llm_backbones.training.finetune import check_conversations, preflight, run_finetune
-        from llm_backbones.training.loop import FinetuneConfig
+        from llm_backbones.training.loop import FinetuneConfig, check_batch_size
 
         settings = FinetuneConfig.resolve(config, {k: v for k, v in given.items() if v is not None})
         if settings.metrics_json is not None:
@@ -437,6 +437,7 @@ def finetune(
         conversations = load_conversations(settings.data)
         fmt = settings.prompt_format
         check_conversations(settings.backbone, conversations, repr(str(settings.data)), prompt_format=fmt)
+        check_batch_size(settings.batch_size, len(conversations), repr(str(settings.data)))
         if settings.eval_data is not None:
             check_conversations(
                 settings.backbone,

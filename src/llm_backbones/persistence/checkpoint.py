@@ -530,7 +530,7 @@ def load_backbone(
     )
     if not isinstance(path, (str, os.PathLike)):
         raise ModelPathError(f"path must be a str or a path, got {type(path).__name__}: {path!r:.80}.")
-    checkpoint = Path(path).expanduser()
+    checkpoint = _files.run_export(Path(path).expanduser())  # a fine-tuning run's folder: its export/
     if not checkpoint.is_dir():
         raise ModelPathError(
             f"Checkpoint {str(checkpoint)!r} is not a directory. Pass the directory save_backbone wrote."

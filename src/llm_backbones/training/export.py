@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 
 from llm_backbones import _fs
-from llm_backbones.errors import CheckpointError, OutputPathError
+from llm_backbones.errors import OutputPathError
 
 logger = logging.getLogger(__name__)
 
@@ -38,22 +38,19 @@ def export_run(
     of `finetune` or `finetune-vla`) to the folder `output`; returns its path.
 
     Raises `CheckpointError` when `run_dir` is not a run folder, holds no checkpoint, has none of `step` (the
-    available steps named) or only an incomplete one; `OutputPathError` when `output` is a file, the run
-    folder itself (or holds it, or lies in its checkpoints), or a non-empty folder without `overwrite` (with
-    it, the folder is replaced in one step once the export is complete)."""
-    from llm_backbones.training.checkpoint import ADAPTER_DIR, META_FILE, RunDir, read_meta
+    available steps named) or only an incomplete one, or a damaged one (a file whose sha256 is not the one
+    recorded when it was written, a meta.json of the wrong shape, weights that are not finite);
+    `OutputPathError` when `output` is a file, the run folder itself (or holds it, or lies in its
+    checkpoints), or a non-empty folder without `overwrite` (with it, the folder is replaced in one step once
+    the export is complete)."""
+    from llm_backbones.training.checkpoint import ADAPTER_DIR, RunDir, verify_checkpoint
 
     if not isinstance(overwrite, bool):
         raise OutputPathError(f"overwrite must be True or False, got {overwrite!r:.40}.")
     run = RunDir(run_dir)
     checkpoint = run.checkpoint_at(step)
     target = _check_output(output, run, overwrite=overwrite)
-    meta = read_meta(checkpoint)
-    if not isinstance(meta.get("config"), dict):
-        raise CheckpointError(
-            f"{str(checkpoint / META_FILE)!r} holds no settings (`config`), so the run's model cannot be "
-            f"rebuilt; it was changed by hand. Export another step (--step), or restore the file."
-        )
+    meta = verify_checkpoint(checkpoint)  # meta.json's shape, and every file's sha256
     if "policy" in meta["config"]:
         from llm_backbones.training.vla import export_checkpoint
     else:

@@ -31,6 +31,7 @@ from llm_backbones.training.loop import (
     DataOrder,
     FinetuneConfig,
     causal_lm_loss_sum,
+    check_batch_size,
     global_batch_indices,
     optimizer_step,
 )
@@ -177,6 +178,7 @@ def run_finetune(
     eval_conversations = load_conversations(cfg.eval_data) if cfg.eval_data is not None else None
     source = "the training data" if cfg.data is None else repr(str(cfg.data))
     check_conversations(cfg.backbone, conversations, source, prompt_format=cfg.prompt_format)
+    check_batch_size(cfg.batch_size, len(conversations), source)
     if eval_conversations is not None:
         check_conversations(
             cfg.backbone, eval_conversations, repr(str(cfg.eval_data)), prompt_format=cfg.prompt_format
@@ -235,20 +237,23 @@ def check_conversations(
             ) from exc
 
 
-def _prepare_output(cfg: FinetuneConfig, run) -> tuple[Any, dict[str, Any] | None]:
-    """Rank 0: clear (`--overwrite`), drop interrupted writes, find the checkpoint to resume and check its
-    settings, write `run_config.json`. Returns (checkpoint folder or None, its meta)."""
-    from llm_backbones.training.checkpoint import check_resume_settings, read_meta
+def _prepare_output(cfg: FinetuneConfig, run, data: tuple[str, str]) -> tuple[Any, dict[str, Any] | None]:
+    """Rank 0: clear (`--overwrite`: the run's own files only), drop interrupted writes, find the checkpoint
+    to resume (`RunDir.resume_checkpoint`), verify its files and check its settings and its data (`data`:
+    the sha256 of this invocation's training data and what to call it), write `run_config.json`. Returns
+    (checkpoint folder or None, its meta)."""
+    from llm_backbones.training.checkpoint import check_resume_data, check_resume_settings, verify_checkpoint
 
     if cfg.overwrite and run.holds_run():
-        logger.warning("--overwrite: deleting the previous run in %s", run.path)
+        logger.warning("--overwrite: deleting the previous run's files in %s (other files stay)", run.path)
         run.clear()
     run.path.mkdir(parents=True, exist_ok=True)
     run.remove_partial()
-    checkpoint = run.latest_checkpoint() if cfg.resume else None
+    checkpoint = run.resume_checkpoint() if cfg.resume else None
     meta = None
     if checkpoint is not None:
-        meta = read_meta(checkpoint)
+        meta = verify_checkpoint(checkpoint)
+        check_resume_data(meta, *data)
         changed = check_resume_settings(meta, cfg.saved())
         if changed:
             logger.warning(
@@ -300,11 +305,9 @@ def _train(
     from llm_backbones.data.examples import PaddedCollator, tokenize_conversation
     from llm_backbones.errors import CheckpointError
     from llm_backbones.training.checkpoint import (
-        ADAPTER_DIR,
-        STAGED_EXPORT,
+        conversations_sha256,
         discard_checkpoint,
         publish_checkpoint,
-        publish_export,
         write_checkpoint,
     )
     from llm_backbones.training.distributed import (
@@ -325,7 +328,11 @@ def _train(
         rank_micro_batches,
     )
 
-    checkpoint, meta = on_main(ctx, lambda: _prepare_output(cfg, run)) if run is not None else (None, None)
+    data_sha256 = conversations_sha256(conversations)
+    data = (data_sha256, "the training data" if cfg.data is None else repr(str(cfg.data)))
+    checkpoint, meta = (
+        on_main(ctx, lambda: _prepare_output(cfg, run, data)) if run is not None else (None, None)
+    )
     precision = cfg.precision or ("bf16" if ctx.device.type == "cuda" else "fp32")
     torch.manual_seed(cfg.seed)
     fsdp2 = ctx.enabled and cfg.fsdp == 2
@@ -375,7 +382,7 @@ def _train(
     order = DataOrder(len(examples), cfg.batch_size, cfg.seed)
     collate = PaddedCollator(model_max_length=max_length, pad_token_id=backbone.pad_token_id)
     micro_size = cfg.batch_size // (cfg.grad_accum * ctx.world_size)
-    checkpoint_meta = {"config": cfg.saved(), "n_examples": len(examples)}
+    checkpoint_meta = {"config": cfg.saved(), "n_examples": len(examples), "data_sha256": data_sha256}
     main_run = run if (run is not None and ctx.is_main) else None
     log = MetricsLog(
         main_run.metrics if main_run else None,
@@ -472,9 +479,11 @@ def _train(
         state = full_state_dict(model) if ctx.enabled else None
 
         def export() -> str:
-            adapter = run.path / ADAPTER_DIR if cfg.mode == "lora" else None
-            staged = _export(cfg, backbone, state, run.path / STAGED_EXPORT, adapter=adapter)
-            return str(publish_export(run, staged))
+            adapter = run.adapter if cfg.mode == "lora" else None
+            # save_backbone writes beside export/ and swaps it in, in one step
+            exported = _export(cfg, backbone, state, run.export, adapter=adapter)
+            run.remove_legacy_export()
+            return str(exported)
 
         result.output = on_main(ctx, export)
     return result

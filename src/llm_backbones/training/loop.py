@@ -87,8 +87,15 @@ class FinetuneConfig:
         values of the wrong type raise `FinetuneError` naming `source` (a file, or "options")."""
         hints = typing.get_type_hints(cls)
         updates: dict[str, Any] = {}
+        spelled: dict[str, Any] = {}
         for raw_key, value in values.items():
             key = str(raw_key).replace("-", "_")
+            if key in spelled:
+                raise FinetuneError(
+                    f"{source}: {spelled[key]!r} and {raw_key!r} are the same setting, given twice "
+                    f"({updates.get(key, spelled[key])!r} and {value!r}); keep one of them."
+                )
+            spelled[key] = raw_key
             if key not in hints or key in ("RUN_CONTROL", "PATHS"):
                 close = closest(key, cls.fields())
                 hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -117,11 +124,16 @@ class FinetuneConfig:
             if saved.is_file():
                 try:
                     values = json.loads(saved.read_text(encoding="utf-8"))
-                except json.JSONDecodeError as exc:
+                except (OSError, ValueError) as exc:
                     raise FinetuneError(
-                        f"{saved} is not valid JSON ({exc}); restore it, or give every setting on the "
+                        f"{saved} cannot be read as JSON ({exc}); restore it, or give every setting on the "
                         "command line."
                     ) from None
+                if not isinstance(values, Mapping):
+                    raise FinetuneError(
+                        f"{saved} must hold an object of settings (as the run wrote it), got "
+                        f"{type(values).__name__}; restore it, or give every setting on the command line."
+                    )
                 config = cls.from_mapping(values, str(saved), config)
         if file_values:
             config = cls.from_mapping(file_values, f"--config {config_file}", config)
@@ -294,6 +306,16 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             f"{type(values).__name__}."
         )
     return dict(values)
+
+
+def check_batch_size(batch_size: int, n_examples: int, source: str) -> None:
+    """Refuse (`FinetuneError`) a global batch larger than the data, before anything is built: each batch
+    would hold some examples twice, and a huge one would be built index by index until memory runs out."""
+    if batch_size > n_examples:
+        raise FinetuneError(
+            f"--batch-size {batch_size} is larger than the data: {source} holds {n_examples} examples. Use "
+            f"--batch-size {n_examples} or less (with --grad-accum to split it), or add data."
+        )
 
 
 # === LR schedule ===

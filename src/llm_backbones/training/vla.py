@@ -51,12 +51,12 @@ import torch
 from torch import nn
 
 from llm_backbones.errors import CheckpointError, FinetuneError
-from llm_backbones.training.loop import FinetuneConfig
+from llm_backbones.training.loop import FinetuneConfig, check_batch_size
 
 logger = logging.getLogger(__name__)
 
 VLA_MODES = ("full", "last-layer", "lora")
-EXPORT_DIR = "export"
+EXPORT_DIR = "export"  # training.checkpoint.EXPORT_DIR: a run's export, in one folder for both recipes
 
 # [Contract] OpenVLA's image augmentation (prismatic/vla/datasets/datasets.py, `image_aug=True`), applied in
 # this order: a random crop of 90% of the area at aspect ratio 1, resized back; then colour jitter.
@@ -437,6 +437,7 @@ def run_finetune_vla(
     dataset = _open_dataset(dataset if dataset is not None else cfg.data, cfg, "training data")
     if eval_dataset is None and cfg.eval_data is not None:
         eval_dataset = _open_dataset(cfg.eval_data, cfg, "eval data")
+    check_batch_size(cfg.batch_size, len(dataset), f"the dataset {str(dataset.root)!r}")
     unnorm_key = cfg.unnorm_key or dataset.name
     stats = dataset.statistics(unnorm_key)
     if policy is None:
@@ -466,6 +467,7 @@ def _train_vla(cfg, ctx, run, policy, dataset, eval_dataset, stats, unnorm_key, 
     from llm_backbones.core.backbones.backbone import count_parameters
     from llm_backbones.training.checkpoint import (
         ADAPTER_DIR,
+        dataset_sha256,
         discard_checkpoint,
         publish_checkpoint,
         write_checkpoint,
@@ -488,7 +490,11 @@ def _train_vla(cfg, ctx, run, policy, dataset, eval_dataset, stats, unnorm_key, 
         rank_micro_batches,
     )
 
-    checkpoint, meta = on_main(ctx, lambda: _prepare_output(cfg, run)) if run is not None else (None, None)
+    data_sha256 = dataset_sha256(dataset.root)  # the .jsonl and images, or LeRobot's meta and parquet
+    data = (data_sha256, f"the dataset {str(dataset.root)!r}")
+    checkpoint, meta = (
+        on_main(ctx, lambda: _prepare_output(cfg, run, data)) if run is not None else (None, None)
+    )
     precision = cfg.precision or ("bf16" if ctx.device.type == "cuda" else "fp32")
     examples = vla_examples(policy, dataset, stats, unnorm_key)
     eval_examples = None
@@ -621,7 +627,12 @@ def _train_vla(cfg, ctx, run, policy, dataset, eval_dataset, stats, unnorm_key, 
                 result.evals.append(record)
                 emit(record)
             if run is not None and cfg.save_every and (step % cfg.save_every == 0 or last):
-                checkpoint_meta = {"config": cfg.saved(), "n_examples": len(examples), "norm_stats": stats}
+                checkpoint_meta = {
+                    "config": cfg.saved(),
+                    "n_examples": len(examples),
+                    "norm_stats": stats,
+                    "data_sha256": data_sha256,
+                }
                 pending = write_checkpoint(
                     run, step, model, optimizer, scheduler, ctx=ctx, meta=checkpoint_meta
                 )

@@ -50,6 +50,9 @@ from llm_backbones.errors import (
 logger = logging.getLogger(__name__)
 
 SAFE_WEIGHTS = "model.safetensors"
+# A fine-tuning run's folder (`--output` of `finetune`) keeps its final export in this sub-folder.
+RUN_EXPORT_DIR = "export"
+RUN_MARKERS = ("run_config.json", "checkpoints", "metrics.jsonl")
 SAFE_INDEX = "model.safetensors.index.json"
 PICKLE_WEIGHTS = "pytorch_model.bin"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
@@ -91,6 +94,21 @@ HASH_CHUNK_BYTES = 8 * 2**20
 
 
 # === Files: inside the checkpoint, safetensors unless pickle is allowed ===
+def run_export(directory: Path) -> Path:
+    """`directory` itself, or, when it is the folder of a fine-tuning run (`finetune --output`: no config.json
+    of its own, a `run_config.json`, `checkpoints/` or `metrics.jsonl`, and `export/config.json`), that run's
+    export: so `load_backbone(OUTPUT)` and `model_path=OUTPUT` load what the run exported."""
+    export = directory / RUN_EXPORT_DIR
+    if (
+        not (directory / "config.json").exists()
+        and any((directory / name).exists() for name in RUN_MARKERS)
+        and (export / "config.json").is_file()
+    ):
+        logger.info("%s is the folder of a fine-tuning run: loading its export, %s", directory, export)
+        return export
+    return directory
+
+
 def allowed_roots(directory: Path) -> tuple[Path, ...]:
     """Where the files of `directory` may lie: the directory itself (symlinks resolved), and for a hub-cache
     snapshot (`models--org--name/snapshots/<rev>`) that repository's blob store, where its files point."""

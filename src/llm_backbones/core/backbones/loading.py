@@ -420,6 +420,7 @@ class HFLoader:
                 )
             path = Path(model_path).expanduser()
             try:
+                path = _files.run_export(path)  # a fine-tuning run's folder: its export/
                 is_dir = path.is_dir()
                 if is_dir and not os.access(path, os.R_OK | os.X_OK):
                     raise PermissionError(path)
