@@ -64,6 +64,7 @@ _EXPORTS: dict[str, str] = {
     ),
     "ActionTokenizer": "llm_backbones.data.actions",
     "load_vla": "llm_backbones.vla.loading",
+    "build_vla": "llm_backbones.vla.assemble",
     "export_openvla": "llm_backbones.vla.export",
     "open_robot_dataset": "llm_backbones.data.robot.reader",
     "VLAPolicy": "llm_backbones.vla.policy",

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -46,10 +47,34 @@ def test_demo_learns_actions_and_writes_metrics(tmp_path) -> None:
     assert "LLaMa2LLMBackbone" in result.output and "8,604,288 parameters" in result.output
     assert "Greedy action prediction" in result.output and "carrot" in result.output
     metrics = json.loads(out.read_text())
-    assert set(metrics) == {"backbone", "initial_loss", "final_loss", "action_token_accuracy", "seconds"}
+    assert set(metrics) == {
+        "backbone",
+        "initial_loss",
+        "final_loss",
+        "action_token_accuracy",
+        "seconds",
+        "policy",
+    }
     assert 9.0 < metrics["initial_loss"] < 12.0  # random init: near log(32064) = 10.38
     assert metrics["final_loss"] <= metrics["initial_loss"] / 10
     assert metrics["action_token_accuracy"] >= 0.9
+    # the whole VLA from scratch: a fresh policy predicts each image's action, in the target's own bin
+    assert "predict_action from each image" in result.output
+    policy = metrics["policy"]
+    assert policy["vision"] == "siglip-vit-b16-224px"
+    assert 9.0 < policy["initial_loss"] < 12.0 and policy["final_loss"] <= policy["initial_loss"] / 10
+    assert policy["action_token_accuracy"] == 1.0
+    assert policy["max_error_half_bins"] <= 1.0 + 1e-6
+    # one instruction for every image, so only the image tells the actions apart: each image's action is
+    # its own target's (the demo's actions, clipped to the data's q01/q99), within half a bin (< 0.004 here)
+    targets = [
+        [0.923, 0.408, -0.081, 0.813, 0.290, 0.582, -0.641],
+        [-0.290, 0.163, -0.416, -0.094, -0.624, -0.276, 0.244],
+        [-0.036, -0.118, -0.185, -0.588, 0.329, 0.570, -0.579],
+        [0.353, -0.761, 0.044, -0.548, 0.116, 0.175, 0.360],
+    ]
+    np.testing.assert_allclose(policy["targets"], targets, rtol=0, atol=5e-4)
+    np.testing.assert_allclose(policy["predicted"], targets, rtol=0, atol=0.0045)
 
 
 def test_demo_rejects_bad_device() -> None:

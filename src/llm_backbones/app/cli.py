@@ -162,15 +162,20 @@ def demo(
     ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     steps: Annotated[int, typer.Option(min=1, help="Fine-tuning steps.")] = 60,
+    policy_steps: Annotated[
+        int, typer.Option(min=1, help="Fine-tuning steps of the fresh VLA (images -> actions).")
+    ] = 40,
     metrics_json: Annotated[
         Path | None, typer.Option(help="Write the demo's numbers to this JSON file.")
     ] = None,
 ) -> None:
-    """Teach a backbone OpenVLA-style 7-D actions for eight robot instructions, then predict them."""
+    """Teach a backbone OpenVLA-style 7-D actions for eight robot instructions, then predict them; then train
+    a fresh VLA (the backbone, a small random ViT, a new projector) on synthetic images and predict their
+    actions from the images."""
     try:
         if metrics_json is not None:
             _check_output_file(metrics_json, "--metrics-json")
-        _demo(backbone, model_path, device, steps, metrics_json)
+        _demo(backbone, model_path, device, steps, policy_steps, metrics_json)
     except (LLMBackbonesError, OSError) as exc:
         _fail(exc)
 
@@ -210,7 +215,12 @@ def _summary_table(backbone, tokenizer, build_s: float) -> Table:
 
 
 def _demo(
-    backbone_id: str, model_path: Path | None, device: str, steps: int, metrics_json: Path | None
+    backbone_id: str,
+    model_path: Path | None,
+    device: str,
+    steps: int,
+    policy_steps: int,
+    metrics_json: Path | None,
 ) -> None:
     import torch
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -265,6 +275,8 @@ def _demo(
         f"{100 * result.action_token_accuracy:.1f}%; {result.trainable}; {total_s:.1f} s in all",
         highlight=False,
     )
+    del backbone
+    policy = _policy_demo(backbone_id, model_path, device, policy_steps, columns)
     if metrics_json is not None:
         metrics = {
             "backbone": backbone_id,
@@ -272,8 +284,60 @@ def _demo(
             "final_loss": result.losses[-1],
             "action_token_accuracy": result.action_token_accuracy,
             "seconds": total_s,
+            "policy": {
+                "vision": policy.vision_backbone_id,
+                "initial_loss": policy.losses[0],
+                "final_loss": policy.losses[-1],
+                "action_token_accuracy": policy.action_token_accuracy,
+                "max_error_half_bins": float(policy.bin_errors.max()),
+                "targets": policy.targets.tolist(),
+                "predicted": policy.predicted.tolist(),
+                "seconds": policy.seconds,
+            },
         }
         metrics_json.write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def _policy_demo(backbone_id: str, model_path: Path | None, device: str, steps: int, columns: tuple):
+    """The demo's second part: a fresh VLA trained on synthetic images, its actions against the targets."""
+    from rich.progress import Progress
+
+    from llm_backbones.app.demo import POLICY_VISION, POLICY_VISION_DEPTH, run_policy_demo
+
+    console.print(
+        f"\nA fresh VLA: {backbone_id} + {POLICY_VISION} ({POLICY_VISION_DEPTH} blocks, random) + a new "
+        "projector (build_vla), fine-tuned on 4 synthetic images, one instruction, each image its own action",
+        highlight=False,
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("train", total=steps, loss=float("nan"))
+        result = run_policy_demo(
+            backbone_id,
+            llm_model_path=model_path,
+            steps=steps,
+            device=device,
+            on_step=lambda i, loss: progress.update(task, advance=1, loss=loss),
+        )
+    table = Table(title=f"predict_action from each image ('{result.instruction}')")
+    for column in ("image", "target action", "predicted action", "max error (half bins)"):
+        table.add_column(column, overflow="fold")
+    for k, (target, predicted, errors) in enumerate(
+        zip(result.targets, result.predicted, result.bin_errors, strict=True)
+    ):
+        table.add_row(
+            str(k),
+            " ".join(f"{v:+.3f}" for v in target.tolist()),
+            " ".join(f"{v:+.3f}" for v in predicted.tolist()),
+            f"{errors.max():.2f}",
+        )
+    console.print(table)
+    console.print(
+        f"loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}; action tokens right: "
+        f"{100 * result.action_token_accuracy:.1f}%; {result.parameters:,} parameters; "
+        f"{result.seconds:.1f} s",
+        highlight=False,
+    )
+    return result
 
 
 @app.command()
@@ -498,8 +562,32 @@ def finetune(
 
 @app.command("finetune-vla")
 def finetune_vla(
-    policy: Annotated[Path, typer.Option(help="OpenVLA / Prismatic checkpoint to start from (load_vla).")],
     data: Annotated[Path, typer.Option(help="Robot episodes: a LeRobot dataset folder or a .jsonl file.")],
+    policy: Annotated[
+        Path | None, typer.Option(help="OpenVLA / Prismatic checkpoint to start from (load_vla).")
+    ] = None,
+    llm: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead of --policy, a fresh policy (build_vla): its LLM id (`llm-backbones list`)."
+        ),
+    ] = None,
+    vision: Annotated[
+        str | None, typer.Option(help="The fresh policy's vision backbone id (e.g. siglip-vit-so400m).")
+    ] = None,
+    llm_path: Annotated[
+        Path | None, typer.Option(help="Local HF directory of the --llm weights (default: its hub path).")
+    ] = None,
+    vision_weights: Annotated[
+        str | None,
+        typer.Option(
+            help="timm's tower weights: a .safetensors file or hf-hub:timm/<model id>; a comma between the "
+            "two towers of a fused id (default: random towers)."
+        ),
+    ] = None,
+    image_resize_strategy: Annotated[
+        str | None, typer.Option(help="Fresh policy: letterbox (default), resize-naive or resize-crop.")
+    ] = None,
     output: Annotated[
         Path | None, typer.Option(help="Run folder: checkpoints, metrics.jsonl, and the export in export/.")
     ] = None,
@@ -528,9 +616,15 @@ def finetune_vla(
     eval_data: Annotated[Path | None, typer.Option(help="Held-out episodes, same formats.")] = None,
     eval_every: Annotated[int | None, typer.Option(help="Evaluate every N steps.")] = None,
     save_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the data order, LoRA init and augmentation.")] = 0,
+    seed: Annotated[
+        int,
+        typer.Option(help="Seed of the data order, LoRA init, augmentation and a fresh policy's weights."),
+    ] = 0,
     vision_depth: Annotated[
-        int | None, typer.Option(help="Blocks per vision tower, for checkpoints whose towers were cut.")
+        int | None,
+        typer.Option(
+            help="Blocks per vision tower, for checkpoints whose towers were cut (or small fresh ones)."
+        ),
     ] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
     fsdp: Annotated[
@@ -540,9 +634,15 @@ def finetune_vla(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run in --output.")] = False,
 ) -> None:
     """Fine-tune a VLA on robot episodes (image + instruction -> action tokens, OpenVLA's loss), one process
-    or under torchrun (FSDP); export an HF OpenVLA checkpoint that load_vla and OpenVLA's own code load."""
+    or under torchrun (FSDP), from a checkpoint (--policy) or a fresh policy (--llm and --vision); export an
+    HF OpenVLA checkpoint that load_vla loads (and OpenVLA's own code, for LLaMA-2 LLMs)."""
     options = {
-        "policy": str(policy),
+        "policy": str(policy) if policy is not None else None,
+        "llm": llm,
+        "vision": vision,
+        "llm_path": str(llm_path) if llm_path is not None else None,
+        "vision_weights": vision_weights,
+        "image_resize_strategy": image_resize_strategy,
         "data": str(data),
         "output": str(output) if output is not None else None,
         "unnorm_key": unnorm_key,

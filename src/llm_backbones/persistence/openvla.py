@@ -231,8 +231,9 @@ class LoadedVLA:
         unused_tensors: the names of the tensors not loaded (vision backbone, projector), as the checkpoint
             names them.
         llm_backbone_id: the backbone id the checkpoint was trained with (or the one passed).
-        layout: "openvla-hf" or "prismatic".
-        source: the directory (HF layout) or `.pt` file (Prismatic) the weights came from.
+        layout: "openvla-hf" or "prismatic" (or "fresh": a new policy of `build_vla`).
+        source: the directory (HF layout) or `.pt` file (Prismatic) the weights came from (`build_vla`: the
+            LLM's model path or hub path).
         config: the checkpoint's config.json (HF layout) or run config (Prismatic), as read.
     """
 

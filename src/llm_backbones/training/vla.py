@@ -70,12 +70,24 @@ HUE_DELTA = 0.05
 # === Settings ===
 @dataclass
 class VLAFinetuneConfig(FinetuneConfig):
-    """`FinetuneConfig` plus the VLA's settings: the policy checkpoint (`policy`, `vision_depth`), the robot
-    dataset (`data`, `image_key`, `action_key`, `task_key`, `unnorm_key`), LoRA's rank/alpha/dropout,
-    `train_vision` and `image_aug`. `eval_data` is a robot dataset too. The LLM-only settings (`backbone`,
-    `model_path`, `prompt_format`, `max_length`, `fast`, `gradient_checkpointing`) do not apply."""
+    """`FinetuneConfig` plus the VLA's settings: the starting policy, the robot dataset (`data`, `image_key`,
+    `action_key`, `task_key`, `unnorm_key`), LoRA's rank/alpha/dropout, `train_vision` and `image_aug`.
+    `eval_data` is a robot dataset too. The LLM-only settings (`backbone`, `model_path`, `prompt_format`,
+    `max_length`, `fast`, `gradient_checkpointing`) do not apply.
+
+    The starting policy, one of two ways: a checkpoint (`policy`, `load_vla`), or a fresh one (`build_vla`)
+    from a registry LLM id (`llm`, its weights from `llm_path` or the hub) and a vision backbone id (`vision`,
+    random towers, or timm's weights from `vision_weights`: a .safetensors file or hf-hub:timm/<model id>, a
+    comma between the two towers of a fused id), with `image_resize_strategy` (default letterbox) and `seed`.
+    `vision_depth` cuts the towers of either. Everything that builds it is here, so `policy_from_config`
+    rebuilds the same policy from a run's saved settings."""
 
     policy: str | None = None
+    llm: str | None = None
+    vision: str | None = None
+    llm_path: str | None = None
+    vision_weights: str | None = None
+    image_resize_strategy: str | None = None  # None: letterbox (fresh policies only)
     vision_depth: int | None = None
     image_key: str | None = None
     action_key: str | None = None
@@ -87,7 +99,8 @@ class VLAFinetuneConfig(FinetuneConfig):
     train_vision: bool = False
     image_aug: bool = False
 
-    PATHS: typing.ClassVar[tuple[str, ...]] = (*FinetuneConfig.PATHS, "policy")
+    PATHS: typing.ClassVar[tuple[str, ...]] = (*FinetuneConfig.PATHS, "policy", "llm_path")
+    FRESH_ONLY: typing.ClassVar[tuple[str, ...]] = ("llm_path", "vision_weights", "image_resize_strategy")
     NOT_FOR_VLA: typing.ClassVar[tuple[str, ...]] = (
         "backbone",
         "model_path",
@@ -104,7 +117,7 @@ class VLAFinetuneConfig(FinetuneConfig):
             if getattr(self, name) != getattr(defaults, name):
                 raise FinetuneError(
                     f"--{name.replace('_', '-')} is a setting of `finetune` (LLM on conversations); "
-                    "finetune-vla takes the LLM, its tokenizer and prompt from --policy. Drop it."
+                    "finetune-vla takes the LLM, its tokenizer and prompt from --policy or --llm. Drop it."
                 )
         if self.mode not in VLA_MODES:
             raise FinetuneError(
@@ -121,6 +134,67 @@ class VLAFinetuneConfig(FinetuneConfig):
                 f"--vision-depth must be >= 2 (the featurizer reads the second-to-last block), got "
                 f"{self.vision_depth!r}."
             )
+
+    def check_start(self) -> None:
+        """Raise `FinetuneError` unless the starting policy is named exactly one way (`policy`, or `llm` with
+        `vision`), and an unknown id with the accepted ones (`UnknownBackboneError`, `VLACheckpointError`);
+        nothing is read or built."""
+        fresh = {"--llm": self.llm, "--vision": self.vision}
+        if self.policy is not None and any(v is not None for v in fresh.values()):
+            raise FinetuneError(
+                f"Both --policy {self.policy!r} and --llm/--vision ({self.llm!r}, {self.vision!r}) were "
+                "given: start from a checkpoint (--policy PATH) or from a fresh policy (--llm ID --vision "
+                "ID), not both. Drop one."
+            )
+        if self.policy is None:
+            missing = [flag for flag, value in fresh.items() if value is None]
+            if len(missing) == 2:
+                raise FinetuneError(
+                    "No policy given: pass --policy PATH (an OpenVLA / Prismatic checkpoint), or --llm ID "
+                    "--vision ID for a fresh policy (e.g. --llm qwen2.5-0.5b-pure --vision "
+                    "siglip-vit-so400m; `llm-backbones list` shows the LLM ids)."
+                )
+            if missing:
+                raise FinetuneError(
+                    f"A fresh policy needs both --llm and --vision; {missing[0]} is missing (e.g. --llm "
+                    "qwen2.5-0.5b-pure --vision siglip-vit-so400m)."
+                )
+            from llm_backbones.core.registry import get_spec
+            from llm_backbones.vla.image_processing import RESIZE_STRATEGIES
+            from llm_backbones.vla.vision import get_vision_spec
+
+            get_spec(self.llm)
+            get_vision_spec(self.vision)
+            if self.image_resize_strategy not in (None, *RESIZE_STRATEGIES):
+                raise FinetuneError(
+                    f"--image-resize-strategy {self.image_resize_strategy!r} is not one of "
+                    f"{', '.join(RESIZE_STRATEGIES)} (Prismatic's; OpenVLA's default is letterbox)."
+                )
+            return
+        given = [f"--{n.replace('_', '-')}" for n in self.FRESH_ONLY if getattr(self, n) is not None]
+        if given:
+            raise FinetuneError(
+                f"{', '.join(given)} set up a fresh policy (--llm/--vision); --policy {self.policy!r} brings "
+                "its own LLM, vision weights and image processing. Drop them, or start fresh instead."
+            )
+
+    def weight_sources(self) -> list[str] | None:
+        """`vision_weights` as `build_vla` takes them: one source per tower (split at commas)."""
+        if self.vision_weights is None:
+            return None
+        return [part.strip() for part in self.vision_weights.split(",")]
+
+    def saved(self) -> dict[str, Any]:
+        """`FinetuneConfig.saved`, with local vision weight files made absolute too."""
+        from llm_backbones.vla.assemble import HUB_PREFIX
+
+        out = super().saved()
+        sources = self.weight_sources()
+        if sources is not None:
+            out["vision_weights"] = ",".join(
+                s if s.startswith(HUB_PREFIX) else str(Path(s).expanduser().absolute()) for s in sources
+            )
+        return out
 
 
 # === Data ===
@@ -238,10 +312,14 @@ class VLATrainModule(nn.Module):
                 features = self.vision(pixel_values)
         patches = self.projector(features)
         spliced = insert_patch_embeddings(self.backbone.embed_input_ids, input_ids, patches, attention_mask)
-        out = self.backbone(inputs_embeds=spliced["inputs_embeds"], attention_mask=spliced["attention_mask"])
-        # a copy, not a view: the patches' logits can be freed (and FSDP2 warns of views its modules return)
-        out.logits = out.logits[:, patches.shape[1] :].clone()
-        return out
+        # The last `input_ids.shape[1]` positions are the last patch's and the text's: the LM head runs on
+        # those only (`logits_to_keep`), the same logits as slicing the full ones, without a vocabulary-wide
+        # product per patch (most of a step's time with a small LLM)
+        return self.backbone.llm(
+            inputs_embeds=spliced["inputs_embeds"],
+            attention_mask=spliced["attention_mask"],
+            logits_to_keep=input_ids.shape[1],
+        )
 
 
 def lora_targets(module: VLATrainModule, *, train_vision: bool) -> list[str]:
@@ -396,7 +474,8 @@ def run_finetune_vla(
     """Fine-tune a VLA on robot episodes, in one process (the policy is trained in place) or under torchrun
     (FSDP, see the module docstring; the policy then as a path, `cfg.fsdp` picks FSDP2 or FSDP1).
 
-    `policy` is a `VLAPolicy` or a checkpoint path (`load_vla(path, vision_depth=...)`), `dataset` a
+    `policy` is a `VLAPolicy`, a checkpoint path (`load_vla(path, vision_depth=...)`), or None with the
+    options `llm` and `vision` (a fresh policy, `build_vla`; see `VLAFinetuneConfig`), `dataset` a
     `RobotDataset` or a path (`open_robot_dataset`), `eval_dataset` likewise (default: `eval_data`).
     `options` are `VLAFinetuneConfig`'s settings (`mode`, `steps`, `batch_size`, `grad_accum`, `lr`,
     `lr_schedule`, `warmup_steps`, `max_grad_norm`, `seed`, `unnorm_key`, `lora_rank`, `lora_alpha`,
@@ -416,6 +495,11 @@ def run_finetune_vla(
     if policy is not None and not hasattr(policy, "predict_action"):
         options["policy"] = str(policy)
         policy = None
+    if policy is not None and any(options.get(k) is not None for k in ("policy", "llm", "vision")):
+        raise FinetuneError(
+            "A VLAPolicy and policy=/llm=/vision= (a policy to load or build) were both given: pass one of "
+            "them."
+        )
     for name, value in (("data", dataset), ("eval_data", eval_dataset)):
         if isinstance(value, (str, Path)):
             options[name] = str(value)
@@ -430,6 +514,8 @@ def run_finetune_vla(
             "(--policy PATH, or policy=PATH), not as a loaded VLAPolicy: rank 0 rebuilds it from the path to "
             "export the gathered weights. Pass the path it was loaded from."
         )
+    if policy is None:
+        cfg.check_start()
     run = RunDir(cfg.output) if cfg.output is not None else None
     if run is not None:
         run.check(resume=cfg.resume, overwrite=cfg.overwrite)
@@ -455,12 +541,26 @@ def run_finetune_vla(
 
 def policy_from_config(cfg: VLAFinetuneConfig) -> Any:
     """The run's starting policy, as its settings name it: the one place a run's policy is built (the run
-    itself, `--resume` and the `export` of a run's checkpoint all come here)."""
-    if cfg.policy is None:
-        raise FinetuneError("No policy given: pass --policy PATH (an OpenVLA / Prismatic checkpoint).")
-    from llm_backbones.vla.loading import load_vla
+    itself, `--resume` and the `export` of a run's checkpoint all come here). A checkpoint (`policy`) through
+    `load_vla`; a fresh policy (`llm`, `vision`) through `build_vla`, deterministic in the settings (`seed`
+    included), so a run's `run_config.json` rebuilds it (its random weights are then replaced by a
+    checkpoint's)."""
+    cfg.check_start()
+    if cfg.policy is not None:
+        from llm_backbones.vla.loading import load_vla
 
-    return load_vla(cfg.policy, vision_depth=cfg.vision_depth)
+        return load_vla(cfg.policy, vision_depth=cfg.vision_depth)
+    from llm_backbones.vla.assemble import DEFAULT_RESIZE_STRATEGY, build_vla
+
+    return build_vla(
+        cfg.llm,
+        cfg.vision,
+        llm_model_path=cfg.llm_path,
+        vision_weights=cfg.weight_sources(),
+        vision_depth=cfg.vision_depth,
+        image_resize_strategy=cfg.image_resize_strategy or DEFAULT_RESIZE_STRATEGY,
+        seed=cfg.seed,
+    )
 
 
 def _train_vla(cfg, ctx, run, policy, dataset, eval_dataset, stats, unnorm_key, on_step, on_record):

@@ -1,5 +1,6 @@
 """Frame images of robot datasets, decoded on demand: encoded bytes in a parquet column (LeRobot `image`
-features), frames of an mp4 (LeRobot `video` features, PyAV), or image files (the JSONL folder format).
+features), frames of an mp4 (LeRobot `video` features, PyAV), image files (the JSONL folder format), or
+arrays in memory (`ArrayImages`).
 
 Every failure raises `RobotDataError` naming the episode and the file. pyarrow and av are optional (the
 `robot` extra) and imported on first use; a missing one raises `MissingDependencyError` with the install line.
@@ -86,6 +87,16 @@ class FrameImages(Protocol):
     """The images of one episode: `load(t)` decodes frame `t` (0-based) as uint8 `[H, W, 3]`."""
 
     def load(self, t: int, episode: int) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ArrayImages:
+    """Images held in memory, one uint8 `[H, W, 3]` array per frame (a dataset built in code: the demo)."""
+
+    frames: tuple[np.ndarray, ...]
+
+    def load(self, t: int, episode: int) -> np.ndarray:  # noqa: ARG002
+        return self.frames[t]
 
 
 @dataclass(frozen=True)
