@@ -222,7 +222,7 @@ class Bench:
         self._backbone = None
         self.tokens: dict[str, list] = {}  # token lists shared between sections
         self.report: dict[str, Any] = {
-            "benchmark": "VLA action step and training step, ours vs HF (issue 12)",
+            "benchmark": "VLA action step and training step, ours vs HF",
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "device": torch.cuda.get_device_name() if self.cuda else f"CPU ({platform.machine()})",
             "torch": torch.__version__,

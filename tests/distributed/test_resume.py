@@ -1,4 +1,4 @@
-"""Exact resume under `torchrun --nproc_per_node=2` (gloo, CPU), with real SIGKILLs (issue 14).
+"""Exact resume under `torchrun --nproc_per_node=2` (gloo, CPU), with real SIGKILLs.
 
 A 2-rank run is killed while saving, resumed on 2 ranks and killed again mid-training, then resumed in
 1 process from the checkpoint the 2 ranks wrote. Every loss the resumed 2-rank run logs equals, bit for

@@ -1,7 +1,7 @@
 """Compiled generation on CUDA: inductor + CUDA graphs, replayed step after step (each replay's token feeds
 the next one), give the eager path's tokens and compile nothing after preparing.
 
-Regression (issue 12): on an H200 the compiled decode step crashed at batch 1 and 8 with "accessing tensor
+Regression: on an H200 the compiled decode step crashed at batch 1 and 8 with "accessing tensor
 output of CUDAGraphs that has been overwritten by a subsequent run". Run with `pytest -m cuda tests/gpu`.
 """
 

@@ -1,4 +1,4 @@
-"""Issue 19, item 6: what `load_vla_backbone` refuses, and what still loads.
+"""What `load_vla_backbone` refuses, and what still loads.
 
 Files resolving outside the checkpoint folder are refused through the backbone loader's own check
 (`files.contained`: `UnsafeFileError`, reason "outside"), while a hub cache's links into its blob store load;

@@ -1,4 +1,4 @@
-"""Issue 13, "Nothing silent": what loading and checkpoints refuse, and what their opt-outs let through.
+"""Nothing silent: what loading and checkpoints refuse, and what their opt-outs let through.
 
 The error rows (typed error and its words) are in tests/unit/test_bad_inputs.py (`NOTHING_SILENT`); here are
 the behaviours around them: `strict=False` and `allow_external_files=True` load what the default refuses, a

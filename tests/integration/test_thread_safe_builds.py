@@ -1,4 +1,4 @@
-"""Backbones built from several threads at once leave no process-wide state behind (issue 13).
+"""Backbones built from several threads at once leave no process-wide state behind.
 
 Before: concurrent inference-mode builds could leave `nn.Module.register_parameter` patched (every later
 nn.Linear of the process then landed on the meta device), and concurrent builds with an hf_token could leave

@@ -1,6 +1,6 @@
 """The fine-tuning loop's flags on the tiny default, each shown to do what it says: accumulation, clipping,
 the LR schedule, evaluation, truncation, the fast path, gradient checkpointing, logging, checkpoints and
-their pruning, config files, and the refusals that protect a run folder (issue 14)."""
+their pruning, config files, and the refusals that protect a run folder."""
 
 from __future__ import annotations
 

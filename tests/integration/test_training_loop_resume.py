@@ -1,5 +1,5 @@
 """Exact resume in one process: a fine-tuning run SIGKILLed while its checkpoint is being saved resumes
-from the last published checkpoint with every loss equal, bit for bit, to an uninterrupted run (issue 14).
+from the last published checkpoint with every loss equal, bit for bit, to an uninterrupted run.
 The 2-rank version (killed mid-training, and mid-save) is tests/distributed/test_resume.py."""
 
 from __future__ import annotations

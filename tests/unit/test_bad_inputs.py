@@ -1315,7 +1315,7 @@ CASES = (
 )
 
 
-# === Issue 13 ("Nothing silent"): strict weights, safetensors only, contained paths, config and tokenizer
+# === Nothing silent: strict weights, safetensors only, contained paths, config and tokenizer
 # sanity, permissions, checkpoint overwrite and file hashes ===
 def _edit_tensors(change: Callable[[dict], None]) -> Callable[[Path], None]:
     def edit(path: Path) -> None:
@@ -1686,7 +1686,7 @@ NOTHING_SILENT = rows(
 CASES += NOTHING_SILENT
 
 
-# === Issue 19, item 6 ("Actions and the VLA loader, nothing silent"): un-normalizing, action statistics
+# === Actions and the VLA loader, nothing silent: un-normalizing, action statistics
 # (checked once, at load), the loader's settings and files ===
 _STATS = {"bridge_orig": {"action": {"q01": [-0.1, 0.0, -2.0], "q99": [0.3, 1.0, 2.0]}}}
 
@@ -1938,7 +1938,7 @@ VLA_FAULTS = rows(
 CASES += VLA_FAULTS
 
 
-# === Issue 20 (the policy server): its settings, requests, client and extra, called directly (the same
+# === The policy server: its settings, requests, client and extra, called directly (the same
 # refusals over HTTP, with their statuses: tests/integration/test_serve.py) ===
 def _npy_pickle() -> bytes:
     import io

@@ -1,4 +1,4 @@
-"""config.json sizes and tokenizer files are checked before anything is built or allocated (issue 13).
+"""config.json sizes and tokenizer files are checked before anything is built or allocated.
 
 The bounds must let every released model through (their real sizes are written out below) and stop a typo
 or a hostile file within a second; tokenizer files must be JSON of a plausible size and depth.

@@ -1,4 +1,4 @@
-"""`llm_backbones._fs`: the one atomic-write and containment implementation (issue 15, item 4)."""
+"""`llm_backbones._fs`: the one atomic-write and containment implementation."""
 
 from __future__ import annotations
 

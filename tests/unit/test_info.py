@@ -30,7 +30,7 @@ def test_every_id_offline_and_consistent_with_its_card(backbone_id) -> None:
     assert facts["pad_token_id"] is not None
 
 
-# === --model-path reads the tokenizer a backbone would (issue 15, item 4) ===
+# === --model-path reads the tokenizer a backbone would ===
 def test_model_path_tokenizer_is_loaded_as_a_backbone_loads_it(tmp_path, monkeypatch) -> None:
     # LLaMA-2 loads tokenizer.json as written (`loading.load_tokenizer`); an info that called AutoTokenizer
     # itself would not see the token the spy adds, and would report 32000 tokens.
