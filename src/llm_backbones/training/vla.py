@@ -220,27 +220,84 @@ def vla_examples(policy: Any, dataset: Any, stats: Mapping[str, Any], unnorm_key
     return examples
 
 
-def augment_image(image: np.ndarray, rng: np.random.Generator) -> Any:
+def augment_image(image: np.ndarray, rng: Any) -> np.ndarray:
     """OpenVLA's `image_aug` on one uint8 `[H, W, 3]` image (see the constants): random resized crop, then
-    brightness, contrast, saturation and hue jitter; a PIL image of the same size. Deterministic in `rng`."""
-    from PIL import Image
+    brightness, contrast, saturation and hue jitter, each result clipped to [0, 1]; a uint8 image of the same
+    size. `rng` (a `np.random.Generator`) gives five `uniform(low, high)` draws, one per stage in that order,
+    so the result is deterministic in it.
 
-    height, width = image.shape[:2]
+    [Contract] OpenVLA runs dlimp's `augment_image` (moojink/dlimp_openvla, dlimp/augmentations.py), which
+    applies TensorFlow's ops to the image as float32 in [0, 1], clipping after each; their semantics, kept
+    here:
+    - `random_resized_crop` (dlimp): `tf.image.crop_and_resize` of the box of side sqrt(scale) = sqrt(0.9)
+      (ratio 1) back to H x W, bilinear, the box's corners on pixel centres. dlimp draws the height and the
+      width offsets from the same seed, so both are the same fraction u of their range: the box starts at
+      (u * (1 - side), u * (1 - side)), on the diagonal. Kept, as OpenVLA's models saw it.
+    - `tf.image.adjust_brightness`: adds delta.
+    - `tf.image.adjust_contrast`: (x - mean) * factor + mean, the mean of each channel over the image.
+    - `tf.image.adjust_saturation`: RGB -> HSV, S * factor clipped to [0, 1], back to RGB.
+    - `tf.image.adjust_hue`: RGB -> HSV, H + delta modulo 1, back to RGB.
+    - back to uint8 as `tf.image.convert_image_dtype(saturate=True)` does: x * 255.5, truncated.
+    """
+    x = image.astype(np.float32) / 255.0
     side = math.sqrt(CROP_SCALE)
-    crop_h, crop_w = max(1, round(height * side)), max(1, round(width * side))
-    top = int(rng.integers(0, height - crop_h + 1))
-    left = int(rng.integers(0, width - crop_w + 1))
-    crop = Image.fromarray(image[top : top + crop_h, left : left + crop_w])
-    x = np.asarray(crop.resize((width, height), Image.BILINEAR), dtype=np.float32) / 255.0
-    x = np.clip(x + rng.uniform(-BRIGHTNESS_DELTA, BRIGHTNESS_DELTA), 0, 1)
-    mean = x.mean()
-    x = np.clip((x - mean) * rng.uniform(*CONTRAST_RANGE) + mean, 0, 1)
-    gray = (x @ np.array([0.2989, 0.587, 0.114], dtype=np.float32))[..., None]
-    x = np.clip((x - gray) * rng.uniform(*SATURATION_RANGE) + gray, 0, 1)
-    hsv = np.asarray(Image.fromarray((x * 255).round().astype(np.uint8)).convert("HSV")).copy()
-    shift = round(rng.uniform(-HUE_DELTA, HUE_DELTA) * 255)
-    hsv[..., 0] = (hsv[..., 0].astype(np.int16) + shift) % 256
-    return Image.fromarray(hsv, mode="HSV").convert("RGB")
+    start = rng.uniform(0.0, 1.0) * (1 - side)
+    x = np.clip(_crop_and_resize(x, (start, start, start + side, start + side)), 0, 1)
+    x = np.clip(x + np.float32(rng.uniform(-BRIGHTNESS_DELTA, BRIGHTNESS_DELTA)), 0, 1)
+    mean = x.mean(axis=(0, 1), keepdims=True)
+    x = np.clip((x - mean) * np.float32(rng.uniform(*CONTRAST_RANGE)) + mean, 0, 1)
+    hue, saturation, value = _rgb_to_hsv(x)
+    saturation = np.clip(saturation * np.float32(rng.uniform(*SATURATION_RANGE)), 0, 1)
+    x = np.clip(_hsv_to_rgb(hue, saturation, value), 0, 1)
+    hue, saturation, value = _rgb_to_hsv(x)
+    hue = np.mod(hue + np.float32(rng.uniform(-HUE_DELTA, HUE_DELTA)), 1).astype(np.float32)
+    x = np.clip(_hsv_to_rgb(hue, saturation, value), 0, 1)
+    return (x * np.float32(255.5)).astype(np.uint8)
+
+
+def _crop_and_resize(x: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+    """`tf.image.crop_and_resize` of one float `[H, W, C]` image to its own size: the box `(y1, x1, y2, x2)`
+    (fractions of the image) sampled at H x W points from y1 * (H - 1) to y2 * (H - 1) (and so for x),
+    bilinearly between the four nearest pixels."""
+    height, width = x.shape[:2]
+    y1, x1, y2, x2 = box
+    ys = np.clip((y1 + (y2 - y1) * np.arange(height) / max(height - 1, 1)) * (height - 1), 0, height - 1)
+    xs = np.clip((x1 + (x2 - x1) * np.arange(width) / max(width - 1, 1)) * (width - 1), 0, width - 1)
+    top, left = np.floor(ys).astype(int), np.floor(xs).astype(int)
+    bottom, right = np.ceil(ys).astype(int), np.ceil(xs).astype(int)
+    wy = (ys - top).astype(np.float32)[:, None, None]
+    wx = (xs - left).astype(np.float32)[None, :, None]
+    upper = x[top][:, left] + (x[top][:, right] - x[top][:, left]) * wx
+    lower = x[bottom][:, left] + (x[bottom][:, right] - x[bottom][:, left]) * wx
+    return upper + (lower - upper) * wy
+
+
+def _rgb_to_hsv(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hue in [0, 1) (0 for grays), saturation (max - min) / max (0 for black), value max, per pixel."""
+    red, green, blue = x[..., 0], x[..., 1], x[..., 2]
+    value = x.max(axis=-1)
+    spread = value - x.min(axis=-1)
+    saturation = np.where(value > 0, spread / np.where(value > 0, value, 1), 0)
+    safe = np.where(spread > 0, spread, 1)
+    sector = np.where(
+        red == value,
+        (green - blue) / safe,
+        np.where(green == value, (blue - red) / safe + 2, (red - green) / safe + 4),
+    )
+    hue = np.where(spread > 0, np.mod(sector / 6, 1), 0)
+    return hue.astype(np.float32), saturation.astype(np.float32), value
+
+
+def _hsv_to_rgb(hue: np.ndarray, saturation: np.ndarray, value: np.ndarray) -> np.ndarray:
+    chroma = saturation * value
+    sector = hue * 6
+    middle = chroma * (1 - np.abs(np.mod(sector, 2) - 1))
+    zero = np.zeros_like(chroma)
+    index = np.floor(sector).astype(int) % 6
+    red = np.choose(index, [chroma, middle, zero, zero, middle, chroma])
+    green = np.choose(index, [middle, chroma, chroma, middle, zero, zero])
+    blue = np.choose(index, [zero, zero, middle, chroma, chroma, middle])
+    return np.stack([red, green, blue], axis=-1) + (value - chroma)[..., None]
 
 
 @dataclass

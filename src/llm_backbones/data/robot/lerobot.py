@@ -166,7 +166,8 @@ def _action_dim(features: Mapping[str, Any], action_key: str, info_path: Path) -
     feature = features.get(action_key)
     if not isinstance(feature, Mapping):
         raise _error(
-            f"no action feature {action_key!r}; features: {sorted(features)}. Pass action_key=.",
+            f"no action feature {action_key!r}; features: {sorted(features)}. Pass action_key= "
+            "(--action-key) naming the action feature.",
             file=info_path,
         )
     shape = feature.get("shape")
