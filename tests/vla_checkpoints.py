@@ -89,7 +89,9 @@ def write_prismatic_checkpoint(name: str, run_dir: Path, base_vlm: str) -> Path:
     base = run_dir / "base"
     base.mkdir()
     config = json.loads((fixture_dir(name) / "config.json").read_text())["text_config"]
-    (base / "config.json").write_text(json.dumps({**config, "model_type": "llama", "vocab_size": 32000}))
+    # the base repo's config (meta-llama/Llama-2-7b-hf): 32,000 rows, no pad_token_id (the backbone adds PAD)
+    base_config = {k: v for k, v in config.items() if k != "pad_token_id"}
+    (base / "config.json").write_text(json.dumps({**base_config, "model_type": "llama", "vocab_size": 32000}))
     for file in ("tokenizer.json", "tokenizer_config.json"):  # the base repo's: no PAD (the backbone adds it)
         shutil.copyfile(ASSETS_DIR / "llama2-tiny" / file, base / file)
     return run_dir

@@ -33,7 +33,12 @@ from torch import nn
 
 from llm_backbones._redact import HubToken, redacting
 from llm_backbones.core.backbones.factory import get_llm_backbone_and_tokenizer
-from llm_backbones.core.backbones.files import describe_non_finite, first_non_finite, safetensors_header
+from llm_backbones.core.backbones.files import (
+    describe_non_finite,
+    first_non_finite,
+    read_tensors,
+    safetensors_header,
+)
 from llm_backbones.core.registry import get_spec
 from llm_backbones.data.actions import ActionTokenizer
 from llm_backbones.errors import ModelPathError, NonFiniteWeightsError, VLACheckpointError
@@ -41,7 +46,6 @@ from llm_backbones.persistence.openvla import (
     DEFAULT_ACTION_BINS,
     DEFAULT_LLM_MAX_LENGTH,
     LoadedVLA,
-    read_safetensors,
 )
 from llm_backbones.vla.image_processing import RESIZE_STRATEGIES, ImageProcessor
 from llm_backbones.vla.policy import VLAPolicy
@@ -257,7 +261,7 @@ def _fill_tower(tower: VisionTower, source: Path | None) -> None:
         tower.load_timm_state(state, source=f"random {tower.spec.timm_id}")
         return
     names = list(safetensors_header(source))
-    state = read_safetensors(names, dict.fromkeys(names, source))
+    state = read_tensors(names, dict.fromkeys(names, source))
     bad = first_non_finite(sorted(state.items()))
     if bad is not None:
         raise NonFiniteWeightsError(
