@@ -134,7 +134,7 @@ def test_the_export_is_published_in_one_step(base, tmp_path, monkeypatch) -> Non
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(persistence, "_write_fingerprint", fail)  # the export dies half-written
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(CheckpointError, match="the disk is full"):  # save_backbone names the file and the fix
         resume(base, run, steps=3)
     assert files_of(run / "export") == before  # the previous export, whole
     assert sorted(p.name for p in run.iterdir()) == [
