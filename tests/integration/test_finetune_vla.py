@@ -314,3 +314,28 @@ def test_bad_data_stops_the_run_before_any_model_is_built(tmp_path, monkeypatch)
             run_finetune_vla(tmp_path / "no-such-policy", root, output=str(output), steps=1)
         assert (caught.value.episode, caught.value.file) == (episode, str(root / file)), case
         assert str(root / file) in str(caught.value) and not output.exists(), case
+
+
+def test_cli_finetune_vla_passes_the_schedule_precision_logging_and_keep_flags(monkeypatch, tmp_path):
+    """The loop settings `finetune` has reach `run_finetune_vla` from `finetune-vla`'s flags too."""
+    from typer.testing import CliRunner
+
+    import llm_backbones.training.vla as vla
+    from llm_backbones.app.cli import app
+
+    seen = {}
+
+    def capture(*args, **options):
+        seen.update(options)
+        raise KeyboardInterrupt  # stop before anything is built
+
+    monkeypatch.setattr(vla, "run_finetune_vla", capture)
+    args = ["finetune-vla", "--policy", str(tmp_path), "--data", str(tmp_path / "d.jsonl")]
+    args += ["--lr-schedule", "constant", "--precision", "fp32", "--log-every", "5", "--keep", "3"]
+    CliRunner().invoke(app, args)
+    assert {k: seen.get(k) for k in ("lr_schedule", "precision", "log_every", "keep")} == {
+        "lr_schedule": "constant",
+        "precision": "fp32",
+        "log_every": 5,
+        "keep": 3,
+    }

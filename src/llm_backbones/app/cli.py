@@ -616,6 +616,19 @@ def finetune_vla(
     eval_data: Annotated[Path | None, typer.Option(help="Held-out episodes, same formats.")] = None,
     eval_every: Annotated[int | None, typer.Option(help="Evaluate every N steps.")] = None,
     save_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps.")] = None,
+    lr_schedule: Annotated[
+        str | None,
+        typer.Option(
+            help="After the warm-up: cosine (down toward 0 at --steps) or constant (default: cosine)."
+        ),
+    ] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="fp32 or bf16 (default: bf16 on CUDA, fp32 on CPU).")
+    ] = None,
+    log_every: Annotated[
+        int | None, typer.Option(help="Write a metrics record every N steps (default: 1).")
+    ] = None,
+    keep: Annotated[int | None, typer.Option(help="Checkpoints kept, newest first (default: 2).")] = None,
     seed: Annotated[
         int,
         typer.Option(help="Seed of the data order, LoRA init, augmentation and a fresh policy's weights."),
@@ -664,6 +677,10 @@ def finetune_vla(
         "eval_data": str(eval_data) if eval_data is not None else None,
         "eval_every": eval_every,
         "save_every": save_every,
+        "lr_schedule": lr_schedule,
+        "precision": precision,
+        "log_every": log_every,
+        "keep": keep,
         "seed": seed,
         "vision_depth": vision_depth,
         "device": device,
