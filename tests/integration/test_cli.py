@@ -248,3 +248,17 @@ def test_info_from_model_path_and_table(tiny_llama_dir) -> None:
     assert facts["facts_source"] == str(tiny_llama_dir)
     table = runner.invoke(app, ["info", "llama2-tiny-pure"])
     assert table.exit_code == 0 and "8,604,288" in table.output
+
+
+def _command_names() -> list[str]:
+    import typer.main
+
+    return sorted(typer.main.get_command(app).commands)
+
+
+@pytest.mark.parametrize("command", [[], *([name] for name in _command_names())], ids=lambda c: c or "app")
+def test_dash_h_is_help_for_the_app_and_every_command(command) -> None:
+    long = runner.invoke(app, [*command, "--help"])
+    short = runner.invoke(app, [*command, "-h"])
+    assert long.exit_code == 0 and short.exit_code == 0, short.output
+    assert short.output == long.output and "Usage:" in short.output

@@ -21,7 +21,13 @@ from rich.table import Table
 from llm_backbones.core.prompting.builder import DEFAULT_MODEL_FAMILY
 from llm_backbones.errors import LLMBackbonesError, OutputPathError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help=__doc__,
+    # every subcommand's context inherits these from the app's
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 console = Console()
 _state = {"debug": False}
 
