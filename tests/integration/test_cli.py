@@ -262,3 +262,22 @@ def test_dash_h_is_help_for_the_app_and_every_command(command) -> None:
     short = runner.invoke(app, [*command, "-h"])
     assert long.exit_code == 0 and short.exit_code == 0, short.output
     assert short.output == long.output and "Usage:" in short.output
+
+
+def test_help_describes_the_cli_and_lists_every_command() -> None:
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    listed = {line.split()[1] for line in result.output.splitlines() if line.startswith("│ ")}
+    assert set(_command_names()) <= listed, result.output
+    description = app.info.help
+    # the one paragraph names every command, so a new one cannot be left out of it
+    assert all(f"`{name}`" in description for name in _command_names()), description
+    assert "list the registry" not in description
+
+
+def test_help_keeps_brackets_and_placeholders() -> None:
+    # rich markup ate `[serve]` from the extra's install line; markdown ate `<model id>`
+    serve = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
+    assert "pip install 'llm-backbones[serve]'" in serve.output, serve.output
+    vla = runner.invoke(app, ["finetune-vla", "--help"], env={"COLUMNS": "200"})
+    assert "hf-hub:timm/MODEL;" in vla.output, vla.output

@@ -1,5 +1,10 @@
-"""`llm-backbones`: list the registry, run the demo on the embedded default, fine-tune, export a run's
-checkpoint, serve a VLA policy."""
+"""`llm-backbones` runs, serves and fine-tunes OpenVLA-style policies and their LLM backbones. `serve`
+answers robot actions over HTTP from an OpenVLA checkpoint (`act` asks a running server for one); `finetune`
+fine-tunes an LLM backbone on conversations and `finetune-vla` a VLA on robot episodes (full, last-layer or
+LoRA; one process or torchrun with FSDP); `export` turns a run's checkpoint into a model other tools load;
+`list`, `info` and `prompt` show the registered backbones, one backbone's facts and the prompt a
+conversation renders to; `demo` teaches the embedded tiny backbone robot actions on the CPU in a few
+minutes."""
 
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help=__doc__,
+    rich_markup_mode="markdown",
     # every subcommand's context inherits these from the app's
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -587,7 +593,7 @@ def finetune_vla(
     vision_weights: Annotated[
         str | None,
         typer.Option(
-            help="timm's tower weights: a .safetensors file or hf-hub:timm/<model id>; a comma between the "
+            help="timm's tower weights: a .safetensors file or hf-hub:timm/MODEL; a comma between the "
             "two towers of a fused id (default: random towers)."
         ),
     ] = None,
