@@ -687,8 +687,11 @@ def finetune_vla(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     try:
-        from llm_backbones.training.vla import run_finetune_vla
+        from llm_backbones.training.vla import VLAFinetuneConfig, run_finetune_vla
 
+        given = {k: v for k, v in options.items() if v is not None}
+        # the settings are refused before the progress bar shows (run_finetune_vla checks them again)
+        VLAFinetuneConfig.from_mapping(given, "options").validate(int(os.environ.get("WORLD_SIZE", "1")))
         columns = (
             TextColumn(f"{mode} VLA fine-tuning"),
             BarColumn(),
@@ -700,7 +703,7 @@ def finetune_vla(
             task = progress.add_task("train", total=steps, loss="")
             result = run_finetune_vla(
                 on_step=lambda step, loss: progress.update(task, completed=step, loss=f"loss {loss:.4f}"),
-                **{k: v for k, v in options.items() if v is not None},
+                **given,
             )
     except (LLMBackbonesError, OSError, ValueError) as exc:
         _fail(exc)
