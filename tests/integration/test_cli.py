@@ -281,3 +281,40 @@ def test_help_keeps_brackets_and_placeholders() -> None:
     assert "pip install 'llm-backbones[serve]'" in serve.output, serve.output
     vla = runner.invoke(app, ["finetune-vla", "--help"], env={"COLUMNS": "200"})
     assert "hf-hub:timm/MODEL;" in vla.output, vla.output
+
+
+ONE_CONVERSATION = [{"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]}]
+
+
+def _data_file(tmp_path, records=ONE_CONVERSATION, name="one.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(records))
+    return path
+
+
+FINETUNE = ["finetune", "--backbone", "llama2-tiny-pure", "--device", "cpu", "--batch-size", "1"]
+
+
+def test_finetune_progress_shows_no_loss_before_the_first_step(tmp_path, monkeypatch) -> None:
+    from llm_backbones.errors import FinetuneError
+    from llm_backbones.training import finetune
+
+    def stopped(**kwargs):  # the bar as it stands before any step: its only render, at exit
+        raise FinetuneError("stopped before the first step")
+
+    monkeypatch.setattr(finetune, "run_finetune", stopped)
+    result = runner.invoke(app, [*FINETUNE, "--data", str(_data_file(tmp_path))], env={"COLUMNS": "200"})
+    assert "step 0/10" in result.output and "stopped before the first step" in result.output, result.output
+    assert "nan" not in result.output and "loss" not in result.output.split("step 0/10")[1].split("\n")[0]
+
+
+def test_finetune_progress_shows_the_loss_of_the_last_step(tmp_path, monkeypatch) -> None:
+    from llm_backbones.training import finetune
+
+    def one_step(*, on_step, **kwargs):
+        on_step(1, 2.5)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune, "run_finetune", one_step)
+    result = runner.invoke(app, [*FINETUNE, "--data", str(_data_file(tmp_path))], env={"COLUMNS": "200"})
+    assert "step 1/10" in result.output and "loss 2.5000" in result.output, result.output

@@ -99,6 +99,14 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(code=1)
 
 
+# A progress bar's loss field: empty until the first step reports one (not "loss nan").
+_LOSS_COLUMN = "{task.fields[loss]}"
+
+
+def _loss_field(loss: float) -> str:
+    return f"loss {loss:.4f}"
+
+
 def _registry_rows() -> list[dict[str, str]]:
     from llm_backbones.core.registry import get_spec, registered_ids
 
@@ -254,16 +262,16 @@ def _demo(
         TextColumn("fine-tuning"),
         BarColumn(),
         TextColumn("step {task.completed}/{task.total}"),
-        TextColumn("loss {task.fields[loss]:.4f}"),
+        TextColumn(_LOSS_COLUMN),
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("train", total=steps, loss=float("nan"))
+        task = progress.add_task("train", total=steps, loss="")
         result = run_vla_demo(
             backbone,
             tokenizer,
             steps=steps,
-            on_step=lambda i, loss: progress.update(task, advance=1, loss=loss),
+            on_step=lambda i, loss: progress.update(task, advance=1, loss=_loss_field(loss)),
         )
 
     table = Table(title="Greedy action prediction (7-D, OpenVLA action tokens)")
@@ -322,13 +330,13 @@ def _policy_demo(backbone_id: str, model_path: Path | None, device: str, steps: 
         highlight=False,
     )
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("train", total=steps, loss=float("nan"))
+        task = progress.add_task("train", total=steps, loss="")
         result = run_policy_demo(
             backbone_id,
             llm_model_path=model_path,
             steps=steps,
             device=device,
-            on_step=lambda i, loss: progress.update(task, advance=1, loss=loss),
+            on_step=lambda i, loss: progress.update(task, advance=1, loss=_loss_field(loss)),
         )
     table = Table(title=f"predict_action from each image ('{result.instruction}')")
     for column in ("image", "target action", "predicted action", "max error (half bins)"):
@@ -525,15 +533,13 @@ def finetune(
             TextColumn(f"{settings.mode} fine-tuning"),
             BarColumn(),
             TextColumn("step {task.completed}/{task.total}"),
-            TextColumn("loss {task.fields[loss]:.4f}"),
+            TextColumn(_LOSS_COLUMN),
             TextColumn("lr {task.fields[lr]:.2e}"),
             TextColumn("{task.fields[tps]:,.0f} tok/s"),
             TimeElapsedColumn(),
         )
         with Progress(*columns, console=console, disable=not is_main) as progress:
-            task = progress.add_task(
-                "train", total=settings.steps, loss=float("nan"), lr=settings.lr, tps=0.0
-            )
+            task = progress.add_task("train", total=settings.steps, loss="", lr=settings.lr, tps=0.0)
 
             def on_record(record: dict) -> None:
                 if "lr" in record:
@@ -543,7 +549,7 @@ def finetune(
                 data=conversations,
                 config=settings,
                 on_record=on_record,
-                on_step=lambda step, loss: progress.update(task, completed=step, loss=loss),
+                on_step=lambda step, loss: progress.update(task, completed=step, loss=_loss_field(loss)),
             )
     except (LLMBackbonesError, OSError, ValueError) as exc:
         _fail(exc)
@@ -696,13 +702,13 @@ def finetune_vla(
             TextColumn(f"{mode} VLA fine-tuning"),
             BarColumn(),
             TextColumn("step {task.completed}/{task.total}"),
-            TextColumn("{task.fields[loss]}"),
+            TextColumn(_LOSS_COLUMN),
             TimeElapsedColumn(),
         )
         with Progress(*columns, console=console, disable=not is_main) as progress:
             task = progress.add_task("train", total=steps, loss="")
             result = run_finetune_vla(
-                on_step=lambda step, loss: progress.update(task, completed=step, loss=f"loss {loss:.4f}"),
+                on_step=lambda step, loss: progress.update(task, completed=step, loss=_loss_field(loss)),
                 **given,
             )
     except (LLMBackbonesError, OSError, ValueError) as exc:
