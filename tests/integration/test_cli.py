@@ -318,3 +318,62 @@ def test_finetune_progress_shows_the_loss_of_the_last_step(tmp_path, monkeypatch
     monkeypatch.setattr(finetune, "run_finetune", one_step)
     result = runner.invoke(app, [*FINETUNE, "--data", str(_data_file(tmp_path))], env={"COLUMNS": "200"})
     assert "step 1/10" in result.output and "loss 2.5000" in result.output, result.output
+
+
+def _interrupted_after_a_checkpoint(output):
+    """A training function that has written run_config.json and a complete checkpoint at step 2 when Ctrl-C
+    comes."""
+
+    def train(**kwargs):
+        checkpoint = output / "checkpoints" / "step-00000002"
+        checkpoint.mkdir(parents=True)
+        (checkpoint / ".metadata").write_bytes(b"")
+        (checkpoint / "meta.json").write_text("{}")
+        (output / "checkpoints" / "latest").write_text("step-00000002")
+        (output / "run_config.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    return train
+
+
+def test_finetune_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_path, monkeypatch) -> None:
+    from llm_backbones.training import finetune
+
+    output = tmp_path / "run"
+    monkeypatch.setattr(finetune, "run_finetune", _interrupted_after_a_checkpoint(output))
+    args = [*FINETUNE, "--data", str(_data_file(tmp_path)), "--output", str(output)]
+    result = runner.invoke(app, args, env={"COLUMNS": "300"})
+    assert result.exit_code == 130, result.output
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith("interrupted: ") and "Traceback" not in result.output, result.output
+    assert f"the last checkpoint kept is {output / 'checkpoints' / 'step-00000002'}" in line
+    assert line.endswith(f"continue with: llm-backbones finetune --output {output} --resume")
+
+
+def test_finetune_ctrl_c_without_output_says_nothing_was_saved(tmp_path, monkeypatch) -> None:
+    from llm_backbones.training import finetune
+
+    def train(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune, "run_finetune", train)
+    result = runner.invoke(app, [*FINETUNE, "--data", str(_data_file(tmp_path))], env={"COLUMNS": "300"})
+    assert result.exit_code == 130
+    assert "interrupted: nothing was saved (no --output)" in result.output, result.output
+
+
+def test_finetune_vla_ctrl_c_gives_the_same_command_with_resume(tmp_path, monkeypatch) -> None:
+    from llm_backbones.training import vla
+
+    output = tmp_path / "vla run"
+    monkeypatch.setattr(vla, "run_finetune_vla", _interrupted_after_a_checkpoint(output))
+    args = ["finetune-vla", "--llm", "llama2-tiny-pure", "--vision", "clip-vit-l", "--data", "robot.jsonl"]
+    args += ["--mode", "full", "--steps", "5", "--train-vision", "--output", str(output), "--overwrite"]
+    result = runner.invoke(app, args, env={"COLUMNS": "300"})
+    assert result.exit_code == 130, result.output
+    line = result.output.strip().splitlines()[-1]
+    assert "the last checkpoint kept is" in line and "step-00000002" in line, line
+    assert line.endswith(
+        "continue with: llm-backbones finetune-vla --data robot.jsonl --llm llama2-tiny-pure --vision "
+        f"clip-vit-l --output '{output}' --mode full --steps 5 --train-vision --resume"
+    ), line

@@ -107,6 +107,46 @@ def _loss_field(loss: float) -> str:
     return f"loss {loss:.4f}"
 
 
+def _interrupted(command: str, output: str | Path | None, resume_args: list[str] | None) -> None:
+    """Ctrl-C during a run: one line saying what was kept and the command that continues it; exit 130."""
+    import shlex
+
+    from llm_backbones.training.checkpoint import RunDir
+
+    if resume_args is None:
+        said = "before training started; nothing was written"
+    elif output is None:
+        said = (
+            "nothing was saved (no --output); pass --output DIR to keep checkpoints that --resume continues"
+        )
+    else:
+        try:
+            kept = RunDir(output).resume_checkpoint(warn=False)
+        except (LLMBackbonesError, OSError):
+            kept = None
+        said = (
+            f"the last checkpoint kept is {kept}" if kept else "no checkpoint was written yet"
+        ) + f"; continue with: {shlex.join(['llm-backbones', command, *resume_args])}"
+    console.print(f"interrupted: {said}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code=130)
+
+
+def _given_args(ctx: typer.Context, drop: tuple[str, ...] = ("resume", "overwrite")) -> list[str]:
+    """The command's options as the user gave them (not their defaults), less `drop`."""
+    args: list[str] = []
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)
+        given = source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+        if param.name in drop or not given or param.param_type_name != "option":
+            continue
+        value = ctx.params[param.name]
+        if param.is_flag:
+            args.extend(param.opts[:1] if value else param.secondary_opts[:1])
+        elif value is not None:
+            args.extend([param.opts[0], str(value)])
+    return args
+
+
 def _registry_rows() -> list[dict[str, str]]:
     from llm_backbones.core.registry import get_spec, registered_ids
 
@@ -362,6 +402,7 @@ def _policy_demo(backbone_id: str, model_path: Path | None, device: str, steps: 
 
 @app.command()
 def finetune(
+    ctx: typer.Context,
     backbone: Annotated[str | None, typer.Option(help="Backbone id.")] = None,
     data: Annotated[Path | None, typer.Option(help="LLaVA/Prismatic conversation JSON file.")] = None,
     model_path: Annotated[
@@ -509,6 +550,7 @@ def finetune(
         "metrics_json": metrics_json,
     }
     is_main = os.environ.get("RANK", "0") == "0"
+    settings = None
     try:
         from llm_backbones.data.examples import load_conversations
         from llm_backbones.training.finetune import check_conversations, preflight, run_finetune
@@ -553,6 +595,17 @@ def finetune(
             )
     except (LLMBackbonesError, OSError, ValueError) as exc:
         _fail(exc)
+    except KeyboardInterrupt:
+        if not is_main:
+            raise typer.Exit(code=130) from None
+        from llm_backbones.training.checkpoint import RUN_CONFIG
+
+        output = None if settings is None else settings.output
+        if output is not None and (Path(output) / RUN_CONFIG).is_file():
+            args = ["--output", str(output), "--resume"]  # the run's own settings: these alone continue it
+        else:
+            args = [*_given_args(ctx), "--resume"]
+        _interrupted("finetune", output, None if settings is None else args)
     if not is_main:
         return
     if result.losses:
@@ -580,6 +633,7 @@ def finetune(
 
 @app.command("finetune-vla")
 def finetune_vla(
+    ctx: typer.Context,
     data: Annotated[Path, typer.Option(help="Robot episodes: a LeRobot dataset folder or a .jsonl file.")],
     policy: Annotated[
         Path | None, typer.Option(help="OpenVLA / Prismatic checkpoint to start from (load_vla).")
@@ -713,6 +767,10 @@ def finetune_vla(
             )
     except (LLMBackbonesError, OSError, ValueError) as exc:
         _fail(exc)
+    except KeyboardInterrupt:
+        if not is_main:
+            raise typer.Exit(code=130) from None
+        _interrupted("finetune-vla", output, [*_given_args(ctx), "--resume"])  # the same options, resumed
     if not is_main:
         return
     if result.losses:
