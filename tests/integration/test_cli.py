@@ -377,3 +377,20 @@ def test_finetune_vla_ctrl_c_gives_the_same_command_with_resume(tmp_path, monkey
         "continue with: llm-backbones finetune-vla --data robot.jsonl --llm llama2-tiny-pure --vision "
         f"clip-vit-l --output '{output}' --mode full --steps 5 --train-vision --resume"
     ), line
+
+
+def test_finetune_without_output_warns_at_the_start(tmp_path, monkeypatch) -> None:
+    from llm_backbones.training import finetune, vla
+
+    def train(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune, "run_finetune", train)
+    monkeypatch.setattr(vla, "run_finetune_vla", train)
+    warning = "warning: no --output: nothing of this run will be saved"
+    unsaved = runner.invoke(app, [*FINETUNE, "--data", str(_data_file(tmp_path))], env={"COLUMNS": "300"})
+    assert unsaved.output.startswith(warning) and "pass --output DIR" in unsaved.output, unsaved.output
+    vla_args = ["finetune-vla", "--llm", "llama2-tiny-pure", "--vision", "clip-vit-l", "--data", "r.jsonl"]
+    assert runner.invoke(app, [*vla_args, "--mode", "full"]).output.startswith(warning)
+    saved = [*FINETUNE, "--data", str(_data_file(tmp_path)), "--output", str(tmp_path / "run")]
+    assert warning not in runner.invoke(app, saved, env={"COLUMNS": "300"}).output

@@ -131,6 +131,18 @@ def _interrupted(command: str, output: str | Path | None, resume_args: list[str]
     raise typer.Exit(code=130)
 
 
+def _warn_unsaved(output: object, is_main: bool) -> None:
+    """A run without --output trains and keeps nothing: say so before it starts."""
+    if output is None and is_main:
+        console.print(
+            "warning: no --output: nothing of this run will be saved (no checkpoints, no model); "
+            "pass --output DIR to keep it.",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
 def _given_args(ctx: typer.Context, drop: tuple[str, ...] = ("resume", "overwrite")) -> list[str]:
     """The command's options as the user gave them (not their defaults), less `drop`."""
     args: list[str] = []
@@ -560,6 +572,7 @@ def finetune(
         if settings.metrics_json is not None:
             _check_output_file(Path(settings.metrics_json), "--metrics-json")
         preflight(settings)  # bad settings, outputs and data files fail here, before the progress bar
+        _warn_unsaved(settings.output, is_main)
         conversations = load_conversations(settings.data)
         fmt = settings.prompt_format
         check_conversations(settings.backbone, conversations, repr(str(settings.data)), prompt_format=fmt)
@@ -752,6 +765,7 @@ def finetune_vla(
         given = {k: v for k, v in options.items() if v is not None}
         # the settings are refused before the progress bar shows (run_finetune_vla checks them again)
         VLAFinetuneConfig.from_mapping(given, "options").validate(int(os.environ.get("WORLD_SIZE", "1")))
+        _warn_unsaved(output, is_main)
         columns = (
             TextColumn(f"{mode} VLA fine-tuning"),
             BarColumn(),
