@@ -2779,6 +2779,9 @@ CLI_USAGE_CASES = [
     (["dmeo"], "No such command 'dmeo'"),
     (["demo", "--model-path"], "Option '--model-path' requires an"),
     (["list", "--json", "extra"], "unexpected extra argument"),
+    # names other trainers use: the flag meant is named (click's close matches find none)
+    (["finetune", "--learning-rate", "1e-3"], "No such option: --learning-rate. Did you mean --lr?"),
+    (["finetune-vla", "--epochs", "3"], "No such option: --epochs. Did you mean --steps?"),
 ]
 
 N_BAD_INPUTS = len(CASES) + len(CLI_CASES) + len(CLI_USAGE_CASES)

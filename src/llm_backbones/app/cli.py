@@ -22,11 +22,63 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
 from llm_backbones.core.prompting.builder import DEFAULT_MODEL_FAMILY
 from llm_backbones.errors import LLMBackbonesError, OutputPathError
 
+# Names other trainers give to an option of ours, for the "No such option" of a misspelt flag: difflib
+# (click's own suggestion) does not find --lr from --learning-rate.
+_OPTION_HINTS = {
+    "--learning-rate": "--lr",
+    "--lr-scheduler": "--lr-schedule",
+    "--lr-scheduler-type": "--lr-schedule",
+    "--warmup": "--warmup-steps",
+    "--max-steps": "--steps",
+    "--num-steps": "--steps",
+    "--epochs": "--steps",
+    "--num-train-epochs": "--steps",
+    "--bs": "--batch-size",
+    "--per-device-train-batch-size": "--batch-size",
+    "--gradient-accumulation-steps": "--grad-accum",
+    "--gradient-accumulation": "--grad-accum",
+    "--output-dir": "--output",
+    "--out": "--output",
+    "--model": "--backbone",
+    "--model-name-or-path": "--model-path",
+    "--dataset": "--data",
+    "--train-data": "--data",
+    "--eval-dataset": "--eval-data",
+    "--max-seq-length": "--max-length",
+    "--lora-r": "--lora-rank",
+}
+
+
+class _Group(TyperGroup):
+    """Names the flag meant in "No such option": for a name other trainers use (`--learning-rate` for
+    `--lr`, where click's close-match search finds nothing or the wrong flag); else for underscores in place
+    of dashes (`--batch_size`) where click found no close match."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except typer.Exit:
+            raise
+        except Exception as exc:
+            name, sub = getattr(exc, "option_name", None), getattr(exc, "ctx", None)
+            if name and sub is not None and hasattr(exc, "possibilities"):
+                known = {opt for param in sub.command.params for opt in param.opts + param.secondary_opts}
+                meant = _OPTION_HINTS.get(name)
+                if meant not in known and not exc.possibilities:
+                    meant = name.replace("_", "-")
+                if meant in known and meant != name:
+                    exc.message = f"No such option: {name}. Did you mean {meant}?"
+                    exc.possibilities = None
+            raise
+
+
 app = typer.Typer(
+    cls=_Group,
     add_completion=False,
     no_args_is_help=True,
     help=__doc__,
