@@ -394,3 +394,64 @@ def test_finetune_without_output_warns_at_the_start(tmp_path, monkeypatch) -> No
     assert runner.invoke(app, [*vla_args, "--mode", "full"]).output.startswith(warning)
     saved = [*FINETUNE, "--data", str(_data_file(tmp_path)), "--output", str(tmp_path / "run")]
     assert warning not in runner.invoke(app, saved, env={"COLUMNS": "300"}).output
+
+
+OPENAI_RECORDS = [
+    {
+        "messages": [
+            {"role": "system", "content": "You are a careful robot."},
+            {"role": "user", "content": f"question {k}"},
+            {"role": "assistant", "content": f"answer {k}"},
+        ]
+    }
+    for k in range(3)
+]
+
+
+def test_finetune_reads_openai_messages_from_jsonl(tmp_path, monkeypatch) -> None:
+    from llm_backbones.training import finetune
+
+    seen = {}
+
+    def train(*, data, **kwargs):
+        seen["data"] = data
+
+    monkeypatch.setattr(finetune, "run_finetune", train)
+    path = tmp_path / "openai.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in OPENAI_RECORDS))
+    args = [*FINETUNE, "--prompt-format", "llama2-chat-prismatic", "--data", str(path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 or "data" in seen, result.output
+    assert seen["data"] == [record["messages"] for record in OPENAI_RECORDS]
+
+
+def test_prompt_renders_the_system_turn_as_the_system_prompt(tmp_path) -> None:
+    path = tmp_path / "openai.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in OPENAI_RECORDS))
+    result = runner.invoke(app, ["prompt", "llama2-7b-chat", "--conversation", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "<<SYS>>\\nYou are a careful robot.\\n<</SYS>>" in result.output, result.output
+    assert "holds 3 conversations" in result.output
+
+
+def test_finetune_data_of_another_format_names_the_accepted_ones(tmp_path) -> None:
+    path = _data_file(tmp_path, [{"prompt": "a", "completion": "b"}] * 40, "other.json")
+    result = runner.invoke(app, [*FINETUNE, "--data", str(path)], env={"COLUMNS": "300"})
+    assert result.exit_code == 1 and result.output.startswith("error: Record 0 of"), result.output
+    for words in ("(40 in all)", "['completion', 'prompt']", '{"conversations"', '{"messages"', "JSONL"):
+        assert words in result.output, result.output
+
+
+def test_a_system_turn_trains_as_the_system_prompt() -> None:
+    from llm_backbones.app.cli import _tokenizer_for
+    from llm_backbones.data.examples import tokenize_conversation
+
+    tokenizer = _tokenizer_for("llama2-tiny-pure", None)
+    messages = OPENAI_RECORDS[0]["messages"]
+    own = tokenize_conversation(tokenizer, "llama2-chat-prismatic", messages)
+    given = tokenize_conversation(
+        tokenizer, "llama2-chat-prismatic", messages[1:], system_prompt="You are a careful robot."
+    )
+    default = tokenize_conversation(tokenizer, "llama2-chat-prismatic", messages[1:])
+    assert own["input_ids"].tolist() == given["input_ids"].tolist() != default["input_ids"].tolist()
+    assert own["labels"].tolist() == given["labels"].tolist()

@@ -2773,6 +2773,28 @@ CLI_CASES += [
     ),
 ]
 
+CLI_CASES += [
+    BadCli(
+        "cli-finetune-data-of-another-format",
+        lambda e: [
+            "finetune",
+            "--backbone",
+            "llama2-tiny-pure",
+            "--data",
+            str(e.file("prompt-completion.json", json.dumps([{"prompt": "a", "completion": "b"}] * 40))),
+        ],
+        ConversationError,
+        (
+            "Record 0 of",
+            "(40 in all)",
+            "['completion', 'prompt']",
+            '{"conversations"',
+            '{"messages"',
+            "JSONL",
+        ),
+    ),
+]
+
 # Click's own usage errors: exit code 2 with a usage line (not llm-backbones exceptions).
 CLI_USAGE_CASES = [
     (["demo", "--bogus"], "No such option: --bogus"),

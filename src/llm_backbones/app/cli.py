@@ -468,7 +468,13 @@ def _policy_demo(backbone_id: str, model_path: Path | None, device: str, steps: 
 def finetune(
     ctx: typer.Context,
     backbone: Annotated[str | None, typer.Option(help="Backbone id.")] = None,
-    data: Annotated[Path | None, typer.Option(help="LLaVA/Prismatic conversation JSON file.")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Conversations: a JSON or JSONL file of LLaVA records (conversations) or OpenAI chat "
+            "records (messages)."
+        ),
+    ] = None,
     model_path: Annotated[
         Path | None, typer.Option(help="Local HF-format directory replacing the hub path.")
     ] = None,
@@ -624,7 +630,6 @@ def finetune(
         if settings.metrics_json is not None:
             _check_output_file(Path(settings.metrics_json), "--metrics-json")
         preflight(settings)  # bad settings, outputs and data files fail here, before the progress bar
-        _warn_unsaved(settings.output, is_main)
         conversations = load_conversations(settings.data)
         fmt = settings.prompt_format
         check_conversations(settings.backbone, conversations, repr(str(settings.data)), prompt_format=fmt)
@@ -636,6 +641,7 @@ def finetune(
                 repr(str(settings.eval_data)),
                 prompt_format=fmt,
             )
+        _warn_unsaved(settings.output, is_main)  # after the checks: a refused run shows its error line alone
         columns = (
             TextColumn(f"{settings.mode} fine-tuning"),
             BarColumn(),
@@ -914,7 +920,8 @@ def _prompt(backbone_id, path, tokens, model_path, model_family, prismatic_compa
     from llm_backbones.data.examples import (
         IGNORE_INDEX,
         load_conversations,
-        normalize_conversation,
+        make_builder,
+        split_system,
         tokenize_conversation,
         tokenize_prompt,
     )
@@ -928,18 +935,20 @@ def _prompt(backbone_id, path, tokens, model_path, model_family, prismatic_compa
     conversation = conversations[0]
     if len(conversations) > 1:
         console.print(f"{path} holds {len(conversations)} conversations; showing the first.", highlight=False)
-    turns = normalize_conversation(conversation)
-    builder = builder_fn(model_family)
+    system_prompt, turns = split_system(conversation)  # a leading system turn is the system prompt
+    builder = make_builder(builder_fn, model_family, system_prompt)
     for role, message in turns:
         builder.add_turn(role, message)
-    gen_turns = conversation if len(turns) % 2 == 1 else conversation[:-1]
-    gen_builder = builder_fn(model_family)
-    for role, message in normalize_conversation(gen_turns):
+    gen_builder = make_builder(builder_fn, model_family, system_prompt)
+    for role, message in turns if len(turns) % 2 == 1 else turns[:-1]:
         gen_builder.add_turn(role, message)
     console.print(f"[bold]Builder[/]: {builder!r}", highlight=False)
-    console.print("[bold]Training prompt[/]:", repr(builder.get_prompt()), highlight=False, soft_wrap=True)
+    # escaped: a template's own brackets ([INST] ... [/INST]) are not markup
     console.print(
-        "[bold]Generation prompt[/]:", repr(gen_builder.get_prompt()), highlight=False, soft_wrap=True
+        "[bold]Training prompt[/]:", escape(repr(builder.get_prompt())), highlight=False, soft_wrap=True
+    )
+    console.print(
+        "[bold]Generation prompt[/]:", escape(repr(gen_builder.get_prompt())), highlight=False, soft_wrap=True
     )
     if not tokens:
         return
