@@ -248,3 +248,210 @@ def test_info_from_model_path_and_table(tiny_llama_dir) -> None:
     assert facts["facts_source"] == str(tiny_llama_dir)
     table = runner.invoke(app, ["info", "llama2-tiny-pure"])
     assert table.exit_code == 0 and "8,604,288" in table.output
+
+
+def _command_names() -> list[str]:
+    import typer.main
+
+    return sorted(typer.main.get_command(app).commands)
+
+
+@pytest.mark.parametrize("command", [[], *([name] for name in _command_names())], ids=lambda c: c or "app")
+def test_dash_h_is_help_for_the_app_and_every_command(command) -> None:
+    long = runner.invoke(app, [*command, "--help"])
+    short = runner.invoke(app, [*command, "-h"])
+    assert long.exit_code == 0 and short.exit_code == 0, short.output
+    assert short.output == long.output and "Usage:" in short.output
+
+
+def test_help_describes_the_cli_and_lists_every_command() -> None:
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    listed = {line.split()[1] for line in result.output.splitlines() if line.startswith("│ ")}
+    assert set(_command_names()) <= listed, result.output
+    description = app.info.help
+    # the one paragraph names every command, so a new one cannot be left out of it
+    assert all(f"`{name}`" in description for name in _command_names()), description
+    assert "list the registry" not in description
+
+
+def test_help_keeps_brackets_and_placeholders() -> None:
+    # rich markup ate `[serve]` from the extra's install line; markdown ate `<model id>`
+    serve = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
+    assert "pip install 'llm-backbones[serve]'" in serve.output, serve.output
+    vla = runner.invoke(app, ["finetune-vla", "--help"], env={"COLUMNS": "200"})
+    assert "hf-hub:timm/MODEL;" in vla.output, vla.output
+
+
+ONE_CONVERSATION = [{"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]}]
+
+
+def _data_file(tmp_path, records=ONE_CONVERSATION, name="one.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(records))
+    return path
+
+
+FINETUNE = ["finetune", "--backbone", "llama2-tiny-pure", "--device", "cpu", "--batch-size", "1"]
+
+
+def test_finetune_progress_shows_no_loss_before_the_first_step(tmp_path, monkeypatch) -> None:
+    from llm_backbones.errors import FinetuneError
+    from llm_backbones.training import finetune
+
+    def stopped(**kwargs):  # the bar as it stands before any step: its only render, at exit
+        raise FinetuneError("stopped before the first step")
+
+    monkeypatch.setattr(finetune, "run_finetune", stopped)
+    result = runner.invoke(app, [*FINETUNE, "--data", str(_data_file(tmp_path))], env={"COLUMNS": "200"})
+    assert "step 0/10" in result.output and "stopped before the first step" in result.output, result.output
+    assert "nan" not in result.output and "loss" not in result.output.split("step 0/10")[1].split("\n")[0]
+
+
+def test_finetune_progress_shows_the_loss_of_the_last_step(tmp_path, monkeypatch) -> None:
+    from llm_backbones.training import finetune
+
+    def one_step(*, on_step, **kwargs):
+        on_step(1, 2.5)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune, "run_finetune", one_step)
+    result = runner.invoke(app, [*FINETUNE, "--data", str(_data_file(tmp_path))], env={"COLUMNS": "200"})
+    assert "step 1/10" in result.output and "loss 2.5000" in result.output, result.output
+
+
+def _interrupted_after_a_checkpoint(output):
+    """A training function that has written run_config.json and a complete checkpoint at step 2 when Ctrl-C
+    comes."""
+
+    def train(**kwargs):
+        checkpoint = output / "checkpoints" / "step-00000002"
+        checkpoint.mkdir(parents=True)
+        (checkpoint / ".metadata").write_bytes(b"")
+        (checkpoint / "meta.json").write_text("{}")
+        (output / "checkpoints" / "latest").write_text("step-00000002")
+        (output / "run_config.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    return train
+
+
+def test_finetune_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_path, monkeypatch) -> None:
+    from llm_backbones.training import finetune
+
+    output = tmp_path / "run"
+    monkeypatch.setattr(finetune, "run_finetune", _interrupted_after_a_checkpoint(output))
+    args = [*FINETUNE, "--data", str(_data_file(tmp_path)), "--output", str(output)]
+    result = runner.invoke(app, args, env={"COLUMNS": "300"})
+    assert result.exit_code == 130, result.output
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith("interrupted: ") and "Traceback" not in result.output, result.output
+    assert f"the last checkpoint kept is {output / 'checkpoints' / 'step-00000002'}" in line
+    assert line.endswith(f"continue with: llm-backbones finetune --output {output} --resume")
+
+
+def test_finetune_ctrl_c_without_output_says_nothing_was_saved(tmp_path, monkeypatch) -> None:
+    from llm_backbones.training import finetune
+
+    def train(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune, "run_finetune", train)
+    result = runner.invoke(app, [*FINETUNE, "--data", str(_data_file(tmp_path))], env={"COLUMNS": "300"})
+    assert result.exit_code == 130
+    assert "interrupted: nothing was saved (no --output)" in result.output, result.output
+
+
+def test_finetune_vla_ctrl_c_gives_the_same_command_with_resume(tmp_path, monkeypatch) -> None:
+    from llm_backbones.training import vla
+
+    output = tmp_path / "vla run"
+    monkeypatch.setattr(vla, "run_finetune_vla", _interrupted_after_a_checkpoint(output))
+    args = ["finetune-vla", "--llm", "llama2-tiny-pure", "--vision", "clip-vit-l", "--data", "robot.jsonl"]
+    args += ["--mode", "full", "--steps", "5", "--train-vision", "--output", str(output), "--overwrite"]
+    result = runner.invoke(app, args, env={"COLUMNS": "300"})
+    assert result.exit_code == 130, result.output
+    line = result.output.strip().splitlines()[-1]
+    assert "the last checkpoint kept is" in line and "step-00000002" in line, line
+    assert line.endswith(
+        "continue with: llm-backbones finetune-vla --data robot.jsonl --llm llama2-tiny-pure --vision "
+        f"clip-vit-l --output '{output}' --mode full --steps 5 --train-vision --resume"
+    ), line
+
+
+def test_finetune_without_output_warns_at_the_start(tmp_path, monkeypatch) -> None:
+    from llm_backbones.training import finetune, vla
+
+    def train(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune, "run_finetune", train)
+    monkeypatch.setattr(vla, "run_finetune_vla", train)
+    warning = "warning: no --output: nothing of this run will be saved"
+    unsaved = runner.invoke(app, [*FINETUNE, "--data", str(_data_file(tmp_path))], env={"COLUMNS": "300"})
+    assert unsaved.output.startswith(warning) and "pass --output DIR" in unsaved.output, unsaved.output
+    vla_args = ["finetune-vla", "--llm", "llama2-tiny-pure", "--vision", "clip-vit-l", "--data", "r.jsonl"]
+    assert runner.invoke(app, [*vla_args, "--mode", "full"]).output.startswith(warning)
+    saved = [*FINETUNE, "--data", str(_data_file(tmp_path)), "--output", str(tmp_path / "run")]
+    assert warning not in runner.invoke(app, saved, env={"COLUMNS": "300"}).output
+
+
+OPENAI_RECORDS = [
+    {
+        "messages": [
+            {"role": "system", "content": "You are a careful robot."},
+            {"role": "user", "content": f"question {k}"},
+            {"role": "assistant", "content": f"answer {k}"},
+        ]
+    }
+    for k in range(3)
+]
+
+
+def test_finetune_reads_openai_messages_from_jsonl(tmp_path, monkeypatch) -> None:
+    from llm_backbones.training import finetune
+
+    seen = {}
+
+    def train(*, data, **kwargs):
+        seen["data"] = data
+
+    monkeypatch.setattr(finetune, "run_finetune", train)
+    path = tmp_path / "openai.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in OPENAI_RECORDS))
+    args = [*FINETUNE, "--prompt-format", "llama2-chat-prismatic", "--data", str(path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 or "data" in seen, result.output
+    assert seen["data"] == [record["messages"] for record in OPENAI_RECORDS]
+
+
+def test_prompt_renders_the_system_turn_as_the_system_prompt(tmp_path) -> None:
+    path = tmp_path / "openai.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in OPENAI_RECORDS))
+    result = runner.invoke(app, ["prompt", "llama2-7b-chat", "--conversation", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "<<SYS>>\\nYou are a careful robot.\\n<</SYS>>" in result.output, result.output
+    assert "holds 3 conversations" in result.output
+
+
+def test_finetune_data_of_another_format_names_the_accepted_ones(tmp_path) -> None:
+    path = _data_file(tmp_path, [{"prompt": "a", "completion": "b"}] * 40, "other.json")
+    result = runner.invoke(app, [*FINETUNE, "--data", str(path)], env={"COLUMNS": "300"})
+    assert result.exit_code == 1 and result.output.startswith("error: Record 0 of"), result.output
+    for words in ("(40 in all)", "['completion', 'prompt']", '{"conversations"', '{"messages"', "JSONL"):
+        assert words in result.output, result.output
+
+
+def test_a_system_turn_trains_as_the_system_prompt() -> None:
+    from llm_backbones.app.cli import _tokenizer_for
+    from llm_backbones.data.examples import tokenize_conversation
+
+    tokenizer = _tokenizer_for("llama2-tiny-pure", None)
+    messages = OPENAI_RECORDS[0]["messages"]
+    own = tokenize_conversation(tokenizer, "llama2-chat-prismatic", messages)
+    given = tokenize_conversation(
+        tokenizer, "llama2-chat-prismatic", messages[1:], system_prompt="You are a careful robot."
+    )
+    default = tokenize_conversation(tokenizer, "llama2-chat-prismatic", messages[1:])
+    assert own["input_ids"].tolist() == given["input_ids"].tolist() != default["input_ids"].tolist()
+    assert own["labels"].tolist() == given["labels"].tolist()

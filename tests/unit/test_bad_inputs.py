@@ -9,12 +9,14 @@ are listed apart. README's "Guarantees" section states the number of rows; a tes
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
 import math
 import re
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -1155,6 +1157,22 @@ FINETUNING = rows(
         ("WORLD_SIZE=2", "checkpoint path", "--policy PATH"),
     ),
     Bad(
+        "finetune-lora-without-peft",
+        lambda e: _without_peft(lambda: run_finetune("llama2-tiny-pure", [], mode="lora", device="cpu")),
+        MissingDependencyError,
+        ("--mode lora needs peft", "pip install 'llm-backbones[lora]'", "--mode full"),
+        old=ImportError,
+    ),
+    Bad(
+        "finetune-vla-lora-without-peft",
+        lambda e: _without_peft(
+            lambda: run_finetune_vla(None, "robot.jsonl", mode="lora", llm="x", vision="y")
+        ),
+        MissingDependencyError,
+        ("--mode lora needs peft", "pip install 'llm-backbones[lora]'"),
+        old=ImportError,
+    ),
+    Bad(
         "finetune-device-gpu",
         lambda e: run_finetune("llama2-tiny-pure", [], device="gpu"),
         FinetuneError,
@@ -2185,6 +2203,12 @@ def _without_flash_attn(call: Callable[[Env], object], e: Env) -> object:
         return call(e)
 
 
+def _without_peft(call: Callable[[], object]) -> object:
+    """`call` where peft is not installed (`import peft` raises ImportError)."""
+    with _no_peft():
+        return call()
+
+
 def _tokenizer_json_broken(path: Path) -> None:
     tok = json.loads((path / "tokenizer.json").read_text())
     tok["model"]["vocab"] = "not a vocabulary"  # valid JSON, not a tokenizer the library can build
@@ -2469,6 +2493,8 @@ class BadCli:
     args: Callable[[Env], list[str]]
     error: type[LLMBackbonesError]
     words: tuple[str, ...]
+    # the state the command runs in, such as an optional package missing (default: none changed)
+    setting: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
 
 CLI_CASES = [
@@ -2709,12 +2735,75 @@ CLI_CASES += [
     ),
 ]
 
+
+def _no_peft() -> contextlib.AbstractContextManager:
+    return mock.patch.dict(sys.modules, {"peft": None})
+
+
+CLI_CASES += [
+    BadCli(
+        "cli-finetune-lora-without-peft",
+        lambda e: [
+            "finetune",
+            "--backbone",
+            "llama2-tiny-pure",
+            "--mode",
+            "lora",
+            "--data",
+            str(e.root / "a.json"),
+        ],
+        MissingDependencyError,
+        ("--mode lora needs peft", "pip install 'llm-backbones[lora]'"),
+        _no_peft,
+    ),
+    BadCli(
+        "cli-finetune-vla-lora-without-peft",
+        lambda e: [
+            "finetune-vla",
+            "--llm",
+            "llama2-tiny-pure",
+            "--vision",
+            "x",
+            "--data",
+            str(e.root / "r.jsonl"),
+        ],
+        MissingDependencyError,
+        ("--mode lora needs peft", "pip install 'llm-backbones[lora]'"),
+        _no_peft,
+    ),
+]
+
+CLI_CASES += [
+    BadCli(
+        "cli-finetune-data-of-another-format",
+        lambda e: [
+            "finetune",
+            "--backbone",
+            "llama2-tiny-pure",
+            "--data",
+            str(e.file("prompt-completion.json", json.dumps([{"prompt": "a", "completion": "b"}] * 40))),
+        ],
+        ConversationError,
+        (
+            "Record 0 of",
+            "(40 in all)",
+            "['completion', 'prompt']",
+            '{"conversations"',
+            '{"messages"',
+            "JSONL",
+        ),
+    ),
+]
+
 # Click's own usage errors: exit code 2 with a usage line (not llm-backbones exceptions).
 CLI_USAGE_CASES = [
     (["demo", "--bogus"], "No such option: --bogus"),
     (["dmeo"], "No such command 'dmeo'"),
     (["demo", "--model-path"], "Option '--model-path' requires an"),
     (["list", "--json", "extra"], "unexpected extra argument"),
+    # names other trainers use: the flag meant is named (click's close matches find none)
+    (["finetune", "--learning-rate", "1e-3"], "No such option: --learning-rate. Did you mean --lr?"),
+    (["finetune-vla", "--epochs", "3"], "No such option: --epochs. Did you mean --steps?"),
 ]
 
 N_BAD_INPUTS = len(CASES) + len(CLI_CASES) + len(CLI_USAGE_CASES)
@@ -2789,11 +2878,12 @@ runner = CliRunner()
 @pytest.mark.parametrize("case", _marked(CLI_CASES), ids=[c.id for c in CLI_CASES])
 def test_bad_cli_input_is_one_clear_line(env, case: BadCli) -> None:
     args = case.args(env)
-    debug = runner.invoke(app, ["--debug", *args])
+    with case.setting():
+        debug = runner.invoke(app, ["--debug", *args])
+        plain = runner.invoke(app, args)
     assert isinstance(debug.exception, case.error), debug.output
     for word in case.words:
         assert word in str(debug.exception)
-    plain = runner.invoke(app, args)
     assert plain.exit_code == 1, plain.output
     assert plain.output.startswith("error: ") and "Traceback" not in plain.output
     for word in case.words:

@@ -1,5 +1,10 @@
-"""`llm-backbones`: list the registry, run the demo on the embedded default, fine-tune, export a run's
-checkpoint, serve a VLA policy."""
+"""`llm-backbones` runs, serves and fine-tunes OpenVLA-style policies and their LLM backbones. `serve`
+answers robot actions over HTTP from an OpenVLA checkpoint (`act` asks a running server for one); `finetune`
+fine-tunes an LLM backbone on conversations and `finetune-vla` a VLA on robot episodes (full, last-layer or
+LoRA; one process or torchrun with FSDP); `export` turns a run's checkpoint into a model other tools load;
+`list`, `info` and `prompt` show the registered backbones, one backbone's facts and the prompt a
+conversation renders to; `demo` teaches the embedded tiny backbone robot actions on the CPU in a few
+minutes."""
 
 from __future__ import annotations
 
@@ -17,11 +22,70 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
 from llm_backbones.core.prompting.builder import DEFAULT_MODEL_FAMILY
 from llm_backbones.errors import LLMBackbonesError, OutputPathError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+# Names other trainers give to an option of ours, for the "No such option" of a misspelt flag: difflib
+# (click's own suggestion) does not find --lr from --learning-rate.
+_OPTION_HINTS = {
+    "--learning-rate": "--lr",
+    "--lr-scheduler": "--lr-schedule",
+    "--lr-scheduler-type": "--lr-schedule",
+    "--warmup": "--warmup-steps",
+    "--max-steps": "--steps",
+    "--num-steps": "--steps",
+    "--epochs": "--steps",
+    "--num-train-epochs": "--steps",
+    "--bs": "--batch-size",
+    "--per-device-train-batch-size": "--batch-size",
+    "--gradient-accumulation-steps": "--grad-accum",
+    "--gradient-accumulation": "--grad-accum",
+    "--output-dir": "--output",
+    "--out": "--output",
+    "--model": "--backbone",
+    "--model-name-or-path": "--model-path",
+    "--dataset": "--data",
+    "--train-data": "--data",
+    "--eval-dataset": "--eval-data",
+    "--max-seq-length": "--max-length",
+    "--lora-r": "--lora-rank",
+}
+
+
+class _Group(TyperGroup):
+    """Names the flag meant in "No such option": for a name other trainers use (`--learning-rate` for
+    `--lr`, where click's close-match search finds nothing or the wrong flag); else for underscores in place
+    of dashes (`--batch_size`) where click found no close match."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except typer.Exit:
+            raise
+        except Exception as exc:
+            name, sub = getattr(exc, "option_name", None), getattr(exc, "ctx", None)
+            if name and sub is not None and hasattr(exc, "possibilities"):
+                known = {opt for param in sub.command.params for opt in param.opts + param.secondary_opts}
+                meant = _OPTION_HINTS.get(name)
+                if meant not in known and not exc.possibilities:
+                    meant = name.replace("_", "-")
+                if meant in known and meant != name:
+                    exc.message = f"No such option: {name}. Did you mean {meant}?"
+                    exc.possibilities = None
+            raise
+
+
+app = typer.Typer(
+    cls=_Group,
+    add_completion=False,
+    no_args_is_help=True,
+    help=__doc__,
+    rich_markup_mode="markdown",
+    # every subcommand's context inherits these from the app's
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 console = Console()
 _state = {"debug": False}
 
@@ -85,6 +149,66 @@ def _fail(exc: Exception) -> None:
     # escaped: a message's own brackets (`pip install 'llm-backbones[serve]'`, `['a', 'b']`) are not markup
     console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=1)
+
+
+# A progress bar's loss field: empty until the first step reports one (not "loss nan").
+_LOSS_COLUMN = "{task.fields[loss]}"
+
+
+def _loss_field(loss: float) -> str:
+    return f"loss {loss:.4f}"
+
+
+def _interrupted(command: str, output: str | Path | None, resume_args: list[str] | None) -> None:
+    """Ctrl-C during a run: one line saying what was kept and the command that continues it; exit 130."""
+    import shlex
+
+    from llm_backbones.training.checkpoint import RunDir
+
+    if resume_args is None:
+        said = "before training started; nothing was written"
+    elif output is None:
+        said = (
+            "nothing was saved (no --output); pass --output DIR to keep checkpoints that --resume continues"
+        )
+    else:
+        try:
+            kept = RunDir(output).resume_checkpoint(warn=False)
+        except (LLMBackbonesError, OSError):
+            kept = None
+        said = (
+            f"the last checkpoint kept is {kept}" if kept else "no checkpoint was written yet"
+        ) + f"; continue with: {shlex.join(['llm-backbones', command, *resume_args])}"
+    console.print(f"interrupted: {said}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code=130)
+
+
+def _warn_unsaved(output: object, is_main: bool) -> None:
+    """A run without --output trains and keeps nothing: say so before it starts."""
+    if output is None and is_main:
+        console.print(
+            "warning: no --output: nothing of this run will be saved (no checkpoints, no model); "
+            "pass --output DIR to keep it.",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _given_args(ctx: typer.Context, drop: tuple[str, ...] = ("resume", "overwrite")) -> list[str]:
+    """The command's options as the user gave them (not their defaults), less `drop`."""
+    args: list[str] = []
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)
+        given = source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+        if param.name in drop or not given or param.param_type_name != "option":
+            continue
+        value = ctx.params[param.name]
+        if param.is_flag:
+            args.extend(param.opts[:1] if value else param.secondary_opts[:1])
+        elif value is not None:
+            args.extend([param.opts[0], str(value)])
+    return args
 
 
 def _registry_rows() -> list[dict[str, str]]:
@@ -242,16 +366,16 @@ def _demo(
         TextColumn("fine-tuning"),
         BarColumn(),
         TextColumn("step {task.completed}/{task.total}"),
-        TextColumn("loss {task.fields[loss]:.4f}"),
+        TextColumn(_LOSS_COLUMN),
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("train", total=steps, loss=float("nan"))
+        task = progress.add_task("train", total=steps, loss="")
         result = run_vla_demo(
             backbone,
             tokenizer,
             steps=steps,
-            on_step=lambda i, loss: progress.update(task, advance=1, loss=loss),
+            on_step=lambda i, loss: progress.update(task, advance=1, loss=_loss_field(loss)),
         )
 
     table = Table(title="Greedy action prediction (7-D, OpenVLA action tokens)")
@@ -310,13 +434,13 @@ def _policy_demo(backbone_id: str, model_path: Path | None, device: str, steps: 
         highlight=False,
     )
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("train", total=steps, loss=float("nan"))
+        task = progress.add_task("train", total=steps, loss="")
         result = run_policy_demo(
             backbone_id,
             llm_model_path=model_path,
             steps=steps,
             device=device,
-            on_step=lambda i, loss: progress.update(task, advance=1, loss=loss),
+            on_step=lambda i, loss: progress.update(task, advance=1, loss=_loss_field(loss)),
         )
     table = Table(title=f"predict_action from each image ('{result.instruction}')")
     for column in ("image", "target action", "predicted action", "max error (half bins)"):
@@ -342,8 +466,15 @@ def _policy_demo(backbone_id: str, model_path: Path | None, device: str, steps: 
 
 @app.command()
 def finetune(
+    ctx: typer.Context,
     backbone: Annotated[str | None, typer.Option(help="Backbone id.")] = None,
-    data: Annotated[Path | None, typer.Option(help="LLaVA/Prismatic conversation JSON file.")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Conversations: a JSON or JSONL file of LLaVA records (conversations) or OpenAI chat "
+            "records (messages)."
+        ),
+    ] = None,
     model_path: Annotated[
         Path | None, typer.Option(help="Local HF-format directory replacing the hub path.")
     ] = None,
@@ -489,6 +620,7 @@ def finetune(
         "metrics_json": metrics_json,
     }
     is_main = os.environ.get("RANK", "0") == "0"
+    settings = None
     try:
         from llm_backbones.data.examples import load_conversations
         from llm_backbones.training.finetune import check_conversations, preflight, run_finetune
@@ -509,19 +641,18 @@ def finetune(
                 repr(str(settings.eval_data)),
                 prompt_format=fmt,
             )
+        _warn_unsaved(settings.output, is_main)  # after the checks: a refused run shows its error line alone
         columns = (
             TextColumn(f"{settings.mode} fine-tuning"),
             BarColumn(),
             TextColumn("step {task.completed}/{task.total}"),
-            TextColumn("loss {task.fields[loss]:.4f}"),
+            TextColumn(_LOSS_COLUMN),
             TextColumn("lr {task.fields[lr]:.2e}"),
             TextColumn("{task.fields[tps]:,.0f} tok/s"),
             TimeElapsedColumn(),
         )
         with Progress(*columns, console=console, disable=not is_main) as progress:
-            task = progress.add_task(
-                "train", total=settings.steps, loss=float("nan"), lr=settings.lr, tps=0.0
-            )
+            task = progress.add_task("train", total=settings.steps, loss="", lr=settings.lr, tps=0.0)
 
             def on_record(record: dict) -> None:
                 if "lr" in record:
@@ -531,10 +662,21 @@ def finetune(
                 data=conversations,
                 config=settings,
                 on_record=on_record,
-                on_step=lambda step, loss: progress.update(task, completed=step, loss=loss),
+                on_step=lambda step, loss: progress.update(task, completed=step, loss=_loss_field(loss)),
             )
     except (LLMBackbonesError, OSError, ValueError) as exc:
         _fail(exc)
+    except KeyboardInterrupt:
+        if not is_main:
+            raise typer.Exit(code=130) from None
+        from llm_backbones.training.checkpoint import RUN_CONFIG
+
+        output = None if settings is None else settings.output
+        if output is not None and (Path(output) / RUN_CONFIG).is_file():
+            args = ["--output", str(output), "--resume"]  # the run's own settings: these alone continue it
+        else:
+            args = [*_given_args(ctx), "--resume"]
+        _interrupted("finetune", output, None if settings is None else args)
     if not is_main:
         return
     if result.losses:
@@ -562,6 +704,7 @@ def finetune(
 
 @app.command("finetune-vla")
 def finetune_vla(
+    ctx: typer.Context,
     data: Annotated[Path, typer.Option(help="Robot episodes: a LeRobot dataset folder or a .jsonl file.")],
     policy: Annotated[
         Path | None, typer.Option(help="OpenVLA / Prismatic checkpoint to start from (load_vla).")
@@ -581,7 +724,7 @@ def finetune_vla(
     vision_weights: Annotated[
         str | None,
         typer.Option(
-            help="timm's tower weights: a .safetensors file or hf-hub:timm/<model id>; a comma between the "
+            help="timm's tower weights: a .safetensors file or hf-hub:timm/MODEL; a comma between the "
             "two towers of a fused id (default: random towers)."
         ),
     ] = None,
@@ -692,23 +835,31 @@ def finetune_vla(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     try:
-        from llm_backbones.training.vla import run_finetune_vla
+        from llm_backbones.training.vla import VLAFinetuneConfig, run_finetune_vla
 
+        given = {k: v for k, v in options.items() if v is not None}
+        # the settings are refused before the progress bar shows (run_finetune_vla checks them again)
+        VLAFinetuneConfig.from_mapping(given, "options").validate(int(os.environ.get("WORLD_SIZE", "1")))
+        _warn_unsaved(output, is_main)
         columns = (
             TextColumn(f"{mode} VLA fine-tuning"),
             BarColumn(),
             TextColumn("step {task.completed}/{task.total}"),
-            TextColumn("{task.fields[loss]}"),
+            TextColumn(_LOSS_COLUMN),
             TimeElapsedColumn(),
         )
         with Progress(*columns, console=console, disable=not is_main) as progress:
             task = progress.add_task("train", total=steps, loss="")
             result = run_finetune_vla(
-                on_step=lambda step, loss: progress.update(task, completed=step, loss=f"loss {loss:.4f}"),
-                **{k: v for k, v in options.items() if v is not None},
+                on_step=lambda step, loss: progress.update(task, completed=step, loss=_loss_field(loss)),
+                **given,
             )
     except (LLMBackbonesError, OSError, ValueError) as exc:
         _fail(exc)
+    except KeyboardInterrupt:
+        if not is_main:
+            raise typer.Exit(code=130) from None
+        _interrupted("finetune-vla", output, [*_given_args(ctx), "--resume"])  # the same options, resumed
     if not is_main:
         return
     if result.losses:
@@ -786,7 +937,8 @@ def _prompt(backbone_id, path, tokens, model_path, model_family, prismatic_compa
     from llm_backbones.data.examples import (
         IGNORE_INDEX,
         load_conversations,
-        normalize_conversation,
+        make_builder,
+        split_system,
         tokenize_conversation,
         tokenize_prompt,
     )
@@ -800,18 +952,20 @@ def _prompt(backbone_id, path, tokens, model_path, model_family, prismatic_compa
     conversation = conversations[0]
     if len(conversations) > 1:
         console.print(f"{path} holds {len(conversations)} conversations; showing the first.", highlight=False)
-    turns = normalize_conversation(conversation)
-    builder = builder_fn(model_family)
+    system_prompt, turns = split_system(conversation)  # a leading system turn is the system prompt
+    builder = make_builder(builder_fn, model_family, system_prompt)
     for role, message in turns:
         builder.add_turn(role, message)
-    gen_turns = conversation if len(turns) % 2 == 1 else conversation[:-1]
-    gen_builder = builder_fn(model_family)
-    for role, message in normalize_conversation(gen_turns):
+    gen_builder = make_builder(builder_fn, model_family, system_prompt)
+    for role, message in turns if len(turns) % 2 == 1 else turns[:-1]:
         gen_builder.add_turn(role, message)
     console.print(f"[bold]Builder[/]: {builder!r}", highlight=False)
-    console.print("[bold]Training prompt[/]:", repr(builder.get_prompt()), highlight=False, soft_wrap=True)
+    # escaped: a template's own brackets ([INST] ... [/INST]) are not markup
     console.print(
-        "[bold]Generation prompt[/]:", repr(gen_builder.get_prompt()), highlight=False, soft_wrap=True
+        "[bold]Training prompt[/]:", escape(repr(builder.get_prompt())), highlight=False, soft_wrap=True
+    )
+    console.print(
+        "[bold]Generation prompt[/]:", escape(repr(gen_builder.get_prompt())), highlight=False, soft_wrap=True
     )
     if not tokens:
         return

@@ -64,35 +64,92 @@ def normalize_conversation(conversation: Conversation) -> list[tuple[str, str]]:
     return turns
 
 
+def split_system(
+    conversation: Conversation, system_prompt: str | None = None
+) -> tuple[str | None, list[tuple[str, str]]]:
+    """`(system prompt, [(role, text)])`: a leading system turn (OpenAI's `{"role": "system"}`, or
+    `{"from": "system"}`) is the conversation's own system prompt and replaces `system_prompt`."""
+    turns = normalize_conversation(conversation)
+    if turns[0][0] != "system":
+        return system_prompt, turns
+    if len(turns) == 1:
+        raise ConversationError("The conversation holds only a system turn; it needs a human turn after it.")
+    return turns[0][1], turns[1:]
+
+
+ACCEPTED_DATA = (
+    'a JSON list, or JSONL (one record a line), of LLaVA/Prismatic records {"conversations": [{"from": '
+    '"human", "value": ...}, {"from": "gpt", "value": ...}]} or OpenAI chat records {"messages": [{"role": '
+    '"system", "content": ...}, {"role": "user", ...}, {"role": "assistant", ...}]} (a system turn is the '
+    "system prompt)"
+)
+_RECORD_KEYS = ("conversations", "messages")
+
+
+def _is_turn(item: object) -> bool:
+    return isinstance(item, Mapping) and (
+        {"from", "value"} <= item.keys() or {"role", "content"} <= item.keys()
+    )
+
+
+def _read_records(path: Path) -> object:
+    """The file's JSON: one document, or JSONL (a `.jsonl` file, or one that holds one value a line)."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix != ".jsonl":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            if exc.msg != "Extra data":  # not several values, one a line: not JSONL either
+                raise ConversationError(
+                    f"{str(path)!r} is not valid JSON ({exc}); expected {ACCEPTED_DATA}."
+                ) from None
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ConversationError(
+                    f"Line {number} of {str(path)!r} is not valid JSON ({exc}); expected {ACCEPTED_DATA}."
+                ) from None
+    return records
+
+
 def load_conversations(path: str | Path) -> list[Conversation]:
-    """Conversations from a JSON file: a list of LLaVA/Prismatic records (`{"conversations": [...]}`), a
-    list of conversations, one record, or one conversation (a list of turns)."""
+    """Conversations from a JSON or JSONL file: LLaVA/Prismatic records (`{"conversations": [...]}`), OpenAI
+    chat records (`{"messages": [...]}`, a system turn kept first: `split_system`), a list of conversations,
+    one record, or one conversation (a list of turns). Anything else raises `ConversationError` naming the
+    accepted formats (`ACCEPTED_DATA`)."""
     path = Path(path)
     if not path.is_file():
         raise DataFileError(
-            f"Conversation file {str(path)!r} does not exist (or is not a file); pass a LLaVA/Prismatic "
-            'JSON file: [{"conversations": [{"from": "human", "value": ...}, '
-            '{"from": "gpt", "value": ...}]}].'
+            f"Conversation file {str(path)!r} does not exist (or is not a file); pass {ACCEPTED_DATA}."
         )
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = _read_records(path)
+    except UnicodeDecodeError as exc:
         raise ConversationError(
-            f"{str(path)!r} is not valid JSON ({exc}); expected a list of conversations."
+            f"{str(path)!r} is not UTF-8 text ({exc}); expected {ACCEPTED_DATA}."
         ) from None
-    if isinstance(data, Mapping) and "conversations" in data:
+    if isinstance(data, Mapping) and any(key in data for key in _RECORD_KEYS):
         data = [data]
-    elif isinstance(data, list) and data and isinstance(data[0], Mapping) and "conversations" not in data[0]:
+    elif isinstance(data, list) and data and _is_turn(data[0]):
         data = [data]  # one conversation: a list of turns
     if not isinstance(data, list) or not data:
         raise ConversationError(
-            f"{str(path)!r} must hold a non-empty JSON list of records ({{'conversations': [...]}}) or of "
-            f"conversations, got {type(data).__name__} {str(data)[:60]!r}."
+            f"{str(path)!r} must hold a non-empty JSON list (or JSONL) of records: {ACCEPTED_DATA}; got "
+            f"{type(data).__name__} {str(data)[:60]!r}."
         )
-    return [
-        item["conversations"] if isinstance(item, Mapping) and "conversations" in item else item
-        for item in data
-    ]
+    conversations = []
+    for index, item in enumerate(data):
+        key = next((k for k in _RECORD_KEYS if isinstance(item, Mapping) and k in item), None)
+        if key is None and isinstance(item, Mapping):
+            raise ConversationError(
+                f"Record {index} of {str(path)!r} ({len(data)} in all) has the keys {sorted(item)[:8]}, none "
+                f"of 'conversations' (LLaVA) or 'messages' (OpenAI); expected {ACCEPTED_DATA}."
+            )
+        conversations.append(item[key] if key is not None else item)
+    return conversations
 
 
 @dataclass(frozen=True)
@@ -137,10 +194,11 @@ def _seams(
     ends with it, and `start` is the character where the reply's own text begins (past the whitespace the
     template puts before it, which `get_prompt()` strips from the generation prompt: the space of "Out: ").
     """
+    system_prompt, turns = split_system(conversation, system_prompt)
     builder = make_builder(prompt_builder_fn, model_family, system_prompt, builder_options)
     texts: list[str] = []
     replies: list[tuple[int, str, int]] = []
-    for i, (role, message) in enumerate(normalize_conversation(conversation)):
+    for i, (role, message) in enumerate(turns):
         builder.add_turn(role, message)
         texts.append(builder.get_prompt())
         if i % 2 == 1:
@@ -450,7 +508,7 @@ def tokenize_prompt(
     strings in messages are text, as in `tokenize_conversation` (`special_tokens_in_messages=True`: parsed).
     """
     limit = _max_length(tokenizer, max_length)
-    turns = normalize_conversation(conversation)
+    _, turns = split_system(conversation)
     if len(turns) % 2 == 0:
         raise ConversationError(
             f"A generation prompt ends with a human turn; this conversation has {len(turns)} turns and ends "

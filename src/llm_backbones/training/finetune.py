@@ -206,8 +206,8 @@ def preflight(cfg: FinetuneConfig, *, in_memory_data: bool = False):
         )
     if not in_memory_data and cfg.data is None:
         raise FinetuneError(
-            "No training data given: pass --data FILE.json (LLaVA/Prismatic conversations), or `data:` in "
-            "--config."
+            "No training data given: pass --data FILE (JSON or JSONL: LLaVA or OpenAI chat records), or "
+            "`data:` in --config."
         )
     run = RunDir(cfg.output) if cfg.output is not None else None
     if run is not None:

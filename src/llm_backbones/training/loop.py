@@ -166,6 +166,10 @@ class FinetuneConfig:
                 f"Unknown fine-tune mode {self.mode!r} for training; accepted: full, last-layer, lora "
                 "('frozen' trains nothing)."
             )
+        if self.mode == "lora":  # before any model is built: without peft, say which extra to install
+            from llm_backbones.training.lora import require_peft
+
+            require_peft()
         if self.precision not in (None, "fp32", "bf16"):
             raise FinetuneError(
                 f"precision must be fp32 or bf16, got {self.precision!r}; bf16 needs a GPU to be fast."

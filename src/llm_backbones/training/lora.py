@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 
 from torch import nn
 
 from llm_backbones import _fs
+from llm_backbones.errors import MissingDependencyError
+
+INSTALL_HINT = "pip install 'llm-backbones[lora]'"
 
 
 def default_target_modules(llm: nn.Module) -> list[str]:
@@ -18,6 +22,19 @@ def default_target_modules(llm: nn.Module) -> list[str]:
     return sorted(names)
 
 
+def require_peft() -> ModuleType:
+    """peft, or `MissingDependencyError` (one line: the extra to install) where it is not installed."""
+    try:
+        import peft
+    except ImportError:
+        raise MissingDependencyError(
+            f"--mode lora needs peft, which is not installed: {INSTALL_HINT} (or choose --mode full or "
+            "last-layer).",
+            name="peft",
+        ) from None
+    return peft
+
+
 def with_lora(
     llm: nn.Module,
     *,
@@ -27,11 +44,10 @@ def with_lora(
     target_modules: list[str] | None = None,
 ) -> nn.Module:
     """`llm` frozen, with LoRA adapters added (a peft model)."""
-    from peft import LoraConfig, get_peft_model
-
+    peft = require_peft()
     targets = target_modules or default_target_modules(llm)
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
-    return get_peft_model(llm, config)
+    config = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
+    return peft.get_peft_model(llm, config)
 
 
 def apply_lora(backbone, **lora_kwargs) -> None:

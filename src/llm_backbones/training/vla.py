@@ -405,9 +405,10 @@ def apply_vla_mode(module: VLATrainModule, cfg: VLAFinetuneConfig) -> nn.Module:
             part.requires_grad_(True)
         module.vision.requires_grad_(cfg.train_vision)
     else:
-        from peft import LoraConfig, get_peft_model
+        from llm_backbones.training.lora import require_peft
 
-        config = LoraConfig(
+        peft = require_peft()
+        config = peft.LoraConfig(
             r=cfg.lora_rank,
             lora_alpha=cfg.lora_alpha if cfg.lora_alpha is not None else min(cfg.lora_rank, 16),
             lora_dropout=cfg.lora_dropout,
@@ -415,7 +416,7 @@ def apply_vla_mode(module: VLATrainModule, cfg: VLAFinetuneConfig) -> nn.Module:
             init_lora_weights="gaussian",
             bias="none",
         )
-        model = get_peft_model(module, config)
+        model = peft.get_peft_model(module, config)
         # recorded in adapter/adapter_config.json: the policy the adapters go on (peft would write null)
         model.peft_config["default"].base_model_name_or_path = cfg.policy
         return model
