@@ -648,11 +648,11 @@ def _train_vla(cfg, ctx, run, policy, dataset, eval_dataset, stats, unnorm_key, 
         rank_micro_batches,
     )
 
-    data_sha256 = dataset_sha256(dataset.root)  # the .jsonl and images, or LeRobot's meta and parquet
-    data = (data_sha256, f"the dataset {str(dataset.root)!r}")
-    checkpoint, meta = (
-        on_main(ctx, lambda: _prepare_output(cfg, run, data)) if run is not None else (None, None)
-    )
+    checkpoint = meta = data_sha256 = None
+    if run is not None:  # the data's hash goes into the checkpoints, for --resume to check
+        data_sha256 = dataset_sha256(dataset.root)  # the .jsonl and images, or LeRobot's meta and parquet
+        data = (data_sha256, f"the dataset {str(dataset.root)!r}")
+        checkpoint, meta = on_main(ctx, lambda: _prepare_output(cfg, run, data))
     precision = cfg.precision or ("bf16" if ctx.device.type == "cuda" else "fp32")
     examples = vla_examples(policy, dataset, stats, unnorm_key)
     eval_examples = None
