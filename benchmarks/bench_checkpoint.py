@@ -32,7 +32,8 @@ from llm_backbones.data.examples import PaddedCollator
 from llm_backbones.training.checkpoint import RunDir, load_checkpoint, publish_checkpoint, write_checkpoint
 from llm_backbones.training.distributed import DistributedContext
 from llm_backbones.training.finetune import apply_finetune_mode
-from llm_backbones.training.loop import FinetuneConfig, lr_scheduler, optimizer_step
+from llm_backbones.training.loop import lr_scheduler, optimizer_step
+from llm_backbones.training.settings import FinetuneConfig
 
 CONVERSATIONS = [
     [

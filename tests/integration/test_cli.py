@@ -299,7 +299,8 @@ def test_finetune_progress_shows_no_loss_before_the_first_step(tmp_path, monkeyp
     from llm_backbones.errors import FinetuneError
     from llm_backbones.training import finetune
 
-    def stopped(**kwargs):  # the bar as it stands before any step: its only render, at exit
+    def stopped(*, on_ready, **kwargs):  # the bar as it stands before any step: its only render, at exit
+        on_ready()  # every check passed
         raise FinetuneError("stopped before the first step")
 
     monkeypatch.setattr(finetune, "run_finetune", stopped)
@@ -311,7 +312,8 @@ def test_finetune_progress_shows_no_loss_before_the_first_step(tmp_path, monkeyp
 def test_finetune_progress_shows_the_loss_of_the_last_step(tmp_path, monkeypatch) -> None:
     from llm_backbones.training import finetune
 
-    def one_step(*, on_step, **kwargs):
+    def one_step(*, on_step, on_ready, **kwargs):
+        on_ready()
         on_step(1, 2.5)
         raise KeyboardInterrupt
 
@@ -353,7 +355,8 @@ def test_finetune_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_path, monkeypa
 def test_finetune_ctrl_c_without_output_says_nothing_was_saved(tmp_path, monkeypatch) -> None:
     from llm_backbones.training import finetune
 
-    def train(**kwargs):
+    def train(*, on_ready, **kwargs):
+        on_ready()
         raise KeyboardInterrupt
 
     monkeypatch.setattr(finetune, "run_finetune", train)
@@ -373,16 +376,36 @@ def test_finetune_vla_ctrl_c_gives_the_same_command_with_resume(tmp_path, monkey
     assert result.exit_code == 130, result.output
     line = result.output.strip().splitlines()[-1]
     assert "the last checkpoint kept is" in line and "step-00000002" in line, line
+    # the run folder holds its run_config.json: --output and --resume alone continue it with its own settings
+    assert line.endswith(f"continue with: llm-backbones finetune-vla --output '{output}' --resume"), line
+
+
+def test_finetune_vla_ctrl_c_before_the_run_folder_gives_the_options_as_given(tmp_path, monkeypatch) -> None:
+    """Interrupted before run_config.json was written: the command repeats the options given, with --resume."""
+    from llm_backbones.training import vla
+
+    def train(*, on_ready, **kwargs):
+        on_ready()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vla, "run_finetune_vla", train)
+    output = tmp_path / "vla run"
+    args = ["finetune-vla", "--llm", "llama2-tiny-pure", "--vision", "clip-vit-l", "--data", "robot.jsonl"]
+    args += ["--mode", "full", "--steps", "5", "--train-vision", "--output", str(output), "--overwrite"]
+    result = runner.invoke(app, args, env={"COLUMNS": "300"})
+    assert result.exit_code == 130, result.output
+    line = result.output.strip().splitlines()[-1]
     assert line.endswith(
-        "continue with: llm-backbones finetune-vla --data robot.jsonl --llm llama2-tiny-pure --vision "
-        f"clip-vit-l --output '{output}' --mode full --steps 5 --train-vision --resume"
+        "continue with: llm-backbones finetune-vla --data robot.jsonl --mode full --steps 5 "
+        f"--output '{output}' --llm llama2-tiny-pure --vision clip-vit-l --train-vision --resume"
     ), line
 
 
 def test_finetune_without_output_warns_at_the_start(tmp_path, monkeypatch) -> None:
     from llm_backbones.training import finetune, vla
 
-    def train(**kwargs):
+    def train(*, on_ready, **kwargs):
+        on_ready()
         raise KeyboardInterrupt
 
     monkeypatch.setattr(finetune, "run_finetune", train)
@@ -413,22 +436,25 @@ def test_finetune_reads_openai_messages_from_jsonl(tmp_path, monkeypatch) -> Non
 
     seen = {}
 
-    def train(*, data, **kwargs):
-        seen["data"] = data
+    def train(cfg, ctx, run, conversations, *args):  # what run_finetune read, checked, and trains on
+        seen["data"] = conversations
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(finetune, "run_finetune", train)
+    monkeypatch.setattr(finetune, "_train", train)
     path = tmp_path / "openai.jsonl"
     path.write_text("".join(json.dumps(record) + "\n" for record in OPENAI_RECORDS))
     args = [*FINETUNE, "--prompt-format", "llama2-chat-prismatic", "--data", str(path)]
     result = runner.invoke(app, args)
-    assert result.exit_code == 0 or "data" in seen, result.output
+    assert result.exit_code == 130 and "data" in seen, result.output
     assert seen["data"] == [record["messages"] for record in OPENAI_RECORDS]
 
 
 def test_prompt_renders_the_system_turn_as_the_system_prompt(tmp_path) -> None:
     path = tmp_path / "openai.jsonl"
     path.write_text("".join(json.dumps(record) + "\n" for record in OPENAI_RECORDS))
-    result = runner.invoke(app, ["prompt", "llama2-7b-chat", "--conversation", str(path)])
+    result = runner.invoke(
+        app, ["prompt", "llama2-7b-chat", "--conversation", str(path)], env={"COLUMNS": "400"}
+    )
     assert result.exit_code == 0, result.output
     assert "<<SYS>>\\nYou are a careful robot.\\n<</SYS>>" in result.output, result.output
     assert "holds 3 conversations" in result.output

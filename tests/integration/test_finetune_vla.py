@@ -325,8 +325,8 @@ def test_cli_finetune_vla_passes_the_schedule_precision_logging_and_keep_flags(m
 
     seen = {}
 
-    def capture(*args, **options):
-        seen.update(options)
+    def capture(*args, config, **options):
+        seen.update(vars(config))
         raise KeyboardInterrupt  # stop before anything is built
 
     monkeypatch.setattr(vla, "run_finetune_vla", capture)

@@ -92,3 +92,32 @@ def test_every_public_name_resolves_to_the_module_the_face_names() -> None:
         if isinstance(value, type) or callable(value) and defined_in:  # classes and functions: defined there
             assert defined_in == module, (name, defined_in, module)
     assert set(llm_backbones.__all__) == {"__version__", *llm_backbones._EXPORTS}
+
+
+REFUSED = """
+from llm_backbones.app.cli import app
+try:
+    code = app({args!r}, prog_name="llm-backbones", standalone_mode=False)
+except SystemExit as exc:
+    code = exc.code
+print("exit", code)
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["finetune", "--backbone", "llama2-tiny-pure", "--mode", "qlora"], "Unknown fine-tune mode"),
+        (
+            ["finetune", "--backbone", "llama2-tiny-pure", "--lora-dropout", "1.5"],
+            "--lora-dropout must be in",
+        ),
+        (["finetune-vla", "--llm", "x", "--vision", "y", "--steps", "0"], "--steps must be >= 1"),
+    ],
+    ids=["finetune-mode", "finetune-lora-dropout", "finetune-vla-steps"],
+)
+def test_a_bad_setting_is_refused_before_torch_loads(args, message) -> None:
+    """The settings table is checked before anything heavy: a bad flag is one line, not seconds of imports."""
+    loaded = loaded_after(REFUSED.format(args=args))
+    assert message in loaded["stdout"] and "exit 1" in loaded["stdout"]
+    assert (loaded["torch"], loaded["transformers"]) == (False, False)

@@ -8,6 +8,7 @@ minutes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from typer.core import TyperGroup
 
 from llm_backbones.core.prompting.builder import DEFAULT_MODEL_FAMILY
 from llm_backbones.errors import LLMBackbonesError, OutputPathError
+from llm_backbones.training.settings import FinetuneConfig, VLAFinetuneConfig
 
 # Names other trainers give to an option of ours, for the "No such option" of a misspelt flag: difflib
 # (click's own suggestion) does not find --lr from --learning-rate.
@@ -159,12 +161,21 @@ def _loss_field(loss: float) -> str:
     return f"loss {loss:.4f}"
 
 
-def _interrupted(command: str, output: str | Path | None, resume_args: list[str] | None) -> None:
-    """Ctrl-C during a run: one line saying what was kept and the command that continues it; exit 130."""
+def _interrupted(command: str, ctx: typer.Context, settings) -> None:
+    """Ctrl-C during a run: one line saying what was kept and the command that continues it; exit 130.
+    Where the run folder holds its run_config.json, `--output DIR --resume` alone continues it (the run's own
+    settings); else the options as given, resumed."""
     import shlex
 
-    from llm_backbones.training.checkpoint import RunDir
+    from llm_backbones.training.checkpoint import RUN_CONFIG, RunDir
 
+    output = None if settings is None else settings.output
+    if settings is None:
+        resume_args = None
+    elif output is not None and (Path(output) / RUN_CONFIG).is_file():
+        resume_args = ["--output", str(output), "--resume"]
+    else:
+        resume_args = [*_given_args(ctx), "--resume"]
     if resume_args is None:
         said = "before training started; nothing was written"
     elif output is None:
@@ -193,6 +204,17 @@ def _warn_unsaved(output: object, is_main: bool) -> None:
             highlight=False,
             soft_wrap=True,
         )
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _start_progress(shown: contextlib.ExitStack, progress, output: object, is_main: bool) -> None:
+    """A run's checks have all passed (a refused run shows its error line alone): the warning of a run
+    without --output, then the progress bar, until `shown` closes."""
+    _warn_unsaved(output, is_main)
+    shown.enter_context(progress)
 
 
 def _given_args(ctx: typer.Context, drop: tuple[str, ...] = ("resume", "overwrite")) -> list[str]:
@@ -464,184 +486,71 @@ def _policy_demo(backbone_id: str, model_path: Path | None, device: str, steps: 
     return result
 
 
-@app.command()
-def finetune(
-    ctx: typer.Context,
-    backbone: Annotated[str | None, typer.Option(help="Backbone id.")] = None,
-    data: Annotated[
-        Path | None,
-        typer.Option(
-            help="Conversations: a JSON or JSONL file of LLaVA records (conversations) or OpenAI chat "
-            "records (messages)."
-        ),
-    ] = None,
-    model_path: Annotated[
-        Path | None, typer.Option(help="Local HF-format directory replacing the hub path.")
-    ] = None,
-    mode: Annotated[str | None, typer.Option(help="full, last-layer or lora (default: full).")] = None,
-    prompt_format: Annotated[
-        str | None,
-        typer.Option(
-            help="Prompt format to train with, e.g. llama2-chat-prismatic "
-            "(default: the backbone's; see `llm-backbones list`)."
-        ),
-    ] = None,
-    steps: Annotated[int | None, typer.Option(help="Optimizer steps of the whole run (default: 10).")] = None,
-    batch_size: Annotated[
-        int | None,
-        typer.Option(
-            help="Global batch of one optimizer step, split over --grad-accum micro-batches and the ranks "
-            "(default: 8)."
-        ),
-    ] = None,
-    grad_accum: Annotated[
-        int | None,
-        typer.Option(
-            help="Micro-batches accumulated per optimizer step; the global batch stays --batch-size "
-            "(default: 1)."
-        ),
-    ] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: 1e-4).")] = None,
-    lr_schedule: Annotated[
-        str | None,
-        typer.Option(
-            help="After the warm-up: cosine (down toward 0 at --steps) or constant (default: cosine)."
-        ),
-    ] = None,
-    warmup_steps: Annotated[
-        int | None, typer.Option(help="Steps of linear warm-up up to --lr (default: 0).")
-    ] = None,
-    max_grad_norm: Annotated[
-        float | None,
-        typer.Option(help="Clip the global gradient norm to this; 0 turns clipping off (default: 1.0)."),
-    ] = None,
-    max_length: Annotated[
-        int | None,
-        typer.Option(help="Truncate examples to this many tokens (default: the backbone's llm_max_length)."),
-    ] = None,
-    seed: Annotated[
-        int | None, typer.Option(help="Data order and initialisation depend only on it (default: 0).")
-    ] = None,
-    precision: Annotated[
-        str | None, typer.Option(help="fp32 or bf16 (default: bf16 on CUDA, fp32 on CPU).")
-    ] = None,
-    fsdp: Annotated[
-        int | None, typer.Option(help="FSDP version under torchrun: 2 (fully_shard) or 1 (default: 2).")
-    ] = None,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
-    fast: Annotated[
-        bool | None,
-        typer.Option(
-            "--fast/--no-fast",
-            help="backbone.enable_fast_training(): the loss "
-            "without full logits; compiled decoder layers on CUDA (default: off).",
-        ),
-    ] = None,
-    gradient_checkpointing: Annotated[
-        bool | None,
-        typer.Option(
-            "--gradient-checkpointing/--no-gradient-checkpointing",
-            help="Recompute each decoder layer's activations in backward (default: off).",
-        ),
-    ] = None,
-    eval_data: Annotated[
-        Path | None, typer.Option(help="Conversation JSON file to report the mean eval loss on.")
-    ] = None,
-    eval_every: Annotated[
-        int | None,
-        typer.Option(help="Evaluate every N steps, and after the last (default: 0, after the last only)."),
-    ] = None,
-    log_every: Annotated[
-        int | None, typer.Option(help="Write a metrics record every N steps (default: 1).")
-    ] = None,
-    save_every: Annotated[
-        int | None,
-        typer.Option(help="Checkpoint (DCP) every N steps and after the last; 0: none (default: 500)."),
-    ] = None,
-    keep: Annotated[int | None, typer.Option(help="Checkpoints kept, newest first (default: 2).")] = None,
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            help="Run folder: checkpoints/, metrics.jsonl, run_config.json and the final HF-format model."
-        ),
-    ] = None,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume",
-            help="Continue the run in --output from its latest complete "
-            "checkpoint (settings not given: the run's own).",
-        ),
-    ] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run in --output.")] = False,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            help="YAML or JSON file of these settings (keys as the flags); flags given here override it."
-        ),
-    ] = None,
-    metrics_json: Annotated[
-        Path | None, typer.Option(help="Write losses, world size and trainable params here.")
-    ] = None,
-) -> None:
-    """Fine-tune a backbone on conversations; single process, or `torchrun --nproc_per_node=N` (FSDP)."""
-    import os
+def _settings_options(table: type, skip: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
+    """The command's options, generated from a settings table (`training.loop.FinetuneConfig`): one flag per
+    row but `skip`, with the row's type (a path for `table.PATHS`), help and default; every flag defaults to
+    None, so the command sees only what was given (a `--config` file and a resumed run's own settings fill
+    the rest, `FinetuneConfig.resolve`). The decorated command takes `ctx`, `config` and the settings as
+    keywords. Adds `--config`."""
+    import dataclasses
+    import inspect
+    import typing
 
+    hints = typing.get_type_hints(table)
+
+    def decorate(command: Callable) -> Callable:
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        params = [inspect.Parameter("ctx", keyword, annotation=typer.Context)]
+        for row in dataclasses.fields(table):
+            if row.name in skip:
+                continue
+            kind = next(
+                a for a in (*typing.get_args(hints[row.name]), hints[row.name]) if a is not type(None)
+            )
+            kind = Path if row.name in table.PATHS else kind
+            flag = row.metadata["flag"] or f"--{row.name.replace('_', '-')}"
+            option = typer.Option(flag, help=_setting_help(row))
+            params.append(
+                inspect.Parameter(row.name, keyword, annotation=Annotated[kind | None, option], default=None)
+            )
+        config = typer.Option(
+            help="YAML or JSON file of these settings (keys as the flags); flags given here override it."
+        )
+        params.append(
+            inspect.Parameter("config", keyword, annotation=Annotated[Path | None, config], default=None)
+        )
+        command.__signature__ = inspect.Signature(params)
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+
+    return decorate
+
+
+def _setting_help(row) -> str:
+    """A settings row's help as its flag shows it: the row's help, then its default."""
+    shown, default = row.metadata["shown"], row.default
+    if shown is None and isinstance(default, bool):  # a two-way switch says its default; `--resume` does not
+        shown = ("on" if default else "off") if "/" in (row.metadata["flag"] or "") else None
+    elif shown is None and default is not None:
+        shown = str(default)
+    return row.metadata["help"] + (f" (default: {shown})" if shown is not None else "")
+
+
+@app.command()
+@_settings_options(FinetuneConfig)
+def finetune(ctx: typer.Context, config: Path | None = None, **given) -> None:
+    """Fine-tune a backbone on conversations; single process, or `torchrun --nproc_per_node=N` (FSDP)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    given = {
-        "backbone": backbone,
-        "data": data,
-        "model_path": model_path,
-        "mode": mode,
-        "prompt_format": prompt_format,
-        "steps": steps,
-        "batch_size": batch_size,
-        "grad_accum": grad_accum,
-        "lr": lr,
-        "lr_schedule": lr_schedule,
-        "warmup_steps": warmup_steps,
-        "max_grad_norm": max_grad_norm,
-        "max_length": max_length,
-        "seed": seed,
-        "precision": precision,
-        "fsdp": fsdp,
-        "device": device,
-        "fast": fast,
-        "gradient_checkpointing": gradient_checkpointing,
-        "eval_data": eval_data,
-        "eval_every": eval_every,
-        "log_every": log_every,
-        "save_every": save_every,
-        "keep": keep,
-        "output": output,
-        "resume": resume or None,
-        "overwrite": overwrite or None,
-        "metrics_json": metrics_json,
-    }
     is_main = os.environ.get("RANK", "0") == "0"
     settings = None
     try:
-        from llm_backbones.data.examples import load_conversations
-        from llm_backbones.training.finetune import check_conversations, preflight, run_finetune
-        from llm_backbones.training.loop import FinetuneConfig, check_batch_size
-
         settings = FinetuneConfig.resolve(config, {k: v for k, v in given.items() if v is not None})
+        settings.validate(_world_size())  # the table's checks, before torch is loaded: a bad flag fails fast
+        from llm_backbones.training.finetune import run_finetune
+
         if settings.metrics_json is not None:
             _check_output_file(Path(settings.metrics_json), "--metrics-json")
-        preflight(settings)  # bad settings, outputs and data files fail here, before the progress bar
-        conversations = load_conversations(settings.data)
-        fmt = settings.prompt_format
-        check_conversations(settings.backbone, conversations, repr(str(settings.data)), prompt_format=fmt)
-        check_batch_size(settings.batch_size, len(conversations), repr(str(settings.data)))
-        if settings.eval_data is not None:
-            check_conversations(
-                settings.backbone,
-                load_conversations(settings.eval_data),
-                repr(str(settings.eval_data)),
-                prompt_format=fmt,
-            )
-        _warn_unsaved(settings.output, is_main)  # after the checks: a refused run shows its error line alone
         columns = (
             TextColumn(f"{settings.mode} fine-tuning"),
             BarColumn(),
@@ -651,16 +560,17 @@ def finetune(
             TextColumn("{task.fields[tps]:,.0f} tok/s"),
             TimeElapsedColumn(),
         )
-        with Progress(*columns, console=console, disable=not is_main) as progress:
-            task = progress.add_task("train", total=settings.steps, loss="", lr=settings.lr, tps=0.0)
+        progress = Progress(*columns, console=console, disable=not is_main)
+        task = progress.add_task("train", total=settings.steps, loss="", lr=settings.lr, tps=0.0)
 
-            def on_record(record: dict) -> None:
-                if "lr" in record:
-                    progress.update(task, lr=record["lr"], tps=record["tokens_per_s"])
+        def on_record(record: dict) -> None:
+            if "lr" in record:
+                progress.update(task, lr=record["lr"], tps=record["tokens_per_s"])
 
+        with contextlib.ExitStack() as shown:
             result = run_finetune(
-                data=conversations,
                 config=settings,
+                on_ready=lambda: _start_progress(shown, progress, settings.output, is_main),
                 on_record=on_record,
                 on_step=lambda step, loss: progress.update(task, completed=step, loss=_loss_field(loss)),
             )
@@ -669,14 +579,7 @@ def finetune(
     except KeyboardInterrupt:
         if not is_main:
             raise typer.Exit(code=130) from None
-        from llm_backbones.training.checkpoint import RUN_CONFIG
-
-        output = None if settings is None else settings.output
-        if output is not None and (Path(output) / RUN_CONFIG).is_file():
-            args = ["--output", str(output), "--resume"]  # the run's own settings: these alone continue it
-        else:
-            args = [*_given_args(ctx), "--resume"]
-        _interrupted("finetune", output, None if settings is None else args)
+        _interrupted("finetune", ctx, settings)
     if not is_main:
         return
     if result.losses:
@@ -703,163 +606,41 @@ def finetune(
 
 
 @app.command("finetune-vla")
-def finetune_vla(
-    ctx: typer.Context,
-    data: Annotated[Path, typer.Option(help="Robot episodes: a LeRobot dataset folder or a .jsonl file.")],
-    policy: Annotated[
-        Path | None, typer.Option(help="OpenVLA / Prismatic checkpoint to start from (load_vla).")
-    ] = None,
-    llm: Annotated[
-        str | None,
-        typer.Option(
-            help="Instead of --policy, a fresh policy (build_vla): its LLM id (`llm-backbones list`)."
-        ),
-    ] = None,
-    vision: Annotated[
-        str | None, typer.Option(help="The fresh policy's vision backbone id (e.g. siglip-vit-so400m).")
-    ] = None,
-    llm_path: Annotated[
-        Path | None, typer.Option(help="Local HF directory of the --llm weights (default: its hub path).")
-    ] = None,
-    vision_weights: Annotated[
-        str | None,
-        typer.Option(
-            help="timm's tower weights: a .safetensors file or hf-hub:timm/MODEL; a comma between the "
-            "two towers of a fused id (default: random towers)."
-        ),
-    ] = None,
-    image_resize_strategy: Annotated[
-        str | None, typer.Option(help="Fresh policy: letterbox (default), resize-naive or resize-crop.")
-    ] = None,
-    output: Annotated[
-        Path | None, typer.Option(help="Run folder: checkpoints, metrics.jsonl, and the export in export/.")
-    ] = None,
-    unnorm_key: Annotated[
-        str | None, typer.Option(help="Name of the dataset's statistics in the export (default: its name).")
-    ] = None,
-    mode: Annotated[str, typer.Option(help="full, last-layer or lora.")] = "lora",
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 100,
-    batch_size: Annotated[int, typer.Option(help="Frames per optimizer step.")] = 8,
-    grad_accum: Annotated[int, typer.Option(help="Micro-batches per step.")] = 1,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 5e-4,
-    warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 0,
-    max_grad_norm: Annotated[float, typer.Option(help="Gradient clip (0: none).")] = 1.0,
-    lora_rank: Annotated[int, typer.Option(help="LoRA rank (OpenVLA: 32).")] = 32,
-    lora_alpha: Annotated[int | None, typer.Option(help="LoRA alpha (default min(rank, 16)).")] = None,
-    lora_dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.0,
-    train_vision: Annotated[bool, typer.Option("--train-vision", help="Unfreeze the vision towers.")] = False,
-    image_aug: Annotated[
-        bool, typer.Option("--image-aug", help="OpenVLA's random crop and colour jitter.")
-    ] = False,
-    image_key: Annotated[
-        str | None, typer.Option(help="LeRobot camera feature (observation.images.*).")
-    ] = None,
-    action_key: Annotated[str | None, typer.Option(help="Action feature (default: action).")] = None,
-    task_key: Annotated[str | None, typer.Option(help="Instruction column (default: task_index).")] = None,
-    eval_data: Annotated[Path | None, typer.Option(help="Held-out episodes, same formats.")] = None,
-    eval_every: Annotated[int | None, typer.Option(help="Evaluate every N steps.")] = None,
-    save_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps.")] = None,
-    lr_schedule: Annotated[
-        str | None,
-        typer.Option(
-            help="After the warm-up: cosine (down toward 0 at --steps) or constant (default: cosine)."
-        ),
-    ] = None,
-    precision: Annotated[
-        str | None, typer.Option(help="fp32 or bf16 (default: bf16 on CUDA, fp32 on CPU).")
-    ] = None,
-    log_every: Annotated[
-        int | None, typer.Option(help="Write a metrics record every N steps (default: 1).")
-    ] = None,
-    keep: Annotated[int | None, typer.Option(help="Checkpoints kept, newest first (default: 2).")] = None,
-    seed: Annotated[
-        int,
-        typer.Option(help="Seed of the data order, LoRA init, augmentation and a fresh policy's weights."),
-    ] = 0,
-    vision_depth: Annotated[
-        int | None,
-        typer.Option(
-            help="Blocks per vision tower, for checkpoints whose towers were cut (or small fresh ones)."
-        ),
-    ] = None,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
-    fsdp: Annotated[
-        int, typer.Option(help="Under torchrun: 2 (fully_shard) or 1 (FullyShardedDataParallel).")
-    ] = 2,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run in --output.")] = False,
-) -> None:
+@_settings_options(VLAFinetuneConfig, skip=VLAFinetuneConfig.NOT_FOR_VLA)
+def finetune_vla(ctx: typer.Context, config: Path | None = None, **given) -> None:
     """Fine-tune a VLA on robot episodes (image + instruction -> action tokens, OpenVLA's loss), one process
     or under torchrun (FSDP), from a checkpoint (--policy) or a fresh policy (--llm and --vision); export an
     HF OpenVLA checkpoint that load_vla loads (and OpenVLA's own code, for LLaMA-2 LLMs)."""
-    options = {
-        "policy": str(policy) if policy is not None else None,
-        "llm": llm,
-        "vision": vision,
-        "llm_path": str(llm_path) if llm_path is not None else None,
-        "vision_weights": vision_weights,
-        "image_resize_strategy": image_resize_strategy,
-        "data": str(data),
-        "output": str(output) if output is not None else None,
-        "unnorm_key": unnorm_key,
-        "mode": mode,
-        "steps": steps,
-        "batch_size": batch_size,
-        "grad_accum": grad_accum,
-        "lr": lr,
-        "warmup_steps": warmup_steps,
-        "max_grad_norm": max_grad_norm,
-        "lora_rank": lora_rank,
-        "lora_alpha": lora_alpha,
-        "lora_dropout": lora_dropout,
-        "train_vision": train_vision,
-        "image_aug": image_aug,
-        "image_key": image_key,
-        "action_key": action_key,
-        "task_key": task_key,
-        "eval_data": str(eval_data) if eval_data is not None else None,
-        "eval_every": eval_every,
-        "save_every": save_every,
-        "lr_schedule": lr_schedule,
-        "precision": precision,
-        "log_every": log_every,
-        "keep": keep,
-        "seed": seed,
-        "vision_depth": vision_depth,
-        "device": device,
-        "fsdp": fsdp,
-        "resume": resume or None,
-        "overwrite": overwrite or None,
-    }
-    is_main = os.environ.get("RANK", "0") == "0"
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    is_main = os.environ.get("RANK", "0") == "0"
+    settings = None
     try:
-        from llm_backbones.training.vla import VLAFinetuneConfig, run_finetune_vla
+        settings = VLAFinetuneConfig.resolve(config, {k: v for k, v in given.items() if v is not None})
+        settings.validate(_world_size())
+        from llm_backbones.training.vla import run_finetune_vla
 
-        given = {k: v for k, v in options.items() if v is not None}
-        # the settings are refused before the progress bar shows (run_finetune_vla checks them again)
-        VLAFinetuneConfig.from_mapping(given, "options").validate(int(os.environ.get("WORLD_SIZE", "1")))
-        _warn_unsaved(output, is_main)
         columns = (
-            TextColumn(f"{mode} VLA fine-tuning"),
+            TextColumn(f"{settings.mode} VLA fine-tuning"),
             BarColumn(),
             TextColumn("step {task.completed}/{task.total}"),
             TextColumn(_LOSS_COLUMN),
             TimeElapsedColumn(),
         )
-        with Progress(*columns, console=console, disable=not is_main) as progress:
-            task = progress.add_task("train", total=steps, loss="")
+        progress = Progress(*columns, console=console, disable=not is_main)
+        task = progress.add_task("train", total=settings.steps, loss="")
+        with contextlib.ExitStack() as shown:
             result = run_finetune_vla(
+                config=settings,
+                on_ready=lambda: _start_progress(shown, progress, settings.output, is_main),
                 on_step=lambda step, loss: progress.update(task, completed=step, loss=_loss_field(loss)),
-                **given,
             )
     except (LLMBackbonesError, OSError, ValueError) as exc:
         _fail(exc)
     except KeyboardInterrupt:
         if not is_main:
             raise typer.Exit(code=130) from None
-        _interrupted("finetune-vla", output, [*_given_args(ctx), "--resume"])  # the same options, resumed
+        _interrupted("finetune-vla", ctx, settings)
     if not is_main:
         return
     if result.losses:

@@ -69,13 +69,13 @@ from llm_backbones import _fs
 from llm_backbones.core.backbones.files import RUN_EXPORT_DIR, sha256_files
 from llm_backbones.errors import CheckpointError, FinetuneError, OutputPathError
 from llm_backbones.training.distributed import DistributedContext, all_finite, barrier
+from llm_backbones.training.settings import RUN_CONFIG
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
 LATEST = "latest"
 META_FILE = "meta.json"
-RUN_CONFIG = "run_config.json"
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 EXPORT_FINGERPRINT = "fingerprint.json"  # written by save_backbone: an export is there

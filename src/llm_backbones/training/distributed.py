@@ -51,7 +51,10 @@ def init_distributed(device: str | None = None) -> DistributedContext:
     if device not in (None, "cpu", "cuda"):
         raise FinetuneError(f"device must be 'cpu' or 'cuda', got {device!r}.")
     if device == "cuda" and not torch.cuda.is_available():
-        raise FinetuneError("device 'cuda' was asked for, but CUDA is not available here; use device='cpu'.")
+        raise FinetuneError(
+            "--device cuda: torch sees no CUDA device here; drop --device (or pass --device cpu) to train "
+            "on the CPU."
+        )
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"

@@ -26,15 +26,8 @@ from torch import nn
 
 from llm_backbones.core.backbones.backbone import count_parameters, last_layer_modules
 from llm_backbones.errors import FinetuneError
-from llm_backbones.training.loop import (
-    FINETUNE_MODES,
-    DataOrder,
-    FinetuneConfig,
-    causal_lm_loss_sum,
-    check_batch_size,
-    global_batch_indices,
-    optimizer_step,
-)
+from llm_backbones.training.loop import DataOrder, causal_lm_loss_sum, global_batch_indices, optimizer_step
+from llm_backbones.training.settings import FINETUNE_MODES, FinetuneConfig, check_batch_size
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +137,7 @@ def run_finetune(
     config: FinetuneConfig | None = None,
     on_step: Callable[[int, float], None] | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
+    on_ready: Callable[[], None] | None = None,
     **options: Any,
 ) -> FinetuneResult:
     """Fine-tune `backbone_id` on conversations (a JSON file's path, or a list), single-process or under
@@ -160,7 +154,8 @@ def run_finetune(
     metrics in `output/metrics.jsonl`, the settings in `output/run_config.json`, and finally the
     `save_backbone` export that `get_llm_backbone_and_tokenizer(id, model_path=output)` loads. `resume`
     continues from the latest complete checkpoint with the losses an uninterrupted run would have had.
-    `on_step(step, loss)` (1-based step) and `on_record(record)` (each metrics record) run on rank 0.
+    `on_step(step, loss)` (1-based step) and `on_record(record)` (each metrics record) run on rank 0;
+    `on_ready()` once every check (settings, output folder, data) has passed, before any model is built.
     """
     from llm_backbones.data.examples import load_conversations
     from llm_backbones.training.distributed import init_distributed
@@ -183,6 +178,8 @@ def run_finetune(
         check_conversations(
             cfg.backbone, eval_conversations, repr(str(cfg.eval_data)), prompt_format=cfg.prompt_format
         )
+    if on_ready is not None:
+        on_ready()
     ctx = init_distributed(cfg.device)
     try:
         return _train(cfg, ctx, run, conversations, eval_conversations, on_step, on_record)
@@ -281,7 +278,10 @@ def setup_optimizer(model: nn.Module, cfg: Any, checkpoint: Any, ctx: Any) -> tu
 
     # Fused AdamW: one kernel over all tensors (5x the single-tensor loop on a CPU); DTensor shards too.
     optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0, fused=True
+        [p for p in model.parameters() if p.requires_grad],
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        fused=True,
     )
     scheduler = lr_scheduler(optimizer, cfg)
     if checkpoint is None:
@@ -298,35 +298,50 @@ def setup_optimizer(model: nn.Module, cfg: Any, checkpoint: Any, ctx: Any) -> tu
     return optimizer, scheduler, start_step
 
 
+@dataclass
+class _Session:
+    """What `_setup` builds for the loop: the model (wrapped for FSDP), the backbone under it, the optimizer
+    and schedule (at `start_step` when resumed), the tokenized examples and their order, how batches are
+    made."""
+
+    backbone: Any
+    model: nn.Module
+    optimizer: Any
+    scheduler: Any
+    start_step: int
+    summary: TrainableSummary
+    examples: list
+    eval_examples: list | None
+    order: DataOrder
+    collate: Any
+    micro_size: int
+    autocast: Any
+    checkpoint_meta: dict[str, Any]
+
+
 def _train(
     cfg: FinetuneConfig, ctx, run, conversations, eval_conversations, on_step, on_record
 ) -> FinetuneResult:
+    """The recipe after its checks, in the order torchtune's recipes keep: setup, the loop (with evaluation),
+    the export."""
+    session = _setup(cfg, ctx, run, conversations, eval_conversations)
+    result = FinetuneResult(
+        [], ctx.world_size, session.summary.trainable, session.summary, None, start_step=session.start_step
+    )
+    _loop(cfg, ctx, run, session, result, on_step, on_record)
+    if run is not None:
+        result.output = _export_run(cfg, ctx, run, session)
+    return result
+
+
+def _setup(cfg: FinetuneConfig, ctx, run, conversations, eval_conversations) -> _Session:
+    """Rank 0 prepares the run folder (and finds the checkpoint to resume); every rank builds the backbone,
+    tokenizes the data, sets the mode, wraps the model for FSDP, and builds the optimizer (from the
+    checkpoint when resumed)."""
     from llm_backbones.core.backbones.factory import get_llm_backbone_and_tokenizer
     from llm_backbones.data.examples import PaddedCollator, tokenize_conversation
-    from llm_backbones.errors import CheckpointError
-    from llm_backbones.training.checkpoint import (
-        conversations_sha256,
-        discard_checkpoint,
-        publish_checkpoint,
-        write_checkpoint,
-    )
-    from llm_backbones.training.distributed import (
-        all_finite,
-        full_state_dict,
-        on_main,
-        shard_fsdp2_from_rank0,
-        wrap_fsdp1,
-    )
-
-    # optimizer_step is looked up here, at run time, as in `training.vla`: one place for a test to stop a run
-    # inside a step (tests/distributed/_finetune_until_fault.py)
-    from llm_backbones.training.loop import (
-        MetricsLog,
-        evaluate,
-        optimizer_step,
-        peak_memory_bytes,
-        rank_micro_batches,
-    )
+    from llm_backbones.training.checkpoint import conversations_sha256
+    from llm_backbones.training.distributed import on_main, shard_fsdp2_from_rank0, wrap_fsdp1
 
     data_sha256 = conversations_sha256(conversations)
     data = (data_sha256, "the training data" if cfg.data is None else repr(str(cfg.data)))
@@ -362,7 +377,7 @@ def _train(
             f"--data now holds {len(examples)}: the data order would differ. Resume with the run's own data, "
             "or start a new run."
         )
-    summary = apply_finetune_mode(backbone, cfg.mode)
+    summary = apply_finetune_mode(backbone, cfg.mode, **cfg.lora_kwargs())
     if cfg.gradient_checkpointing:
         backbone.enable_gradient_checkpointing()
     if cfg.fast:
@@ -376,20 +391,42 @@ def _train(
         model = wrap_fsdp1(backbone.to(ctx.device), ctx.device, param_dtype=half)
     else:
         backbone.to(ctx.device)
-    autocast = torch.autocast(ctx.device.type, dtype=half) if half is not None and not ctx.enabled else None
     optimizer, scheduler, start_step = setup_optimizer(model, cfg, checkpoint, ctx)
+    return _Session(
+        backbone=backbone,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        start_step=start_step,
+        summary=summary,
+        examples=examples,
+        eval_examples=eval_examples,
+        order=DataOrder(len(examples), cfg.batch_size, cfg.seed),
+        collate=PaddedCollator(model_max_length=max_length, pad_token_id=backbone.pad_token_id),
+        micro_size=cfg.batch_size // (cfg.grad_accum * ctx.world_size),
+        autocast=torch.autocast(ctx.device.type, dtype=half)
+        if half is not None and not ctx.enabled
+        else None,
+        checkpoint_meta={"config": cfg.saved(), "n_examples": len(examples), "data_sha256": data_sha256},
+    )
 
-    order = DataOrder(len(examples), cfg.batch_size, cfg.seed)
-    collate = PaddedCollator(model_max_length=max_length, pad_token_id=backbone.pad_token_id)
-    micro_size = cfg.batch_size // (cfg.grad_accum * ctx.world_size)
-    checkpoint_meta = {"config": cfg.saved(), "n_examples": len(examples), "data_sha256": data_sha256}
+
+def _loop(cfg: FinetuneConfig, ctx, run, s: _Session, result: FinetuneResult, on_step, on_record) -> None:
+    """Steps `start_step + 1 .. cfg.steps`: one optimizer step each, the metrics every `log_every`, the
+    evaluation every `eval_every` and after the last, a checkpoint every `save_every` and after the last
+    (published once the next step's loss is finite)."""
+    from llm_backbones.training.checkpoint import discard_checkpoint, publish_checkpoint, write_checkpoint
+
+    # optimizer_step is looked up here, at run time, as in `training.vla`: one place for a test to stop a run
+    # inside a step (tests/distributed/_finetune_until_fault.py)
+    from llm_backbones.training.loop import MetricsLog, optimizer_step, peak_memory_bytes, rank_micro_batches
+
     main_run = run if (run is not None and ctx.is_main) else None
     log = MetricsLog(
         main_run.metrics if main_run else None,
-        start_step=start_step,
+        start_step=s.start_step,
         tensorboard_dir=main_run.tensorboard if main_run else None,
     )
-    result = FinetuneResult([], ctx.world_size, summary.trainable, summary, None, start_step=start_step)
 
     def emit(record: dict[str, Any]) -> None:
         if ctx.is_main:
@@ -399,27 +436,27 @@ def _train(
 
     pending = None  # a checkpoint written, published once the next step's loss is finite
     try:
-        model.train()
+        s.model.train()
         window_tokens, window_seconds = 0, 0.0
-        for step in range(start_step + 1, cfg.steps + 1):
+        for step in range(s.start_step + 1, cfg.steps + 1):
             started = time.perf_counter()
-            lr = optimizer.param_groups[0]["lr"]
-            shares = rank_micro_batches(order.batch(step - 1), cfg.grad_accum, ctx.world_size, ctx.rank)
+            lr = s.optimizer.param_groups[0]["lr"]
+            shares = rank_micro_batches(s.order.batch(step - 1), cfg.grad_accum, ctx.world_size, ctx.rank)
             micro = [
-                {k: v.to(ctx.device) for k, v in collate([examples[i] for i in share]).items()}
+                {k: v.to(ctx.device) for k, v in s.collate([s.examples[i] for i in share]).items()}
                 for share in shares
             ]
             stats = optimizer_step(
-                model,
+                s.model,
                 micro,
-                optimizer,
+                s.optimizer,
                 step=step,
                 ctx=ctx,
-                autocast=autocast,
+                autocast=s.autocast,
                 fused_loss=cfg.fast,
                 max_grad_norm=cfg.max_grad_norm,
             )
-            scheduler.step()
+            s.scheduler.step()
             window_seconds += time.perf_counter() - started
             window_tokens += stats.tokens
             if pending is not None:  # the weights it holds gave a finite loss: publish it
@@ -444,22 +481,13 @@ def _train(
                     }
                 )
                 window_tokens, window_seconds = 0, 0.0
-            if eval_examples is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
-                eval_loss = evaluate(
-                    model,
-                    eval_examples,
-                    collate,
-                    micro_batch_size=micro_size,
-                    device=ctx.device,
-                    ctx=ctx,
-                    autocast=autocast,
-                    fused_loss=cfg.fast,
-                )
+            if s.eval_examples is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
+                eval_loss = _evaluate(cfg, ctx, s)
                 result.eval_losses.append((step, eval_loss))
-                emit({"step": step, "eval_loss": eval_loss, "eval_examples": len(eval_examples)})
+                emit({"step": step, "eval_loss": eval_loss, "eval_examples": len(s.eval_examples)})
             if run is not None and cfg.save_every and (step % cfg.save_every == 0 or last):
                 pending = write_checkpoint(
-                    run, step, model, optimizer, scheduler, ctx=ctx, meta=checkpoint_meta
+                    run, step, s.model, s.optimizer, s.scheduler, ctx=ctx, meta=s.checkpoint_meta
                 )
         if pending is not None:  # after the last step: no later loss to wait for
             result.checkpoints.append(str(publish_checkpoint(run, pending, ctx=ctx, keep=cfg.keep)))
@@ -470,23 +498,44 @@ def _train(
     finally:
         log.close()
 
-    if run is not None:
-        if not all_finite([p for p in model.parameters() if p.requires_grad], ctx):
-            raise CheckpointError(
-                f"After step {cfg.steps} the weights hold NaN or infinite values; nothing was exported over "
-                f"{run.path}. Lower --lr or use --precision fp32, then --resume from the last checkpoint."
-            )
-        state = full_state_dict(model) if ctx.enabled else None
 
-        def export() -> str:
-            adapter = run.adapter if cfg.mode == "lora" else None
-            # save_backbone writes beside export/ and swaps it in, in one step
-            exported = _export(cfg, backbone, state, run.export, adapter=adapter)
-            run.remove_legacy_export()
-            return str(exported)
+def _evaluate(cfg: FinetuneConfig, ctx, s: _Session) -> float:
+    """The mean loss over the supervised tokens of every eval example, in micro-batches of the training's."""
+    from llm_backbones.training.loop import evaluate
 
-        result.output = on_main(ctx, export)
-    return result
+    return evaluate(
+        s.model,
+        s.eval_examples,
+        s.collate,
+        micro_batch_size=s.micro_size,
+        device=ctx.device,
+        ctx=ctx,
+        autocast=s.autocast,
+        fused_loss=cfg.fast,
+    )
+
+
+def _export_run(cfg: FinetuneConfig, ctx, run, s: _Session) -> str:
+    """The trained weights, checked finite on every rank, gathered (FSDP) and exported by rank 0 into
+    `run.export` in one step (with LoRA, the adapters alone into `run.adapter` too). Returns the export."""
+    from llm_backbones.errors import CheckpointError
+    from llm_backbones.training.distributed import all_finite, full_state_dict, on_main
+
+    if not all_finite([p for p in s.model.parameters() if p.requires_grad], ctx):
+        raise CheckpointError(
+            f"After step {cfg.steps} the weights hold NaN or infinite values; nothing was exported over "
+            f"{run.path}. Lower --lr or use --precision fp32, then --resume from the last checkpoint."
+        )
+    state = full_state_dict(s.model) if ctx.enabled else None
+
+    def export() -> str:
+        adapter = run.adapter if cfg.mode == "lora" else None
+        # save_backbone writes beside export/ and swaps it in, in one step
+        exported = _export(cfg, s.backbone, state, run.export, adapter=adapter)
+        run.remove_legacy_export()
+        return str(exported)
+
+    return on_main(ctx, export)
 
 
 def _export(cfg, backbone, state, output, *, adapter=None):
@@ -503,7 +552,7 @@ def _export(cfg, backbone, state, output, *, adapter=None):
             cfg.backbone, model_path=cfg.model_path, inference_mode=True, prompt_format=cfg.prompt_format
         )
         if cfg.mode == "lora":
-            apply_lora(backbone)
+            apply_lora(backbone, **cfg.lora_kwargs())
         backbone.load_state_dict(state)
     backbone = backbone.to("cpu")
     if adapter is not None and hasattr(backbone.llm, "peft_config"):
@@ -525,6 +574,6 @@ def export_checkpoint(checkpoint, meta: Mapping[str, Any], output, adapter):
     backbone, _ = get_llm_backbone_and_tokenizer(
         cfg.backbone, model_path=cfg.model_path, prompt_format=cfg.prompt_format
     )
-    apply_finetune_mode(backbone, cfg.mode)
+    apply_finetune_mode(backbone, cfg.mode, **cfg.lora_kwargs())
     load_weights(checkpoint, backbone)
     return _export(cfg, backbone, None, output, adapter=adapter if cfg.mode == "lora" else None)

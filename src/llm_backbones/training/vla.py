@@ -40,7 +40,6 @@ import logging
 import math
 import os
 import time
-import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,11 +50,10 @@ import torch
 from torch import nn
 
 from llm_backbones.errors import CheckpointError, FinetuneError
-from llm_backbones.training.loop import FinetuneConfig, check_batch_size
+from llm_backbones.training.settings import VLA_MODES, VLAFinetuneConfig, check_batch_size
 
 logger = logging.getLogger(__name__)
 
-VLA_MODES = ("full", "last-layer", "lora")
 EXPORT_DIR = "export"  # training.checkpoint.EXPORT_DIR: a run's export, in one folder for both recipes
 
 # [Contract] OpenVLA's image augmentation (prismatic/vla/datasets/datasets.py, `image_aug=True`), applied in
@@ -65,136 +63,6 @@ BRIGHTNESS_DELTA = 0.2
 CONTRAST_RANGE = (0.8, 1.2)
 SATURATION_RANGE = (0.8, 1.2)
 HUE_DELTA = 0.05
-
-
-# === Settings ===
-@dataclass
-class VLAFinetuneConfig(FinetuneConfig):
-    """`FinetuneConfig` plus the VLA's settings: the starting policy, the robot dataset (`data`, `image_key`,
-    `action_key`, `task_key`, `unnorm_key`), LoRA's rank/alpha/dropout, `train_vision` and `image_aug`.
-    `eval_data` is a robot dataset too. The LLM-only settings (`backbone`, `model_path`, `prompt_format`,
-    `max_length`, `fast`, `gradient_checkpointing`) do not apply.
-
-    The starting policy, one of two ways: a checkpoint (`policy`, `load_vla`), or a fresh one (`build_vla`)
-    from a registry LLM id (`llm`, its weights from `llm_path` or the hub) and a vision backbone id (`vision`,
-    random towers, or timm's weights from `vision_weights`: a .safetensors file or hf-hub:timm/<model id>, a
-    comma between the two towers of a fused id), with `image_resize_strategy` (default letterbox) and `seed`.
-    `vision_depth` cuts the towers of either. Everything that builds it is here, so `policy_from_config`
-    rebuilds the same policy from a run's saved settings."""
-
-    policy: str | None = None
-    llm: str | None = None
-    vision: str | None = None
-    llm_path: str | None = None
-    vision_weights: str | None = None
-    image_resize_strategy: str | None = None  # None: letterbox (fresh policies only)
-    vision_depth: int | None = None
-    image_key: str | None = None
-    action_key: str | None = None
-    task_key: str | None = None
-    unnorm_key: str | None = None
-    lora_rank: int = 32
-    lora_alpha: int | None = None  # None: OpenVLA's min(lora_rank, 16)
-    lora_dropout: float = 0.0
-    train_vision: bool = False
-    image_aug: bool = False
-
-    PATHS: typing.ClassVar[tuple[str, ...]] = (*FinetuneConfig.PATHS, "policy", "llm_path")
-    FRESH_ONLY: typing.ClassVar[tuple[str, ...]] = ("llm_path", "vision_weights", "image_resize_strategy")
-    NOT_FOR_VLA: typing.ClassVar[tuple[str, ...]] = (
-        "backbone",
-        "model_path",
-        "prompt_format",
-        "max_length",
-        "fast",
-        "gradient_checkpointing",
-    )
-
-    def validate(self, world_size: int = 1) -> None:
-        super().validate(world_size)
-        defaults = VLAFinetuneConfig()
-        for name in self.NOT_FOR_VLA:
-            if getattr(self, name) != getattr(defaults, name):
-                raise FinetuneError(
-                    f"--{name.replace('_', '-')} is a setting of `finetune` (LLM on conversations); "
-                    "finetune-vla takes the LLM, its tokenizer and prompt from --policy or --llm. Drop it."
-                )
-        if self.mode not in VLA_MODES:
-            raise FinetuneError(
-                f"Unknown VLA fine-tune mode {self.mode!r}; accepted: {', '.join(VLA_MODES)}."
-            )
-        if self.lora_rank < 1:
-            raise FinetuneError(f"--lora-rank must be >= 1, got {self.lora_rank!r} (OpenVLA: 32).")
-        if self.lora_alpha is not None and self.lora_alpha <= 0:
-            raise FinetuneError(f"--lora-alpha must be > 0, got {self.lora_alpha!r} (default min(rank, 16)).")
-        if not (math.isfinite(self.lora_dropout) and 0 <= self.lora_dropout < 1):
-            raise FinetuneError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout!r}.")
-        if self.vision_depth is not None and self.vision_depth < 2:
-            raise FinetuneError(
-                f"--vision-depth must be >= 2 (the featurizer reads the second-to-last block), got "
-                f"{self.vision_depth!r}."
-            )
-
-    def check_start(self) -> None:
-        """Raise `FinetuneError` unless the starting policy is named exactly one way (`policy`, or `llm` with
-        `vision`), and an unknown id with the accepted ones (`UnknownBackboneError`, `VLACheckpointError`);
-        nothing is read or built."""
-        fresh = {"--llm": self.llm, "--vision": self.vision}
-        if self.policy is not None and any(v is not None for v in fresh.values()):
-            raise FinetuneError(
-                f"Both --policy {self.policy!r} and --llm/--vision ({self.llm!r}, {self.vision!r}) were "
-                "given: start from a checkpoint (--policy PATH) or from a fresh policy (--llm ID --vision "
-                "ID), not both. Drop one."
-            )
-        if self.policy is None:
-            missing = [flag for flag, value in fresh.items() if value is None]
-            if len(missing) == 2:
-                raise FinetuneError(
-                    "No policy given: pass --policy PATH (an OpenVLA / Prismatic checkpoint), or --llm ID "
-                    "--vision ID for a fresh policy (e.g. --llm qwen2.5-0.5b-pure --vision "
-                    "siglip-vit-so400m; `llm-backbones list` shows the LLM ids)."
-                )
-            if missing:
-                raise FinetuneError(
-                    f"A fresh policy needs both --llm and --vision; {missing[0]} is missing (e.g. --llm "
-                    "qwen2.5-0.5b-pure --vision siglip-vit-so400m)."
-                )
-            from llm_backbones.core.registry import get_spec
-            from llm_backbones.vla.image_processing import RESIZE_STRATEGIES
-            from llm_backbones.vla.vision import get_vision_spec
-
-            get_spec(self.llm)
-            get_vision_spec(self.vision)
-            if self.image_resize_strategy not in (None, *RESIZE_STRATEGIES):
-                raise FinetuneError(
-                    f"--image-resize-strategy {self.image_resize_strategy!r} is not one of "
-                    f"{', '.join(RESIZE_STRATEGIES)} (Prismatic's; OpenVLA's default is letterbox)."
-                )
-            return
-        given = [f"--{n.replace('_', '-')}" for n in self.FRESH_ONLY if getattr(self, n) is not None]
-        if given:
-            raise FinetuneError(
-                f"{', '.join(given)} set up a fresh policy (--llm/--vision); --policy {self.policy!r} brings "
-                "its own LLM, vision weights and image processing. Drop them, or start fresh instead."
-            )
-
-    def weight_sources(self) -> list[str] | None:
-        """`vision_weights` as `build_vla` takes them: one source per tower (split at commas)."""
-        if self.vision_weights is None:
-            return None
-        return [part.strip() for part in self.vision_weights.split(",")]
-
-    def saved(self) -> dict[str, Any]:
-        """`FinetuneConfig.saved`, with local vision weight files made absolute too."""
-        from llm_backbones.vla.assemble import HUB_PREFIX
-
-        out = super().saved()
-        sources = self.weight_sources()
-        if sources is not None:
-            out["vision_weights"] = ",".join(
-                s if s.startswith(HUB_PREFIX) else str(Path(s).expanduser().absolute()) for s in sources
-            )
-        return out
 
 
 # === Data ===
@@ -410,7 +278,7 @@ def apply_vla_mode(module: VLATrainModule, cfg: VLAFinetuneConfig) -> nn.Module:
         peft = require_peft()
         config = peft.LoraConfig(
             r=cfg.lora_rank,
-            lora_alpha=cfg.lora_alpha if cfg.lora_alpha is not None else min(cfg.lora_rank, 16),
+            lora_alpha=cfg.lora_kwargs()["alpha"],
             lora_dropout=cfg.lora_dropout,
             target_modules=lora_targets(module, train_vision=cfg.train_vision),
             init_lora_weights="gaussian",
@@ -527,6 +395,7 @@ def run_finetune_vla(
     config: VLAFinetuneConfig | None = None,
     on_step: Callable[[int, float], None] | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
+    on_ready: Callable[[], None] | None = None,
     **options: Any,
 ) -> VLAFinetuneResult:
     """Fine-tune a VLA on robot episodes, in one process (the policy is trained in place) or under torchrun
@@ -545,7 +414,8 @@ def run_finetune_vla(
     `metrics.jsonl` (loss, lr, grad norm, action accuracy, action L1 per step; the same with `eval_` on the
     eval set), `run_config.json`, and the export in `output/export` (an HF OpenVLA checkpoint `load_vla`
     loads, with the statistics as its `norm_stats`); with `mode="lora"` also the adapters alone, in peft's
-    format, in `output/adapter`.
+    format, in `output/adapter`. `on_ready()` runs once every check of the settings, the output folder and
+    the data has passed, before any model is built (the CLI shows its progress bar from then on).
     """
     from llm_backbones.training.checkpoint import RunDir
     from llm_backbones.training.distributed import init_distributed
@@ -584,6 +454,8 @@ def run_finetune_vla(
     check_batch_size(cfg.batch_size, len(dataset), f"the dataset {str(dataset.root)!r}")
     unnorm_key = cfg.unnorm_key or dataset.name
     stats = dataset.statistics(unnorm_key)
+    if on_ready is not None:
+        on_ready()
     if policy is None:
         policy = policy_from_config(cfg)
     ctx = init_distributed(cfg.device)
