@@ -381,7 +381,7 @@ def test_finetune_vla_ctrl_c_gives_the_same_command_with_resume(tmp_path, monkey
 
 
 def test_finetune_vla_ctrl_c_before_the_run_folder_gives_the_options_as_given(tmp_path, monkeypatch) -> None:
-    """Interrupted before run_config.json was written: the command repeats the options given, with --resume."""
+    """Interrupted before run_config.json was written: the options given are repeated, with --resume."""
     from llm_backbones.training import vla
 
     def train(*, on_ready, **kwargs):
