@@ -1179,6 +1179,30 @@ FINETUNING = rows(
         ("'gpu'", "'cpu' or 'cuda'"),
     ),
     Bad(
+        "finetune-lora-rank-zero",
+        lambda e: run_finetune("llama2-tiny-pure", [], mode="lora", lora_rank=0),
+        FinetuneError,
+        ("--lora-rank must be >= 1", "got 0"),
+    ),
+    Bad(
+        "finetune-lora-alpha-negative",
+        lambda e: run_finetune("llama2-tiny-pure", [], lora_alpha=-8),
+        FinetuneError,
+        ("--lora-alpha must be > 0", "got -8", "omit it"),
+    ),
+    Bad(
+        "finetune-lora-dropout-one",
+        lambda e: run_finetune("llama2-tiny-pure", [], lora_dropout=1.0),
+        FinetuneError,
+        ("--lora-dropout must be in [0, 1)", "got 1.0"),
+    ),
+    Bad(
+        "finetune-weight-decay-nan",
+        lambda e: run_finetune("llama2-tiny-pure", [], weight_decay=float("nan")),
+        FinetuneError,
+        ("--weight-decay must be in [0, 1)", "got nan"),
+    ),
+    Bad(
         "generate-right-padded",
         lambda e: generate_greedy(
             e.backbone.llm, input_ids=torch.tensor([[1, 5, 0]]), attention_mask=torch.tensor([[1, 1, 0]])
