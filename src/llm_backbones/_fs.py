@@ -30,6 +30,18 @@ from llm_backbones.errors import OutputPathError
 logger = logging.getLogger(__name__)
 
 
+# === Destinations ===
+def make_parent(target: Path, name: str | None = None) -> None:
+    """Create the folder `target` will be written into; where a file stands in the way, `OutputPathError`
+    naming `name` (default: the path) and the fix."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise OutputPathError(
+            f"Cannot create the folder of {name or target}: {exc}. Choose a path under a folder."
+        ) from exc
+
+
 # === Temporary names beside a destination ===
 def sibling(target: Path, kind: str) -> Path:
     """A fresh hidden name beside `target`: `.<name>.<kind>-<8 hex digits>` ("tmp": being written, "old": the

@@ -374,12 +374,7 @@ def _check_target(path: object) -> Path:
                     "Replacing the checkpoint would delete them, so it was not replaced. Move them out of "
                     "the directory, or save to a new path."
                 )
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError) as exc:
-            raise OutputPathError(
-                f"Cannot create the folder of {target}: {exc}. Choose another path."
-            ) from exc
+        _fs.make_parent(target)
     except PermissionError as exc:
         raise _not_writable(target, exc) from None
     if not os.access(target.parent, os.W_OK | os.X_OK):

@@ -96,12 +96,7 @@ def _check_output(output: object, run, *, overwrite: bool) -> Path:
             f"--output {str(target)!r} already exists and is not empty. Pass --overwrite to replace it (in "
             "one step, once the export is complete), or choose a new folder."
         )
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError) as exc:
-        raise OutputPathError(
-            f"Cannot create the folder of --output {str(target)!r}: {exc}. Choose a path under a folder."
-        ) from exc
+    _fs.make_parent(target, f"--output {str(target)!r}")
     return target
 
 

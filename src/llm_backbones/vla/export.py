@@ -420,10 +420,7 @@ def _check_target(directory: object, *, overwrite: bool) -> Path:
             f"{target} is a non-empty folder; refusing to replace it. Pass overwrite=True to replace it "
             "(in one step: the previous folder stays until the export is complete), or choose a new folder."
         )
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError) as exc:
-        raise OutputPathError(f"Cannot create the folder of {target}: {exc}. Choose another path.") from exc
+    _fs.make_parent(target)
     return target
 
 
