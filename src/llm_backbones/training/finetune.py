@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +25,13 @@ from torch import nn
 
 from llm_backbones.core.backbones.backbone import count_parameters, last_layer_modules
 from llm_backbones.errors import FinetuneError
-from llm_backbones.training.loop import DataOrder, causal_lm_loss_sum, global_batch_indices, optimizer_step
+from llm_backbones.training.loop import (
+    DataOrder,
+    causal_lm_loss_sum,
+    global_batch_indices,
+    optimizer_step,
+    run_steps,
+)
 from llm_backbones.training.settings import FINETUNE_MODES, FinetuneConfig, check_batch_size
 
 logger = logging.getLogger(__name__)
@@ -322,13 +327,27 @@ class _Session:
 def _train(
     cfg: FinetuneConfig, ctx, run, conversations, eval_conversations, on_step, on_record
 ) -> FinetuneResult:
-    """The recipe after its checks, in the order torchtune's recipes keep: setup, the loop (with evaluation),
-    the export."""
+    """The recipe after its checks, in the order torchtune's recipes keep: setup, the loop (`run_steps`, with
+    this recipe's batches, records and evaluation), the export."""
     session = _setup(cfg, ctx, run, conversations, eval_conversations)
     result = FinetuneResult(
         [], ctx.world_size, session.summary.trainable, session.summary, None, start_step=session.start_step
     )
-    _loop(cfg, ctx, run, session, result, on_step, on_record)
+    run_steps(
+        cfg,
+        ctx,
+        run,
+        _ConversationSteps(cfg, ctx, session, result),
+        model=session.model,
+        optimizer=session.optimizer,
+        scheduler=session.scheduler,
+        start_step=session.start_step,
+        checkpoint_meta=session.checkpoint_meta,
+        losses=result.losses,
+        checkpoints=result.checkpoints,
+        on_step=on_step,
+        on_record=on_record,
+    )
     if run is not None:
         result.output = _export_run(cfg, ctx, run, session)
     return result
@@ -411,108 +430,65 @@ def _setup(cfg: FinetuneConfig, ctx, run, conversations, eval_conversations) -> 
     )
 
 
-def _loop(cfg: FinetuneConfig, ctx, run, s: _Session, result: FinetuneResult, on_step, on_record) -> None:
-    """Steps `start_step + 1 .. cfg.steps`: one optimizer step each, the metrics every `log_every`, the
-    evaluation every `eval_every` and after the last, a checkpoint every `save_every` and after the last
-    (published once the next step's loss is finite)."""
-    from llm_backbones.training.checkpoint import discard_checkpoint, publish_checkpoint, write_checkpoint
+class _ConversationSteps:
+    """`training.loop.Recipe` of `finetune`: micro-batches of tokenized conversations, the loss without full
+    logits with `--fast`, tokens per second over each metrics window, the mean eval loss."""
 
-    # optimizer_step is looked up here, at run time, as in `training.vla`: one place for a test to stop a run
-    # inside a step (tests/distributed/_finetune_until_fault.py)
-    from llm_backbones.training.loop import MetricsLog, optimizer_step, peak_memory_bytes, rank_micro_batches
+    def __init__(self, cfg: FinetuneConfig, ctx, s: _Session, result: FinetuneResult) -> None:
+        self.cfg, self.ctx, self.s, self.result = cfg, ctx, s, result
+        self.step_options = {"autocast": s.autocast, "fused_loss": cfg.fast}
+        self.has_eval = s.eval_examples is not None
+        self.window_tokens, self.window_seconds = 0, 0.0
 
-    main_run = run if (run is not None and ctx.is_main) else None
-    log = MetricsLog(
-        main_run.metrics if main_run else None,
-        start_step=s.start_step,
-        tensorboard_dir=main_run.tensorboard if main_run else None,
-    )
+    def batches(self, step: int) -> list[dict[str, torch.Tensor]]:
+        from llm_backbones.training.loop import rank_micro_batches
 
-    def emit(record: dict[str, Any]) -> None:
-        if ctx.is_main:
-            log.write(record)
-            if on_record is not None:
-                on_record(record)
+        cfg, ctx, s = self.cfg, self.ctx, self.s
+        shares = rank_micro_batches(s.order.batch(step - 1), cfg.grad_accum, ctx.world_size, ctx.rank)
+        return [
+            {k: v.to(ctx.device) for k, v in s.collate([s.examples[i] for i in share]).items()}
+            for share in shares
+        ]
 
-    pending = None  # a checkpoint written, published once the next step's loss is finite
-    try:
-        s.model.train()
-        window_tokens, window_seconds = 0, 0.0
-        for step in range(s.start_step + 1, cfg.steps + 1):
-            started = time.perf_counter()
-            lr = s.optimizer.param_groups[0]["lr"]
-            shares = rank_micro_batches(s.order.batch(step - 1), cfg.grad_accum, ctx.world_size, ctx.rank)
-            micro = [
-                {k: v.to(ctx.device) for k, v in s.collate([s.examples[i] for i in share]).items()}
-                for share in shares
-            ]
-            stats = optimizer_step(
-                s.model,
-                micro,
-                s.optimizer,
-                step=step,
-                ctx=ctx,
-                autocast=s.autocast,
-                fused_loss=cfg.fast,
-                max_grad_norm=cfg.max_grad_norm,
-            )
-            s.scheduler.step()
-            window_seconds += time.perf_counter() - started
-            window_tokens += stats.tokens
-            if pending is not None:  # the weights it holds gave a finite loss: publish it
-                result.checkpoints.append(str(publish_checkpoint(run, pending, ctx=ctx, keep=cfg.keep)))
-                pending = None
-            result.losses.append(stats.loss)
-            if on_step is not None and ctx.is_main:
-                on_step(step, stats.loss)
-            last = step == cfg.steps
-            if step % cfg.log_every == 0 or last:
-                emit(
-                    {
-                        "step": step,
-                        "loss": stats.loss,
-                        "lr": lr,
-                        "grad_norm": stats.grad_norm,
-                        "tokens": stats.tokens,
-                        "supervised_tokens": stats.supervised_tokens,
-                        "tokens_per_s": window_tokens / max(window_seconds, 1e-9),
-                        "peak_memory_gb": peak_memory_bytes(ctx.device) / 1e9,
-                        "world_size": ctx.world_size,
-                    }
-                )
-                window_tokens, window_seconds = 0, 0.0
-            if s.eval_examples is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
-                eval_loss = _evaluate(cfg, ctx, s)
-                result.eval_losses.append((step, eval_loss))
-                emit({"step": step, "eval_loss": eval_loss, "eval_examples": len(s.eval_examples)})
-            if run is not None and cfg.save_every and (step % cfg.save_every == 0 or last):
-                pending = write_checkpoint(
-                    run, step, s.model, s.optimizer, s.scheduler, ctx=ctx, meta=s.checkpoint_meta
-                )
-        if pending is not None:  # after the last step: no later loss to wait for
-            result.checkpoints.append(str(publish_checkpoint(run, pending, ctx=ctx, keep=cfg.keep)))
-            pending = None
-    except BaseException:
-        discard_checkpoint(pending, ctx=ctx)
-        raise
-    finally:
-        log.close()
+    def after_step(self, step: int, stats, seconds: float) -> None:
+        self.window_tokens += stats.tokens
+        self.window_seconds += seconds
 
+    def record(self, step: int, stats, lr: float) -> dict[str, Any]:
+        from llm_backbones.training.loop import peak_memory_bytes
 
-def _evaluate(cfg: FinetuneConfig, ctx, s: _Session) -> float:
-    """The mean loss over the supervised tokens of every eval example, in micro-batches of the training's."""
-    from llm_backbones.training.loop import evaluate
+        tokens_per_s = self.window_tokens / max(self.window_seconds, 1e-9)
+        self.window_tokens, self.window_seconds = 0, 0.0
+        return {
+            "step": step,
+            "loss": stats.loss,
+            "lr": lr,
+            "grad_norm": stats.grad_norm,
+            "tokens": stats.tokens,
+            "supervised_tokens": stats.supervised_tokens,
+            "tokens_per_s": tokens_per_s,
+            "peak_memory_gb": peak_memory_bytes(self.ctx.device) / 1e9,
+            "world_size": self.ctx.world_size,
+        }
 
-    return evaluate(
-        s.model,
-        s.eval_examples,
-        s.collate,
-        micro_batch_size=s.micro_size,
-        device=ctx.device,
-        ctx=ctx,
-        autocast=s.autocast,
-        fused_loss=cfg.fast,
-    )
+    def evaluate(self, step: int) -> dict[str, Any]:
+        """The mean loss over the supervised tokens of every eval example, in micro-batches of the
+        training's."""
+        from llm_backbones.training.loop import evaluate
+
+        s = self.s
+        eval_loss = evaluate(
+            s.model,
+            s.eval_examples,
+            s.collate,
+            micro_batch_size=s.micro_size,
+            device=self.ctx.device,
+            ctx=self.ctx,
+            autocast=s.autocast,
+            fused_loss=self.cfg.fast,
+        )
+        self.result.eval_losses.append((step, eval_loss))
+        return {"step": step, "eval_loss": eval_loss, "eval_examples": len(s.eval_examples)}
 
 
 def _export_run(cfg: FinetuneConfig, ctx, run, s: _Session) -> str:

@@ -1,9 +1,8 @@
-"""The training loop people expect, in small pieces: settings (flags or a config file), the LR schedule,
-the data order, one optimizer step (gradient accumulation, clipping, non-finite checks), evaluation, and
-metrics (a JSONL file, TensorBoard when it is installed).
-
-`llm_backbones.training.finetune.run_finetune` puts them together with the checkpoints of
-`training.checkpoint`.
+"""The training loop people expect, in small pieces: the LR schedule, the data order, one optimizer step
+(gradient accumulation, clipping, non-finite checks), evaluation, metrics (a JSONL file, TensorBoard when it
+is installed), and `run_steps`, the loop of both recipes (`training.finetune.run_finetune`,
+`training.vla.run_finetune_vla`) with the checkpoints of `training.checkpoint`. The settings are
+`training.settings`.
 """
 
 from __future__ import annotations
@@ -14,6 +13,8 @@ import logging
 import math
 import os
 import sys
+import time
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,6 +263,106 @@ def evaluate(
     total = all_reduce_sum(total, ctx)
     model.train(was_training)
     return (total[0] / total[1].clamp(min=1)).item()
+
+
+# === The loop ===
+class Recipe(typing.Protocol):
+    """What differs between the recipes (`finetune`, `finetune-vla`) inside `run_steps`: how a step's
+    micro-batches are made, what `optimizer_step` also gets, what a step adds to the result and the metrics
+    record, and the evaluation."""
+
+    step_options: dict[str, Any]  # more keywords of optimizer_step (fused_loss=, observe=)
+    has_eval: bool
+
+    def batches(self, step: int) -> list[dict[str, torch.Tensor]]: ...
+
+    def after_step(self, step: int, stats: StepStats, seconds: float) -> None: ...
+
+    def record(self, step: int, stats: StepStats, lr: float) -> dict[str, Any]: ...
+
+    def evaluate(self, step: int) -> dict[str, Any]: ...
+
+
+def run_steps(
+    cfg: FinetuneConfig,
+    ctx: Any,
+    run: Any,
+    recipe: Recipe,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    start_step: int,
+    checkpoint_meta: dict[str, Any],
+    losses: list[float],
+    checkpoints: list[str],
+    on_step: Callable[[int, float], None] | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> None:
+    """Steps `start_step + 1 .. cfg.steps` of either recipe: one `optimizer_step` each (then the schedule),
+    the loss appended to `losses`, a metrics record every `log_every` steps and after the last (rank 0:
+    `run.metrics`, TensorBoard, `on_record`), the evaluation every `eval_every` steps and after the last, a
+    checkpoint every `save_every` steps and after the last: written at once, published (its folder path
+    appended to `checkpoints`) only once the next step's loss came out finite, discarded if the run stops
+    first. `on_step(step, loss)` runs on rank 0."""
+    from llm_backbones.training.checkpoint import discard_checkpoint, publish_checkpoint, write_checkpoint
+
+    main_run = run if (run is not None and ctx.is_main) else None
+    log = MetricsLog(
+        main_run.metrics if main_run else None,
+        start_step=start_step,
+        tensorboard_dir=main_run.tensorboard if main_run else None,
+    )
+
+    def emit(record: dict[str, Any]) -> None:
+        if ctx.is_main:
+            log.write(record)
+            if on_record is not None:
+                on_record(record)
+
+    pending = None  # a checkpoint written, published once the next step's loss is finite
+    try:
+        model.train()
+        for step in range(start_step + 1, cfg.steps + 1):
+            started = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            micro = recipe.batches(step)
+            # looked up at call time: one place for a test to stop a run inside a step
+            # (tests/distributed/_finetune_until_fault.py)
+            stats = optimizer_step(
+                model,
+                micro,
+                optimizer,
+                step=step,
+                ctx=ctx,
+                max_grad_norm=cfg.max_grad_norm,
+                **recipe.step_options,
+            )
+            scheduler.step()
+            recipe.after_step(step, stats, time.perf_counter() - started)
+            if pending is not None:  # the weights it holds gave a finite loss: publish it
+                checkpoints.append(str(publish_checkpoint(run, pending, ctx=ctx, keep=cfg.keep)))
+                pending = None
+            losses.append(stats.loss)
+            if on_step is not None and ctx.is_main:
+                on_step(step, stats.loss)
+            last = step == cfg.steps
+            if step % cfg.log_every == 0 or last:
+                emit(recipe.record(step, stats, lr))
+            if recipe.has_eval and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
+                emit(recipe.evaluate(step))
+            if run is not None and cfg.save_every and (step % cfg.save_every == 0 or last):
+                pending = write_checkpoint(
+                    run, step, model, optimizer, scheduler, ctx=ctx, meta=checkpoint_meta
+                )
+        if pending is not None:  # after the last step: no later loss to wait for
+            checkpoints.append(str(publish_checkpoint(run, pending, ctx=ctx, keep=cfg.keep)))
+            pending = None
+    except BaseException:
+        discard_checkpoint(pending, ctx=ctx)
+        raise
+    finally:
+        log.close()
 
 
 # === Metrics ===

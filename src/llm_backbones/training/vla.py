@@ -39,7 +39,6 @@ import contextlib
 import logging
 import math
 import os
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +49,7 @@ import torch
 from torch import nn
 
 from llm_backbones.errors import CheckpointError, FinetuneError
+from llm_backbones.training.loop import DataOrder, evaluate, rank_micro_batches, run_steps
 from llm_backbones.training.settings import VLA_MODES, VLAFinetuneConfig, check_batch_size
 
 logger = logging.getLogger(__name__)
@@ -493,15 +493,72 @@ def policy_from_config(cfg: VLAFinetuneConfig) -> Any:
     )
 
 
+class _FrameSteps:
+    """`training.loop.Recipe` of `finetune-vla`: micro-batches of robot frames (augmented per step with
+    `--image-aug`), OpenVLA's action metrics observed in every forward and summed over the ranks, examples per
+    second, the same metrics on the eval split."""
+
+    def __init__(
+        self, cfg, ctx, model, collate, eval_collate, examples, eval_examples, metrics, result, autocast
+    ):
+        self.cfg, self.ctx, self.model, self.result = cfg, ctx, model, result
+        self.collate, self.eval_collate, self.metrics = collate, eval_collate, metrics
+        self.examples, self.eval_examples = examples, eval_examples
+        self.order = DataOrder(len(examples), cfg.batch_size, cfg.seed)
+        self.micro_size = cfg.batch_size // (cfg.grad_accum * ctx.world_size)
+        self.step_options = {"autocast": autocast, "observe": metrics}
+        self.has_eval = eval_examples is not None
+        self.action: dict[str, float] = {}
+        self.seconds = 0.0
+
+    def batches(self, step: int) -> list[dict[str, torch.Tensor]]:
+        cfg, ctx = self.cfg, self.ctx
+        self.collate.step = step  # the augmentation's seed
+        self.metrics.reset()
+        shares = rank_micro_batches(self.order.batch(step - 1), cfg.grad_accum, ctx.world_size, ctx.rank)
+        return [
+            {k: v.to(ctx.device) for k, v in self.collate([self.examples[i] for i in share]).items()}
+            for share in shares
+        ]
+
+    def after_step(self, step: int, stats, seconds: float) -> None:
+        self.metrics.all_reduce(self.ctx)  # the global batch's counts, not this rank's share
+        self.action, self.seconds = self.metrics.record(), seconds
+        self.result.action_accuracy.append(self.action["action_accuracy"])
+        self.result.action_l1.append(self.action["action_l1"])
+
+    def record(self, step: int, stats, lr: float) -> dict[str, Any]:
+        return {
+            "step": step,
+            "loss": stats.loss,
+            **self.action,
+            "lr": lr,
+            "grad_norm": stats.grad_norm,
+            "examples_per_s": self.cfg.batch_size / max(self.seconds, 1e-9),
+            "world_size": self.ctx.world_size,
+        }
+
+    def evaluate(self, step: int) -> dict[str, Any]:
+        self.metrics.reset()
+        eval_loss = evaluate(
+            self.model,
+            self.eval_examples,
+            self.eval_collate,
+            micro_batch_size=self.micro_size,
+            device=self.ctx.device,
+            ctx=self.ctx,
+            autocast=self.step_options["autocast"],
+            observe=self.metrics,
+        )
+        self.metrics.all_reduce(self.ctx)
+        record = {"step": step, "eval_loss": eval_loss, **self.metrics.record("eval_")}
+        self.result.evals.append(record)
+        return record
+
+
 def _train_vla(cfg, ctx, run, policy, dataset, eval_dataset, stats, unnorm_key, on_step, on_record):
     from llm_backbones.core.backbones.backbone import count_parameters
-    from llm_backbones.training.checkpoint import (
-        ADAPTER_DIR,
-        dataset_sha256,
-        discard_checkpoint,
-        publish_checkpoint,
-        write_checkpoint,
-    )
+    from llm_backbones.training.checkpoint import ADAPTER_DIR, dataset_sha256
     from llm_backbones.training.distributed import (
         full_state_dict,
         on_main,
@@ -509,16 +566,6 @@ def _train_vla(cfg, ctx, run, policy, dataset, eval_dataset, stats, unnorm_key, 
         wrap_fsdp1,
     )
     from llm_backbones.training.finetune import _prepare_output, setup_optimizer
-
-    # optimizer_step is looked up here, at run time, as in `training.finetune`: one place for a test to stop a
-    # run inside a step (tests/distributed/_finetune_until_fault.py)
-    from llm_backbones.training.loop import (
-        DataOrder,
-        MetricsLog,
-        evaluate,
-        optimizer_step,
-        rank_micro_batches,
-    )
 
     checkpoint = meta = data_sha256 = None
     if run is not None:  # the data's hash goes into the checkpoints, for --resume to check
@@ -577,103 +624,31 @@ def _train_vla(cfg, ctx, run, policy, dataset, eval_dataset, stats, unnorm_key, 
     if eval_dataset is not None:
         eval_collate = VLACollator(eval_dataset, policy.image_processor, pad, **(frozen if cache else {}))
     metrics = ActionMetrics(policy.action_tokenizer, stats, unnorm_key)
-    order = DataOrder(len(examples), cfg.batch_size, cfg.seed)
-    micro_size = cfg.batch_size // (cfg.grad_accum * ctx.world_size)
     result = VLAFinetuneResult([], [], [], trainable, total, stats, unnorm_key, start_step=start_step)
-    main_run = run if (run is not None and ctx.is_main) else None
-    log = MetricsLog(
-        main_run.metrics if main_run else None,
-        start_step=start_step,
-        tensorboard_dir=main_run.tensorboard if main_run else None,
+    recipe = _FrameSteps(
+        cfg, ctx, model, collate, eval_collate, examples, eval_examples, metrics, result, autocast
     )
-
-    def emit(record: dict[str, Any]) -> None:
-        if ctx.is_main:
-            log.write(record)
-            if on_record is not None:
-                on_record(record)
-
-    pending = None
-    try:
-        model.train()
-        for step in range(start_step + 1, cfg.steps + 1):
-            started = time.perf_counter()
-            lr = optimizer.param_groups[0]["lr"]
-            collate.step = step
-            shares = rank_micro_batches(order.batch(step - 1), cfg.grad_accum, ctx.world_size, ctx.rank)
-            micro = [
-                {k: v.to(ctx.device) for k, v in collate([examples[i] for i in share]).items()}
-                for share in shares
-            ]
-            metrics.reset()
-            stats_ = optimizer_step(
-                model,
-                micro,
-                optimizer,
-                step=step,
-                ctx=ctx,
-                autocast=autocast,
-                max_grad_norm=cfg.max_grad_norm,
-                observe=metrics,
-            )
-            scheduler.step()
-            metrics.all_reduce(ctx)  # the global batch's counts, not this rank's share
-            if pending is not None:
-                result.checkpoints.append(str(publish_checkpoint(run, pending, ctx=ctx, keep=cfg.keep)))
-                pending = None
-            action = metrics.record()
-            result.losses.append(stats_.loss)
-            result.action_accuracy.append(action["action_accuracy"])
-            result.action_l1.append(action["action_l1"])
-            if on_step is not None and ctx.is_main:
-                on_step(step, stats_.loss)
-            last = step == cfg.steps
-            if step % cfg.log_every == 0 or last:
-                emit(
-                    {
-                        "step": step,
-                        "loss": stats_.loss,
-                        **action,
-                        "lr": lr,
-                        "grad_norm": stats_.grad_norm,
-                        "examples_per_s": cfg.batch_size / max(time.perf_counter() - started, 1e-9),
-                        "world_size": ctx.world_size,
-                    }
-                )
-            if eval_examples is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
-                metrics.reset()
-                eval_loss = evaluate(
-                    model,
-                    eval_examples,
-                    eval_collate,
-                    micro_batch_size=micro_size,
-                    device=ctx.device,
-                    ctx=ctx,
-                    autocast=autocast,
-                    observe=metrics,
-                )
-                metrics.all_reduce(ctx)
-                record = {"step": step, "eval_loss": eval_loss, **metrics.record("eval_")}
-                result.evals.append(record)
-                emit(record)
-            if run is not None and cfg.save_every and (step % cfg.save_every == 0 or last):
-                checkpoint_meta = {
-                    "config": cfg.saved(),
-                    "n_examples": len(examples),
-                    "norm_stats": stats,
-                    "data_sha256": data_sha256,
-                }
-                pending = write_checkpoint(
-                    run, step, model, optimizer, scheduler, ctx=ctx, meta=checkpoint_meta
-                )
-        if pending is not None:
-            result.checkpoints.append(str(publish_checkpoint(run, pending, ctx=ctx, keep=cfg.keep)))
-            pending = None
-    except BaseException:
-        discard_checkpoint(pending, ctx=ctx)
-        raise
-    finally:
-        log.close()
+    checkpoint_meta = {
+        "config": cfg.saved(),
+        "n_examples": len(examples),
+        "norm_stats": stats,
+        "data_sha256": data_sha256,
+    }
+    run_steps(
+        cfg,
+        ctx,
+        run,
+        recipe,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        start_step=start_step,
+        checkpoint_meta=checkpoint_meta,
+        losses=result.losses,
+        checkpoints=result.checkpoints,
+        on_step=on_step,
+        on_record=on_record,
+    )
 
     export_dir = adapter_dir = None
     if run is not None:
