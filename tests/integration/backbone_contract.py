@@ -89,7 +89,7 @@ class BackboneContract:
         spec, fam = get_spec(case.backbone_id), self.FAMILY
         assert (spec.llm_family, spec.hf_hub_path) == (fam.name, case.hub)
         assert spec.llm_cls is fam.llm_cls and spec.layer_cls is fam.layer_cls
-        assert spec.prompt_builder is case.builder
+        assert spec.prompt_builder_fn is case.builder
         assert (spec.adds_bos, spec.pad_policy, spec.pad_token) == (
             fam.adds_bos,
             fam.pad_policy,

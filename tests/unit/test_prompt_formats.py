@@ -118,10 +118,10 @@ def test_builder_for_refuses_bad_options_where_they_are_given() -> None:
 
 def test_the_spec_names_its_format_and_derives_its_builder() -> None:
     assert get_spec("llama2-7b-chat").prompt_format == "llama2-chat"
-    assert get_spec("llama2-7b-chat").prompt_builder is LLaMa2ChatPromptBuilder
+    assert get_spec("llama2-7b-chat").prompt_builder_fn is LLaMa2ChatPromptBuilder
     assert get_spec("qwen2.5-3b-instruct").prompt_format == "qwen2.5-instruct"
     compat = dataclasses.replace(get_spec("llama2-7b-chat"), prompt_format="llama2-chat-prismatic")
-    assert compat.prompt_builder == builder_for("llama2-chat-prismatic")
+    assert compat.prompt_builder_fn == builder_for("llama2-chat-prismatic")
     with pytest.raises(InvalidSpecError, match="renders 'llama2-chat', not prompt_format='pure'"):
         dataclasses.replace(get_spec("llama2-7b-chat"), prompt_format="pure")
 
@@ -161,10 +161,10 @@ def test_a_new_format_from_outside_the_package(scratch_formats, llama2_tokenizer
             get_spec("llama2-tiny-pure"),
             backbone_id="tiny-chatml",
             prompt_format="chatml",
-            prompt_builder=None,
+            prompt_builder_fn=None,
         )
     )
-    assert spec.prompt_builder is ChatMLPromptBuilder
+    assert spec.prompt_builder_fn is ChatMLPromptBuilder
     assert llm_backbones.prompt_builder_for("tiny-chatml") is ChatMLPromptBuilder
     example = tokenize_conversation(
         llama2_tokenizer, "chatml", [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Done."}]
@@ -217,13 +217,13 @@ def test_qwen_reply_starting_with_a_line_break_is_refused_with_the_fix() -> None
 def test_a_spec_keeps_the_builder_it_was_given(scratch_formats) -> None:
     base = get_spec("llama3.2-1b-instruct")
     dated = builder_for("llama3-instruct", date_string="01 Jan 2025")
-    spec = dataclasses.replace(base, backbone_id="dated", prompt_builder=dated)
-    assert spec.prompt_builder is dated  # its options stay
-    assert "Today Date: 01 Jan 2025\n" in spec.prompt_builder().get_potential_prompt("Hi.")
+    spec = dataclasses.replace(base, backbone_id="dated", prompt_builder_fn=dated)
+    assert spec.prompt_builder_fn is dated  # its options stay
+    assert "Today Date: 01 Jan 2025\n" in spec.prompt_builder_fn().get_potential_prompt("Hi.")
     with pytest.raises(InvalidSpecError, match="renders 'pure-prismatic', not prompt_format='pure'"):
-        dataclasses.replace(get_spec("llama2-7b-pure"), prompt_builder=builder_for("pure-prismatic"))
+        dataclasses.replace(get_spec("llama2-7b-pure"), prompt_builder_fn=builder_for("pure-prismatic"))
     twin = get_spec("llama2-7b-chat").with_prompt_format("llama2-chat-prismatic")
-    builder = twin.prompt_builder("openvla", system_prompt=SYSTEM)
+    builder = twin.prompt_builder_fn("openvla", system_prompt=SYSTEM)
     builder.add_turn("human", "Pick up the cup.")
     assert (type(builder), builder.get_prompt()) == (LLaMa2ChatPromptBuilder, PRISMATIC_FIRST_TURN)
 

@@ -726,7 +726,7 @@ def _prompt(backbone_id, path, tokens, model_path, model_family, prismatic_compa
 
     spec = get_spec(backbone_id)
     builder_fn = (
-        builder_for(spec.prompt_format, prismatic_compat=True) if prismatic_compat else spec.prompt_builder
+        builder_for(spec.prompt_format, prismatic_compat=True) if prismatic_compat else spec.prompt_builder_fn
     )
 
     conversations = load_conversations(path)

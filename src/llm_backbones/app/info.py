@@ -58,7 +58,7 @@ def backbone_info(backbone_id: str, model_path: str | Path | None = None) -> dic
         "model_class": spec.llm_cls.__name__,
         "decoder_layer": spec.layer_cls.__name__,
         "half_precision_dtype": str(spec.half_precision_dtype).removeprefix("torch."),
-        "prompt_builder": spec.prompt_builder.__name__,
+        "prompt_builder": spec.prompt_builder_fn.__name__,
         "adds_bos": spec.adds_bos,
         "hidden_size": config["hidden_size"],
         "layers": config["num_hidden_layers"],

@@ -107,7 +107,7 @@ def _builder_serving(fmt: PromptFormat, builder: Any) -> Any:
     if isinstance(builder, PromptBuilderFactory):
         if builder.format.name != fmt.name:
             raise PromptFormatError(
-                f"prompt_builder={builder!r} renders {builder.format.name!r}, not "
+                f"prompt_builder_fn={builder!r} renders {builder.format.name!r}, not "
                 f"prompt_format={fmt.name!r}. Give one of the two."
             )
         return builder
@@ -117,7 +117,7 @@ def _builder_serving(fmt: PromptFormat, builder: Any) -> Any:
     if key == fmt.official_name and isinstance(builder, type):  # the twin, rendered by the official's class
         return PromptBuilderFactory(fmt, builder, {})
     raise PromptFormatError(
-        f"prompt_builder={getattr(builder, '__name__', builder)} renders {key!r}, not "
+        f"prompt_builder_fn={getattr(builder, '__name__', builder)} renders {key!r}, not "
         f"prompt_format={fmt.name!r}. Give one of the two."
     )
 
@@ -142,9 +142,10 @@ class BackboneSpec:
             given as its dotted name ("transformers.LlamaForCausalLM"), imported on first use.
         prompt_format: the name of the id's prompt format (a key of `PROMPT_FORMATS`, e.g. "llama2-chat" or
             its Prismatic twin "llama2-chat-prismatic").
-        prompt_builder: what makes its builders, called as `prompt_builder(model_family, system_prompt)`: the
-            named builder class of the format (`LLaMa2ChatPromptBuilder`), else `builder_for(prompt_format)`.
-            Give either field; the other is derived.
+        prompt_builder_fn: what makes its builders (Prismatic's name, as on the backbone), called as
+            `prompt_builder_fn(model_family, system_prompt)`: the named builder class of the format
+            (`LLaMa2ChatPromptBuilder`), else `builder_for(prompt_format)`. Give either field; the other is
+            derived.
         adds_bos: whether the tokenizer inserts BOS itself (checked at load time).
         pad_token, pad_policy: the PAD token and how it is obtained.
             "add" (the seed's): `pad_token` is added as a special token (unless the tokenizer has it);
@@ -175,7 +176,7 @@ class BackboneSpec:
         "class", "transformers.models.llama.modeling_llama.LlamaDecoderLayer", _is_class
     )
     prompt_format: str | None = None
-    prompt_builder: Callable[..., PromptBuilder] | None = None
+    prompt_builder_fn: Callable[..., PromptBuilder] | None = None
     adds_bos: bool = True
     pad_token: str = "<PAD>"
     pad_to_multiple_of: int = 64
@@ -210,16 +211,16 @@ class BackboneSpec:
             )
 
     def _settle_prompt_format(self) -> None:
-        """Derive `prompt_format` from `prompt_builder` or the reverse; both given must agree. A builder given
-        is kept (a `builder_for` factory keeps its options); only a missing one is derived."""
-        builder, name = self.prompt_builder, self.prompt_format
+        """Derive `prompt_format` from `prompt_builder_fn` or the reverse; both given must agree. A builder
+        given is kept (a `builder_for` factory keeps its options); only a missing one is derived."""
+        builder, name = self.prompt_builder_fn, self.prompt_format
         if name is None:
             name = getattr(builder, "format_key", None)
             if name is None:
                 raise InvalidSpecError(
                     f"Backbone {self.backbone_id!r}: give prompt_format= a format name (e.g. 'pure', "
-                    "'llama2-chat'), or prompt_builder= a named PromptBuilder class; got "
-                    f"prompt_builder={builder!r}."
+                    "'llama2-chat'), or prompt_builder_fn= a named PromptBuilder class; got "
+                    f"prompt_builder_fn={builder!r}."
                 )
         try:
             fmt = get_prompt_format(name)
@@ -227,20 +228,20 @@ class BackboneSpec:
         except PromptFormatError as exc:
             raise InvalidSpecError(f"Backbone {self.backbone_id!r}: {exc}") from None
         object.__setattr__(self, "prompt_format", name)
-        object.__setattr__(self, "prompt_builder", builder)
+        object.__setattr__(self, "prompt_builder_fn", builder)
 
     def with_prompt_format(self, name: str) -> BackboneSpec:
         """This spec with another prompt format: its builder class stays where it renders that format (its
         own, or that format's Prismatic twin), else the format's own builder is derived."""
         if name == self.prompt_format:
             return self
-        cls = getattr(self.prompt_builder, "builder_cls", self.prompt_builder)
+        cls = getattr(self.prompt_builder_fn, "builder_cls", self.prompt_builder_fn)
         try:
             official = get_prompt_format(name).official_name
         except PromptFormatError as exc:
             raise InvalidSpecError(f"Backbone {self.backbone_id!r}: {exc}") from None
         keep = isinstance(cls, type) and getattr(cls, "format_key", None) == official
-        return dataclasses.replace(self, prompt_format=name, prompt_builder=cls if keep else None)
+        return dataclasses.replace(self, prompt_format=name, prompt_builder_fn=cls if keep else None)
 
     @staticmethod
     def class_name(value: type | str) -> str:
@@ -325,7 +326,7 @@ def registered_ids(llm_family: str | None = None) -> list[str]:
 
 def prompt_builder_for(llm_backbone_id: str) -> Callable[..., PromptBuilder]:
     """The prompt-builder class of an id, without loading any model (datasets need it)."""
-    return get_spec(llm_backbone_id).prompt_builder
+    return get_spec(llm_backbone_id).prompt_builder_fn
 
 
 class _FamilyView(Mapping[str, dict[str, Any]]):

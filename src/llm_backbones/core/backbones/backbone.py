@@ -467,7 +467,7 @@ class HFCausalLLMBackbone(LLMBackbone):
     def prompt_builder_fn(self) -> Callable[..., PromptBuilder]:
         """What makes this backbone's prompt builders: the format's named class (`PurePromptBuilder`), or
         `builder_for(prompt_format)` for a format without one (a Prismatic twin, a registered format)."""
-        return self.spec.prompt_builder
+        return self.spec.prompt_builder_fn
 
     @property
     def prompt_format(self) -> str:
