@@ -324,9 +324,9 @@ def registered_ids(llm_family: str | None = None) -> list[str]:
     return [i for i, s in _REGISTRY.items() if llm_family is None or s.llm_family == llm_family]
 
 
-def prompt_builder_for(llm_backbone_id: str) -> Callable[..., PromptBuilder]:
-    """The prompt-builder class of an id, without loading any model (datasets need it)."""
-    return get_spec(llm_backbone_id).prompt_builder_fn
+def prompt_builder_for(backbone_id: str) -> Callable[..., PromptBuilder]:
+    """The `prompt_builder_fn` of an id, without loading any model (datasets need it)."""
+    return get_spec(backbone_id).prompt_builder_fn
 
 
 class _FamilyView(Mapping[str, dict[str, Any]]):

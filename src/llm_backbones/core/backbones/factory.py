@@ -21,8 +21,8 @@ from llm_backbones.core.registry import get_spec, registered_ids, registry_write
 FAMILY_BACKBONE_CLASSES: dict[str, type[HFCausalLLMBackbone]] = {"llama2": LLaMa2LLMBackbone}
 
 
-def backbone_class_for(llm_backbone_id: str) -> type[HFCausalLLMBackbone]:
-    return FAMILY_BACKBONE_CLASSES.get(get_spec(llm_backbone_id).llm_family, HFCausalLLMBackbone)
+def backbone_class_for(backbone_id: str) -> type[HFCausalLLMBackbone]:
+    return FAMILY_BACKBONE_CLASSES.get(get_spec(backbone_id).llm_family, HFCausalLLMBackbone)
 
 
 class _BackboneTable(Mapping[str, dict[str, Any]]):
