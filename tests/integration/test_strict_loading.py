@@ -206,11 +206,11 @@ def test_the_hub_index_is_checked_before_any_shard_is_downloaded(
 
 # === Contained paths ===
 def test_files_outside_load_only_with_allow_external_files(tiny_llama_dir, reference, tmp_path) -> None:
+    """A symlink inside the folder pointing out is refused, and read with allow_external_files=True."""
     path = _copy(tiny_llama_dir, tmp_path / "model")
-    state = load_file(path / "model.safetensors")
     (tmp_path / "elsewhere").mkdir()
     (path / "model.safetensors").rename(tmp_path / "elsewhere" / "x.safetensors")
-    _index_to(path, "../elsewhere/x.safetensors", state)
+    (path / "model.safetensors").symlink_to(tmp_path / "elsewhere" / "x.safetensors")
     with pytest.raises(UnsafeFileError) as info:
         get_llm_backbone_and_tokenizer("llama2-7b-pure", model_path=path)
     assert info.value.reason == "outside"
@@ -219,6 +219,24 @@ def test_files_outside_load_only_with_allow_external_files(tiny_llama_dir, refer
     torch.testing.assert_close(
         backbone.llm.lm_head.weight[:32000], reference.llm.lm_head.weight[:32000], rtol=0, atol=0
     )
+
+
+@pytest.mark.parametrize("allow_external_files", [False, True])
+def test_an_index_naming_a_path_out_of_the_folder_is_refused(tiny_llama_dir, tmp_path, allow_external_files):
+    """An index entry `../elsewhere/x.safetensors` is refused by name, even with allow_external_files=True
+    (transformers 5.25 refuses it too): the same typed error whatever transformers does."""
+    path = _copy(tiny_llama_dir, tmp_path / "model")
+    state = load_file(path / "model.safetensors")
+    (tmp_path / "elsewhere").mkdir()
+    (path / "model.safetensors").rename(tmp_path / "elsewhere" / "x.safetensors")
+    _index_to(path, "../elsewhere/x.safetensors", state)
+    with pytest.raises(UnsafeFileError) as info:
+        get_llm_backbone_and_tokenizer(
+            "llama2-7b-pure", model_path=path, allow_external_files=allow_external_files
+        )
+    assert info.value.reason == "outside"
+    assert "'../elsewhere/x.safetensors', a path outside the checkpoint directory" in str(info.value)
+    assert "put a symlink to it there" in str(info.value)
 
 
 @pytest.mark.parametrize("name", ["config.json", "tokenizer.json", "model.safetensors"])

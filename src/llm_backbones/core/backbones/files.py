@@ -123,9 +123,21 @@ def contained(directory: Path, name: str, *, allow_external: bool, named_by: str
     """`directory / name`, refused (`UnsafeFileError`) when it resolves outside the checkpoint directory.
 
     Symlinks are followed to their target before the check, so a link pointing elsewhere is refused as a
-    `../` name is. `named_by` is the file that named `name` (an index), for the message.
+    `../` name is. `named_by` is the file that named `name` (an index), for the message. A name an index
+    writes as a path out of the directory (`..`, absolute) is refused even with `allow_external`:
+    transformers (5.25 on) refuses such shard names itself, so only a symlink inside the directory can
+    point out.
     """
     path = directory / name
+    if named_by is not None and (os.path.isabs(name) or ".." in Path(name).parts):
+        raise UnsafeFileError(
+            f"{named_by} names {name!r}, a path outside the checkpoint directory {directory}. An index may "
+            "name only files inside it (transformers refuses such shard names too, whatever "
+            "allow_external_files says). Copy the file into the directory and name it there, or put a "
+            "symlink to it there and pass allow_external_files=True if you trust where it points.",
+            path=str(path),
+            reason="outside",
+        )
     if allow_external:
         return path
     roots = allowed_roots(directory)
