@@ -48,13 +48,9 @@ class DistributedContext:
 def init_distributed(device: str | None = None) -> DistributedContext:
     """Join the process group torchrun describes (env `WORLD_SIZE`, `RANK`, `LOCAL_RANK`); single process
     otherwise. NCCL where CUDA is used, gloo on CPU."""
-    if device not in (None, "cpu", "cuda"):
-        raise FinetuneError(f"device must be 'cpu' or 'cuda', got {device!r}.")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise FinetuneError(
-            "--device cuda: torch sees no CUDA device here; drop --device (or pass --device cpu) to train "
-            "on the CPU."
-        )
+    from llm_backbones.training.settings import check_device
+
+    check_device(device)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"

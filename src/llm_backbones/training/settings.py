@@ -205,11 +205,7 @@ class FinetuneConfig:
             from llm_backbones.training.lora import require_peft
 
             require_peft()
-        if self.device == "cuda" and not _cuda_available():
-            raise FinetuneError(
-                "--device cuda: torch sees no CUDA device here; drop --device (or pass --device cpu) to "
-                "train on the CPU."
-            )
+        check_device(self.device)
 
     def check_values(self, world_size: int = 1) -> None:
         """`validate`'s checks of the values alone: the table's bounds and choices, how settings combine."""
@@ -230,8 +226,6 @@ class FinetuneConfig:
             raise FinetuneError(
                 f"precision must be fp32 or bf16, got {self.precision!r}; bf16 needs a GPU to be fast."
             )
-        if self.device not in (None, "cpu", "cuda"):
-            raise FinetuneError(f"--device must be 'cpu' or 'cuda', got {self.device!r}.")
         if self.fsdp not in (1, 2):
             raise FinetuneError(f"fsdp must be 1 or 2, got {self.fsdp!r}; 2 (fully_shard) is the default.")
         for row in dataclasses.fields(self):  # the table's bounds
@@ -284,10 +278,19 @@ class FinetuneConfig:
             )
 
 
-def _cuda_available() -> bool:
-    import torch  # here, not at the top: the CLI reads this table without loading torch
+def check_device(device: str | None) -> None:
+    """`FinetuneError` unless `device` is None, "cpu", or "cuda" with a CUDA device present (the one device
+    check of the settings and of `training.distributed.init_distributed`)."""
+    if device not in (None, "cpu", "cuda"):
+        raise FinetuneError(f"--device must be 'cpu' or 'cuda', got {device!r}.")
+    if device == "cuda":
+        import torch  # here, not at the top: the CLI reads this table without loading torch
 
-    return torch.cuda.is_available()
+        if not torch.cuda.is_available():
+            raise FinetuneError(
+                "--device cuda: torch sees no CUDA device here; drop --device (or pass --device cpu) to "
+                "train on the CPU."
+            )
 
 
 def _flag(name: str) -> str:
